@@ -1,0 +1,239 @@
+// Package redisserver starts and stops a real redis-server process on a free
+// loopback port. Tests, benchmarks and `keeper run` (when no Redis address is
+// given) use it so that nothing depends on port 6379 being free or taken.
+package redisserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Config describes the server to start. Zero values take the defaults below.
+type Config struct {
+	// Binary is the redis-server executable; default "redis-server" from PATH.
+	Binary string
+	// Dir is the working directory for the server's files; default a new
+	// temporary directory that Stop removes.
+	Dir string
+	// Port to bind on 127.0.0.1; default a free port chosen by the kernel.
+	Port int
+	// StartTimeout bounds how long Start waits for the server to answer;
+	// default 10s.
+	StartTimeout time.Duration
+	// ExtraArgs are appended to the command line ("--maxmemory", "1gb", ...).
+	ExtraArgs []string
+}
+
+// Server is a running redis-server.
+type Server struct {
+	Addr string // host:port, always on 127.0.0.1
+
+	cmd     *exec.Cmd
+	dir     string
+	ownsDir bool
+	done    chan struct{}
+	waitErr error
+	once    sync.Once
+}
+
+// Start launches redis-server and waits until it answers PING.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	bin := cfg.Binary
+	if bin == "" {
+		bin = "redis-server"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, fmt.Errorf("redis-server not found (install Debian's redis-server package): %w", err)
+	}
+	timeout := cfg.StartTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	s := &Server{dir: cfg.Dir, done: make(chan struct{})}
+	if s.dir == "" {
+		s.dir, err = os.MkdirTemp("", "keeper-redis-")
+		if err != nil {
+			return nil, fmt.Errorf("redis data dir: %w", err)
+		}
+		s.ownsDir = true
+	}
+	// A port picked by the kernel can be taken by someone else before redis
+	// binds it; retry a few times rather than failing a whole test run.
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port := cfg.Port
+		if port == 0 {
+			port, err = FreePort()
+			if err != nil {
+				return nil, err
+			}
+		}
+		lastErr = s.launch(ctx, path, port, timeout, cfg.ExtraArgs)
+		if lastErr == nil {
+			return s, nil
+		}
+		if cfg.Port != 0 {
+			break
+		}
+		s.done = make(chan struct{})
+	}
+	if s.ownsDir {
+		_ = os.RemoveAll(s.dir)
+	}
+	return nil, lastErr
+}
+
+func (s *Server) launch(ctx context.Context, path string, port int, timeout time.Duration, extra []string) error {
+	args := []string{
+		"--bind", "127.0.0.1",
+		"--port", strconv.Itoa(port),
+		"--dir", s.dir,
+		"--save", "",
+		"--appendonly", "no",
+		"--protected-mode", "yes",
+		"--daemonize", "no",
+		"--logfile", filepath.Join(s.dir, "redis.log"),
+	}
+	args = append(args, extra...)
+	cmd := exec.Command(path, args...)
+	// Own process group so a Ctrl-C of the test runner does not race our
+	// explicit stop, and so we can signal exactly this server.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	s.cmd = cmd
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	go func() {
+		s.waitErr = cmd.Wait()
+		close(s.done)
+	}()
+	deadline := time.Now().Add(timeout)
+	for {
+		if err := ping(s.Addr); err == nil {
+			return nil
+		}
+		select {
+		case <-s.done:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			return fmt.Errorf("redis-server on %s exited: %v: %s", s.Addr, s.waitErr, lastLines(string(log), 5))
+		case <-ctx.Done():
+			s.kill()
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.kill()
+			return fmt.Errorf("redis-server on %s did not answer within %s", s.Addr, timeout)
+		}
+	}
+}
+
+// Pid is the server's process id.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
+// Dir is the server's working directory.
+func (s *Server) Dir() string { return s.dir }
+
+// Stop terminates the server by its pid and removes its temporary directory.
+// It is safe to call more than once.
+func (s *Server) Stop() error {
+	var err error
+	s.once.Do(func() {
+		err = s.kill()
+		if s.ownsDir {
+			_ = os.RemoveAll(s.dir)
+		}
+	})
+	return err
+}
+
+func (s *Server) kill() error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(5 * time.Second):
+	}
+	_ = s.cmd.Process.Kill()
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(5 * time.Second):
+		return errors.New("redis-server did not exit after SIGKILL")
+	}
+}
+
+// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ping speaks just enough RESP to know the server is accepting commands,
+// so this package needs no Redis client.
+func ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(string(buf[:n]), "+PONG") {
+		return fmt.Errorf("unexpected reply %q", buf[:n])
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// TB is the part of testing.TB that StartTB needs; it keeps the testing
+// package out of the daemon's binary.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+// StartTB starts a server for a test or benchmark and stops it in Cleanup.
+func StartTB(t TB) *Server {
+	t.Helper()
+	s, err := Start(context.Background(), Config{})
+	if err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}
