@@ -32,6 +32,10 @@ type Config struct {
 	StartTimeout time.Duration
 	// ExtraArgs are appended to the command line ("--maxmemory", "1gb", ...).
 	ExtraArgs []string
+	// ClockOffset runs the server with its wall clock shifted by this much
+	// (whole seconds, via an LD_PRELOAD shim built with gcc), so tests can
+	// show that no deadline depends on the client's clock.
+	ClockOffset time.Duration
 }
 
 // Server is a running redis-server.
@@ -79,7 +83,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 				return nil, err
 			}
 		}
-		lastErr = s.launch(ctx, path, port, timeout, cfg.ExtraArgs)
+		lastErr = s.launch(ctx, path, port, timeout, cfg)
 		if lastErr == nil {
 			return s, nil
 		}
@@ -94,7 +98,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return nil, lastErr
 }
 
-func (s *Server) launch(ctx context.Context, path string, port int, timeout time.Duration, extra []string) error {
+func (s *Server) launch(ctx context.Context, path string, port int, timeout time.Duration, cfg Config) error {
 	args := []string{
 		"--bind", "127.0.0.1",
 		"--port", strconv.Itoa(port),
@@ -105,8 +109,16 @@ func (s *Server) launch(ctx context.Context, path string, port int, timeout time
 		"--daemonize", "no",
 		"--logfile", filepath.Join(s.dir, "redis.log"),
 	}
-	args = append(args, extra...)
+	args = append(args, cfg.ExtraArgs...)
 	cmd := exec.Command(path, args...)
+	if cfg.ClockOffset != 0 {
+		lib, err := clockShiftLib()
+		if err != nil {
+			return err
+		}
+		cmd.Env = append(os.Environ(), "LD_PRELOAD="+lib,
+			fmt.Sprintf("KEEPER_CLOCK_OFFSET_S=%d", int64(cfg.ClockOffset/time.Second)))
+	}
 	// Own process group so a Ctrl-C of the test runner does not race our
 	// explicit stop, and so we can signal exactly this server.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -230,7 +242,13 @@ type TB interface {
 // StartTB starts a server for a test or benchmark and stops it in Cleanup.
 func StartTB(t TB) *Server {
 	t.Helper()
-	s, err := Start(context.Background(), Config{})
+	return StartConfigTB(t, Config{})
+}
+
+// StartConfigTB is StartTB with a config.
+func StartConfigTB(t TB, cfg Config) *Server {
+	t.Helper()
+	s, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}

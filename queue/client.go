@@ -1,0 +1,456 @@
+package queue
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ClientOptions configures a Client. Zero values take the defaults noted.
+type ClientOptions struct {
+	// Prefix of every key; default "keeper". Keepers must use the same one.
+	Prefix string
+	// ConfigTTL is how long a queue config is cached; default 5s. Config
+	// changes (a new in-flight cap, more partitions) reach a client within it.
+	ConfigTTL time.Duration
+}
+
+// Client is the producer and consumer side of the native layout. It is safe
+// for concurrent use.
+type Client struct {
+	rdb    redis.UniversalClient
+	prefix string
+	reg    *Registry
+	ttl    time.Duration
+
+	mu    sync.Mutex
+	cache map[string]cachedConfig
+	rr    map[string]*atomic.Uint64 // per-queue start partition for fair pulls
+}
+
+type cachedConfig struct {
+	cfg Config
+	at  time.Time
+}
+
+// NewClient returns a client over rdb (a single node, a failover client or a
+// cluster client).
+func NewClient(rdb redis.UniversalClient, opt ClientOptions) *Client {
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultPrefix
+	}
+	if opt.ConfigTTL <= 0 {
+		opt.ConfigTTL = 5 * time.Second
+	}
+	return &Client{
+		rdb: rdb, prefix: opt.Prefix, reg: NewRegistry(rdb, opt.Prefix), ttl: opt.ConfigTTL,
+		cache: map[string]cachedConfig{}, rr: map[string]*atomic.Uint64{},
+	}
+}
+
+// Registry gives access to queue configs.
+func (c *Client) Registry() *Registry { return c.reg }
+
+func (c *Client) config(ctx context.Context, queue string) (Config, error) {
+	c.mu.Lock()
+	e, ok := c.cache[queue]
+	c.mu.Unlock()
+	if ok && time.Since(e.at) < c.ttl {
+		return e.cfg, nil
+	}
+	cfg, err := c.reg.Get(ctx, queue)
+	if err != nil {
+		return Config{}, err
+	}
+	c.mu.Lock()
+	c.cache[queue] = cachedConfig{cfg: cfg, at: time.Now()}
+	c.mu.Unlock()
+	return cfg, nil
+}
+
+// Message is what a producer enqueues.
+type Message struct {
+	// ID de-duplicates: while a message with this id is in the queue, another
+	// enqueue of it changes nothing. Empty: a random id.
+	ID      string
+	Payload []byte
+	// Priority is the score to serve the message at: lower first. Nil means
+	// the enqueue time in ms, which makes the queue FIFO.
+	Priority *int64
+	// Delay keeps the message locked (invisible) this long first.
+	Delay time.Duration
+	// TTL overrides the queue's TTL for this message when positive.
+	TTL time.Duration
+}
+
+// EnqueueResult tells where a message went.
+type EnqueueResult struct {
+	ID    string
+	Shard Shard
+	// Duplicate: a message with this id was already in the queue; nothing
+	// changed.
+	Duplicate bool
+	// EnqueuedAt is by Redis's clock (of the existing message for a
+	// duplicate).
+	EnqueuedAt time.Time
+}
+
+// Enqueue adds a message to queue. The partition is chosen by the id, so a
+// duplicate always lands where its original is.
+func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueResult, error) {
+	cfg, err := c.config(ctx, queue)
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	if m.ID == "" {
+		m.ID = newID()
+	}
+	if err := ValidateID(m.ID); err != nil {
+		return EnqueueResult{}, err
+	}
+	if len(m.Payload) > cfg.MaxPayloadBytes {
+		return EnqueueResult{}, fmt.Errorf("%w: %d bytes, queue %s allows %d", ErrTooBig, len(m.Payload), queue, cfg.MaxPayloadBytes)
+	}
+	if m.Delay < 0 || m.TTL < 0 {
+		return EnqueueResult{}, fmt.Errorf("%w: negative delay or ttl", ErrBadMessage)
+	}
+	ttl := cfg.TTL.D()
+	if m.TTL > 0 {
+		ttl = m.TTL
+	}
+	prio := ""
+	if m.Priority != nil {
+		prio = strconv.FormatInt(*m.Priority, 10)
+	}
+	s := Shard{Queue: queue, Partition: PartitionOf(m.ID, cfg.Partitions)}
+	k := keysFor(c.prefix, s)
+	res, err := nativeScripts.enqueue.Run(ctx, c.rdb,
+		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), cfg.MaxPayloadBytes, cfg.MaxSize,
+		wakeChannel(c.prefix), s.String()).Int64Slice()
+	if err != nil {
+		return EnqueueResult{}, fmt.Errorf("enqueue to %s: %w", queue, asError(err, s, 0))
+	}
+	return EnqueueResult{ID: m.ID, Shard: s, Duplicate: res[0] == 0, EnqueuedAt: time.UnixMilli(res[1])}, nil
+}
+
+// Delivery is one leased message. Ack, Nack and Extend need it back: its
+// token proves the lease is still this consumer's.
+type Delivery struct {
+	Shard      Shard
+	ID         string
+	Token      string
+	Deliveries int
+	Payload    []byte
+	// LeaseDeadline is by Redis's clock.
+	LeaseDeadline time.Time
+}
+
+// MaxPull bounds the messages one Pull returns.
+const MaxPull = 1000
+
+// ErrCapped is returned by Pull, with whatever it got, when the queue's
+// in-flight cap stopped it.
+var ErrCapped = fmt.Errorf("queue at its max in-flight")
+
+// Pull leases up to n messages for lease (0: the queue's default). It starts
+// at a different partition each call and moves on while it needs more, so
+// consumers drain all partitions evenly. When the in-flight cap held it back
+// and nothing was leased, the error is ErrCapped.
+func (c *Client) Pull(ctx context.Context, queue string, n int, lease time.Duration) ([]Delivery, error) {
+	cfg, err := c.config(ctx, queue)
+	if err != nil {
+		return nil, err
+	}
+	if n <= 0 || n > MaxPull {
+		return nil, fmt.Errorf("%w: pull count %d not in 1..%d", ErrBadMessage, n, MaxPull)
+	}
+	if lease == 0 {
+		lease = cfg.Lease.D()
+	}
+	if lease < time.Millisecond || lease > MaxLease {
+		return nil, fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, lease, MaxLease)
+	}
+	start := int(c.nextStart(queue) % uint64(cfg.Partitions))
+	var out []Delivery
+	capped := false
+	for i := 0; i < cfg.Partitions && len(out) < n; i++ {
+		s := Shard{Queue: queue, Partition: (start + i) % cfg.Partitions}
+		got, wasCapped, err := c.pullShard(ctx, s, cfg, n-len(out), lease)
+		if err != nil {
+			return out, err
+		}
+		capped = capped || wasCapped
+		out = append(out, got...)
+	}
+	if len(out) == 0 && capped {
+		return nil, fmt.Errorf("%w: %s (max_inflight %d)", ErrCapped, queue, cfg.MaxInFlight)
+	}
+	return out, nil
+}
+
+func (c *Client) nextStart(queue string) uint64 {
+	c.mu.Lock()
+	ctr, ok := c.rr[queue]
+	if !ok {
+		ctr = new(atomic.Uint64)
+		c.rr[queue] = ctr
+	}
+	c.mu.Unlock()
+	return ctr.Add(1) - 1
+}
+
+func (c *Client) pullShard(ctx context.Context, s Shard, cfg Config, n int, lease time.Duration) ([]Delivery, bool, error) {
+	k := keysFor(c.prefix, s)
+	res, err := nativeScripts.pull.Run(ctx, c.rdb,
+		[]string{k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
+		n, ms(lease), cfg.InFlightShare(s.Partition), wakeChannel(c.prefix), s.String()).Slice()
+	if err != nil {
+		return nil, false, fmt.Errorf("pull from %s: %w", s.Queue, asError(err, s, 0))
+	}
+	capped := toInt64(res[0]) == 1
+	deadline := time.UnixMilli(toInt64(res[1]))
+	out := make([]Delivery, 0, (len(res)-2)/4)
+	for i := 2; i+3 < len(res); i += 4 {
+		out = append(out, Delivery{
+			Shard: s, ID: toString(res[i]), Token: strconv.FormatInt(toInt64(res[i+1]), 10),
+			Deliveries: int(toInt64(res[i+2])), Payload: []byte(toString(res[i+3])), LeaseDeadline: deadline,
+		})
+	}
+	return out, capped, nil
+}
+
+// Ack removes a finished message. ErrStale: the lease was already recovered
+// (the message may be with another consumer) and nothing changed.
+func (c *Client) Ack(ctx context.Context, d Delivery) error {
+	k := keysFor(c.prefix, d.Shard)
+	err := nativeScripts.ack.Run(ctx, c.rdb,
+		[]string{k.Inflight, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		d.ID, d.Token, wakeChannel(c.prefix), d.Shard.String()).Err()
+	if err != nil {
+		return fmt.Errorf("ack %s: %w", d.ID, asError(err, d.Shard, 0))
+	}
+	return nil
+}
+
+// NackOptions says how a message goes back.
+type NackOptions struct {
+	// LockFor keeps the message invisible this long; 0 makes it ready now.
+	LockFor time.Duration
+	// Priority, when set, is the score it is served at from now on.
+	Priority *int64
+}
+
+// State is where a message is.
+type State string
+
+// The states of a message.
+const (
+	StateReady    State = "ready"
+	StateInflight State = "inflight"
+	StateLocked   State = "locked"
+	StateDead     State = "dead"
+	StateExpired  State = "expired"
+)
+
+// Nack gives a message back. It goes to dead instead when it has been
+// delivered max_deliveries times, and is dropped if its TTL passed.
+func (c *Client) Nack(ctx context.Context, d Delivery, opt NackOptions) (State, error) {
+	cfg, err := c.config(ctx, d.Shard.Queue)
+	if err != nil {
+		return "", err
+	}
+	if opt.LockFor < 0 {
+		return "", fmt.Errorf("%w: negative lock duration", ErrBadMessage)
+	}
+	prio := ""
+	if opt.Priority != nil {
+		prio = strconv.FormatInt(*opt.Priority, 10)
+	}
+	k := keysFor(c.prefix, d.Shard)
+	st, err := nativeScripts.nack.Run(ctx, c.rdb,
+		[]string{k.Inflight, k.Ready, k.Locked, k.Dead, k.TTL, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, wakeChannel(c.prefix), d.Shard.String()).Int64()
+	if err != nil {
+		return "", fmt.Errorf("nack %s: %w", d.ID, asError(err, d.Shard, 0))
+	}
+	return [...]State{"", StateReady, StateLocked, StateDead, StateExpired}[st], nil
+}
+
+// Extend moves the lease deadline to now+lease, by Redis's clock.
+func (c *Client) Extend(ctx context.Context, d Delivery, lease time.Duration) (time.Time, error) {
+	if lease < time.Millisecond || lease > MaxLease {
+		return time.Time{}, fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, lease, MaxLease)
+	}
+	k := keysFor(c.prefix, d.Shard)
+	due, err := nativeScripts.extend.Run(ctx, c.rdb, []string{k.Inflight, k.Tok},
+		d.ID, d.Token, ms(lease), wakeChannel(c.prefix), d.Shard.String()).Int64()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("extend %s: %w", d.ID, asError(err, d.Shard, 0))
+	}
+	return time.UnixMilli(due), nil
+}
+
+// MessageInfo describes one message.
+type MessageInfo struct {
+	ID           string    `json:"id"`
+	Shard        string    `json:"shard"`
+	State        State     `json:"state"`
+	Score        float64   `json:"score"` // priority in ready, deadline in inflight/locked, time dead-lettered in dead
+	Priority     int64     `json:"priority"`
+	Deliveries   int       `json:"deliveries"`
+	EnqueuedAt   time.Time `json:"enqueued_at"`
+	ExpiresAt    time.Time `json:"expires_at,omitzero"`
+	PayloadBytes int       `json:"payload_bytes"`
+}
+
+// Inspect finds one message. It looks in the id's partition first, then in
+// the others (the id may predate a partition increase).
+func (c *Client) Inspect(ctx context.Context, queue, id string) (MessageInfo, error) {
+	cfg, err := c.config(ctx, queue)
+	if err != nil {
+		return MessageInfo{}, err
+	}
+	if err := ValidateID(id); err != nil {
+		return MessageInfo{}, err
+	}
+	home := PartitionOf(id, cfg.Partitions)
+	for i := 0; i < cfg.Partitions; i++ {
+		s := Shard{Queue: queue, Partition: (home + i) % cfg.Partitions}
+		k := keysFor(c.prefix, s)
+		res, err := nativeScripts.inspect.Run(ctx, c.rdb,
+			[]string{k.Ready, k.Inflight, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv}, id).Slice()
+		if err != nil {
+			return MessageInfo{}, fmt.Errorf("inspect %s: %w", id, asError(err, s, 0))
+		}
+		if toString(res[0]) == "" && toString(res[2]) == "" {
+			continue
+		}
+		info := MessageInfo{ID: id, Shard: s.String(), State: State(toString(res[0])), PayloadBytes: int(toInt64(res[5]))}
+		info.Score, _ = strconv.ParseFloat(toString(res[1]), 64)
+		info.Priority, _ = strconv.ParseInt(toString(res[3]), 10, 64)
+		d, _ := strconv.Atoi(toString(res[4]))
+		info.Deliveries = d
+		var enq, exp int64
+		if _, err := fmt.Sscanf(toString(res[2]), "%d|%d", &enq, &exp); err == nil {
+			info.EnqueuedAt = time.UnixMilli(enq)
+			if exp > 0 {
+				info.ExpiresAt = time.UnixMilli(exp)
+			}
+		}
+		return info, nil
+	}
+	return MessageInfo{}, fmt.Errorf("%w: %s in %s", ErrNotFound, id, queue)
+}
+
+// ShardStats are one shard's counts and cumulative counters.
+type ShardStats struct {
+	Shard    string           `json:"shard"`
+	Ready    int64            `json:"ready"`
+	Inflight int64            `json:"inflight"`
+	Locked   int64            `json:"locked"`
+	Dead     int64            `json:"dead"`
+	Fence    int64            `json:"fence"`
+	Counters map[string]int64 `json:"counters"`
+}
+
+// QueueStats sums a queue's shards.
+type QueueStats struct {
+	Queue    string           `json:"queue"`
+	Config   Config           `json:"config"`
+	Ready    int64            `json:"ready"`
+	Inflight int64            `json:"inflight"`
+	Locked   int64            `json:"locked"`
+	Dead     int64            `json:"dead"`
+	Counters map[string]int64 `json:"counters"`
+	Shards   []ShardStats     `json:"shards"`
+}
+
+// Stats reads the counts of every shard of queue in one pipeline.
+func (c *Client) Stats(ctx context.Context, queue string) (QueueStats, error) {
+	cfg, err := c.reg.Get(ctx, queue)
+	if err != nil {
+		return QueueStats{}, err
+	}
+	type cmds struct {
+		r, i, l, d *redis.IntCmd
+		f          *redis.StringCmd
+		st         *redis.MapStringStringCmd
+	}
+	all := make([]cmds, cfg.Partitions)
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range all {
+			k := keysFor(c.prefix, Shard{queue, i})
+			all[i] = cmds{p.ZCard(ctx, k.Ready), p.ZCard(ctx, k.Inflight), p.ZCard(ctx, k.Locked),
+				p.ZCard(ctx, k.Dead), p.Get(ctx, k.Fence), p.HGetAll(ctx, k.Stats)}
+		}
+		return nil
+	})
+	if err != nil && err != redis.Nil {
+		return QueueStats{}, fmt.Errorf("stats of %s: %w", queue, asError(err, Shard{queue, 0}, 0))
+	}
+	qs := QueueStats{Queue: queue, Config: cfg, Counters: map[string]int64{}}
+	for i, c := range all {
+		ss := ShardStats{Shard: Shard{queue, i}.String(), Ready: c.r.Val(), Inflight: c.i.Val(),
+			Locked: c.l.Val(), Dead: c.d.Val(), Counters: map[string]int64{}}
+		ss.Fence, _ = strconv.ParseInt(c.f.Val(), 10, 64)
+		for k, v := range c.st.Val() {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			ss.Counters[k] = n
+			qs.Counters[k] += n
+		}
+		qs.Ready += ss.Ready
+		qs.Inflight += ss.Inflight
+		qs.Locked += ss.Locked
+		qs.Dead += ss.Dead
+		qs.Shards = append(qs.Shards, ss)
+	}
+	return qs, nil
+}
+
+// PartitionOf maps a message id to its partition.
+func PartitionOf(id string, partitions int) int {
+	if partitions <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() % uint32(partitions))
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func ms(d time.Duration) int64 { return d.Milliseconds() }
+
+func toInt64(v any) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case string:
+		n, _ := strconv.ParseInt(x, 10, 64)
+		return n
+	}
+	return 0
+}
+
+func toString(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case int64:
+		return strconv.FormatInt(x, 10)
+	}
+	return ""
+}

@@ -1,0 +1,68 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Errors callers can test with errors.Is. Scripts report the Redis-side ones
+// as error replies starting with a KEEPER_* code; asError maps them back.
+var (
+	ErrBadName      = errors.New("bad queue name")
+	ErrBadConfig    = errors.New("bad queue config")
+	ErrBadMessage   = errors.New("bad message")
+	ErrUnknownQueue = errors.New("unknown queue")
+	ErrQueueExists  = errors.New("queue already exists")
+	// ErrTooBig: the payload is over the queue's max_payload_bytes.
+	ErrTooBig = errors.New("payload too big")
+	// ErrStale: the delivery token no longer matches: the lease was
+	// recovered (and the message perhaps redelivered), or the message was
+	// acked, expired or trimmed. Nothing was changed.
+	ErrStale = errors.New("stale delivery")
+	// ErrNotFound: no message with that id in the queue.
+	ErrNotFound = errors.New("message not found")
+	// ErrWrongType: a key of the shard holds a value of another type
+	// (someone else wrote there). The script refused before writing.
+	ErrWrongType = errors.New("wrong-typed redis key")
+)
+
+// FencedError reports that Redis refused a housekeeping write because a
+// higher ownership token has already written to the shard.
+type FencedError struct {
+	Shard Shard
+	Token int64 // the token we presented
+	Fence int64 // the shard's fence in Redis
+}
+
+func (e *FencedError) Error() string {
+	return fmt.Sprintf("shard %s: token %d refused, fence is %d", e.Shard, e.Token, e.Fence)
+}
+
+// asError turns a KEEPER_* error reply into a typed error; other errors are
+// returned unchanged.
+func asError(err error, s Shard, token int64) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	code, rest, _ := strings.Cut(msg, " ")
+	switch code {
+	case "KEEPER_FENCED":
+		f, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+		return &FencedError{Shard: s, Token: token, Fence: f}
+	case "KEEPER_STALE":
+		return fmt.Errorf("%w: shard %s: %s", ErrStale, s, rest)
+	case "KEEPER_TOOBIG":
+		return fmt.Errorf("%w: shard %s: %s", ErrTooBig, s, rest)
+	case "KEEPER_WRONGTYPE":
+		return fmt.Errorf("%w: shard %s: %s", ErrWrongType, s, rest)
+	case "KEEPER_NOTFOUND":
+		return fmt.Errorf("%w: shard %s: %s", ErrNotFound, s, rest)
+	}
+	if strings.HasPrefix(msg, "WRONGTYPE") {
+		return fmt.Errorf("%w: shard %s: %s", ErrWrongType, s, msg)
+	}
+	return fmt.Errorf("shard %s: %w", s, err)
+}

@@ -1,0 +1,82 @@
+-- pull: lease up to n ready messages of one shard, lowest score first.
+-- KEYS[1] ready  KEYS[2] inflight  KEYS[3] ttl  KEYS[4] body  KEYS[5] meta
+-- KEYS[6] prio   KEYS[7] dlv  KEYS[8] tok  KEYS[9] seq  KEYS[10] stats
+-- KEYS[11] clean
+-- ARGV[1] n (at most 1000)  ARGV[2] lease ms  ARGV[3] this partition's share
+-- of max in-flight (0 = no cap, -1 = take nothing)  ARGV[4] wake channel
+-- ARGV[5] shard name
+-- Returns {capped, deadline_ms, id1, token1, deliveries1, body1, id2, ...};
+-- capped is 1 when the in-flight cap limited the pull.
+-- Messages whose TTL passed are dropped (and counted) instead of delivered.
+local err = check_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'hash',
+  KEYS[5], 'hash', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'string',
+  KEYS[10], 'hash', KEYS[11], 'string'})
+if err then return err end
+local n, lease, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local chan, shard = ARGV[4], ARGV[5]
+if n > 1000 then n = 1000 end
+local capped = 0
+if cap < 0 then
+  return {1, 0}
+end
+if cap > 0 then
+  local room = cap - redis.call('ZCARD', KEYS[2])
+  if room < n then
+    capped = 1
+    n = room
+  end
+end
+if n <= 0 then
+  return {capped, 0}
+end
+local ids = redis.call('ZRANGE', KEYS[1], 0, n - 1)
+if #ids == 0 then
+  return {capped, 0}
+end
+local now = math.floor(now_us() / 1000)
+local metas = redis.call('HMGET', KEYS[5], unpack(ids))
+local take, gone = {}, {}
+for i, id in ipairs(ids) do
+  local _, exp = parse_meta(metas[i])
+  if exp > 0 and exp <= now then
+    gone[#gone + 1] = id
+  else
+    take[#take + 1] = id
+  end
+end
+bulk('ZREM', KEYS[1], ids)
+bulk('ZREM', KEYS[3], ids)
+if #gone > 0 then
+  forget(gone, KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+  redis.call('HINCRBY', KEYS[10], 'expired', #gone)
+end
+local out = {capped, 0}
+if #take > 0 then
+  local deadline = now + lease
+  out[2] = deadline
+  wake_if_earlier(KEYS[2], deadline, 'r', chan, shard)
+  local zargs, dargs, targs = {}, {}, {}
+  local dl = redis.call('HMGET', KEYS[7], unpack(take))
+  local bodies = redis.call('HMGET', KEYS[4], unpack(take))
+  local last = redis.call('INCRBY', KEYS[9], #take)
+  for i, id in ipairs(take) do
+    local d = (tonumber(dl[i]) or 0) + 1
+    local t = last - #take + i
+    zargs[#zargs + 1] = deadline
+    zargs[#zargs + 1] = id
+    dargs[#dargs + 1] = id
+    dargs[#dargs + 1] = d
+    targs[#targs + 1] = id
+    targs[#targs + 1] = t
+    out[#out + 1] = id
+    out[#out + 1] = t
+    out[#out + 1] = d
+    out[#out + 1] = bodies[i] or ''
+  end
+  redis.call('ZADD', KEYS[2], unpack(zargs))
+  redis.call('HSET', KEYS[7], unpack(dargs))
+  redis.call('HSET', KEYS[8], unpack(targs))
+  redis.call('HINCRBY', KEYS[10], 'pulled', #take)
+end
+mark_dirty(KEYS[11], chan, shard)
+return out

@@ -1,0 +1,61 @@
+-- requeue (housekeeping): recover expired leases, oldest deadline first. A
+-- message goes back to ready with its score; to dead when it has been
+-- delivered max-deliveries times already; or is dropped when its TTL passed.
+-- Deliveries are counted at pull, so the requeued copy already carries +1.
+-- KEYS[1] fence  KEYS[2] inflight  KEYS[3] ready  KEYS[4] dead  KEYS[5] ttl
+-- KEYS[6] tok  KEYS[7] dlv  KEYS[8] prio  KEYS[9] meta  KEYS[10] body
+-- KEYS[11] stats  KEYS[12] clean
+-- ARGV[1] ownership token  ARGV[2] batch size  ARGV[3] max deliveries
+-- (0 = unlimited)
+-- Returns {handled, next_due_ms, now_us, requeued, dead_lettered, expired,
+-- ttl_head_ms}; -1 for none.
+-- Errors: KEEPER_FENCED <fence>.
+local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
+  KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
+  KEYS[10], 'hash', KEYS[11], 'hash', KEYS[12], 'string'})
+if err then return err end
+err = fence(KEYS[1], ARGV[1])
+if err then return err end
+local now = now_us()
+local now_ms = math.floor(now / 1000)
+local maxd = tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
+local requeued, dead, expired = 0, 0, 0
+if #ids > 0 then
+  local dl = redis.call('HMGET', KEYS[7], unpack(ids))
+  local prios = redis.call('HMGET', KEYS[8], unpack(ids))
+  local metas = redis.call('HMGET', KEYS[9], unpack(ids))
+  local ready, deadz, ttlz, gone = {}, {}, {}, {}
+  for i, id in ipairs(ids) do
+    local _, exp = parse_meta(metas[i])
+    if exp > 0 and exp <= now_ms then
+      gone[#gone + 1] = id
+    else
+      if maxd > 0 and (tonumber(dl[i]) or 0) >= maxd then
+        deadz[#deadz + 1] = now_ms
+        deadz[#deadz + 1] = id
+      else
+        ready[#ready + 1] = prios[i] or now_ms
+        ready[#ready + 1] = id
+      end
+      if exp > 0 then
+        ttlz[#ttlz + 1] = exp
+        ttlz[#ttlz + 1] = id
+      end
+    end
+  end
+  bulk('ZREM', KEYS[2], ids)
+  bulk('HDEL', KEYS[6], ids)
+  bulk('ZADD', KEYS[3], ready)
+  bulk('ZADD', KEYS[4], deadz)
+  bulk('ZADD', KEYS[5], ttlz)
+  if #gone > 0 then
+    forget(gone, KEYS[10], KEYS[9], KEYS[8], KEYS[7])
+  end
+  requeued, dead, expired = #ready / 2, #deadz / 2, #gone
+  if requeued > 0 then redis.call('HINCRBY', KEYS[11], 'requeued', requeued) end
+  if dead > 0 then redis.call('HINCRBY', KEYS[11], 'dead_lettered', dead) end
+  if expired > 0 then redis.call('HINCRBY', KEYS[11], 'expired', expired) end
+  redis.call('DEL', KEYS[12])
+end
+return {#ids, head_score(KEYS[2]), now, requeued, dead, expired, head_score(KEYS[5])}

@@ -1,0 +1,36 @@
+-- trim (housekeeping): keep a shard within its max size by dropping the ready
+-- messages with the lowest score (the oldest, with default priorities), the
+-- way a capped stream drops its oldest entries. In-flight and locked messages
+-- count towards the size but are never dropped.
+-- KEYS[1] fence  KEYS[2] ready  KEYS[3] inflight  KEYS[4] locked  KEYS[5] ttl
+-- KEYS[6] body  KEYS[7] meta  KEYS[8] prio  KEYS[9] dlv  KEYS[10] stats
+-- KEYS[11] clean
+-- ARGV[1] ownership token  ARGV[2] batch size  ARGV[3] max size (0 = none)
+-- Returns {trimmed, excess_left, now_us}.
+-- Errors: KEEPER_FENCED <fence>.
+local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
+  KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
+  KEYS[10], 'hash', KEYS[11], 'string'})
+if err then return err end
+err = fence(KEYS[1], ARGV[1])
+if err then return err end
+local now = now_us()
+local maxsize = tonumber(ARGV[3])
+if maxsize <= 0 then
+  return {0, 0, now}
+end
+local ready = redis.call('ZCARD', KEYS[2])
+local excess = ready + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) - maxsize
+local n = math.min(excess, ready, tonumber(ARGV[2]))
+if n <= 0 then
+  return {0, math.max(excess, 0), now}
+end
+local ids = redis.call('ZRANGE', KEYS[2], 0, n - 1)
+bulk('ZREM', KEYS[2], ids)
+bulk('ZREM', KEYS[5], ids)
+forget(ids, KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+redis.call('HINCRBY', KEYS[10], 'trimmed', #ids)
+redis.call('DEL', KEYS[11])
+-- Excess that only in-flight or locked messages make up cannot be trimmed
+-- now; report what is left in ready so the caller stops looping on it.
+return {#ids, math.min(excess - #ids, ready - #ids), now}

@@ -1,0 +1,217 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Native is the housekeeping side of the native layout: the Layout that
+// tasks/ drives.
+type Native struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+var _ Layout = (*Native)(nil)
+
+// NewNative returns the native layout under prefix (DefaultPrefix when empty).
+func NewNative(rdb redis.UniversalClient, prefix string) *Native {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return &Native{rdb: rdb, prefix: prefix}
+}
+
+// Unlock implements Layout.
+func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	k := keysFor(n.prefix, s)
+	res, err := nativeScripts.unlock.Run(ctx, n.rdb,
+		[]string{k.Fence, k.Locked, k.Ready, k.Prio, k.Stats, k.Clean}, token, batch).Int64Slice()
+	if err != nil {
+		return PassResult{}, asError(err, s, token)
+	}
+	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2]}
+	r.Full = r.Moved >= batch
+	r.Lags = make([]time.Duration, 0, len(res)-3)
+	for _, us := range res[3:] {
+		r.Lags = append(r.Lags, time.Duration(us)*time.Microsecond)
+	}
+	return r, nil
+}
+
+// Requeue implements Layout.
+func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	k := keysFor(n.prefix, s)
+	res, err := nativeScripts.requeue.Run(ctx, n.rdb,
+		[]string{k.Fence, k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean},
+		token, batch, cfg.MaxDeliveries).Int64Slice()
+	if err != nil {
+		return PassResult{}, asError(err, s, token)
+	}
+	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2],
+		Requeued: int(res[3]), DeadLettered: int(res[4]), Expired: int(res[5])}
+	r.Full = r.Moved >= batch
+	if res[6] >= 0 {
+		r.Hints = []Due{{Kind: DueExpire, AtMs: res[6]}}
+	}
+	return r, nil
+}
+
+// Expire implements Layout.
+func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	k := keysFor(n.prefix, s)
+	res, err := nativeScripts.expire.Run(ctx, n.rdb,
+		[]string{k.Fence, k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		token, batch).Int64Slice()
+	if err != nil {
+		return PassResult{}, asError(err, s, token)
+	}
+	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2], Expired: int(res[0])}
+	r.Full = r.Moved >= batch
+	return r, nil
+}
+
+// Trim implements Layout. NextMs is always -1: trim is due only when a
+// shard goes over its cap, which the enqueue script announces.
+func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	k := keysFor(n.prefix, s)
+	res, err := nativeScripts.trim.Run(ctx, n.rdb,
+		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		token, batch, cfg.MaxSize).Int64Slice()
+	if err != nil {
+		return PassResult{}, asError(err, s, token)
+	}
+	return PassResult{Moved: int(res[0]), Full: res[0] > 0 && res[1] > 0, NextMs: -1, NowUs: res[2]}, nil
+}
+
+// Measure implements Layout.
+func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement, error) {
+	k := keysFor(n.prefix, s)
+	res, err := nativeScripts.measure.Run(ctx, n.rdb,
+		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean}, token).Slice()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return Measurement{}, asError(err, s, token)
+	}
+	if len(res) < 6 {
+		return Measurement{}, fmt.Errorf("shard %s: measure returned %d fields", s, len(res))
+	}
+	m := Measurement{NowUs: toInt64(res[0]), Ready: toInt64(res[1]), Inflight: toInt64(res[2]),
+		Locked: toInt64(res[3]), Dead: toInt64(res[4]), Counters: map[string]int64{}}
+	if h, ok := res[5].(string); ok {
+		m.HasReady = true
+		m.ReadyHead, _ = strconv.ParseFloat(h, 64)
+	}
+	for i := 6; i+1 < len(res); i += 2 {
+		m.Counters[toString(res[i])] = toInt64(res[i+1])
+	}
+	return m, nil
+}
+
+// Probe implements Layout with one pipeline for all shards.
+func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
+	out := make([]ProbeResult, len(reqs))
+	if len(reqs) == 0 {
+		return out, nil
+	}
+	// Make sure the script is loaded, so the pipeline can use EVALSHA.
+	if err := nativeScripts.probe.Load(ctx, n.rdb).Err(); err != nil {
+		return nil, fmt.Errorf("load probe script: %w", err)
+	}
+	cmds := make([]*redis.Cmd, len(reqs))
+	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range reqs {
+			k := keysFor(n.prefix, r.Shard)
+			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, []string{k.Locked, k.Inflight, k.TTL, k.Ready}, r.MaxSize)
+		}
+		return nil
+	})
+	if err != nil && !isScriptError(err) {
+		return nil, fmt.Errorf("probe %d shards: %w", len(reqs), err)
+	}
+	for i, c := range cmds {
+		v, err := c.Int64Slice()
+		if err != nil {
+			out[i].Err = asError(err, reqs[i].Shard, 0)
+			continue
+		}
+		out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}
+	}
+	return out, nil
+}
+
+// isScriptError tells a per-shard failure inside a pipeline (reported per
+// command) from a connection failure (reported for the whole pipeline).
+func isScriptError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
+}
+
+// Now implements Layout.
+func (n *Native) Now(ctx context.Context) (time.Time, error) {
+	t, err := n.rdb.Time(ctx).Result()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redis TIME: %w", err)
+	}
+	return t, nil
+}
+
+// Wakes implements Layout: it subscribes to the wake and config channels and
+// calls fn for each hint. A (re)subscription is reported as a Resync, since
+// pub/sub drops what it sent while the connection was down.
+func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
+	ps := n.rdb.Subscribe(ctx, wakeChannel(n.prefix), configChannel(n.prefix))
+	defer ps.Close()
+	for {
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			// go-redis reconnects and resubscribes by itself on the next
+			// Receive; back off a little so a dead server is not hammered.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == wakeChannel(n.prefix) {
+				fn(Wake{Resync: true})
+			}
+		case *redis.Message:
+			if m.Channel == configChannel(n.prefix) {
+				fn(Wake{ConfigChanged: true})
+				continue
+			}
+			if w, ok := parseWake(m.Payload); ok {
+				fn(w)
+			}
+		}
+	}
+}
+
+// parseWake reads "<kind> <shard> <ms>".
+func parseWake(p string) (Wake, bool) {
+	f := strings.Fields(p)
+	if len(f) != 3 || len(f[0]) != 1 {
+		return Wake{}, false
+	}
+	s, err := ParseShard(f[1])
+	if err != nil {
+		return Wake{}, false
+	}
+	at, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		return Wake{}, false
+	}
+	return Wake{Shard: s, Due: Due{Kind: DueKind(f[0][0]), AtMs: at}}, true
+}
