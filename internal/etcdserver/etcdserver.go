@@ -1,0 +1,299 @@
+// Package etcdserver runs a single-member etcd inside the current process on
+// free loopback ports. Tests and benchmarks use it so they need no etcd
+// binary, and `keeper run` uses it when no etcd endpoints are configured, so
+// a given data directory is real and survives restarts.
+package etcdserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Config describes the server to start. Zero values take the defaults below.
+type Config struct {
+	// Name is the etcd member name; default "keeper".
+	Name string
+	// Dir is the data directory. When set it is created if missing and kept
+	// by Stop, so `keeper run` keeps its state across restarts; default a new
+	// temporary directory that Stop removes.
+	Dir string
+	// ClientPort and PeerPort bind on 127.0.0.1; default free ports chosen
+	// by the kernel.
+	ClientPort, PeerPort int
+	// LogLevel is etcd's zap level ("debug", "info", "warn", "error");
+	// default "error", because etcd logs every request at info level.
+	LogLevel string
+	// StartTimeout bounds how long Start (and Restart) wait for the server
+	// to be ready to serve; default 30s, generous for a loaded 2-core box.
+	StartTimeout time.Duration
+}
+
+// Server is a running embedded etcd.
+type Server struct {
+	mu         sync.Mutex
+	cfg        Config // defaults applied, ports fixed after the first start
+	dir        string
+	ownsDir    bool
+	etcd       *embed.Etcd
+	stopped    bool
+	clientURL  url.URL
+	peerURL    url.URL
+	endpoints  []string
+	removedDir bool
+	// closing silences the errors etcd logs about its own listeners closing
+	// while we shut it down on purpose.
+	closing atomic.Bool
+}
+
+// startAttempts bounds retries when a kernel-chosen port is taken by someone
+// else between our probe and etcd's bind.
+const startAttempts = 5
+
+// Start launches an embedded etcd and waits until it serves requests.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Name == "" {
+		cfg.Name = "keeper"
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "error"
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 30 * time.Second
+	}
+	s := &Server{cfg: cfg, dir: cfg.Dir}
+	if s.dir == "" {
+		d, err := os.MkdirTemp("", "keeper-etcd-")
+		if err != nil {
+			return nil, fmt.Errorf("etcd data dir: %w", err)
+		}
+		s.dir = d
+		s.ownsDir = true
+	} else if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("etcd data dir %s: %w", s.dir, err)
+	}
+	var lastErr error
+	for attempt := 0; attempt < startAttempts; attempt++ {
+		clientPort, peerPort := cfg.ClientPort, cfg.PeerPort
+		var err error
+		if clientPort == 0 {
+			if clientPort, err = FreePort(); err != nil {
+				lastErr = err
+				break
+			}
+		}
+		if peerPort == 0 {
+			if peerPort, err = FreePort(); err != nil {
+				lastErr = err
+				break
+			}
+		}
+		lastErr = s.launch(ctx, clientPort, peerPort)
+		if lastErr == nil {
+			return s, nil
+		}
+		if (cfg.ClientPort != 0 && cfg.PeerPort != 0) || ctx.Err() != nil {
+			break
+		}
+	}
+	if s.ownsDir {
+		_ = os.RemoveAll(s.dir)
+	}
+	return nil, lastErr
+}
+
+func (s *Server) launch(ctx context.Context, clientPort, peerPort int) error {
+	cu := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(clientPort))}
+	pu := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))}
+	ec := embed.NewConfig()
+	ec.Name = s.cfg.Name
+	ec.Dir = s.dir
+	ec.ListenClientUrls = []url.URL{cu}
+	ec.AdvertiseClientUrls = []url.URL{cu}
+	ec.ListenPeerUrls = []url.URL{pu}
+	ec.AdvertisePeerUrls = []url.URL{pu}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.LogLevel = s.cfg.LogLevel
+	ec.LogOutputs = []string{embed.StdErrLogOutput}
+	lg, err := s.logger()
+	if err != nil {
+		return err
+	}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	// Revision mode keeps the last 10000 revisions whatever the write rate:
+	// ownership churn during a rebalance writes in bursts, and periodic mode
+	// would let a burst-heavy hour grow the history unbounded until it ends.
+	ec.AutoCompactionMode = "revision"
+	ec.AutoCompactionRetention = "10000"
+
+	s.closing.Store(false)
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return fmt.Errorf("start embedded etcd on %s: %w", cu.Host, err)
+	}
+	timer := time.NewTimer(s.cfg.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		s.close(e)
+		return fmt.Errorf("embedded etcd on %s failed: %w", cu.Host, err)
+	case <-timer.C:
+		s.close(e)
+		return fmt.Errorf("embedded etcd on %s not ready within %s", cu.Host, s.cfg.StartTimeout)
+	case <-ctx.Done():
+		s.close(e)
+		return fmt.Errorf("embedded etcd on %s: %w", cu.Host, ctx.Err())
+	}
+	s.etcd = e
+	s.clientURL, s.peerURL = cu, pu
+	s.cfg.ClientPort, s.cfg.PeerPort = clientPort, peerPort
+	s.endpoints = []string{cu.String()}
+	return nil
+}
+
+// Endpoints are the client URLs to give clientv3.
+func (s *Server) Endpoints() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.endpoints...)
+}
+
+// Dir is the data directory.
+func (s *Server) Dir() string { return s.dir }
+
+// Etcd exposes the embedded server, e.g. for its revision or its metrics.
+// It changes on Restart and is nil while stopped.
+func (s *Server) Etcd() *embed.Etcd {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etcd
+}
+
+// Stop shuts the server down and removes its data directory if Start created
+// it. It is safe to call more than once.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopped = true
+	s.closeLocked()
+	if s.ownsDir && !s.removedDir {
+		s.removedDir = true
+		if err := os.RemoveAll(s.dir); err != nil {
+			return fmt.Errorf("remove etcd data dir: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) closeLocked() {
+	if s.etcd != nil {
+		s.close(s.etcd)
+		s.etcd = nil
+	}
+}
+
+func (s *Server) close(e *embed.Etcd) {
+	s.closing.Store(true)
+	e.Close()
+}
+
+func (s *Server) logger() (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(s.cfg.LogLevel)
+	if err != nil {
+		return nil, fmt.Errorf("etcd log level %q: %w", s.cfg.LogLevel, err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.Sampling = nil
+	zc.OutputPaths = []string{"stderr"}
+	zc.ErrorOutputPaths = []string{"stderr"}
+	return zc.Build(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return quietCore{Core: c, closing: &s.closing}
+	}))
+}
+
+// quietCore drops the "serving failed" errors etcd logs for every listener
+// when it is closed deliberately; at level error they would otherwise be the
+// only output of a clean Stop or Restart.
+type quietCore struct {
+	zapcore.Core
+	closing *atomic.Bool
+}
+
+func (q quietCore) With(f []zapcore.Field) zapcore.Core {
+	return quietCore{Core: q.Core.With(f), closing: q.closing}
+}
+
+func (q quietCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if q.closing.Load() && e.Message == "setting up serving from embedded etcd failed." {
+		return ce
+	}
+	return q.Core.Check(e, ce)
+}
+
+// Restart stops the server and starts it again on the same ports with the
+// same data, as an operator restarting etcd would; clients reconnect on their
+// own.
+func (s *Server) Restart(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return errors.New("etcd server already stopped")
+	}
+	s.closeLocked()
+	// The old listeners are closed, but the kernel may briefly refuse the
+	// same port; retry instead of failing a test run on a busy machine.
+	var err error
+	for attempt := 0; attempt < startAttempts; attempt++ {
+		if err = s.launch(ctx, s.cfg.ClientPort, s.cfg.PeerPort); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("restart etcd: %w", err)
+		case <-time.After(time.Duration(attempt+1) * 100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("restart etcd: %w", err)
+}
+
+// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// TB is the part of testing.TB that StartTB needs; it keeps the testing
+// package out of the daemon's binary.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+// StartTB starts a server for a test or benchmark and stops it in Cleanup.
+func StartTB(t TB) *Server {
+	t.Helper()
+	s, err := Start(context.Background(), Config{})
+	if err != nil {
+		t.Fatalf("start embedded etcd: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}
