@@ -371,7 +371,7 @@ func exportInterval(cfg time.Duration) (time.Duration, error) {
 // so Config.Endpoint is only passed when the environment names no endpoint.
 func exporterOptions(endpoint string) ([]otlpmetricgrpc.Option, string) {
 	for _, k := range []string{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
-		if v := os.Getenv(k); v != "" {
+		if v := strings.TrimSpace(os.Getenv(k)); v != "" {
 			return nil, v + " (" + k + ")"
 		}
 	}

@@ -1,0 +1,453 @@
+package otel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/keeperhq/keeper/internal/otelcol"
+)
+
+// clearOTelEnv keeps a developer's or CI's OTEL_* settings out of tests that
+// pin their own (an empty value counts as unset for the SDK and for Start).
+func clearOTelEnv(t *testing.T) {
+	t.Helper()
+	for _, k := range []string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+		"OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_METRICS_INSECURE",
+		"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+		"OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+		"OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+		"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT",
+		"OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME",
+	} {
+		t.Setenv(k, "")
+	}
+}
+
+// logBuffer is a concurrency-safe slog sink for asserting on log lines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+func shutdownAtCleanup(t *testing.T, p *Provider) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = p.Shutdown(ctx)
+	})
+}
+
+func TestExportInterval(t *testing.T) {
+	clearOTelEnv(t)
+	if d, err := exportInterval(0); d != DefaultExportInterval || err != nil {
+		t.Errorf("default: %v %v", d, err)
+	}
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "2500")
+	if d, err := exportInterval(0); d != 2500*time.Millisecond || err != nil {
+		t.Errorf("from env: %v %v", d, err)
+	}
+	if d, _ := exportInterval(time.Second); d != time.Second {
+		t.Errorf("config must win over env: %v", d)
+	}
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "10s")
+	if d, err := exportInterval(0); d != DefaultExportInterval || err == nil {
+		t.Errorf("bad env: %v %v, want default and an error", d, err)
+	}
+}
+
+func TestEndpointFromEnvWins(t *testing.T) {
+	clearOTelEnv(t)
+	if opts, target := exporterOptions(""); len(opts) != 0 || !strings.Contains(target, "localhost:4317") {
+		t.Errorf("nothing configured: %d options, target %q", len(opts), target)
+	}
+	if opts, target := exporterOptions("http://127.0.0.1:1"); len(opts) != 1 || target != "http://127.0.0.1:1" {
+		t.Errorf("config endpoint: %d options, target %q", len(opts), target)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+	if opts, target := exporterOptions("http://127.0.0.1:1"); len(opts) != 0 || !strings.Contains(target, "collector:4317") {
+		t.Errorf("env endpoint must win: %d options, target %q", len(opts), target)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://metrics:4317")
+	if _, target := exporterOptions(""); !strings.Contains(target, "metrics:4317") {
+		t.Errorf("signal-specific env must win: %q", target)
+	}
+}
+
+func TestResourceKeepsMemberIDOverEnv(t *testing.T) {
+	clearOTelEnv(t)
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=shared,k8s.pod.name=pod-1")
+	t.Setenv("OTEL_SERVICE_NAME", "keeper-eu")
+	res, err := newResource(context.Background(), "", "member-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, kv := range res.Attributes() {
+		got[string(kv.Key)] = kv.Value.String()
+	}
+	for k, want := range map[string]string{"service.instance.id": "member-7", "service.name": "keeper-eu", "k8s.pod.name": "pod-1", "telemetry.sdk.language": "go"} {
+		if got[k] != want {
+			t.Errorf("%s=%q, want %q (resource %v)", k, got[k], want, got)
+		}
+	}
+	if id := instanceIDFromEnv(); id != "shared" {
+		t.Errorf("instanceIDFromEnv %q", id)
+	}
+}
+
+func TestRateLimitedLog(t *testing.T) {
+	var out logBuffer
+	l := newRateLimitedLog(slog.New(slog.NewTextHandler(&out, nil)), time.Minute, "x:1")
+	now := time.Unix(1000, 0)
+	l.now = func() time.Time { return now }
+	boom := errors.New("boom")
+	for i := 0; i < 5; i++ {
+		l.failed(boom)
+		now = now.Add(10 * time.Second)
+	}
+	if n := strings.Count(out.String(), "metrics export failed"); n != 1 {
+		t.Fatalf("%d failure lines within a minute, want 1:\n%s", n, out.String())
+	}
+	now = now.Add(time.Minute)
+	l.failed(boom)
+	if n := strings.Count(out.String(), "metrics export failed"); n != 2 || !strings.Contains(out.String(), "suppressed_since_last_log=4") {
+		t.Fatalf("want a second line with the suppressed count:\n%s", out.String())
+	}
+	l.succeeded()
+	l.succeeded()
+	if n := strings.Count(out.String(), "metrics export recovered"); n != 1 || !strings.Contains(out.String(), "failed_exports=6") {
+		t.Fatalf("want one recovery line:\n%s", out.String())
+	}
+	l.failed(boom)
+	if n := strings.Count(out.String(), "metrics export failed"); n != 3 {
+		t.Fatalf("a new outage must be logged at once:\n%s", out.String())
+	}
+}
+
+func TestDisabledIsNoop(t *testing.T) {
+	p, err := Start(context.Background(), Config{Disabled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.MeterProvider().(noop.MeterProvider); !ok {
+		t.Errorf("disabled provider is %T", p.MeterProvider())
+	}
+	inst, err := RegisterInstruments(p.Meter("x"), newShards(snapshot("q", "q#0", 0)), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.RecordUnlockLag(context.Background(), "q", "q#0", time.Millisecond)
+	if err := p.ForceFlush(context.Background()); err != nil {
+		t.Error(err)
+	}
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+// An unreachable collector must cost a log line, not a crash or an error
+// from the periodic export; ForceFlush still tells the caller.
+func TestUnreachableCollectorIsLoggedOnce(t *testing.T) {
+	clearOTelEnv(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
+	var out logBuffer
+	p, err := Start(context.Background(), Config{
+		MemberID:       "m1",
+		Endpoint:       "http://" + closedPort(t),
+		ExportInterval: time.Hour, // only the flushes below export
+		Logger:         slog.New(slog.NewTextHandler(&out, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdownAtCleanup(t, p)
+	if _, err := RegisterInstruments(p.Meter("t"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := p.ForceFlush(ctx)
+		cancel()
+		if err == nil {
+			t.Fatal("ForceFlush to a closed port succeeded")
+		}
+	}
+	if n := strings.Count(out.String(), "metrics export failed"); n != 1 {
+		t.Fatalf("%d failure lines, want 1:\n%s", n, out.String())
+	}
+}
+
+// Without any endpoint the exporter still exists (default localhost:4317)
+// and Start says so; exports are not awaited.
+func TestNoEndpointConfiguredStillStarts(t *testing.T) {
+	clearOTelEnv(t)
+	var out logBuffer
+	p, err := Start(context.Background(), Config{MemberID: "m1", ExportInterval: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = p.Shutdown(ctx) // may fail to deliver the final export; must return
+	if !strings.Contains(out.String(), "no endpoint configured") || p.ExportInterval() != time.Hour || p.MemberID() != "m1" {
+		t.Errorf("start log:\n%s", out.String())
+	}
+}
+
+func TestPrometheusPullEndpoint(t *testing.T) {
+	clearOTelEnv(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
+	p, err := Start(context.Background(), Config{
+		MemberID:       "m1",
+		Endpoint:       "http://" + closedPort(t),
+		ExportInterval: time.Hour,
+		PrometheusAddr: "127.0.0.1:0",
+		Logger:         slog.New(slog.NewTextHandler(&logBuffer{}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdownAtCleanup(t, p)
+	src := newShards(snapshot("q", "q#0", 0))
+	inst, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), src, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.RecordUnlockLag(context.Background(), "q", "q#0", 2*time.Millisecond)
+
+	url := "http://" + p.PrometheusAddr() + "/metrics"
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := otelcol.ParseText(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready"}); len(m) != 1 || m[0].Value != 1 {
+		t.Errorf("keeper_queue_messages: %v", m)
+	}
+	if m := otelcol.Select(ss, "keeper_unlock_lag_seconds_count", map[string]string{"shard": "q#0"}); len(m) != 1 || m[0].Value != 1 {
+		t.Errorf("keeper_unlock_lag_seconds_count: %v", m)
+	}
+	if m := otelcol.Select(ss, "target_info", map[string]string{"service_instance_id": "m1", "service_name": "keeper"}); len(m) != 1 {
+		t.Errorf("target_info: %v", otelcol.Select(ss, "target_info", nil))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = p.Shutdown(ctx)
+	if _, err := http.Get(url); err == nil {
+		t.Errorf("%s still serves after Shutdown", url)
+	}
+}
+
+// TestEndToEndThroughCollector runs two keepers' providers against a real
+// collector and reads what Prometheus would scrape: names, labels and values;
+// then moves a shard and the aggregator role from A to B and waits until
+// each per-shard and global series has exactly one writer again, B.
+func TestEndToEndThroughCollector(t *testing.T) {
+	clearOTelEnv(t)
+	const interval = 200 * time.Millisecond
+	col := otelcol.StartTB(t, otelcol.Config{MetricExpiration: 10 * interval})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	type keeper struct {
+		p    *Provider
+		inst *Instruments
+		src  *shards
+		glob *global
+	}
+	start := func(member string, src *shards) keeper {
+		p, err := Start(ctx, Config{
+			MemberID:       member,
+			Endpoint:       "http://" + col.OTLPEndpoint(),
+			ExportInterval: interval,
+			Logger:         slog.New(slog.NewTextHandler(&logBuffer{}, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		shutdownAtCleanup(t, p)
+		g := &global{}
+		inst, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), src, g, self{src, g})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keeper{p, inst, src, g}
+	}
+	a := start("keeper-a", newShards(snapshot("orders", "orders#0", 0), snapshot("orders", "orders#1", 100)))
+	b := start("keeper-b", newShards(snapshot("emails", "emails#0", 200)))
+	a.glob.set(true, GlobalSnapshot{Members: 2, Shards: 3, Rebalances: 4,
+		Queues: []QueueTotals{{Queue: "orders", Shards: 2, Ready: 102}, {Queue: "emails", Shards: 1, Ready: 201}}})
+	a.inst.RecordUnlockLag(ctx, "orders", "orders#1", 3*time.Millisecond)
+	a.inst.RecordPass(ctx, "unlock", 2*time.Millisecond, nil)
+	b.inst.RecordFenceRefusal(ctx, "orders", "orders#9")
+
+	// one returns the single series of name matching labels, or why not.
+	one := func(ss []otelcol.Series, name string, labels map[string]string) (otelcol.Series, error) {
+		m := otelcol.Select(ss, name, labels)
+		if len(m) != 1 {
+			return otelcol.Series{}, fmt.Errorf("%s%v: %d series %v", name, labels, len(m), m)
+		}
+		return m[0], nil
+	}
+	expect := func(ss []otelcol.Series, name string, labels map[string]string, instance string, value float64) error {
+		s, err := one(ss, name, labels)
+		if err != nil {
+			return err
+		}
+		if s.Labels["instance"] != instance || s.Value != value {
+			return fmt.Errorf("%v: want instance=%s value=%v", s, instance, value)
+		}
+		return nil
+	}
+	wait := func(what string, check func([]otelcol.Series) error) []otelcol.Series {
+		t.Helper()
+		var last error
+		for {
+			ss, err := col.Scrape(ctx)
+			if err == nil {
+				if err = check(ss); err == nil {
+					return ss
+				}
+			}
+			last = err
+			select {
+			case <-ctx.Done():
+				t.Fatalf("%s: %v (last: %v)", what, ctx.Err(), last)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+
+	shard := func(s string) map[string]string {
+		return map[string]string{"queue": strings.Split(s, "#")[0], "shard": s}
+	}
+	with := func(m map[string]string, k, v string) map[string]string {
+		out := map[string]string{k: v}
+		for x, y := range m {
+			out[x] = y
+		}
+		return out
+	}
+	o1 := shard("orders#1")
+	ss := wait("series from both keepers", func(ss []otelcol.Series) error {
+		return errors.Join(
+			expect(ss, "keeper_queue_messages", with(o1, "state", "ready"), "keeper-a", 101),
+			expect(ss, "keeper_queue_messages", with(o1, "state", "dead"), "keeper-a", 104),
+			expect(ss, "keeper_queue_messages", with(shard("emails#0"), "state", "ready"), "keeper-b", 201),
+			expect(ss, "keeper_queue_oldest_ready_age_seconds", o1, "keeper-a", 1.5),
+			expect(ss, "keeper_queue_unlocked_total", o1, "keeper-a", 112),
+			expect(ss, "keeper_queue_trimmed_total", o1, "keeper-a", 116),
+			expect(ss, "keeper_unlock_lag_seconds_count", o1, "keeper-a", 1),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.005"), "keeper-a", 1),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.0025"), "keeper-a", 0),
+			expect(ss, "keeper_cluster_members", nil, "keeper-a", 2),
+			expect(ss, "keeper_cluster_rebalances_total", nil, "keeper-a", 4),
+			expect(ss, "keeper_cluster_queue_messages", map[string]string{"queue": "orders", "state": "ready"}, "keeper-a", 102),
+			expect(ss, "keeper_member_leader", map[string]string{"instance": "keeper-a"}, "keeper-a", 1),
+			expect(ss, "keeper_member_leader", map[string]string{"instance": "keeper-b"}, "keeper-b", 0),
+			expect(ss, "keeper_member_shards_owned", map[string]string{"instance": "keeper-a"}, "keeper-a", 2),
+			expect(ss, "keeper_task_pass_duration_seconds_count", map[string]string{"task": "unlock", "outcome": "ok"}, "keeper-a", 1),
+			expect(ss, "keeper_fence_refusals_total", shard("orders#9"), "keeper-b", 1),
+		)
+	})
+	s, _ := one(ss, "keeper_queue_messages", with(o1, "state", "ready"))
+	for k, want := range map[string]string{"job": "keeper", "instance": "keeper-a", "service_instance_id": "keeper-a", "service_name": "keeper"} {
+		if s.Labels[k] != want {
+			t.Errorf("label %s=%q, want %q on %v", k, s.Labels[k], want, s)
+		}
+	}
+	if _, err := one(ss, "keeper_task_last_success_timestamp_seconds", map[string]string{"task": "unlock"}); err != nil {
+		t.Error(err)
+	}
+	var names []string
+	seen := map[string]bool{}
+	for _, x := range ss {
+		if strings.HasPrefix(x.Name, "keeper_") && !seen[x.Name] {
+			seen[x.Name] = true
+			names = append(names, x.Name)
+		}
+	}
+	sort.Strings(names)
+	t.Logf("metric names: %s", strings.Join(names, " "))
+	t.Logf("sample series: %v", s)
+
+	// The ring moves orders#1 to B, which reads the shard's cumulative
+	// counters from Redis (here: 130 unlocked), and B becomes the aggregator.
+	a.src.drop("orders#1")
+	next := snapshot("orders", "orders#1", 100)
+	next.Unlocked = 130
+	b.src.put(next)
+	b.inst.RecordUnlockLag(ctx, "orders", "orders#1", 30*time.Millisecond)
+	a.glob.set(false, GlobalSnapshot{})
+	b.glob.set(true, GlobalSnapshot{Members: 2, Shards: 3, Rebalances: 5,
+		Queues: []QueueTotals{{Queue: "orders", Shards: 2, Ready: 102}, {Queue: "emails", Shards: 1, Ready: 201}}})
+
+	wait("one writer, B, after the move and the expiry", func(ss []otelcol.Series) error {
+		return errors.Join(
+			expect(ss, "keeper_queue_messages", with(o1, "state", "ready"), "keeper-b", 101),
+			expect(ss, "keeper_queue_oldest_ready_age_seconds", o1, "keeper-b", 1.5),
+			expect(ss, "keeper_queue_unlocked_total", o1, "keeper-b", 130),
+			expect(ss, "keeper_unlock_lag_seconds_count", o1, "keeper-b", 1),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.025"), "keeper-b", 0),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.05"), "keeper-b", 1),
+			expect(ss, "keeper_queue_messages", with(shard("orders#0"), "state", "ready"), "keeper-a", 1),
+			expect(ss, "keeper_cluster_members", nil, "keeper-b", 2),
+			expect(ss, "keeper_cluster_rebalances_total", nil, "keeper-b", 5),
+			expect(ss, "keeper_cluster_queue_messages", map[string]string{"queue": "orders", "state": "ready"}, "keeper-b", 102),
+			expect(ss, "keeper_member_leader", map[string]string{"instance": "keeper-a"}, "keeper-a", 0),
+			expect(ss, "keeper_member_shards_owned", map[string]string{"instance": "keeper-b"}, "keeper-b", 2),
+		)
+	})
+	// Every series of the moved shard, whatever the metric, is B's alone.
+	ss, err := col.Scrape(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range ss {
+		if x.Labels["shard"] == "orders#1" && x.Labels["instance"] != "keeper-b" {
+			t.Errorf("moved shard still has a series from %s: %v", x.Labels["instance"], x)
+		}
+	}
+}
