@@ -451,3 +451,52 @@ func TestEndToEndThroughCollector(t *testing.T) {
 		}
 	}
 }
+
+// TestStandardEnvironment configures a keeper only through OTEL_* variables
+// (endpoint, insecure, headers, compression, interval, resource) and checks
+// that its series reach the real collector with the resource labels.
+func TestStandardEnvironment(t *testing.T) {
+	clearOTelEnv(t)
+	col := otelcol.StartTB(t, otelcol.Config{})
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+col.OTLPEndpoint())
+	t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-keeper-test=1")
+	t.Setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "5000")
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=keeper-0,deployment.environment=test")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out logBuffer
+	p, err := Start(ctx, Config{
+		MemberID: "keeper-0",
+		Endpoint: "http://" + closedPort(t), // must lose to the environment
+		Logger:   slog.New(slog.NewTextHandler(&out, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdownAtCleanup(t, p)
+	if p.ExportInterval() != 200*time.Millisecond {
+		t.Fatalf("export interval %v, want OTEL_METRIC_EXPORT_INTERVAL's 200ms", p.ExportInterval())
+	}
+	if _, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ss, err := col.Scrape(ctx)
+		if err == nil {
+			m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready",
+				"instance": "keeper-0", "k8s_pod_name": "keeper-0", "deployment_environment": "test"})
+			if len(m) == 1 && m[0].Value == 1 {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("series never arrived through the env-configured exporter (scrape err %v); keeper log:\n%s", err, out.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
