@@ -463,6 +463,7 @@ func (i *Instruments) RecordFenceRefusal(ctx context.Context, queue, shard strin
 // breaking "one writer per series" (invariant 5). It is exported through the
 // readers as an sdkmetric.Producer. If the shard comes back, its histogram
 // restarts with a new start time, which Prometheus reads as a counter reset.
+// Without a ShardSource every shard that has data is reported.
 type ownedHistograms struct {
 	scope  instrumentation.Scope
 	name   string

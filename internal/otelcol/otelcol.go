@@ -89,6 +89,11 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 			return nil, fmt.Errorf("otelcol config: %w", err)
 		}
 	}
+	// The collector runs in its own temporary directory, so relative paths
+	// must be resolved against ours first.
+	if conf, err = filepath.Abs(conf); err != nil {
+		return nil, fmt.Errorf("otelcol config: %w", err)
+	}
 	if _, err := os.Stat(conf); err != nil {
 		return nil, fmt.Errorf("otelcol config: %w", err)
 	}
@@ -481,7 +486,16 @@ func resolveBinary(bin string) (string, error) {
 		}
 		bin = filepath.Join(root, DefaultBinary)
 	}
-	if _, err := os.Stat(bin); err != nil {
+	var err error
+	if strings.ContainsRune(bin, filepath.Separator) {
+		bin, err = filepath.Abs(bin)
+		if err == nil {
+			_, err = os.Stat(bin)
+		}
+	} else {
+		bin, err = exec.LookPath(bin)
+	}
+	if err != nil {
 		return "", fmt.Errorf("otelcol binary %s missing: run `make collector` at the repo root to build it (or set %s): %w", bin, BinaryEnv, err)
 	}
 	return bin, nil

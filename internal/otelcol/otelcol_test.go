@@ -4,6 +4,8 @@ import (
 	"context"
 	"math"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,11 +78,21 @@ func TestRepoRootSkipsOtherModules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasSuffix(DefaultConfigFile, "collector.yaml") || root == "" {
-		t.Fatalf("repo root %q", root)
+	if _, err := os.Stat(filepath.Join(root, DefaultConfigFile)); err != nil {
+		t.Fatalf("repo root %s: %v", root, err)
 	}
-	if !declaresModule("// c\nmodule   github.com/keeperhq/keeper // x\n", module) || declaresModule("module otelcol-keeper\n", module) {
-		t.Fatal("declaresModule misreads module lines")
+	// A go.mod of another module (like the builder's under bin/) is not the
+	// root; outside the repo there is none.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module otelcol-keeper\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	if got, err := repoRoot(); err == nil {
+		t.Fatalf("repoRoot from %s = %s, want an error", dir, got)
+	}
+	if !declaresModule("// c\nmodule   github.com/keeperhq/keeper // x\n", module) {
+		t.Fatal("declaresModule misreads a module line with a comment")
 	}
 }
 
@@ -88,7 +100,9 @@ func TestRepoRootSkipsOtherModules(t *testing.T) {
 // telemetry included, is on its own free loopback port.
 func TestTwoCollectorsSideBySide(t *testing.T) {
 	a := StartTB(t, Config{})
-	b := StartTB(t, Config{})
+	// A relative config path is resolved against the test's directory even
+	// though the collector runs in a temporary one.
+	b := StartTB(t, Config{ConfigFile: filepath.Join("..", "..", DefaultConfigFile)})
 	for _, c := range []*Collector{a, b} {
 		for _, addr := range []string{c.otlpAddr, c.promAddr, c.telemetryAddr} {
 			host, _, err := net.SplitHostPort(addr)
