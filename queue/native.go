@@ -166,7 +166,12 @@ func (n *Native) Now(ctx context.Context) (time.Time, error) {
 // pub/sub drops what it sent while the connection was down.
 func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
 	ps := n.rdb.Subscribe(ctx, wakeChannel(n.prefix), configChannel(n.prefix))
-	defer ps.Close()
+	// Receive does not watch ctx; closing the subscription is what ends it.
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer func() {
+		stop()
+		_ = ps.Close()
+	}()
 	for {
 		msg, err := ps.Receive(ctx)
 		if err != nil {

@@ -1,0 +1,134 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/redis/go-redis/v9"
+)
+
+// One real redis-server for the package; each test works under its own key
+// prefix so tests cannot see each other's keys.
+var testRedis *redisserver.Server
+
+func TestMain(m *testing.M) {
+	s, err := redisserver.Start(context.Background(), redisserver.Config{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "queue tests need redis-server:", err)
+		os.Exit(1)
+	}
+	testRedis = s
+	code := m.Run()
+	_ = s.Stop()
+	os.Exit(code)
+}
+
+var prefixSeq atomic.Int64
+
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	rdb    *redis.Client
+	prefix string
+	c      *Client
+	n      *Native
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: testRedis.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	prefix := fmt.Sprintf("t%d", prefixSeq.Add(1))
+	return &env{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix,
+		c: NewClient(rdb, ClientOptions{Prefix: prefix, ConfigTTL: time.Millisecond}),
+		n: NewNative(rdb, prefix)}
+}
+
+func (e *env) create(name string, cfg Config) {
+	e.t.Helper()
+	if err := e.c.Registry().Create(e.ctx, name, cfg); err != nil {
+		e.t.Fatalf("create %s: %v", name, err)
+	}
+}
+
+func (e *env) enqueue(q string, m Message) EnqueueResult {
+	e.t.Helper()
+	r, err := e.c.Enqueue(e.ctx, q, m)
+	if err != nil {
+		e.t.Fatalf("enqueue: %v", err)
+	}
+	return r
+}
+
+func (e *env) pull(q string, n int, lease time.Duration) []Delivery {
+	e.t.Helper()
+	d, err := e.c.Pull(e.ctx, q, n, lease)
+	if err != nil {
+		e.t.Fatalf("pull: %v", err)
+	}
+	return d
+}
+
+func (e *env) keys(s Shard) shardKeys { return keysFor(e.prefix, s) }
+
+// snapshot is every key of the prefix with a dump of its value, to show
+// that a refused operation changed nothing.
+func (e *env) snapshot() map[string]string {
+	e.t.Helper()
+	out := map[string]string{}
+	keys, err := e.rdb.Keys(e.ctx, e.prefix+":*").Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, k := range keys {
+		v, err := e.rdb.Dump(e.ctx, k).Result()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+func (e *env) sameAs(before map[string]string) {
+	e.t.Helper()
+	after := e.snapshot()
+	if len(after) != len(before) {
+		e.t.Fatalf("key count changed: %d -> %d", len(before), len(after))
+	}
+	for k, v := range before {
+		if after[k] != v {
+			e.t.Fatalf("key %s changed", k)
+		}
+	}
+}
+
+func (e *env) redisNowMs() int64 {
+	e.t.Helper()
+	now, err := e.n.Now(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return now.UnixMilli()
+}
+
+// waitUntil polls cond until it holds or the deadline passes.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }

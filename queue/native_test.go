@@ -1,0 +1,364 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/redis/go-redis/v9"
+)
+
+func TestUnlockRestoresPriorityOldestFirst(t *testing.T) {
+	e := newEnv(t)
+	e.create("u", Config{})
+	s := Shard{"u", 0}
+	for i, id := range []string{"a", "b", "c"} {
+		e.enqueue("u", Message{ID: id, Priority: ptr(int64(100 + i))})
+	}
+	ds := e.pull("u", 3, time.Minute)
+	for i, d := range ds {
+		// a: 30ms, b: 10ms, c: one hour
+		lock := []time.Duration{30 * time.Millisecond, 10 * time.Millisecond, time.Hour}[i]
+		if _, err := e.c.Nack(e.ctx, d, NackOptions{LockFor: lock}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	due := e.redisNowMs() + 30
+	waitUntil(t, 5*time.Second, "both short locks due", func() bool { return e.redisNowMs() > due })
+	r, err := e.n.Unlock(e.ctx, s, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Moved != 1 || !r.Full {
+		t.Fatalf("batch of 1 moved %d full=%v", r.Moved, r.Full)
+	}
+	if got, _ := e.rdb.ZRange(e.ctx, e.keys(s).Ready, 0, -1).Result(); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("oldest due first: ready = %v, want [b]", got)
+	}
+	r, err = e.n.Unlock(e.ctx, s, 1, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Moved != 1 || r.Full || len(r.Lags) != 1 || r.Lags[0] <= 0 {
+		t.Fatalf("second pass %+v", r)
+	}
+	if wantNext := e.redisNowMs() + int64(time.Hour/time.Millisecond); r.NextMs < wantNext-1000 || r.NextMs > wantNext+1000 {
+		t.Fatalf("next due %d, want about an hour from now", r.NextMs)
+	}
+	scores, _ := e.rdb.ZRangeWithScores(e.ctx, e.keys(s).Ready, 0, -1).Result()
+	if len(scores) != 2 || scores[0].Member != "a" || scores[0].Score != 100 || scores[1].Score != 101 {
+		t.Fatalf("restored scores %v", scores)
+	}
+}
+
+func TestRequeueAndDeadLetter(t *testing.T) {
+	e := newEnv(t)
+	e.create("r", Config{MaxDeliveries: 2})
+	s := Shard{"r", 0}
+	e.enqueue("r", Message{ID: "m"})
+	d1 := e.pull("r", 1, 20*time.Millisecond)[0]
+	waitUntil(t, 5*time.Second, "lease expiry", func() bool { return e.redisNowMs() > d1.LeaseDeadline.UnixMilli() })
+	r, err := e.n.Requeue(e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
+	if err != nil || r.Requeued != 1 || r.DeadLettered != 0 {
+		t.Fatalf("requeue = %+v, %v", r, err)
+	}
+	// The consumer whose lease was recovered now holds a stale token.
+	if err := e.c.Ack(e.ctx, d1); !errors.Is(err, ErrStale) {
+		t.Fatalf("ack after recovery = %v, want ErrStale", err)
+	}
+	d2 := e.pull("r", 1, 20*time.Millisecond)[0]
+	if d2.Deliveries != 2 || d2.Token == d1.Token {
+		t.Fatalf("redelivery %+v", d2)
+	}
+	if err := e.c.Ack(e.ctx, d1); !errors.Is(err, ErrStale) {
+		t.Fatalf("old token acked the new delivery: %v", err)
+	}
+	waitUntil(t, 5*time.Second, "lease expiry", func() bool { return e.redisNowMs() > d2.LeaseDeadline.UnixMilli() })
+	r, err = e.n.Requeue(e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
+	if err != nil || r.DeadLettered != 1 || r.NextMs != -1 {
+		t.Fatalf("requeue at max deliveries = %+v, %v", r, err)
+	}
+	info, _ := e.c.Inspect(e.ctx, "r", "m")
+	if info.State != StateDead {
+		t.Fatalf("state %s, want dead", info.State)
+	}
+}
+
+func TestExpireAndTTLOfInflight(t *testing.T) {
+	e := newEnv(t)
+	e.create("e", Config{})
+	s := Shard{"e", 0}
+	e.enqueue("e", Message{ID: "ready", TTL: 20 * time.Millisecond})
+	e.enqueue("e", Message{ID: "locked", TTL: 20 * time.Millisecond, Delay: time.Hour})
+	e.enqueue("e", Message{ID: "busy", TTL: 20 * time.Millisecond, Priority: ptr(int64(-1))})
+	e.enqueue("e", Message{ID: "forever"})
+	busy := e.pull("e", 1, 30*time.Millisecond)[0]
+	if busy.ID != "busy" {
+		t.Fatalf("pulled %s", busy.ID)
+	}
+	now := e.redisNowMs()
+	waitUntil(t, 5*time.Second, "ttl", func() bool { return e.redisNowMs() > now+40 })
+	r, err := e.n.Expire(e.ctx, s, 1, 100)
+	if err != nil || r.Moved != 2 || r.NextMs != -1 {
+		t.Fatalf("expire = %+v, %v", r, err)
+	}
+	// The in-flight one is not dropped under its consumer; it goes when its
+	// lease ends.
+	if _, err := e.c.Inspect(e.ctx, "e", "busy"); err != nil {
+		t.Fatalf("in-flight message dropped by expire: %v", err)
+	}
+	rq, err := e.n.Requeue(e.ctx, s, Config{}, 1, 100)
+	if err != nil || rq.Expired != 1 {
+		t.Fatalf("requeue of an expired lease = %+v, %v", rq, err)
+	}
+	st, _ := e.c.Stats(e.ctx, "e")
+	if st.Ready != 1 || st.Inflight+st.Locked+st.Dead != 0 || st.Counters["expired"] != 3 {
+		t.Fatalf("stats %+v", st)
+	}
+	if n, _ := e.rdb.HLen(e.ctx, e.keys(s).Body).Result(); n != 1 {
+		t.Fatalf("%d bodies left, want 1", n)
+	}
+}
+
+func TestTrimDropsOldestReady(t *testing.T) {
+	e := newEnv(t)
+	cfg := Config{MaxSize: 3}
+	e.create("t", cfg)
+	s := Shard{"t", 0}
+	for i := 0; i < 6; i++ {
+		e.enqueue("t", Message{ID: string(rune('a' + i)), Priority: ptr(int64(i))})
+	}
+	e.pull("t", 1, time.Hour) // "a" in flight counts but is never trimmed
+	r, err := e.n.Trim(e.ctx, s, cfg, 1, 2)
+	if err != nil || r.Moved != 2 || !r.Full {
+		t.Fatalf("trim = %+v, %v", r, err)
+	}
+	r, err = e.n.Trim(e.ctx, s, cfg, 1, 2)
+	if err != nil || r.Moved != 1 || r.Full {
+		t.Fatalf("second trim = %+v, %v", r, err)
+	}
+	ready, _ := e.rdb.ZRange(e.ctx, e.keys(s).Ready, 0, -1).Result()
+	if len(ready) != 2 || ready[0] != "e" || ready[1] != "f" {
+		t.Fatalf("ready after trim %v, want [e f]", ready)
+	}
+	st, _ := e.c.Stats(e.ctx, "t")
+	if st.Counters["trimmed"] != 3 {
+		t.Fatalf("trimmed counter %d", st.Counters["trimmed"])
+	}
+}
+
+func TestFenceRefusesLowerTokens(t *testing.T) {
+	e := newEnv(t)
+	e.create("f", Config{})
+	s := Shard{"f", 0}
+	e.enqueue("f", Message{ID: "x", Delay: time.Millisecond})
+	if _, err := e.n.Unlock(e.ctx, s, 10, 100); err != nil {
+		t.Fatal(err)
+	}
+	before := e.snapshot()
+	for name, call := range map[string]func() error{
+		"unlock":  func() error { _, err := e.n.Unlock(e.ctx, s, 9, 100); return err },
+		"requeue": func() error { _, err := e.n.Requeue(e.ctx, s, Config{}, 9, 100); return err },
+		"expire":  func() error { _, err := e.n.Expire(e.ctx, s, 9, 100); return err },
+		"trim":    func() error { _, err := e.n.Trim(e.ctx, s, Config{MaxSize: 1}, 9, 100); return err },
+		"measure": func() error { _, err := e.n.Measure(e.ctx, s, 9); return err },
+	} {
+		err := call()
+		var fe *FencedError
+		if !errors.As(err, &fe) || fe.Fence != 10 || fe.Token != 9 || fe.Shard != s {
+			t.Errorf("%s with token 9 after 10 = %v, want FencedError{fence 10}", name, err)
+		}
+	}
+	e.sameAs(before)
+	if _, err := e.n.Unlock(e.ctx, s, 11, 100); err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := e.rdb.Get(e.ctx, e.keys(s).Fence).Int64(); f != 11 {
+		t.Fatalf("fence %d after token 11", f)
+	}
+}
+
+func TestMeasureAndCleanFlag(t *testing.T) {
+	e := newEnv(t)
+	e.create("m", Config{})
+	s := Shard{"m", 0}
+	e.enqueue("m", Message{ID: "a", Priority: ptr(int64(1000))})
+	e.enqueue("m", Message{ID: "b", Delay: time.Hour})
+	m, err := e.n.Measure(e.ctx, s, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Ready != 1 || m.Locked != 1 || !m.HasReady || m.ReadyHead != 1000 || m.Counters["enqueued"] != 2 {
+		t.Fatalf("measure %+v", m)
+	}
+	if m.OldestReadyAge() < time.Hour {
+		t.Fatalf("age of a score-1000 head %s", m.OldestReadyAge())
+	}
+	wakes := subscribe(t, e)
+	e.enqueue("m", Message{ID: "c"})
+	e.enqueue("m", Message{ID: "d"})
+	w := wakes.next(t)
+	if w.Due.Kind != DueMeasure || w.Shard != s {
+		t.Fatalf("first change after measure woke %+v", w)
+	}
+	if got := wakes.drain(t, e); len(got) != 0 {
+		t.Fatalf("second change woke again: %+v", got)
+	}
+	empty, err := e.n.Measure(e.ctx, Shard{"m", 7}, 1)
+	if err != nil || empty.HasReady || empty.Ready != 0 {
+		t.Fatalf("measure of an empty shard %+v, %v", empty, err)
+	}
+}
+
+func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
+	e := newEnv(t)
+	e.create("w", Config{MaxSize: 2})
+	s := Shard{"w", 0}
+	e.enqueue("w", Message{ID: "a"})
+	e.enqueue("w", Message{ID: "b"})
+	e.enqueue("w", Message{ID: "c"})
+	ds := e.pull("w", 3, time.Minute)
+	if _, err := e.n.Measure(e.ctx, s, 1); err != nil {
+		t.Fatal(err)
+	}
+	wakes := subscribe(t, e)
+	// Empty locked set: the first lock wakes.
+	if _, err := e.c.Nack(e.ctx, ds[0], NackOptions{LockFor: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	// Later than the head: silent. Earlier: wakes.
+	if _, err := e.c.Nack(e.ctx, ds[1], NackOptions{LockFor: 2 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Nack(e.ctx, ds[2], NackOptions{LockFor: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	var kinds []DueKind
+	deadline := time.Now().Add(2 * time.Second)
+	for len(kinds) < 3 && time.Now().Before(deadline) {
+		kinds = append(kinds, wakes.next(t).Due.Kind)
+	}
+	want := []DueKind{DueMeasure, DueUnlock, DueUnlock}
+	for i := range want {
+		if i >= len(kinds) || kinds[i] != want[i] {
+			t.Fatalf("wakes %q, want %q", kinds, want)
+		}
+	}
+	if extra := wakes.drain(t, e); len(extra) != 0 {
+		t.Fatalf("a later lock woke the keeper: %+v", extra)
+	}
+	// Crossing max size says so, once.
+	e.create("w2", Config{MaxSize: 2})
+	e.enqueue("w2", Message{})
+	e.enqueue("w2", Message{})
+	if got := wakes.drain(t, e); len(got) != 0 {
+		t.Fatalf("enqueues within max size woke %+v", got)
+	}
+	e.enqueue("w2", Message{})
+	e.enqueue("w2", Message{})
+	if got := wakes.drain(t, e); len(got) != 1 || got[0].Due.Kind != DueTrim || got[0].Shard.Queue != "w2" {
+		t.Fatalf("crossing max size woke %+v, want one trim", got)
+	}
+}
+
+// A client whose clock is far from Redis's changes no deadline: every
+// deadline is computed inside the scripts from Redis TIME. This Redis runs an
+// hour ahead of the test process.
+func TestClientClockDoesNotMatter(t *testing.T) {
+	srv := redisserver.StartConfigTB(t, redisserver.Config{ClockOffset: time.Hour})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx := context.Background()
+	c := NewClient(rdb, ClientOptions{})
+	n := NewNative(rdb, "")
+	if err := c.Registry().Create(ctx, "skew", Config{}); err != nil {
+		t.Fatal(err)
+	}
+	redisNow := func() int64 { t, _ := n.Now(ctx); return t.UnixMilli() }
+	if skew := redisNow() - time.Now().UnixMilli(); skew < 3500_000 {
+		t.Fatalf("redis clock only %dms ahead; the shim did not load", skew)
+	}
+	e := &env{t: t, ctx: ctx, rdb: rdb, prefix: DefaultPrefix, c: c, n: n}
+	e.enqueue("skew", Message{ID: "m"})
+	d := e.pull("skew", 1, 30*time.Second)
+	if got := d[0].LeaseDeadline.UnixMilli() - redisNow(); got < 29_000 || got > 31_000 {
+		t.Fatalf("lease deadline is redis-now+%dms, want +30s", got)
+	}
+	if _, err := c.Nack(ctx, d[0], NackOptions{LockFor: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	k := keysFor(DefaultPrefix, Shard{"skew", 0})
+	score, _ := rdb.ZScore(ctx, k.Locked, "m").Result()
+	if got := int64(score) - redisNow(); got < 0 || got > 50 {
+		t.Fatalf("lock ends at redis-now+%dms, want within 50ms", got)
+	}
+	waitUntil(t, 5*time.Second, "unlock", func() bool {
+		r, err := n.Unlock(ctx, Shard{"skew", 0}, 1, 10)
+		return err == nil && r.Moved == 1 && r.Lags[0] >= 0 && r.Lags[0] < time.Second
+	})
+}
+
+type wakeRecorder struct {
+	ch chan Wake
+}
+
+func subscribe(t *testing.T, e *env) *wakeRecorder {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &wakeRecorder{ch: make(chan Wake, 100)}
+	ready := make(chan struct{})
+	var once sync.Once
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = e.n.Wakes(ctx, func(x Wake) {
+			if x.Resync {
+				once.Do(func() { close(ready) })
+				return
+			}
+			if x.ConfigChanged {
+				return
+			}
+			w.ch <- x
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+		t.Fatal("subscription not confirmed")
+	}
+	return w
+}
+
+func (w *wakeRecorder) next(t *testing.T) Wake {
+	t.Helper()
+	select {
+	case x := <-w.ch:
+		return x
+	case <-time.After(5 * time.Second):
+		t.Fatal("no wake within 5s")
+	}
+	return Wake{}
+}
+
+// drain returns the wakes that arrived before a marker it publishes itself:
+// Redis delivers one channel's messages in order, so everything published
+// before the marker comes before it.
+func (w *wakeRecorder) drain(t *testing.T, e *env) []Wake {
+	t.Helper()
+	if err := e.rdb.Publish(e.ctx, wakeChannel(e.prefix), "z marker#0 0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	var out []Wake
+	for {
+		x := w.next(t)
+		if x.Due.Kind == 'z' {
+			return out
+		}
+		out = append(out, x)
+	}
+}
