@@ -137,6 +137,7 @@ func TestAuditFindsCorruption(t *testing.T) {
 	k := e.keys(Shard{"bad", 0})
 	e.rdb.ZAdd(e.ctx, k.Dead, redisZ(1, "a"))
 	e.rdb.ZRem(e.ctx, k.Ready, "b")
+	e.rdb.HIncrBy(e.ctx, k.Stats, "enqueued", 5)
 	a, err := e.c.Audit(e.ctx, "bad")
 	if err != nil {
 		t.Fatal(err)
