@@ -1,0 +1,439 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/queue"
+	"github.com/redis/go-redis/v9"
+)
+
+type harness struct {
+	t      *testing.T
+	ctx    context.Context
+	srv    *redisserver.Server
+	rdb    *redis.Client
+	client *queue.Client
+	layout *queue.Native
+	rec    *recorder
+	k      *Keeper
+	fenced chan queue.Shard
+}
+
+func newHarness(t *testing.T, redisCfg redisserver.Config, cfg Config) *harness {
+	t.Helper()
+	srv := redisserver.StartConfigTB(t, redisCfg)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	h := &harness{t: t, ctx: context.Background(), srv: srv, rdb: rdb,
+		client: queue.NewClient(rdb, queue.ClientOptions{ConfigTTL: time.Millisecond}),
+		layout: queue.NewNative(rdb, ""), rec: &recorder{passes: map[string]int{}},
+		fenced: make(chan queue.Shard, 16)}
+	cfg.Recorder = h.rec
+	cfg.OnFenced = func(s queue.Shard, _ int64) { h.fenced <- s }
+	h.k = New(h.layout, cfg)
+	if err := h.k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.k.Stop)
+	return h
+}
+
+func (h *harness) create(name string, cfg queue.Config, token int64) queue.Config {
+	h.t.Helper()
+	if err := h.client.Registry().Create(h.ctx, name, cfg); err != nil {
+		h.t.Fatal(err)
+	}
+	cfg = cfg.WithDefaults()
+	for p := 0; p < cfg.Partitions; p++ {
+		h.k.Own(queue.Shard{Queue: name, Partition: p}, cfg, token)
+	}
+	return cfg
+}
+
+func (h *harness) stats(q string) queue.QueueStats {
+	h.t.Helper()
+	st, err := h.client.Stats(h.ctx, q)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return st
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type recorder struct {
+	mu       sync.Mutex
+	lags     []time.Duration
+	passes   map[string]int
+	errors   []string
+	refusals int
+}
+
+func (r *recorder) RecordUnlockLag(_ context.Context, _, _ string, lag time.Duration) {
+	r.mu.Lock()
+	r.lags = append(r.lags, lag)
+	r.mu.Unlock()
+}
+func (r *recorder) RecordPass(_ context.Context, task string, _ time.Duration, _ error) {
+	r.mu.Lock()
+	r.passes[task]++
+	r.mu.Unlock()
+}
+func (r *recorder) RecordError(_ context.Context, kind string) {
+	r.mu.Lock()
+	r.errors = append(r.errors, kind)
+	r.mu.Unlock()
+}
+func (r *recorder) RecordFenceRefusal(context.Context, string, string) {
+	r.mu.Lock()
+	r.refusals++
+	r.mu.Unlock()
+}
+func (r *recorder) count(task string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.passes[task]
+}
+func (r *recorder) lagCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.lags)
+}
+func (r *recorder) errorKinds() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.errors...)
+}
+
+// Locks are returned at their deadline because the nack told the keeper,
+// not because it polled: one unlock pass per distinct deadline, no more.
+func TestUnlockAtDeadlineWithoutPolling(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	h.create("jobs", queue.Config{}, 1)
+	for i := 0; i < 3; i++ {
+		if _, err := h.client.Enqueue(h.ctx, "jobs", queue.Message{ID: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := h.client.Pull(h.ctx, "jobs", 3, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Let the first probe and measure settle, then count from here.
+	waitFor(t, 5*time.Second, "first measure", func() bool { return h.rec.count("measure") > 0 })
+	before := h.rec.count("unlock")
+	for i, d := range ds {
+		if _, err := h.client.Nack(h.ctx, d, queue.NackOptions{LockFor: time.Duration(150-40*i) * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "all three unlocked", func() bool { return h.stats("jobs").Ready == 3 })
+	passes := h.rec.count("unlock") - before
+	if passes < 1 || passes > 4 {
+		t.Fatalf("%d unlock passes for three deadlines; want 1..4 (no polling)", passes)
+	}
+	h.rec.mu.Lock()
+	lags := append([]time.Duration(nil), h.rec.lags...)
+	h.rec.mu.Unlock()
+	if len(lags) != 3 {
+		t.Fatalf("recorded %d lags, want 3", len(lags))
+	}
+	t.Logf("unlock lags %v in %d passes", lags, passes)
+}
+
+func TestRequeueExpireTrimRunByThemselves(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	cfg := h.create("q", queue.Config{Partitions: 2, MaxDeliveries: 1, MaxSize: 5}, 1)
+	for i := 0; i < 4; i++ {
+		if _, err := h.client.Enqueue(h.ctx, "q", queue.Message{ID: fmt.Sprint("lease", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.client.Pull(h.ctx, "q", 4, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	// Max deliveries 1: every expired lease dead-letters.
+	waitFor(t, 5*time.Second, "expired leases dead-lettered", func() bool { return h.stats("q").Dead == 4 })
+	for i := 0; i < 3; i++ {
+		if _, err := h.client.Enqueue(h.ctx, "q", queue.Message{ID: fmt.Sprint("ttl", i), TTL: 60 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "TTL expiry", func() bool { return h.stats("q").Counters["expired"] == 3 })
+	// Size cap 5 per partition: push one partition over it.
+	for i := 0; i < 40; i++ {
+		if _, err := h.client.Enqueue(h.ctx, "q", queue.Message{ID: fmt.Sprint("fill", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "trim to max size", func() bool {
+		st := h.stats("q")
+		for _, s := range st.Shards {
+			if s.Ready+s.Inflight+s.Locked > int64(cfg.MaxSize) {
+				return false
+			}
+		}
+		return st.Counters["trimmed"] > 0
+	})
+}
+
+func TestFencedShardIsDroppedAtOnce(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	h.create("f", queue.Config{}, 5)
+	s := queue.Shard{Queue: "f", Partition: 0}
+	if _, err := h.client.Enqueue(h.ctx, "f", queue.Message{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "first measure", func() bool { return h.rec.count("measure") > 0 })
+	// A successor with token 6 writes to the shard.
+	if _, err := h.layout.Unlock(h.ctx, s, 6, 10); err != nil {
+		t.Fatal(err)
+	}
+	// Our keeper's next write (the delayed message's unlock) is refused.
+	if _, err := h.client.Enqueue(h.ctx, "f", queue.Message{ID: "b", Delay: 10 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-h.fenced:
+		if got != s {
+			t.Fatalf("fenced %v", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("keeper never noticed the fence")
+	}
+	if _, owned := h.k.Owned()[s.String()]; owned {
+		t.Fatal("fenced shard still owned")
+	}
+	if st := h.stats("f"); st.Locked != 1 {
+		t.Fatalf("refused write changed the shard: %+v", st)
+	}
+}
+
+// Disown returns only after the shard's running pass finished.
+func TestDisownWaitsForRunningPass(t *testing.T) {
+	slow := &slowLayout{}
+	h := newHarness(t, redisserver.Config{}, Config{})
+	slow.Layout = h.layout
+	slow.started = make(chan struct{}, 1)
+	slow.release = make(chan struct{})
+	k := New(slow, Config{})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	cfg := h.create("d", queue.Config{}, 1)
+	h.k.DisownAll()
+	s := queue.Shard{Queue: "d", Partition: 0}
+	k.Own(s, cfg, 1)
+	<-slow.started
+	done := make(chan struct{})
+	go func() { k.Disown(s); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("Disown returned while a pass was running")
+	case <-slow.started:
+		t.Fatal("a new pass started after Disown")
+	default:
+	}
+	close(slow.release)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Disown did not return after the pass finished")
+	}
+	if len(k.Owned()) != 0 {
+		t.Fatal("still owned after Disown")
+	}
+}
+
+type slowLayout struct {
+	queue.Layout
+	once    sync.Once
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s *slowLayout) Measure(ctx context.Context, sh queue.Shard, token int64) (queue.Measurement, error) {
+	s.once.Do(func() {
+		s.started <- struct{}{}
+		<-s.release
+	})
+	return s.Layout.Measure(ctx, sh, token)
+}
+
+// A Redis an hour ahead of the keeper's clock changes nothing: deadlines are
+// Redis's, and the keeper converts them with the offset it measures.
+func TestKeeperWithSkewedRedisClock(t *testing.T) {
+	h := newHarness(t, redisserver.Config{ClockOffset: time.Hour}, Config{})
+	h.create("skew", queue.Config{}, 1)
+	if _, err := h.client.Enqueue(h.ctx, "skew", queue.Message{ID: "a", Delay: 100 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "unlock", func() bool { return h.stats("skew").Ready == 1 })
+	h.rec.mu.Lock()
+	lag := h.rec.lags[0]
+	h.rec.mu.Unlock()
+	// A keeper that used its own clock would be an hour late (or early).
+	if lag < 0 || lag > 10*time.Second {
+		t.Fatalf("unlock lag %s with a skewed redis clock", lag)
+	}
+}
+
+// One broken shard (a wrong-typed key) does not stop the others, and its
+// errors are counted by kind.
+func TestBadShardDoesNotStopOthers(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	h.create("ok", queue.Config{}, 1)
+	h.create("broken", queue.Config{}, 1)
+	h.rdb.HSet(h.ctx, "keeper:{broken#0}:clean", "f", "v")
+	if _, err := h.client.Enqueue(h.ctx, "ok", queue.Message{ID: "a", Delay: 20 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "healthy shard served", func() bool { return h.stats("ok").Ready == 1 })
+	waitFor(t, 5*time.Second, "broken shard's error counted", func() bool {
+		for _, k := range h.rec.errorKinds() {
+			if k == "wrongtype" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// Redis going away and coming back on the same port: the keeper retries
+// with backoff and resumes, and hints lost meanwhile are recovered by the
+// resync probe.
+func TestRedisRestartIsSurvived(t *testing.T) {
+	port, err := redisserver.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, redisserver.Config{Port: port}, Config{MaxBackoff: 200 * time.Millisecond})
+	h.create("r", queue.Config{}, 1)
+	waitFor(t, 5*time.Second, "first measure", func() bool { return h.rec.count("measure") > 0 })
+	_ = h.srv.Stop()
+	waitFor(t, 5*time.Second, "a failure while redis is down", func() bool {
+		h.k.mu.Lock()
+		defer h.k.mu.Unlock()
+		for _, st := range h.k.shards {
+			for _, b := range st.backoff {
+				if b > 0 {
+					return true
+				}
+			}
+		}
+		// Force a pass so there is something to fail.
+		for _, st := range h.k.shards {
+			h.k.heap.schedule(st, Unlock, time.Now())
+		}
+		h.k.signal(h.k.kick)
+		return false
+	})
+	srv2 := redisserver.StartConfigTB(t, redisserver.Config{Port: port})
+	_ = srv2
+	// The new server is empty: recreate the queue and put a delayed message.
+	if err := h.client.Registry().Create(h.ctx, "r", queue.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.Enqueue(h.ctx, "r", queue.Message{ID: "x", Delay: 30 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "unlock after redis came back", func() bool { return h.stats("r").Ready == 1 })
+}
+
+// TestWorkloadUnderKeeper runs producers and consumers against a live
+// keeper and audits invariants 1 and 2 at the end.
+func TestWorkloadUnderKeeper(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{Batch: 7})
+	cfg := h.create("w", queue.Config{Partitions: 4, MaxDeliveries: 4, MaxSize: 60, TTL: queue.Duration(400 * time.Millisecond)}, 1)
+	ctx, cancel := context.WithTimeout(h.ctx, 3*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var acks atomic.Int64
+	var failures atomic.Value
+	fail := func(err error) { failures.CompareAndSwap(nil, err); cancel() }
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(seed int64) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(seed))
+			var held []queue.Delivery
+			for ctx.Err() == nil {
+				switch r := rng.Intn(10); {
+				case r < 4:
+					m := queue.Message{ID: fmt.Sprint(rng.Intn(3000))}
+					if rng.Intn(4) == 0 {
+						m.Delay = time.Duration(rng.Intn(50)) * time.Millisecond
+					}
+					if _, err := h.client.Enqueue(ctx, "w", m); err != nil && ctx.Err() == nil {
+						fail(err)
+					}
+				case r < 6:
+					ds, err := h.client.Pull(ctx, "w", rng.Intn(4)+1, time.Duration(rng.Intn(40)+5)*time.Millisecond)
+					if err != nil && ctx.Err() == nil {
+						fail(err)
+					}
+					held = append(held, ds...)
+				case len(held) > 0:
+					i := rng.Intn(len(held))
+					d := held[i]
+					held = append(held[:i], held[i+1:]...)
+					var err error
+					if r < 8 {
+						if err = h.client.Ack(ctx, d); err == nil {
+							acks.Add(1)
+						}
+					} else {
+						_, err = h.client.Nack(ctx, d, queue.NackOptions{LockFor: time.Duration(rng.Intn(30)) * time.Millisecond})
+					}
+					if err != nil && !errors.Is(err, queue.ErrStale) && ctx.Err() == nil {
+						fail(err)
+					}
+				}
+			}
+		}(int64(g))
+	}
+	wg.Wait()
+	if err, _ := failures.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+	// With no consumers left, the keeper must bring every lease and lock
+	// back and expire or trim the rest.
+	waitFor(t, 10*time.Second, "leases and locks drained", func() bool {
+		st := h.stats("w")
+		return st.Inflight == 0 && st.Locked == 0
+	})
+	a, err := h.client.Audit(h.ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Problems) > 0 {
+		t.Fatalf("audit: %v", a.Problems)
+	}
+	if a.Counters["acked"] != acks.Load() {
+		t.Fatalf("acked counter %d, consumers saw %d", a.Counters["acked"], acks.Load())
+	}
+	for _, s := range h.stats("w").Shards {
+		if s.Ready+s.Inflight+s.Locked > int64(cfg.MaxSize) {
+			t.Fatalf("shard %s over max size: %+v", s.Shard, s)
+		}
+	}
+	t.Logf("counters %v, present %d", a.Counters, a.Present())
+}

@@ -1,0 +1,127 @@
+package tasks
+
+import (
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+)
+
+// probeChunk bounds one probe pipeline, so a keeper taking over thousands of
+// shards does not hold Redis for long in one go.
+const probeChunk = 500
+
+// sweep probes shards to learn deadlines the keeper could not have heard of:
+// newly owned shards and all shards after a lost subscription at once, and
+// every owned shard once per SweepInterval, spread evenly, as a safety net
+// (for example against writers that bypass the native client).
+func (k *Keeper) sweep() {
+	defer k.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var (
+		cycle  []*shardState // this sweep cycle's shards
+		cursor int
+		credit float64 // shards due to be swept, accrued each tick
+	)
+	for {
+		select {
+		case <-k.ctx.Done():
+			return
+		case <-k.probeCh:
+		case <-tick.C:
+			k.mu.Lock()
+			if cursor >= len(cycle) {
+				cycle = cycle[:0]
+				for _, st := range k.shards {
+					cycle = append(cycle, st)
+				}
+				cursor = 0
+			}
+			credit += float64(len(k.shards)) * time.Second.Seconds() / k.cfg.SweepInterval.Seconds()
+			for credit >= 1 && cursor < len(cycle) {
+				k.probe = append(k.probe, cycle[cursor])
+				cursor++
+				credit--
+			}
+			if cursor >= len(cycle) {
+				credit = 0
+			}
+			k.mu.Unlock()
+		}
+		for {
+			k.mu.Lock()
+			n := min(len(k.probe), probeChunk)
+			batch := append([]*shardState(nil), k.probe[:n]...)
+			k.probe = k.probe[n:]
+			if len(k.probe) == 0 {
+				k.probe = nil
+			}
+			k.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			k.probeBatch(batch)
+		}
+	}
+}
+
+func (k *Keeper) probeBatch(batch []*shardState) {
+	reqs := make([]queue.ProbeRequest, 0, len(batch))
+	k.mu.Lock()
+	live := batch[:0]
+	for _, st := range batch {
+		if !st.gone {
+			live = append(live, st)
+			reqs = append(reqs, queue.ProbeRequest{Shard: st.shard, MaxSize: st.cfg.MaxSize})
+		}
+	}
+	k.mu.Unlock()
+	if len(reqs) == 0 {
+		return
+	}
+	res, err := k.layout.Probe(k.ctx, reqs)
+	now := time.Now()
+	if err != nil {
+		if k.ctx.Err() != nil {
+			return
+		}
+		k.log.Error("probe failed; will retry", "shards", len(reqs), "err", err)
+		if rec := k.cfg.Recorder; rec != nil {
+			rec.RecordError(k.ctx, ErrorKind(err))
+		}
+		// Try again in a second rather than lose these shards' deadlines.
+		time.AfterFunc(time.Second, func() {
+			k.mu.Lock()
+			k.probe = append(k.probe, live...)
+			k.mu.Unlock()
+			k.signal(k.probeCh)
+		})
+		return
+	}
+	redisNowUs := now.UnixMicro() + k.offsetUs.Load()
+	k.mu.Lock()
+	for i, st := range live {
+		r := res[i]
+		if st.gone {
+			continue
+		}
+		if r.Err != nil {
+			k.failLocked(st, Unlock, r.Err, now)
+			continue
+		}
+		heads := [...]struct {
+			task Task
+			at   int64
+		}{{Unlock, r.LockedHead}, {Requeue, r.InflightHead}, {Expire, r.TTLHead}}
+		for _, h := range heads {
+			if h.at >= 0 {
+				k.heap.schedule(st, h.task, k.localTime(h.at, redisNowUs, now))
+			}
+		}
+		if r.Excess > 0 {
+			k.heap.schedule(st, Trim, now)
+		}
+	}
+	k.mu.Unlock()
+	k.signal(k.kick)
+}
