@@ -220,3 +220,21 @@ func parseWake(p string) (Wake, bool) {
 	}
 	return Wake{Shard: s, Due: Due{Kind: DueKind(f[0][0]), AtMs: at}}, true
 }
+
+// SeedLocked writes count locked messages into s, for benchmarks and load
+// tests: ids idPrefix+index for index in [first, first+count), message i
+// unlocking at firstDueMs + i*step (Redis ms). It bypasses the wake channel
+// on purpose: the keeper under test must learn of them by probing.
+func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first, count int, firstDueMs int64, step time.Duration, payload []byte) error {
+	k := keysFor(n.prefix, s)
+	const chunk = 50_000
+	for done := 0; done < count; done += chunk {
+		c := min(chunk, count-done)
+		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
+			idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).Err()
+		if err != nil {
+			return fmt.Errorf("seed %s: %w", s, asError(err, s, 0))
+		}
+	}
+	return nil
+}

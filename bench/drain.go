@@ -1,0 +1,153 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+	"github.com/keeperhq/keeper/tasks"
+	"github.com/redis/go-redis/v9"
+)
+
+// DrainOptions configures the drain scenario. Zero values take defaults.
+type DrainOptions struct {
+	Redis  string // address; empty starts a private redis-server
+	Msgs   int    // expired locks preloaded; default 1,000,000
+	Shards int    // default 16
+	Batch  int    // per pass; default the keeper's (1000)
+	// Workers is the keeper's pass concurrency; default the keeper's.
+	Workers int
+}
+
+// DrainResult is one line of `keeper bench drain --json`.
+type DrainResult struct {
+	Scenario       string  `json:"scenario"`
+	Msgs           int     `json:"msgs"`
+	Shards         int     `json:"shards"`
+	KeeperMsgsPerS float64 `json:"keeper_msgs_per_s"`
+	RawMsgsPerS    float64 `json:"raw_msgs_per_s"`
+	Ratio          float64 `json:"ratio"`
+}
+
+// Drain preloads Msgs expired locks over Shards shards twice: once drained
+// by the unlock script called back-to-back with no scheduler (raw), once by
+// a keeper that owns the shards and learns of them by probing. Both in the
+// same run, against the same server.
+func Drain(ctx context.Context, o DrainOptions) (DrainResult, error) {
+	if o.Msgs <= 0 {
+		o.Msgs = 1_000_000
+	}
+	if o.Shards <= 0 {
+		o.Shards = 16
+	}
+	if o.Batch <= 0 {
+		o.Batch = 1000
+	}
+	rdb, stop, err := redisFor(ctx, o.Redis)
+	if err != nil {
+		return DrainResult{}, err
+	}
+	defer stop()
+	res := DrainResult{Scenario: "drain", Msgs: o.Msgs, Shards: o.Shards}
+
+	raw, err := drainOnce(ctx, rdb, "bench-drain-raw", o, func(n *queue.Native, shards []queue.Shard) error {
+		for _, s := range shards {
+			for {
+				r, err := n.Unlock(ctx, s, 1, o.Batch)
+				if err != nil {
+					return err
+				}
+				if r.Moved == 0 {
+					break
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("raw drain: %w", err)
+	}
+	kept, err := drainOnce(ctx, rdb, "bench-drain-keeper", o, func(n *queue.Native, shards []queue.Shard) error {
+		k := tasks.New(n, tasks.Config{Batch: o.Batch, Workers: o.Workers})
+		if err := k.Start(ctx); err != nil {
+			return err
+		}
+		defer k.Stop()
+		cfg := queue.Config{Partitions: len(shards)}.WithDefaults()
+		for _, s := range shards {
+			k.Own(s, cfg, 1)
+		}
+		return waitFor(ctx, 5*time.Millisecond, func() (bool, error) {
+			left, err := lockedLeft(ctx, n, shards)
+			return left == 0, err
+		})
+	})
+	if err != nil {
+		return res, fmt.Errorf("keeper drain: %w", err)
+	}
+	res.RawMsgsPerS = round(float64(o.Msgs)/raw.Seconds(), 0)
+	res.KeeperMsgsPerS = round(float64(o.Msgs)/kept.Seconds(), 0)
+	res.Ratio = round(res.KeeperMsgsPerS/res.RawMsgsPerS, 3)
+	return res, nil
+}
+
+// drainOnce seeds a fresh queue, runs drain and times it.
+func drainOnce(ctx context.Context, rdb *redis.Client, name string, o DrainOptions,
+	drain func(*queue.Native, []queue.Shard) error) (time.Duration, error) {
+	reg := queue.NewRegistry(rdb, "")
+	_ = reg.Delete(ctx, name)
+	if err := reg.Create(ctx, name, queue.Config{Partitions: o.Shards}); err != nil {
+		return 0, err
+	}
+	defer func() { _ = reg.Delete(ctx, name) }()
+	n := queue.NewNative(rdb, "")
+	now, err := n.Now(ctx)
+	if err != nil {
+		return 0, err
+	}
+	shards := make([]queue.Shard, o.Shards)
+	per := o.Msgs / o.Shards
+	for i := range shards {
+		shards[i] = queue.Shard{Queue: name, Partition: i}
+		count := per
+		if i == 0 {
+			count += o.Msgs - per*o.Shards
+		}
+		// Already due: unlock times one hour in the past.
+		if err := n.SeedLocked(ctx, shards[i], "m", 0, count, now.Add(-time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
+			return 0, err
+		}
+	}
+	start := time.Now()
+	if err := drain(n, shards); err != nil {
+		return 0, err
+	}
+	took := time.Since(start)
+	if left, err := lockedLeft(ctx, n, shards); err != nil || left != 0 {
+		return 0, fmt.Errorf("%d shards still hold due locks after the drain (%v)", left, err)
+	}
+	return took, nil
+}
+
+// lockedLeft counts the shards that still hold locked messages.
+func lockedLeft(ctx context.Context, n *queue.Native, shards []queue.Shard) (int64, error) {
+	reqs := make([]queue.ProbeRequest, len(shards))
+	for i, s := range shards {
+		reqs[i] = queue.ProbeRequest{Shard: s}
+	}
+	res, err := n.Probe(ctx, reqs)
+	if err != nil {
+		return 0, err
+	}
+	var left int64
+	for _, r := range res {
+		if r.Err != nil {
+			return 0, r.Err
+		}
+		if r.LockedHead >= 0 {
+			left++
+		}
+	}
+	return left, nil
+}

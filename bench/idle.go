@@ -1,0 +1,129 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+	"github.com/keeperhq/keeper/tasks"
+)
+
+// IdleOptions configures the idle scenario.
+type IdleOptions struct {
+	Redis  string        // address; empty starts a private redis-server
+	Shards int           // default 10,000 (100 queues of 100 partitions)
+	Window time.Duration // measuring window after settling; default 30s
+	// Keeper is the keeper's config; zero values are the daemon's defaults.
+	Keeper tasks.Config
+}
+
+// IdleResult is one line of `keeper bench idle --json`.
+type IdleResult struct {
+	Scenario      string  `json:"scenario"`
+	Shards        int     `json:"shards"`
+	WindowS       float64 `json:"window_s"`
+	RedisCmdsPerS float64 `json:"redis_cmds_per_s"`
+	KeeperCPUFrac float64 `json:"keeper_cpu_frac"`
+}
+
+// Idle has a keeper own Shards shards that each hold one lock due in an hour
+// (nothing due), lets it settle (every shard probed and measured once), then
+// measures over Window what it costs Redis (INFO commandstats calls, minus
+// the bench's own two INFO calls) and this process (user+system CPU time
+// over wall time, as a fraction of one core). The keeper runs in this
+// process; metric collection is included as a read of every measurement
+// once per measure interval.
+func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
+	if o.Shards <= 0 {
+		o.Shards = 10_000
+	}
+	if o.Window <= 0 {
+		o.Window = 30 * time.Second
+	}
+	rdb, stop, err := redisFor(ctx, o.Redis)
+	if err != nil {
+		return IdleResult{}, err
+	}
+	defer stop()
+	reg := queue.NewRegistry(rdb, "")
+	n := queue.NewNative(rdb, "")
+	now, err := n.Now(ctx)
+	if err != nil {
+		return IdleResult{}, err
+	}
+	const perQueue = 100
+	var shards []queue.Shard
+	cfgs := map[string]queue.Config{}
+	for q := 0; len(shards) < o.Shards; q++ {
+		name := fmt.Sprintf("bench-idle-%d", q)
+		parts := min(perQueue, o.Shards-len(shards))
+		_ = reg.Delete(ctx, name)
+		if err := reg.Create(ctx, name, queue.Config{Partitions: parts}); err != nil {
+			return IdleResult{}, err
+		}
+		defer func() { _ = reg.Delete(context.Background(), name) }()
+		cfgs[name] = queue.Config{Partitions: parts}.WithDefaults()
+		for p := 0; p < parts; p++ {
+			s := queue.Shard{Queue: name, Partition: p}
+			shards = append(shards, s)
+			if err := n.SeedLocked(ctx, s, "m", 0, 1, now.Add(time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
+				return IdleResult{}, err
+			}
+		}
+	}
+	k := tasks.New(n, o.Keeper)
+	if err := k.Start(ctx); err != nil {
+		return IdleResult{}, err
+	}
+	defer k.Stop()
+	for _, s := range shards {
+		k.Own(s, cfgs[s.Queue], 1)
+	}
+	measured := func() int {
+		c := 0
+		k.EachMeasurement(func(tasks.ShardMeasurement) { c++ })
+		return c
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := waitFor(sctx, 100*time.Millisecond, func() (bool, error) { return measured() == len(shards), nil }); err != nil {
+		return IdleResult{}, fmt.Errorf("settling: %d of %d shards measured: %w", measured(), len(shards), err)
+	}
+
+	cmds0, err := commandCalls(ctx, rdb)
+	if err != nil {
+		return IdleResult{}, err
+	}
+	cpu0, wall0 := cpuTime(), time.Now()
+	collect := time.NewTicker(10 * time.Second)
+	defer collect.Stop()
+	end := time.After(o.Window)
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			return IdleResult{}, ctx.Err()
+		case <-collect.C:
+			measured()
+		case <-end:
+			done = true
+		}
+	}
+	cpu1, wall1 := cpuTime(), time.Now()
+	cmds1, err := commandCalls(ctx, rdb)
+	if err != nil {
+		return IdleResult{}, err
+	}
+	wall := wall1.Sub(wall0).Seconds()
+	return IdleResult{Scenario: "idle", Shards: len(shards), WindowS: round(wall, 1),
+		RedisCmdsPerS: round(float64(cmds1-cmds0-1)/wall, 1),
+		KeeperCPUFrac: round((cpu1 - cpu0).Seconds()/wall, 4)}, nil
+}
+
+// cpuTime is this process's user+system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -1,0 +1,90 @@
+// Package bench holds keeper's benchmark scenarios. Each scenario starts the
+// real components it needs (redis-server, etcd) unless addresses are given,
+// measures in one run whatever it compares, and returns one JSON-able result.
+// `keeper bench <scenario> --json` prints them, one object per line.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/redis/go-redis/v9"
+)
+
+// redisFor connects to addr, or starts a private redis-server on loopback
+// when addr is empty. The returned stop closes the client and stops the
+// server it started.
+func redisFor(ctx context.Context, addr string) (*redis.Client, func(), error) {
+	var srv *redisserver.Server
+	if addr == "" {
+		var err error
+		srv, err = redisserver.Start(ctx, redisserver.Config{})
+		if err != nil {
+			return nil, nil, err
+		}
+		addr = srv.Addr
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 32})
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		_ = rdb.Close()
+		if srv != nil {
+			_ = srv.Stop()
+		}
+		return nil, nil, fmt.Errorf("redis at %s: %w", addr, err)
+	}
+	stop := func() {
+		_ = rdb.Close()
+		if srv != nil {
+			_ = srv.Stop()
+		}
+	}
+	return rdb, stop, nil
+}
+
+// commandCalls is the total of calls over INFO commandstats.
+func commandCalls(ctx context.Context, rdb *redis.Client) (int64, error) {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return 0, fmt.Errorf("info commandstats: %w", err)
+	}
+	var total int64
+	for _, line := range strings.Split(info, "\n") {
+		_, rest, ok := strings.Cut(line, ":calls=")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
+		total += n
+	}
+	return total, nil
+}
+
+// waitFor polls cond every interval until it holds or ctx ends.
+func waitFor(ctx context.Context, interval time.Duration, cond func() (bool, error)) error {
+	for {
+		ok, err := cond()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
+func round(v float64, digits int) float64 {
+	p := 1.0
+	for i := 0; i < digits; i++ {
+		p *= 10
+	}
+	if v < 0 {
+		return -float64(int64(-v*p+0.5)) / p
+	}
+	return float64(int64(v*p+0.5)) / p
+}

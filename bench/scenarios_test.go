@@ -1,0 +1,43 @@
+package bench
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// Small runs of each scenario, so `make test` proves they work end to end
+// against a real redis-server. The figures are logged, never asserted: the
+// machine is shared and noisy. Full-size runs are `keeper bench`.
+func TestDrainSmall(t *testing.T) {
+	r, err := Drain(context.Background(), DrainOptions{Msgs: 20_000, Shards: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.KeeperMsgsPerS <= 0 || r.RawMsgsPerS <= 0 {
+		t.Fatalf("no throughput measured: %+v", r)
+	}
+	t.Logf("%+v", r)
+}
+
+func TestPrecisionSmall(t *testing.T) {
+	r, err := Precision(context.Background(), PrecisionOptions{Locked: 20_000, Rate: 20_000, Lead: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Locked != 20_000 || r.LagMax < r.LagP99 || r.LagP99 < r.LagP50 || r.LagP50 < 0 {
+		t.Fatalf("inconsistent percentiles: %+v", r)
+	}
+	t.Logf("%+v", r)
+}
+
+func TestIdleSmall(t *testing.T) {
+	r, err := Idle(context.Background(), IdleOptions{Shards: 500, Window: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Shards != 500 || r.RedisCmdsPerS < 0 {
+		t.Fatalf("%+v", r)
+	}
+	t.Logf("%+v", r)
+}
