@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/keeperhq/keeper/bench"
+)
+
+// scenario is one `keeper bench` scenario: its flags and how to run it.
+type scenario struct {
+	about string
+	flags func(fs *flag.FlagSet) func(ctx context.Context) (any, error)
+}
+
+var scenarios = map[string]scenario{
+	"drain": {"N expired locks over S shards drained by the keeper vs. the unlock script back-to-back",
+		func(fs *flag.FlagSet) func(context.Context) (any, error) {
+			var o bench.DrainOptions
+			fs.IntVar(&o.Msgs, "msgs", 1_000_000, "expired locks to preload")
+			fs.IntVar(&o.Shards, "shards", 16, "shards")
+			fs.IntVar(&o.Batch, "batch", 1000, "messages per pass")
+			fs.IntVar(&o.Workers, "workers", 0, "keeper workers (0: default)")
+			redisFlag(fs, &o.Redis)
+			return func(ctx context.Context) (any, error) { return bench.Drain(ctx, o) }
+		}},
+	"precision": {"unlock lag with a million locks expiring at a steady rate",
+		func(fs *flag.FlagSet) func(context.Context) (any, error) {
+			var o bench.PrecisionOptions
+			fs.IntVar(&o.Locked, "locked", 1_000_000, "messages locked")
+			fs.IntVar(&o.Rate, "rate", 20_000, "unlocks per second")
+			fs.IntVar(&o.Shards, "shards", 1, "shards")
+			fs.DurationVar(&o.Lead, "lead", 10*time.Second, "time from seeding to the first unlock")
+			redisFlag(fs, &o.Redis)
+			return func(ctx context.Context) (any, error) { return bench.Precision(ctx, o) }
+		}},
+	"idle": {"what 10,000 idle shards cost Redis and the keeper",
+		func(fs *flag.FlagSet) func(context.Context) (any, error) {
+			var o bench.IdleOptions
+			fs.IntVar(&o.Shards, "shards", 10_000, "shards")
+			fs.DurationVar(&o.Window, "window", 30*time.Second, "measuring window after settling")
+			redisFlag(fs, &o.Redis)
+			return func(ctx context.Context) (any, error) { return bench.Idle(ctx, o) }
+		}},
+}
+
+// scenarioOrder is the order of `keeper bench all`.
+var scenarioOrder = []string{"drain", "precision", "idle"}
+
+func redisFlag(fs *flag.FlagSet, into *string) {
+	fs.StringVar(into, "redis", "", "redis address (empty: start a private redis-server on loopback)")
+}
+
+// benchCmd is `keeper bench <scenario>|all [--json] [flags]`.
+func benchCmd(args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		names := make([]string, 0, len(scenarios))
+		for n := range scenarios {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		fmt.Fprintln(out, "usage: keeper bench <scenario>|all [--json] [flags]")
+		for _, n := range names {
+			fmt.Fprintf(out, "  %-10s %s\n", n, scenarios[n].about)
+		}
+		if len(args) == 0 {
+			return errors.New("no scenario given")
+		}
+		return nil
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	names := []string{args[0]}
+	if args[0] == "all" {
+		names = scenarioOrder
+	}
+	var runs []func(context.Context) (any, error)
+	asJSON := false
+	for _, n := range names {
+		sc, ok := scenarios[n]
+		if !ok {
+			return fmt.Errorf("unknown scenario %q (keeper bench -h lists them)", n)
+		}
+		fs := flag.NewFlagSet("bench "+n, flag.ContinueOnError)
+		fs.BoolVar(&asJSON, "json", false, "print one JSON object per scenario, one per line")
+		run := sc.flags(fs)
+		// `all` takes only --json; each scenario runs with its defaults.
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		runs = append(runs, run)
+	}
+	for i, run := range runs {
+		res, err := run(ctx)
+		if err != nil {
+			return fmt.Errorf("bench %s: %w", names[i], err)
+		}
+		if asJSON {
+			b, _ := json.Marshal(res)
+			fmt.Fprintln(out, string(b))
+		} else {
+			fmt.Fprintf(out, "%+v\n", res)
+		}
+	}
+	return nil
+}

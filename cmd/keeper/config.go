@@ -1,0 +1,346 @@
+package main
+
+import (
+	"encoding"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the daemon's configuration. It is read from a YAML file, then
+// KEEPER_* environment variables, then flags: each later source overrides
+// the earlier ones. Every leaf has an environment variable named after its
+// YAML path (etcd.endpoints -> KEEPER_ETCD_ENDPOINTS) and a flag named after
+// it (--etcd.endpoints). The defaults are in defaultConfig; `keeper run -h`
+// lists them all.
+type Config struct {
+	// MemberID names this keeper in etcd and in metrics
+	// (service.instance.id). Default: $POD_NAME, else a random id.
+	MemberID string `yaml:"member_id" help:"member id (default $POD_NAME, else random)"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level" help:"log level: debug, info, warn, error"`
+	// HealthAddr serves /healthz and /readyz; empty disables it.
+	HealthAddr string `yaml:"health_addr" help:"health endpoint address (empty: off)"`
+
+	Redis   RedisConfig   `yaml:"redis"`
+	Etcd    EtcdConfig    `yaml:"etcd"`
+	Ring    RingConfig    `yaml:"ring"`
+	Tasks   TasksConfig   `yaml:"tasks"`
+	Metrics MetricsConfig `yaml:"metrics"`
+
+	// Queues are created at start when missing, and updated when their
+	// stored config differs. A malformed entry is reported and skipped; the
+	// others are served.
+	Queues map[string]queue.Config `yaml:"queues" env:"-"`
+}
+
+// RedisConfig says where the queues live.
+type RedisConfig struct {
+	Addr         string `yaml:"addr" help:"redis address host:port (empty: start a local redis-server on a free loopback port)"`
+	Prefix       string `yaml:"prefix" help:"key prefix of every queue key"`
+	Username     string `yaml:"username" help:"redis ACL user"`
+	PasswordFile string `yaml:"password_file" help:"file holding the redis password (or set KEEPER_REDIS_PASSWORD)"`
+	Password     string `yaml:"-" flag:"-" help:"redis password (environment only: KEEPER_REDIS_PASSWORD)"`
+	TLS          bool   `yaml:"tls" help:"connect with TLS"`
+	CAFile       string `yaml:"ca_file" help:"CA bundle for redis TLS"`
+	DataDir      string `yaml:"data_dir" help:"data dir of the local redis-server started when addr is empty"`
+}
+
+// EtcdConfig says where the coordination lives.
+type EtcdConfig struct {
+	Endpoints    []string      `yaml:"endpoints" help:"etcd endpoints, comma-separated (empty: run an embedded single-member etcd)"`
+	Prefix       string        `yaml:"prefix" help:"etcd key prefix"`
+	DataDir      string        `yaml:"data_dir" help:"data dir of the embedded etcd"`
+	SessionTTL   time.Duration `yaml:"session_ttl" help:"membership lease TTL; a crashed keeper's shards move after it"`
+	DialTimeout  time.Duration `yaml:"dial_timeout" help:"etcd dial timeout"`
+	Username     string        `yaml:"username" help:"etcd user"`
+	PasswordFile string        `yaml:"password_file" help:"file holding the etcd password (or set KEEPER_ETCD_PASSWORD)"`
+	Password     string        `yaml:"-" flag:"-" help:"etcd password (environment only: KEEPER_ETCD_PASSWORD)"`
+	CAFile       string        `yaml:"ca_file" help:"CA bundle for etcd TLS"`
+	CertFile     string        `yaml:"cert_file" help:"client certificate for etcd TLS"`
+	KeyFile      string        `yaml:"key_file" help:"client key for etcd TLS"`
+}
+
+// RingConfig shapes the consistent-hash ring; every keeper of a fleet must
+// use the same values.
+type RingConfig struct {
+	Partitions        int     `yaml:"partitions" help:"ownership units on the ring (0: built-in default)"`
+	ReplicationFactor int     `yaml:"replication_factor" help:"virtual nodes per keeper (0: built-in default)"`
+	Load              float64 `yaml:"load" help:"bounded-load factor (0: built-in default)"`
+}
+
+// TasksConfig tunes housekeeping.
+type TasksConfig struct {
+	Workers         int           `yaml:"workers" help:"passes running at once"`
+	Batch           int           `yaml:"batch" help:"messages per pass"`
+	MeasureInterval time.Duration `yaml:"measure_interval" help:"how often a changed shard is measured"`
+	SweepInterval   time.Duration `yaml:"sweep_interval" help:"safety sweep period over all owned shards"`
+	CatalogInterval time.Duration `yaml:"catalog_interval" help:"how often the queue registry is re-read (changes are also pushed)"`
+}
+
+// MetricsConfig controls metrics export. The OTLP exporter also honours the
+// standard OTEL_* variables (endpoint, headers, TLS, interval).
+type MetricsConfig struct {
+	Disabled       bool          `yaml:"disabled" help:"turn metrics off"`
+	Endpoint       string        `yaml:"endpoint" help:"OTLP gRPC endpoint when OTEL_EXPORTER_OTLP_ENDPOINT is unset (http:// plaintext, https:// TLS)"`
+	ExportInterval time.Duration `yaml:"export_interval" help:"export interval (0: OTEL_METRIC_EXPORT_INTERVAL, else 10s)"`
+	PrometheusAddr string        `yaml:"prometheus_addr" help:"optional Prometheus pull endpoint (empty: off)"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		LogLevel:   "info",
+		HealthAddr: "127.0.0.1:8080",
+		Redis:      RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis"},
+		Etcd: EtcdConfig{Prefix: "/keeper/", DataDir: "keeper-data/etcd", SessionTTL: 3 * time.Second,
+			DialTimeout: 5 * time.Second},
+		Tasks: TasksConfig{Workers: 4, Batch: 1000, MeasureInterval: 10 * time.Second,
+			SweepInterval: 60 * time.Second, CatalogInterval: 30 * time.Second},
+	}
+}
+
+// loadConfig builds the config from defaults, the YAML file (if any), the
+// environment and the flags in args. It returns the remaining arguments.
+func loadConfig(name string, args []string, environ []string) (Config, error) {
+	cfg := defaultConfig()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	file := fs.String("config", envOr(environ, "KEEPER_CONFIG", ""), "YAML config file (env KEEPER_CONFIG)")
+	// Flags are bound to a scratch copy: they apply last, but the file
+	// path must be known before the file is read.
+	var flagged Config
+	setFlags := map[string]bool{}
+	bindFlags(fs, reflect.ValueOf(&flagged).Elem(), "", reflect.ValueOf(cfg))
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: keeper %s [flags]\n\nEvery flag also reads KEEPER_<NAME> (dots become underscores) and the YAML key of the same path.\n\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	fs.Visit(func(f *flag.Flag) { setFlags[f.Name] = true })
+	if *file != "" {
+		data, err := os.ReadFile(*file)
+		if err != nil {
+			return Config{}, fmt.Errorf("config file: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(data)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return Config{}, fmt.Errorf("config file %s: %w", *file, err)
+		}
+	}
+	if err := applyEnv(reflect.ValueOf(&cfg).Elem(), "KEEPER", environ); err != nil {
+		return Config{}, err
+	}
+	copyFlags(reflect.ValueOf(&cfg).Elem(), reflect.ValueOf(flagged), "", setFlags)
+	if cfg.MemberID == "" {
+		cfg.MemberID = envOr(environ, "POD_NAME", "")
+	}
+	if err := cfg.readSecrets(); err != nil {
+		return Config{}, err
+	}
+	return cfg, cfg.validate()
+}
+
+func (c *Config) readSecrets() error {
+	read := func(path string, into *string, what string) error {
+		if path == "" || *into != "" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("%s password file: %w", what, err)
+		}
+		*into = strings.TrimRight(string(b), "\r\n")
+		return nil
+	}
+	if err := read(c.Redis.PasswordFile, &c.Redis.Password, "redis"); err != nil {
+		return err
+	}
+	return read(c.Etcd.PasswordFile, &c.Etcd.Password, "etcd")
+}
+
+func (c *Config) validate() error {
+	var problems []string
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		problems = append(problems, fmt.Sprintf("log_level %q is not debug, info, warn or error", c.LogLevel))
+	}
+	if c.Etcd.SessionTTL < 2*time.Second {
+		problems = append(problems, fmt.Sprintf("etcd.session_ttl %s is below etcd's minimum lease TTL of 2s", c.Etcd.SessionTTL))
+	}
+	if c.Tasks.Workers < 1 || c.Tasks.Batch < 1 || c.Tasks.Batch > 10000 {
+		problems = append(problems, "tasks.workers must be ≥ 1 and tasks.batch in 1..10000")
+	}
+	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
+		problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))
+	}
+	if !strings.HasSuffix(c.Etcd.Prefix, "/") {
+		problems = append(problems, fmt.Sprintf("etcd.prefix %q must end with /", c.Etcd.Prefix))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("bad config: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+func envOr(environ []string, key, def string) string {
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == key {
+			return v
+		}
+	}
+	return def
+}
+
+// leaf reports whether a field is set as one value (not walked into).
+func leaf(t reflect.Type) bool {
+	if t == reflect.TypeOf(time.Duration(0)) {
+		return true
+	}
+	return t.Kind() != reflect.Struct
+}
+
+func fieldName(f reflect.StructField) string {
+	n, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	return n
+}
+
+// applyEnv sets each leaf from KEEPER_<PATH> when present.
+func applyEnv(v reflect.Value, prefix string, environ []string) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Tag.Get("env") == "-" {
+			continue
+		}
+		name := fieldName(f)
+		if name == "-" || name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		key := prefix + "_" + strings.ToUpper(strings.ReplaceAll(name, ".", "_"))
+		if !leaf(f.Type) {
+			if err := applyEnv(v.Field(i), key, environ); err != nil {
+				return err
+			}
+			continue
+		}
+		raw := envOr(environ, key, "\x00")
+		if raw == "\x00" {
+			continue
+		}
+		if err := setValue(v.Field(i), raw); err != nil {
+			return fmt.Errorf("environment %s=%q: %w", key, raw, err)
+		}
+	}
+	return nil
+}
+
+func setValue(v reflect.Value, raw string) error {
+	if tu, ok := v.Addr().Interface().(encoding.TextUnmarshaler); ok {
+		return tu.UnmarshalText([]byte(raw))
+	}
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(raw)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(raw)
+		if err != nil {
+			return err
+		}
+		v.SetBool(b)
+	case reflect.Int, reflect.Int64:
+		if v.Type() == reflect.TypeOf(time.Duration(0)) {
+			d, err := time.ParseDuration(raw)
+			if err != nil {
+				return err
+			}
+			v.SetInt(int64(d))
+			return nil
+		}
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil {
+			return err
+		}
+		v.SetInt(n)
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(raw, 64)
+		if err != nil {
+			return err
+		}
+		v.SetFloat(f)
+	case reflect.Slice:
+		var out []string
+		for _, s := range strings.Split(raw, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		v.Set(reflect.ValueOf(out))
+	default:
+		return fmt.Errorf("unsupported type %s", v.Type())
+	}
+	return nil
+}
+
+// valueFlag adapts a config leaf to flag.Value.
+type valueFlag struct {
+	v   reflect.Value
+	def string
+}
+
+func (f valueFlag) String() string {
+	if !f.v.IsValid() {
+		return ""
+	}
+	return f.def
+}
+func (f valueFlag) Set(s string) error { return setValue(f.v, s) }
+func (f valueFlag) IsBoolFlag() bool   { return f.v.IsValid() && f.v.Kind() == reflect.Bool }
+
+func bindFlags(fs *flag.FlagSet, v reflect.Value, prefix string, defaults reflect.Value) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name := fieldName(f)
+		if f.Tag.Get("flag") == "-" || name == "-" || f.Tag.Get("env") == "-" {
+			continue
+		}
+		full := prefix + name
+		if !leaf(f.Type) {
+			bindFlags(fs, v.Field(i), full+".", defaults.Field(i))
+			continue
+		}
+		def := fmt.Sprint(defaults.Field(i).Interface())
+		if defaults.Field(i).Kind() == reflect.Slice {
+			def = strings.Join(defaults.Field(i).Interface().([]string), ",")
+		}
+		fs.Var(valueFlag{v: v.Field(i), def: def}, full, f.Tag.Get("help"))
+	}
+}
+
+// copyFlags copies the leaves whose flags were given from src to dst.
+func copyFlags(dst, src reflect.Value, prefix string, set map[string]bool) {
+	t := dst.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		full := prefix + fieldName(f)
+		if !leaf(f.Type) {
+			copyFlags(dst.Field(i), src.Field(i), full+".", set)
+			continue
+		}
+		if set[full] {
+			dst.Field(i).Set(src.Field(i))
+		}
+	}
+}

@@ -1,0 +1,48 @@
+// Command keeper is the housekeeping daemon for Redis-backed message queues
+// and its operator CLI.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	os.Exit(realMain(os.Args[1:]))
+}
+
+func realMain(args []string) int {
+	if len(args) == 0 {
+		usage()
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = runCmd(args[1:])
+	case "queue":
+		err = queueCmd(args[1:], os.Stdout)
+	case "bench":
+		err = benchCmd(args[1:], os.Stdout)
+	case "version", "--version":
+		fmt.Println(versionString())
+	default:
+		usage()
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "keeper:", err)
+		return 1
+	}
+	return 0
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: keeper run|status|queue|bench|version")
+}
+
+func runCmd(args []string) error {
+	cfg, err := loadConfig("run", args, os.Environ())
+	fmt.Printf("%+v %v\n", cfg, err)
+	return err
+}

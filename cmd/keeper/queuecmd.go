@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+	"github.com/redis/go-redis/v9"
+)
+
+// queueCmd is `keeper queue create|update|list|inspect|stats|audit|delete`.
+func queueCmd(args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("usage: keeper queue create|update|list|inspect|stats|audit|delete [flags] [name] [id]")
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("queue "+sub, flag.ContinueOnError)
+	addr := fs.String("redis", envOr(os.Environ(), "KEEPER_REDIS_ADDR", "127.0.0.1:6379"), "redis address (env KEEPER_REDIS_ADDR)")
+	prefix := fs.String("prefix", envOr(os.Environ(), "KEEPER_REDIS_PREFIX", queue.DefaultPrefix), "key prefix (env KEEPER_REDIS_PREFIX)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	var qc queue.Config
+	if sub == "create" || sub == "update" {
+		fs.IntVar(&qc.Partitions, "partitions", 0, "partitions (shards) of the queue (default 1)")
+		fs.Var(durationFlag{&qc.Lease}, "lease", "default lease of a pull (default 30s)")
+		fs.IntVar(&qc.MaxDeliveries, "max-deliveries", 0, "dead-letter after this many deliveries (0: never)")
+		fs.Var(durationFlag{&qc.TTL}, "ttl", "drop messages this long after enqueue (0: never)")
+		fs.IntVar(&qc.MaxSize, "max-size", 0, "per-partition cap on ready+inflight+locked (0: none)")
+		fs.IntVar(&qc.MaxInFlight, "max-inflight", 0, "cap on messages leased at once over the queue (0: none)")
+		fs.IntVar(&qc.MaxPayloadBytes, "max-payload", 0, "largest payload in bytes (default 256 KiB)")
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rest := fs.Args()
+	need := map[string]int{"create": 1, "update": 1, "list": 0, "inspect": 2, "stats": 1, "audit": 1, "delete": 1}
+	n, ok := need[sub]
+	if !ok {
+		return fmt.Errorf("unknown queue command %q", sub)
+	}
+	if len(rest) != n {
+		return fmt.Errorf("queue %s takes %d argument(s), got %d", sub, n, len(rest))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rdb := redis.NewClient(&redis.Options{Addr: *addr, Username: os.Getenv("KEEPER_REDIS_USERNAME"),
+		Password: os.Getenv("KEEPER_REDIS_PASSWORD")})
+	defer rdb.Close()
+	c := queue.NewClient(rdb, queue.ClientOptions{Prefix: *prefix})
+	reg := c.Registry()
+	print := func(v any, text func(w *tabwriter.Writer)) error {
+		if *asJSON {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			return enc.Encode(v)
+		}
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		text(w)
+		return w.Flush()
+	}
+	switch sub {
+	case "create":
+		if err := reg.Create(ctx, rest[0], qc); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "created queue %s\n", rest[0])
+	case "update":
+		if err := reg.Update(ctx, rest[0], qc); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "updated queue %s\n", rest[0])
+	case "delete":
+		if err := reg.Delete(ctx, rest[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "deleted queue %s and all its messages\n", rest[0])
+	case "list":
+		entries, err := reg.List(ctx)
+		if err != nil {
+			return err
+		}
+		type row struct {
+			Name   string        `json:"name"`
+			Config *queue.Config `json:"config,omitempty"`
+			Error  string        `json:"error,omitempty"`
+		}
+		rows := make([]row, 0, len(entries))
+		for _, e := range entries {
+			r := row{Name: e.Name}
+			if e.Err != nil {
+				r.Error = e.Err.Error()
+			} else {
+				cfg := e.Config
+				r.Config = &cfg
+			}
+			rows = append(rows, r)
+		}
+		return print(rows, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "QUEUE\tPARTITIONS\tLEASE\tMAX_DELIVERIES\tTTL\tMAX_SIZE\tMAX_INFLIGHT\tERROR")
+			for _, r := range rows {
+				if r.Config == nil {
+					fmt.Fprintf(w, "%s\t-\t-\t-\t-\t-\t-\t%s\n", r.Name, r.Error)
+					continue
+				}
+				c := r.Config
+				fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%s\t%d\t%d\t\n", r.Name, c.Partitions, c.Lease, c.MaxDeliveries, c.TTL, c.MaxSize, c.MaxInFlight)
+			}
+		})
+	case "inspect":
+		info, err := c.Inspect(ctx, rest[0], rest[1])
+		if err != nil {
+			return err
+		}
+		return print(info, func(w *tabwriter.Writer) {
+			fmt.Fprintf(w, "id\t%s\nshard\t%s\nstate\t%s\nscore\t%.0f\npriority\t%d\ndeliveries\t%d\nenqueued\t%s\n",
+				info.ID, info.Shard, info.State, info.Score, info.Priority, info.Deliveries, info.EnqueuedAt.UTC().Format(time.RFC3339Nano))
+			if !info.ExpiresAt.IsZero() {
+				fmt.Fprintf(w, "expires\t%s\n", info.ExpiresAt.UTC().Format(time.RFC3339Nano))
+			}
+			fmt.Fprintf(w, "payload\t%d bytes\n", info.PayloadBytes)
+		})
+	case "stats":
+		st, err := c.Stats(ctx, rest[0])
+		if err != nil {
+			return err
+		}
+		return print(st, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "SHARD\tREADY\tINFLIGHT\tLOCKED\tDEAD\tFENCE")
+			for _, s := range st.Shards {
+				fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", s.Shard, s.Ready, s.Inflight, s.Locked, s.Dead, s.Fence)
+			}
+			fmt.Fprintf(w, "total\t%d\t%d\t%d\t%d\t\n", st.Ready, st.Inflight, st.Locked, st.Dead)
+			names := make([]string, 0, len(st.Counters))
+			for k := range st.Counters {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			for _, k := range names {
+				fmt.Fprintf(w, "%s\t%d\n", k, st.Counters[k])
+			}
+		})
+	case "audit":
+		a, err := c.Audit(ctx, rest[0])
+		if err != nil {
+			return err
+		}
+		if err := print(a, func(w *tabwriter.Writer) {
+			fmt.Fprintf(w, "present\t%d\naccounted\t%d\nproblems\t%d\n", a.Present(), a.Accounted(), len(a.Problems))
+			for _, p := range a.Problems {
+				fmt.Fprintf(w, "  %s\n", p)
+			}
+		}); err != nil {
+			return err
+		}
+		if len(a.Problems) > 0 {
+			return fmt.Errorf("queue %s: %d problems", rest[0], len(a.Problems))
+		}
+	}
+	return nil
+}
+
+// durationFlag reads "30s" into a queue.Duration.
+type durationFlag struct{ d *queue.Duration }
+
+func (f durationFlag) String() string {
+	if f.d == nil {
+		return "0s"
+	}
+	return f.d.String()
+}
+func (f durationFlag) Set(s string) error { return f.d.UnmarshalText([]byte(s)) }
