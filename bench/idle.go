@@ -118,7 +118,7 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 	wall := wall1.Sub(wall0).Seconds()
 	return IdleResult{Scenario: "idle", Shards: len(shards), WindowS: round(wall, 1),
 		RedisCmdsPerS: round(float64(cmds1-cmds0-1)/wall, 1),
-		KeeperCPUFrac: round((cpu1 - cpu0).Seconds()/wall, 4)}, nil
+		KeeperCPUFrac: round((cpu1-cpu0).Seconds()/wall, 4)}, nil
 }
 
 // cpuTime is this process's user+system CPU time.
