@@ -84,6 +84,14 @@ func (c *Catalog) Queues() map[string]Config {
 	return out
 }
 
+// Config is one queue's current config.
+func (c *Catalog) Config(name string) (Config, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg, ok := c.current[name]
+	return cfg, ok
+}
+
 // Shards lists every shard of every valid queue.
 func (c *Catalog) Shards() []Shard {
 	c.mu.Lock()
@@ -110,6 +118,8 @@ func (c *Catalog) loop(ctx context.Context) {
 		}
 		if err := c.load(ctx); err != nil && ctx.Err() == nil {
 			c.cfg.Logger.Warn("queue registry unreadable; keeping the last view", "err", err)
+			// Retry soon rather than a whole interval later.
+			time.AfterFunc(time.Second, c.Refresh)
 		}
 	}
 }

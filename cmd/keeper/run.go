@@ -1,0 +1,428 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keeperhq/keeper/election"
+	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/redisserver"
+	kotel "github.com/keeperhq/keeper/otel"
+	"github.com/keeperhq/keeper/queue"
+	"github.com/keeperhq/keeper/shard"
+	"github.com/keeperhq/keeper/tasks"
+	"github.com/redis/go-redis/v9"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// runCmd is `keeper run`: the daemon.
+func runCmd(args []string) error {
+	cfg, err := loadConfig("run", args, os.Environ())
+	if err != nil {
+		if errors.Is(err, errHelp) {
+			return nil
+		}
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	d := &daemon{cfg: cfg, log: newLogger(cfg.LogLevel)}
+	if err := d.start(ctx); err != nil {
+		d.shutdown()
+		return err
+	}
+	<-ctx.Done()
+	d.log.Info("shutting down: finishing running passes and handing shards over")
+	d.shutdown()
+	return nil
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// daemon is one keeper process: the components of the design brief wired
+// in the order data flows (etcd membership -> ring -> owned shards -> tasks
+// -> Redis; tasks report to otel).
+type daemon struct {
+	cfg Config
+	log *slog.Logger
+
+	localRedis *redisserver.Server
+	localEtcd  *etcdserver.Server
+	rdb        redis.UniversalClient
+	etcd       *clientv3.Client
+
+	metrics   *kotel.Provider
+	inst      *kotel.Instruments
+	keeper    *tasks.Keeper
+	catalog   *queue.Catalog
+	coord     *shard.Coordinator
+	agg       *election.Aggregator
+	publisher *election.Publisher
+	health    *healthServer
+}
+
+func (d *daemon) start(ctx context.Context) error {
+	var err error
+	if err = d.startRedis(ctx); err != nil {
+		return err
+	}
+	if err = d.startEtcd(ctx); err != nil {
+		return err
+	}
+	memberID := d.cfg.MemberID
+	if memberID == "" {
+		memberID = shard.RandomMemberID()
+	}
+	d.log = d.log.With("member", memberID)
+	d.applyQueues(ctx)
+
+	d.metrics, err = kotel.Start(ctx, kotel.Config{MemberID: memberID, Endpoint: d.cfg.Metrics.Endpoint,
+		ExportInterval: d.cfg.Metrics.ExportInterval, Disabled: d.cfg.Metrics.Disabled,
+		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, Logger: d.log})
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+
+	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix)
+	rec := &recorderProxy{}
+	d.keeper = tasks.New(layout, tasks.Config{
+		Workers: d.cfg.Tasks.Workers, Batch: d.cfg.Tasks.Batch,
+		MeasureInterval: d.cfg.Tasks.MeasureInterval, SweepInterval: d.cfg.Tasks.SweepInterval,
+		Recorder: rec, Logger: d.log,
+		OnFenced: func(s queue.Shard, token int64) {
+			if d.coord != nil {
+				d.coord.Fenced(s.String(), token)
+			}
+		},
+		OnConfigChanged: func() {
+			if d.catalog != nil {
+				d.catalog.Refresh()
+			}
+		},
+	})
+	d.catalog = queue.NewCatalog(queue.NewRegistry(d.rdb, d.cfg.Redis.Prefix),
+		queue.CatalogConfig{Interval: d.cfg.Tasks.CatalogInterval, Logger: d.log}, d.onCatalog)
+	ringCfg := shard.RingConfig{Partitions: d.cfg.Ring.Partitions,
+		ReplicationFactor: d.cfg.Ring.ReplicationFactor, Load: d.cfg.Ring.Load}
+	d.coord = shard.NewCoordinator(d.etcd, shard.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: memberID,
+		SessionTTL: d.cfg.Etcd.SessionTTL, Ring: ringCfg, Logger: d.log}, ownership{d})
+	d.agg = election.NewAggregator(d.etcd, election.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: memberID,
+		SessionTTL: d.cfg.Etcd.SessionTTL, Partitions: shard.PartitionsOf(ringCfg), Logger: d.log},
+		d.catalogShardNames)
+	d.publisher = election.NewPublisher(d.etcd, election.PublisherConfig{Prefix: d.cfg.Etcd.Prefix,
+		MemberID: memberID, Interval: d.metrics.ExportInterval(), SessionTTL: d.cfg.Etcd.SessionTTL,
+		Logger: d.log}, d.summary)
+	d.inst, err = kotel.RegisterInstruments(d.metrics.Meter("github.com/keeperhq/keeper"),
+		shardSource{d.keeper}, d.agg, selfSource{d})
+	if err != nil {
+		return fmt.Errorf("instruments: %w", err)
+	}
+	rec.set(d.inst)
+
+	if err := d.keeper.Start(ctx); err != nil {
+		return fmt.Errorf("tasks: %w", err)
+	}
+	if err := d.catalog.Start(ctx); err != nil {
+		// Not fatal: the catalog retries, and shards are taken as soon as
+		// queues become readable.
+		d.log.Error("queue registry unreadable at start; retrying", "err", err)
+	}
+	if err := d.coord.Start(ctx); err != nil {
+		return fmt.Errorf("join the fleet: %w", err)
+	}
+	d.onCatalog(d.catalog.Queues())
+	if err := d.agg.Start(ctx); err != nil {
+		return fmt.Errorf("aggregator: %w", err)
+	}
+	if err := d.publisher.Start(ctx); err != nil {
+		return fmt.Errorf("summary publisher: %w", err)
+	}
+	if d.cfg.HealthAddr != "" {
+		d.health, err = startHealth(d.cfg.HealthAddr, d)
+		if err != nil {
+			return err
+		}
+	}
+	d.log.Info("keeper running", "redis", d.redisAddr(), "etcd", strings.Join(d.etcd.Endpoints(), ","),
+		"health", d.healthAddr())
+	return nil
+}
+
+// shutdown hands shards over first (graceful handoff: running passes finish,
+// ownership keys are deleted so successors take over at once), then resigns
+// leadership, then stops everything else. Safe after a partial start.
+func (d *daemon) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if d.health != nil {
+		d.health.stop(ctx)
+	}
+	if d.coord != nil {
+		if err := d.coord.Stop(ctx); err != nil {
+			d.log.Warn("handoff", "err", err)
+		}
+	}
+	if d.agg != nil {
+		if err := d.agg.Stop(ctx); err != nil {
+			d.log.Warn("resign", "err", err)
+		}
+	}
+	if d.publisher != nil {
+		d.publisher.Stop(ctx)
+	}
+	if d.keeper != nil {
+		d.keeper.Stop()
+	}
+	if d.catalog != nil {
+		d.catalog.Stop()
+	}
+	if d.metrics != nil {
+		_ = d.metrics.Shutdown(ctx)
+	}
+	if d.etcd != nil {
+		_ = d.etcd.Close()
+	}
+	if d.localEtcd != nil {
+		_ = d.localEtcd.Stop()
+	}
+	if d.rdb != nil {
+		_ = d.rdb.Close()
+	}
+	if d.localRedis != nil {
+		_ = d.localRedis.Stop()
+	}
+}
+
+func (d *daemon) startRedis(ctx context.Context) error {
+	c := d.cfg.Redis
+	addrs := splitList(c.Addr)
+	if len(addrs) == 0 {
+		if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
+			return fmt.Errorf("redis data dir: %w", err)
+		}
+		srv, err := redisserver.Start(ctx, redisserver.Config{Dir: c.DataDir,
+			ExtraArgs: []string{"--appendonly", "yes"}})
+		if err != nil {
+			return fmt.Errorf("local redis-server (set redis.addr to use another): %w", err)
+		}
+		d.localRedis = srv
+		addrs = []string{srv.Addr}
+		d.log.Info("started a local redis-server", "addr", srv.Addr, "dir", c.DataDir)
+	}
+	opt := &redis.UniversalOptions{Addrs: addrs, Username: c.Username, Password: c.Password}
+	if c.TLS {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.CAFile != "" {
+			pem, err := os.ReadFile(c.CAFile)
+			if err != nil {
+				return fmt.Errorf("redis CA: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("redis CA %s holds no certificate", c.CAFile)
+			}
+		}
+		opt.TLSConfig = tc
+	}
+	// One address: a plain client; several: a cluster client.
+	d.rdb = redis.NewUniversalClient(opt)
+	if err := d.rdb.Ping(ctx).Err(); err != nil {
+		// Keep going: every component retries, and a keeper that cannot
+		// reach Redis still holds its place in the fleet.
+		d.log.Error("redis unreachable at start; retrying in the background", "addr", strings.Join(addrs, ","), "err", err)
+	}
+	return nil
+}
+
+func (d *daemon) startEtcd(ctx context.Context) error {
+	c := d.cfg.Etcd
+	endpoints := c.Endpoints
+	if len(endpoints) == 0 {
+		srv, err := etcdserver.Start(ctx, etcdserver.Config{Dir: c.DataDir, Name: "keeper-embedded"})
+		if err != nil {
+			return fmt.Errorf("embedded etcd (set etcd.endpoints to join a cluster): %w", err)
+		}
+		d.localEtcd = srv
+		endpoints = srv.Endpoints()
+		d.log.Info("started an embedded etcd", "endpoints", strings.Join(endpoints, ","), "dir", c.DataDir)
+	}
+	cc := clientv3.Config{Endpoints: endpoints, DialTimeout: c.DialTimeout, Username: c.Username,
+		Password: c.Password, Logger: quietEtcdLogger()}
+	if c.CAFile != "" || c.CertFile != "" {
+		info := transport.TLSInfo{TrustedCAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile}
+		tc, err := info.ClientConfig()
+		if err != nil {
+			return fmt.Errorf("etcd TLS: %w", err)
+		}
+		cc.TLS = tc
+	}
+	cli, err := clientv3.New(cc)
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	d.etcd = cli
+	return nil
+}
+
+// applyQueues creates or updates the queues declared in the config file.
+// A bad entry is logged and skipped; the others are applied.
+func (d *daemon) applyQueues(ctx context.Context) {
+	reg := queue.NewRegistry(d.rdb, d.cfg.Redis.Prefix)
+	for name, qc := range d.cfg.Queues {
+		err := reg.Create(ctx, name, qc)
+		if errors.Is(err, queue.ErrQueueExists) {
+			var cur queue.Config
+			if cur, err = reg.Get(ctx, name); err == nil && cur != qc.WithDefaults() {
+				err = reg.Update(ctx, name, qc)
+			}
+		}
+		if err != nil {
+			d.log.Error("declared queue not applied", "queue", name, "err", err)
+		}
+	}
+}
+
+// onCatalog hands the current queues to the tasks (configs) and to the
+// coordinator (the shard list it assigns).
+func (d *daemon) onCatalog(queues map[string]queue.Config) {
+	if d.keeper == nil || d.coord == nil {
+		return
+	}
+	for name, cfg := range queues {
+		d.keeper.SetConfig(name, cfg)
+	}
+	d.coord.SetShards(d.catalogShardNames())
+}
+
+func (d *daemon) catalogShardNames() []string {
+	shards := d.catalog.Shards()
+	names := make([]string, len(shards))
+	for i, s := range shards {
+		names[i] = s.String()
+	}
+	return names
+}
+
+// summary is what this keeper publishes for the aggregator.
+func (d *daemon) summary() election.Summary {
+	s := election.Summary{Queues: map[string]election.QueueSummary{}}
+	s.OwnedShards = len(d.keeper.Owned())
+	d.keeper.EachMeasurement(func(m tasks.ShardMeasurement) {
+		q := s.Queues[m.Shard.Queue]
+		q.Shards++
+		q.Ready += m.Ready
+		q.Inflight += m.Inflight
+		q.Locked += m.Locked
+		q.Dead += m.Dead
+		s.Queues[m.Shard.Queue] = q
+	})
+	return s
+}
+
+func (d *daemon) redisAddr() string {
+	if d.localRedis != nil {
+		return d.localRedis.Addr
+	}
+	return d.cfg.Redis.Addr
+}
+
+func (d *daemon) healthAddr() string {
+	if d.health == nil {
+		return ""
+	}
+	return d.health.addr
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ownership adapts the coordinator's string shard names to the keeper.
+type ownership struct{ d *daemon }
+
+func (o ownership) Own(name string, token int64) {
+	s, err := queue.ParseShard(name)
+	if err != nil {
+		o.d.log.Error("coordinator named a bad shard", "shard", name, "err", err)
+		return
+	}
+	cfg, ok := o.d.catalog.Config(s.Queue)
+	if !ok {
+		return
+	}
+	o.d.keeper.Own(s, cfg, token)
+}
+
+func (o ownership) Disown(name string) {
+	if s, err := queue.ParseShard(name); err == nil {
+		o.d.keeper.Disown(s)
+	}
+}
+
+func (o ownership) DisownAll() { o.d.keeper.DisownAll() }
+
+// shardSource feeds the per-shard instruments from the keeper's last
+// measurements: collection costs Redis nothing.
+type shardSource struct{ k *tasks.Keeper }
+
+func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
+	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
+		c := m.Counters
+		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
+			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
+			OldestReadyAge: m.OldestReadyAge, Enqueued: c["enqueued"], Acked: c["acked"],
+			Unlocked: c["unlocked"], Requeued: c["requeued"], Expired: c["expired"],
+			DeadLettered: c["dead_lettered"], Trimmed: c["trimmed"]})
+	})
+}
+
+type selfSource struct{ d *daemon }
+
+func (s selfSource) OwnedShards() int { return len(s.d.keeper.Owned()) }
+func (s selfSource) IsLeader() bool   { return s.d.agg != nil && s.d.agg.IsLeader() }
+
+// recorderProxy lets the keeper be built before the instruments, which need
+// the keeper as their shard source.
+type recorderProxy struct{ r tasks.Recorder }
+
+func (p *recorderProxy) set(r tasks.Recorder) { p.r = r }
+func (p *recorderProxy) RecordUnlockLag(ctx context.Context, q, s string, lag time.Duration) {
+	if p.r != nil {
+		p.r.RecordUnlockLag(ctx, q, s, lag)
+	}
+}
+func (p *recorderProxy) RecordPass(ctx context.Context, task string, d time.Duration, err error) {
+	if p.r != nil {
+		p.r.RecordPass(ctx, task, d, err)
+	}
+}
+func (p *recorderProxy) RecordError(ctx context.Context, kind string) {
+	if p.r != nil {
+		p.r.RecordError(ctx, kind)
+	}
+}
+func (p *recorderProxy) RecordFenceRefusal(ctx context.Context, q, s string) {
+	if p.r != nil {
+		p.r.RecordFenceRefusal(ctx, q, s)
+	}
+}
