@@ -1,0 +1,85 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestShippedConfigParses(t *testing.T) {
+	cfg, err := loadConfig("run", []string{"--config", "../../configs/keeper.yaml"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := defaultConfig()
+	if cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Tasks != def.Tasks || cfg.Redis != def.Redis {
+		t.Fatalf("configs/keeper.yaml drifted from the built-in defaults:\n%+v\n%+v", cfg, def)
+	}
+	if q := cfg.Queues["example"]; q.Partitions != 4 || q.TTL.D() != 24*time.Hour {
+		t.Fatalf("example queue %+v", q)
+	}
+}
+
+func TestPrecedenceFileEnvFlags(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "k.yaml")
+	if err := os.WriteFile(file, []byte("tasks:\n  batch: 10\n  workers: 2\nredis:\n  addr: file:1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"KEEPER_TASKS_BATCH=20", "KEEPER_ETCD_ENDPOINTS=a:1, b:2", "POD_NAME=pod-7"}
+	cfg, err := loadConfig("run", []string{"--config", file, "--tasks.batch", "30"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Tasks.Batch != 30 || cfg.Tasks.Workers != 2 || cfg.Redis.Addr != "file:1" {
+		t.Fatalf("precedence wrong: %+v", cfg.Tasks)
+	}
+	if strings.Join(cfg.Etcd.Endpoints, ",") != "a:1,b:2" || cfg.MemberID != "pod-7" {
+		t.Fatalf("env not applied: %+v %q", cfg.Etcd.Endpoints, cfg.MemberID)
+	}
+	cfg, err = loadConfig("run", []string{"--config", file}, env)
+	if err != nil || cfg.Tasks.Batch != 20 {
+		t.Fatalf("env should beat the file: %d %v", cfg.Tasks.Batch, err)
+	}
+}
+
+func TestSecretsFromFileOrEnvOnly(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig("run", []string{"--etcd.password_file", pw}, []string{"KEEPER_REDIS_PASSWORD=fromenv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Etcd.Password != "s3cret" || cfg.Redis.Password != "fromenv" {
+		t.Fatalf("secrets: etcd %q redis %q", cfg.Etcd.Password, cfg.Redis.Password)
+	}
+	if _, err := loadConfig("run", []string{"--redis.password", "x"}, nil); err == nil {
+		t.Fatal("a password flag was accepted; secrets must not be passed on the command line")
+	}
+}
+
+func TestBadConfigIsRefusedClearly(t *testing.T) {
+	for args, want := range map[string]string{
+		"--etcd.session_ttl 500ms": "session_ttl",
+		"--log_level loud":         "log_level",
+		"--tasks.batch 0":          "tasks.batch",
+		"--redis.prefix a{b}":      "redis.prefix",
+		"--tasks.workers x":        "invalid value",
+	} {
+		_, err := loadConfig("run", strings.Fields(args), nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err %v, want mention of %q", args, err, want)
+		}
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(file, []byte("redis:\n  adress: x\n"), 0o644)
+	if _, err := loadConfig("run", []string{"--config", file}, nil); err == nil || !strings.Contains(err.Error(), "adress") {
+		t.Errorf("unknown key: %v", err)
+	}
+}
