@@ -14,27 +14,26 @@ import (
 	"github.com/cespare/xxhash/v2"
 )
 
-// Ring defaults, chosen by measurement (bench.Ring, every member count
-// N = 2…1000, member names "keeper-<i>" and random 16-hex-digit ids, one join
-// N→N+1 and one leave of a random member N→N−1 at every N):
+// Ring defaults, chosen by measurement. bench.Ring over every member count
+// N = 2…1000, with pod names ("keeper-<i>") and with random 16-hex-digit ids,
+// a join N→N+1 at every N and a leave of a random member at every 10th N
+// (and every N ≤ 20), gave for these defaults:
 //
-//	Partitions=98304 ReplicationFactor=200 Load=1.2398:
-//	  max units per member / mean        ≤ 1.250 (guaranteed, see Load)
-//	  units moved / ideal (1/N)          ≤ 1.25 (pods), 1.25 (random ids)
+//	max units per member / mean            1.2497  (≤ 1.25 guaranteed, see Load)
+//	units moved per change / ideal 1/N     1.2552  (worst, a join at N=756)
 //
-// What drives the choice: consistent's bounded-load cap is
-// ceil(P/N × Load). With few units per member (P/N ≈ 16 at N=1000 for
-// P=16384) the natural spread of a member's share (Poisson noise ~1/√(P/N))
-// puts many members at that cap, and every change of the cap between N and
-// N±1 then reassigns a unit of each capped member in a cascade: measured
-// worst moves were 10–50× ideal for P=8192…16384, 3.5× for P=32768 and 1.36×
-// for P=65536, all at N > 500. P=98304 is the smallest measured partition
-// count that keeps every N ≤ 1000 under 1.3× (worst 1.25×); P=81920 reached
-// 1.31× with random ids. Fewer replicas (150) gave 1.31× at P=98304.
-// For fleets under ~200 keepers P=16384 would already meet both targets, but
-// one key per unit is cheap for etcd (98304 keys are acquired by 20 keepers
-// in about 2.5 s in bench.Converge) while the ring cannot be changed without
-// moving every unit.
+// What drives the choice: consistent's bounded-load cap is ceil(P/N × Load).
+// With few units per member the natural spread of a member's share (about
+// 1/√(P/N)) puts many members at that cap, and every change of the cap
+// between N and N±1 then reassigns one unit of each capped member, in
+// cascades. Worst moves measured over N ≤ 1000 (200 vnodes, Load at its
+// 1.25-guaranteeing value): P=8192 25×, P=16384 9.5×, P=32768 2.5×,
+// P=65536 1.36×, P=81920 1.31×, P=98304 1.25× ideal. Fewer vnodes (150) gave
+// 1.31× at P=98304; more (256) did not help at P=65536. Every keeper keeps one
+// etcd key per unit: 98304 keys are small for etcd (20 keepers acquire them
+// all in a few seconds, see bench.Converge) and, unlike the partition count,
+// do not grow with the number of shards. Fleets below ~200 keepers would meet
+// both targets with P=16384; changing P later moves every unit once.
 const (
 	DefaultPartitions        = 98304
 	DefaultReplicationFactor = 200
@@ -259,8 +258,9 @@ func consistentConfig(cfg RingConfig) consistent.Config {
 // and assigns partitions in id order, so evenly spaced partitions make that
 // order the ring order. A bounded-load overflow then spills to the next
 // virtual node clockwise, over partitions not yet placed, instead of
-// reshuffling placements all around the ring; measured, this halves the worst
-// moves per membership change at the same partition count.
+// reshuffling placements all around the ring. Measured at P=98304 over
+// N ≤ 1000: worst moves 1.46× ideal with consistent's own partition hashing,
+// 1.24× with this placement (4.1× → 2.5× at P=32768).
 //
 // Partition ids are below 2⁵⁶, so their last byte is 0; virtual-node keys are
 // "<i>:<member>" in printable text (member ids are validated), so the two

@@ -170,6 +170,14 @@ func (s *Server) Endpoints() []string {
 	return append([]string(nil), s.endpoints...)
 }
 
+// Ports are the client and peer ports, fixed for the server's life (Restart
+// keeps them); a new server on the same Dir and Ports is the same etcd.
+func (s *Server) Ports() (client, peer int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg.ClientPort, s.cfg.PeerPort
+}
+
 // Dir is the data directory.
 func (s *Server) Dir() string { return s.dir }
 
