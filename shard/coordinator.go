@@ -124,7 +124,8 @@ type Coordinator struct {
 
 type loopState struct {
 	epoch      uint64
-	held       map[int]int64               // unit -> token, this session
+	held       []int64 // unit -> token (0: not held), this session
+	nheld      int
 	unitShards map[int]map[string]struct{} // shards told Own, per unit
 	synced     map[int]uint64              // catalog generation a unit's shards match
 	dropped    map[string]int64            // fenced shards kept dropped, with the token
@@ -413,7 +414,9 @@ func (c *Coordinator) Stop(ctx context.Context) error {
 	if live {
 		var rel []unitToken
 		for u, t := range c.st.held {
-			rel = append(rel, unitToken{u, t})
+			if t != 0 {
+				rel = append(rel, unitToken{u, t})
+			}
 		}
 		for _, b := range batches(rel, c.cfg.AcquireConcurrency) {
 			if _, err := c.deleteKeys(ctx, b); err != nil {
@@ -434,7 +437,7 @@ func (c *Coordinator) Stop(ctx context.Context) error {
 		}
 		cancel()
 	}
-	c.log.Info("stopped", "shards", len(shards), "units", len(c.st.held), "took", time.Since(start).Round(time.Millisecond))
+	c.log.Info("stopped", "shards", len(shards), "units", c.st.nheld, "took", time.Since(start).Round(time.Millisecond))
 	return errors.Join(errs...)
 }
 
@@ -521,29 +524,25 @@ func (c *Coordinator) waitSettled(ctx context.Context) {
 
 func (c *Coordinator) resetEpoch(epoch uint64) {
 	c.st.epoch = epoch
-	c.st.held = map[int]int64{}
+	c.st.held = make([]int64, c.ring.Partitions)
+	c.st.nheld = 0
 	c.st.unitShards = map[int]map[string]struct{}{}
 	c.st.synced = map[int]uint64{}
 	c.st.dropped = map[string]int64{}
 }
 
-func (c *Coordinator) snapshot() (members []string, owners []ownerEntry, orev int64, ok bool) {
+func (c *Coordinator) memberSnapshot() ([]string, bool) {
 	c.members.mu.Lock()
-	ms := c.members.store.(*memberStore)
+	defer c.members.mu.Unlock()
 	if !c.members.synced {
-		c.members.mu.Unlock()
-		return nil, nil, 0, false
+		return nil, false
 	}
-	for id := range ms.ids {
-		members = append(members, id)
+	ids := c.members.store.(*memberStore).ids
+	out := make([]string, 0, len(ids)+1)
+	for id := range ids {
+		out = append(out, id)
 	}
-	c.members.mu.Unlock()
-	c.owners.mu.Lock()
-	defer c.owners.mu.Unlock()
-	if !c.owners.synced {
-		return nil, nil, 0, false
-	}
-	return members, slices.Clone(c.owners.store.(*ownerStore).units), c.owners.rev, true
+	return out, true
 }
 
 func (c *Coordinator) refreshCatalog() {
@@ -576,7 +575,7 @@ func (c *Coordinator) reconcile(ctx context.Context) {
 	if !live {
 		return
 	}
-	members, owners, orev, ok := c.snapshot()
+	members, ok := c.memberSnapshot()
 	if !ok {
 		return
 	}
@@ -594,32 +593,52 @@ func (c *Coordinator) reconcile(ctx context.Context) {
 	}
 	ring := c.st.ring
 	c.refreshCatalog()
-	c.handleFenced(ctx, s, owners, orev)
+	c.handleFenced(ctx, s)
 
+	// Decide under the mirror's lock, act after: copying the whole table
+	// every round cost more than everything else at 98304 units.
 	var acquire []int
-	var release, lost []unitToken
+	var release, lost, sync []unitToken
+	var lostTo []ownerEntry
+	c.owners.mu.Lock()
+	if !c.owners.synced {
+		c.owners.mu.Unlock()
+		return
+	}
+	owners := c.owners.store.(*ownerStore).units
+	orev := c.owners.rev
 	for u := range owners {
-		e := owners[u]
+		e := &owners[u]
 		mine := ring.owner[u] == c.id
-		t, held := c.st.held[u]
-		if !held && e.create != 0 && clientv3.LeaseID(e.lease) == s.lease {
+		t := c.st.held[u]
+		if t == 0 && e.create != 0 && clientv3.LeaseID(e.lease) == s.lease {
 			// Acquired under this session but the reply was lost.
-			c.st.held[u], t, held = e.create, e.create, true
+			t = e.create
+			c.st.held[u] = t
+			c.st.nheld++
 		}
+		held := t != 0
 		switch {
 		case held && orev >= t && (e.create != t || clientv3.LeaseID(e.lease) != s.lease):
 			lost = append(lost, unitToken{u, t})
+			lostTo = append(lostTo, *e)
 		case held && !mine:
 			release = append(release, unitToken{u, t})
 		case held:
-			c.syncUnit(s, u, t)
+			if g, ok := c.st.synced[u]; !ok || g != c.st.catGen {
+				sync = append(sync, unitToken{u, t})
+			}
 		case mine && e.create == 0:
 			acquire = append(acquire, u)
 		}
 	}
-	for _, ut := range lost {
+	c.owners.mu.Unlock()
+	for _, ut := range sync {
+		c.syncUnit(s, ut.unit, ut.token)
+	}
+	for i, ut := range lost {
 		c.log.Warn("unit lost: its key is gone or replaced", "unit", ut.unit, "token", ut.token,
-			"now", owners[ut.unit].member, "now_token", owners[ut.unit].create)
+			"now", lostTo[i].member, "now_token", lostTo[i].create)
 	}
 	c.runRound(ctx, s, acquire, release, lost)
 }
@@ -686,7 +705,7 @@ func (c *Coordinator) runRound(ctx context.Context, s *session, acquire []int, r
 	// Lost units: disown only; the key is not ours to delete.
 	for _, ut := range lost {
 		shards := c.takeUnitShards(ut.unit)
-		delete(c.st.held, ut.unit)
+		c.dropHeld(ut.unit)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -748,18 +767,28 @@ func (c *Coordinator) runRound(ctx context.Context, s *session, acquire []int, r
 	nAcq, nRel := 0, 0
 	for r := range results {
 		for _, ut := range r.acquired {
+			if c.st.held[ut.unit] == 0 {
+				c.st.nheld++
+			}
 			c.st.held[ut.unit] = ut.token
 			delete(c.st.synced, ut.unit)
 			c.syncUnit(s, ut.unit, ut.token)
 			nAcq++
 		}
 		for _, u := range r.released {
-			delete(c.st.held, u)
+			c.dropHeld(u)
 			nRel++
 		}
 	}
 	if nAcq+nRel+len(lost) > 0 {
-		c.log.Debug("round", "acquired", nAcq, "released", nRel, "lost", len(lost), "held", len(c.st.held))
+		c.log.Debug("round", "acquired", nAcq, "released", nRel, "lost", len(lost), "held", c.st.nheld)
+	}
+}
+
+func (c *Coordinator) dropHeld(u int) {
+	if c.st.held[u] != 0 {
+		c.st.held[u] = 0
+		c.st.nheld--
 	}
 }
 
@@ -865,7 +894,7 @@ func (c *Coordinator) deleteKeys(ctx context.Context, uts []unitToken) ([]int, e
 }
 
 // handleFenced checks each reported fence refusal against etcd.
-func (c *Coordinator) handleFenced(ctx context.Context, s *session, owners []ownerEntry, orev int64) {
+func (c *Coordinator) handleFenced(ctx context.Context, s *session) {
 	c.fencedMu.Lock()
 	reports := c.fenced
 	c.fenced = nil
@@ -873,8 +902,8 @@ func (c *Coordinator) handleFenced(ctx context.Context, s *session, owners []own
 	var retry []fenceReport
 	for _, f := range reports {
 		u := UnitOf(f.shard, c.ring.Partitions)
-		t, held := c.st.held[u]
-		if !held || t != f.token {
+		t := c.st.held[u]
+		if t == 0 || t != f.token {
 			c.log.Info("fence report for a token no longer held, ignored", "shard", f.shard, "token", f.token, "unit", u, "held_token", t)
 			continue
 		}
@@ -902,7 +931,7 @@ func (c *Coordinator) handleFenced(ctx context.Context, s *session, owners []own
 		}
 		c.log.Warn("unit lost to a higher token", "shard", f.shard, "token", f.token, "unit", u)
 		shards := c.takeUnitShards(u)
-		delete(c.st.held, u)
+		c.dropHeld(u)
 		c.disown(shards)
 	}
 	if len(retry) > 0 {
