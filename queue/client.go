@@ -133,7 +133,7 @@ func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueR
 	s := Shard{Queue: queue, Partition: PartitionOf(m.ID, cfg.Partitions)}
 	k := keysFor(c.prefix, s)
 	res, err := nativeScripts.enqueue.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
 		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), cfg.MaxPayloadBytes, cfg.MaxSize,
 		wakeChannel(c.prefix), s.String()).Int64Slice()
 	if err != nil {

@@ -20,6 +20,8 @@ type shardKeys struct {
 	Fence    string // STRING highest ownership token accepted for housekeeping
 	Clean    string // STRING present while nothing changed since the last measure
 	Stats    string // HASH cumulative counters (enqueued, acked, unlocked, ...)
+	History  string // STREAM of housekeeping passes, only when history is on
+	TrimWake string // STRING set while a trim wake is outstanding
 }
 
 func keysFor(prefix string, s Shard) shardKeys {
@@ -28,13 +30,14 @@ func keysFor(prefix string, s Shard) shardKeys {
 		Ready: b + "ready", Inflight: b + "inflight", Locked: b + "locked", Dead: b + "dead",
 		TTL: b + "ttl", Body: b + "body", Meta: b + "meta", Prio: b + "prio", Dlv: b + "dlv",
 		Tok: b + "tok", Seq: b + "seq", Fence: b + "fence", Clean: b + "clean", Stats: b + "stats",
+		History: b + "history", TrimWake: b + "trimwake",
 	}
 }
 
 // all lists every key of the shard, for deletion.
 func (k shardKeys) all() []string {
 	return []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.TTL, k.Body, k.Meta, k.Prio,
-		k.Dlv, k.Tok, k.Seq, k.Fence, k.Clean, k.Stats}
+		k.Dlv, k.Tok, k.Seq, k.Fence, k.Clean, k.Stats, k.History, k.TrimWake}
 }
 
 func registryKey(prefix string) string   { return prefix + ":queues" }

@@ -78,6 +78,10 @@ type PassResult struct {
 	NowUs int64
 	// Lags (unlock only) are moved time - unlock time for each message.
 	Lags []time.Duration
+	// Excess (trim only) is how far the shard is still over its max size;
+	// positive with Full false means in-flight and locked messages alone
+	// exceed it, so messages returning to ready must be trimmed next.
+	Excess int64
 	// Requeue detail.
 	Requeued, DeadLettered, Expired int
 	// Hints are deadlines of other tasks the pass created (for example a

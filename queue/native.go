@@ -16,6 +16,7 @@ import (
 type Native struct {
 	rdb    redis.UniversalClient
 	prefix string
+	record string // "1": every housekeeping pass is recorded in the shard's history
 }
 
 var _ Layout = (*Native)(nil)
@@ -25,14 +26,23 @@ func NewNative(rdb redis.UniversalClient, prefix string) *Native {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Native{rdb: rdb, prefix: prefix}
+	return &Native{rdb: rdb, prefix: prefix, record: "0"}
+}
+
+// WithHistory returns a layout that records every housekeeping pass,
+// accepted or refused, with its token and moved count, in a capped stream
+// per shard (see History). It costs one XADD per pass; chaos runs turn it on.
+func (n *Native) WithHistory() *Native {
+	c := *n
+	c.record = "1"
+	return &c
 }
 
 // Unlock implements Layout.
 func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.unlock.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Locked, k.Ready, k.Prio, k.Stats, k.Clean}, token, batch).Int64Slice()
+		[]string{k.Fence, k.Locked, k.Ready, k.Prio, k.Stats, k.Clean, k.History}, token, batch, n.record).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -49,8 +59,8 @@ func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (P
 func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.requeue.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean},
-		token, batch, cfg.MaxDeliveries).Int64Slice()
+		[]string{k.Fence, k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean, k.History},
+		token, batch, cfg.MaxDeliveries, n.record).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -67,8 +77,8 @@ func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, 
 func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.expire.Run(ctx, n.rdb,
-		[]string{k.Fence, k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		token, batch).Int64Slice()
+		[]string{k.Fence, k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History},
+		token, batch, n.record).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -82,19 +92,20 @@ func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (P
 func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.trim.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		token, batch, cfg.MaxSize).Int64Slice()
+		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History, k.TrimWake},
+		token, batch, cfg.MaxSize, n.record).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
-	return PassResult{Moved: int(res[0]), Full: res[0] > 0 && res[1] > 0, NextMs: -1, NowUs: res[2]}, nil
+	return PassResult{Moved: int(res[0]), Full: res[0] > 0 && res[1] > 0 && res[3] > 0, NextMs: -1, NowUs: res[2],
+		Excess: res[1]}, nil
 }
 
 // Measure implements Layout.
 func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement, error) {
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.measure.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean}, token).Slice()
+		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean, k.History}, token, n.record).Slice()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return Measurement{}, asError(err, s, token)
 	}
@@ -237,4 +248,29 @@ func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first
 		}
 	}
 	return nil
+}
+
+// HistoryEntry is one recorded housekeeping pass.
+type HistoryEntry struct {
+	ID       string // stream id: Redis ms time and sequence
+	Task     string
+	Token    int64
+	Accepted bool
+	Moved    int
+}
+
+// History reads a shard's recorded passes, oldest first (see WithHistory).
+func (n *Native) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
+	msgs, err := n.rdb.XRange(ctx, keysFor(n.prefix, s).History, "-", "+").Result()
+	if err != nil {
+		return nil, fmt.Errorf("history of %s: %w", s, err)
+	}
+	out := make([]HistoryEntry, 0, len(msgs))
+	for _, m := range msgs {
+		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
+		e.Token, _ = strconv.ParseInt(fmt.Sprint(m.Values["token"]), 10, 64)
+		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
+		out = append(out, e)
+	}
+	return out, nil
 }

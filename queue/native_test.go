@@ -250,7 +250,7 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	if extra := wakes.drain(t, e); len(extra) != 0 {
 		t.Fatalf("a later lock woke the keeper: %+v", extra)
 	}
-	// Crossing max size says so, once.
+	// Going over max size says so once, until a trim pass runs.
 	e.create("w2", Config{MaxSize: 2})
 	e.enqueue("w2", Message{})
 	e.enqueue("w2", Message{})
@@ -360,5 +360,35 @@ func (w *wakeRecorder) drain(t *testing.T, e *env) []Wake {
 			return out
 		}
 		out = append(out, x)
+	}
+}
+
+func TestHistoryRecordsAcceptedAndRefusedPasses(t *testing.T) {
+	e := newEnv(t)
+	e.create("h", Config{})
+	s := Shard{"h", 0}
+	n := e.n.WithHistory()
+	e.enqueue("h", Message{ID: "a", Delay: time.Millisecond})
+	waitUntil(t, 5*time.Second, "lock due", func() bool {
+		r, err := n.Unlock(e.ctx, s, 3, 10)
+		return err == nil && r.Moved == 1
+	})
+	var fe *FencedError
+	if _, err := n.Expire(e.ctx, s, 2, 10); !errors.As(err, &fe) {
+		t.Fatalf("lower token accepted: %v", err)
+	}
+	if _, err := e.n.Expire(e.ctx, s, 3, 10); err != nil { // history off: not recorded
+		t.Fatal(err)
+	}
+	h, err := n.History(e.ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := h[len(h)-2:]
+	if last[0].Task != "unlock" || !last[0].Accepted || last[0].Token != 3 || last[0].Moved != 1 {
+		t.Fatalf("accepted pass recorded as %+v", last[0])
+	}
+	if last[1].Task != "expire" || last[1].Accepted || last[1].Token != 2 {
+		t.Fatalf("refused pass recorded as %+v", last[1])
 	}
 }

@@ -137,6 +137,11 @@ type shardState struct {
 	busy    int           // passes running now
 	idle    chan struct{} // closed when busy drops to 0 after Disown
 
+	// overCap: the last trim left excess it could not drop (in-flight and
+	// locked messages alone are over max size); messages that return to
+	// ready must be trimmed next.
+	overCap bool
+
 	dirty       bool
 	measured    bool
 	lastMeasure time.Time
@@ -493,6 +498,14 @@ func (k *Keeper) doneLocked(st *shardState, task Task, res queue.PassResult, m q
 	}
 	if res.Moved > 0 {
 		k.markDirtyLocked(st)
+	}
+	switch task {
+	case Trim:
+		st.overCap = res.Excess > 0
+	case Unlock, Requeue:
+		if st.overCap && res.Moved > 0 {
+			k.heap.schedule(st, Trim, now)
+		}
 	}
 	switch {
 	case res.Full || st.rerun[task]:

@@ -1,7 +1,7 @@
 -- enqueue: add one message to a shard, unless a message with its id exists.
 -- KEYS[1] ready  KEYS[2] locked  KEYS[3] inflight  KEYS[4] ttl
 -- KEYS[5] body   KEYS[6] meta    KEYS[7] prio      KEYS[8] dlv
--- KEYS[9] stats  KEYS[10] clean
+-- KEYS[9] stats  KEYS[10] clean  KEYS[11] trim-wake flag
 -- ARGV[1] id  ARGV[2] payload  ARGV[3] priority score ("" = enqueue time, ms)
 -- ARGV[4] delay ms  ARGV[5] ttl ms (0 = none)  ARGV[6] max payload bytes
 -- ARGV[7] max size (0 = unbounded)  ARGV[8] wake channel  ARGV[9] shard name
@@ -9,7 +9,7 @@
 -- when the id is already in the shard (nothing changes).
 -- Errors: KEEPER_TOOBIG, KEEPER_WRONGTYPE.
 local err = check_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
-  KEYS[5], 'hash', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash', KEYS[10], 'string'})
+  KEYS[5], 'hash', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash', KEYS[10], 'string', KEYS[11], 'string'})
 if err then return err end
 local id, payload = ARGV[1], ARGV[2]
 if #payload > tonumber(ARGV[6]) then
@@ -44,10 +44,11 @@ else
 end
 redis.call('HINCRBY', KEYS[9], 'enqueued', 1)
 if maxsize > 0 then
-  -- Say so once, when the shard crosses its cap; the trim pass that follows
-  -- continues by itself while its batches come back full.
+  -- Over the cap: wake the keeper, once per trim pass (the flag is cleared
+  -- by the pass), so a shard kept over its cap by in-flight messages does
+  -- not turn every enqueue into a publish.
   local size = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
-  if size == maxsize + 1 then
+  if size > maxsize and redis.call('SET', KEYS[11], '1', 'NX') then
     redis.call('PUBLISH', chan, 't ' .. shard .. ' ' .. string.format('%d', now))
   end
 end

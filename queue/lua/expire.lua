@@ -6,12 +6,13 @@
 -- KEYS[11] clean
 -- ARGV[1] ownership token  ARGV[2] batch size
 -- Returns {expired, next_due_ms, now_us}; -1 for none.
+-- KEYS[12] history stream  ARGV[3] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence>.
 local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
   KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
-  KEYS[10], 'hash', KEYS[11], 'string'})
+  KEYS[10], 'hash', KEYS[11], 'string', KEYS[12], 'stream'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1])
+err = fence(KEYS[1], ARGV[1], KEYS[12], ARGV[3], 'expire')
 if err then return err end
 local now = now_us()
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', math.floor(now / 1000), 'LIMIT', 0, tonumber(ARGV[2]))
@@ -24,4 +25,5 @@ if #ids > 0 then
   redis.call('HINCRBY', KEYS[10], 'expired', #ids)
   redis.call('DEL', KEYS[11])
 end
+record(KEYS[12], ARGV[3], 'expire', ARGV[1], 1, #ids)
 return {#ids, head_score(KEYS[2]), now}

@@ -20,13 +20,26 @@ local function check_types(spec)
   return nil
 end
 
+-- History, off unless the keeper asks for it (chaos runs): one stream entry
+-- per housekeeping pass, accepted or refused, with its token and how many
+-- messages it moved, so a checker can replay who wrote what under which
+-- token. The stream is capped, so it cannot grow without bound.
+local function record(hist, on, task, token, accepted, moved)
+  if on == '1' then
+    redis.call('XADD', hist, 'MAXLEN', '~', 1000000, '*', 'task', task, 'token', token,
+      'ok', accepted, 'moved', moved)
+  end
+end
+
 -- Accept a housekeeping write under token_str only if it is not below the
 -- shard's fence, and raise the fence to it: accepted tokens never decrease.
-local function fence(key, token_str)
+-- A refusal is recorded (when history is on) before it is returned.
+local function fence(key, token_str, hist, on, task)
   local token = tonumber(token_str)
   local cur = redis.call('GET', key)
   local f = tonumber(cur or '0') or 0
   if token == nil or token < f then
+    record(hist, on, task, token_str, 0, 0)
     return redis.error_reply('KEEPER_FENCED ' .. (cur or '0'))
   end
   if token > f then

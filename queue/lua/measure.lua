@@ -7,10 +7,11 @@
 -- Returns {now_us, ready, inflight, locked, dead, ready_head_score (nil = none;
 -- priorities may be negative, so no number can stand for "none"),
 -- field1, value1, field2, value2, ...} (the stats hash).
+-- KEYS[8] history stream  ARGV[2] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence>.
-local err = check_types({KEYS[1], 'string', KEYS[7], 'string'})
+local err = check_types({KEYS[1], 'string', KEYS[7], 'string', KEYS[8], 'stream'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1])
+err = fence(KEYS[1], ARGV[1], KEYS[8], ARGV[2], 'measure')
 if err then return err end
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false
 local out = {now_us(), redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3]),
@@ -20,4 +21,5 @@ for i = 1, #stats do
   out[#out + 1] = stats[i]
 end
 redis.call('SET', KEYS[7], '1')
+record(KEYS[8], ARGV[2], 'measure', ARGV[1], 1, 0)
 return out

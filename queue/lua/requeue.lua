@@ -9,12 +9,13 @@
 -- (0 = unlimited)
 -- Returns {handled, next_due_ms, now_us, requeued, dead_lettered, expired,
 -- ttl_head_ms}; -1 for none.
+-- KEYS[13] history stream  ARGV[4] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence>.
 local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
   KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
-  KEYS[10], 'hash', KEYS[11], 'hash', KEYS[12], 'string'})
+  KEYS[10], 'hash', KEYS[11], 'hash', KEYS[12], 'string', KEYS[13], 'stream'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1])
+err = fence(KEYS[1], ARGV[1], KEYS[13], ARGV[4], 'requeue')
 if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
@@ -58,4 +59,5 @@ if #ids > 0 then
   if expired > 0 then redis.call('HINCRBY', KEYS[11], 'expired', expired) end
   redis.call('DEL', KEYS[12])
 end
+record(KEYS[13], ARGV[4], 'requeue', ARGV[1], 1, #ids)
 return {#ids, head_score(KEYS[2]), now, requeued, dead, expired, head_score(KEYS[5])}

@@ -4,26 +4,32 @@
 -- count towards the size but are never dropped.
 -- KEYS[1] fence  KEYS[2] ready  KEYS[3] inflight  KEYS[4] locked  KEYS[5] ttl
 -- KEYS[6] body  KEYS[7] meta  KEYS[8] prio  KEYS[9] dlv  KEYS[10] stats
--- KEYS[11] clean
+-- KEYS[11] clean  KEYS[13] trim-wake flag (cleared: the next enqueue over
+-- the cap wakes the keeper again)
 -- ARGV[1] ownership token  ARGV[2] batch size  ARGV[3] max size (0 = none)
--- Returns {trimmed, excess_left, now_us}.
+-- Returns {trimmed, excess_left, now_us, ready_left}; excess_left may stay
+-- positive when in-flight and locked messages alone exceed the cap.
+-- KEYS[12] history stream  ARGV[4] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence>.
 local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
   KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
-  KEYS[10], 'hash', KEYS[11], 'string'})
+  KEYS[10], 'hash', KEYS[11], 'string', KEYS[12], 'stream', KEYS[13], 'string'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1])
+err = fence(KEYS[1], ARGV[1], KEYS[12], ARGV[4], 'trim')
 if err then return err end
+redis.call('DEL', KEYS[13])
 local now = now_us()
 local maxsize = tonumber(ARGV[3])
 if maxsize <= 0 then
-  return {0, 0, now}
+  record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, 0)
+  return {0, 0, now, 0}
 end
 local ready = redis.call('ZCARD', KEYS[2])
 local excess = ready + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) - maxsize
 local n = math.min(excess, ready, tonumber(ARGV[2]))
 if n <= 0 then
-  return {0, math.max(excess, 0), now}
+  record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, 0)
+  return {0, math.max(excess, 0), now, ready}
 end
 local ids = redis.call('ZRANGE', KEYS[2], 0, n - 1)
 bulk('ZREM', KEYS[2], ids)
@@ -31,6 +37,5 @@ bulk('ZREM', KEYS[5], ids)
 forget(ids, KEYS[6], KEYS[7], KEYS[8], KEYS[9])
 redis.call('HINCRBY', KEYS[10], 'trimmed', #ids)
 redis.call('DEL', KEYS[11])
--- Excess that only in-flight or locked messages make up cannot be trimmed
--- now; report what is left in ready so the caller stops looping on it.
-return {#ids, math.min(excess - #ids, ready - #ids), now}
+record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, #ids)
+return {#ids, excess - #ids, now, ready - #ids}

@@ -5,11 +5,12 @@
 -- ARGV[1] ownership token  ARGV[2] batch size
 -- Returns {moved, next_due_ms (-1 = none), now_us, lag_us_1, ..., lag_us_n}
 -- where lag = moved time - unlock time.
+-- KEYS[7] history stream  ARGV[3] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence> when a higher token already wrote here.
 local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'hash',
-  KEYS[5], 'hash', KEYS[6], 'string'})
+  KEYS[5], 'hash', KEYS[6], 'string', KEYS[7], 'stream'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1])
+err = fence(KEYS[1], ARGV[1], KEYS[7], ARGV[3], 'unlock')
 if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
@@ -33,5 +34,6 @@ if #due > 0 then
   redis.call('DEL', KEYS[6])
   out[1] = #ids
 end
+record(KEYS[7], ARGV[3], 'unlock', ARGV[1], 1, out[1])
 out[2] = head_score(KEYS[2])
 return out
