@@ -1,0 +1,251 @@
+package election
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/keeperhq/keeper/otel"
+)
+
+const defaultInterval = 10 * time.Second
+
+// Summary is what one keeper publishes about the shards it owns. The JSON
+// field names are one letter and zero counts are left out, so a keeper with
+// hundreds of queues still writes a small value (etcd refuses requests over
+// 1.5 MiB by default, which bounds a keeper to roughly 20k distinct queues).
+type Summary struct {
+	Member      string                  `json:"m"`
+	OwnedShards int                     `json:"o,omitempty"`
+	Queues      map[string]QueueSummary `json:"q,omitempty"`
+}
+
+// QueueSummary is one queue over the shards of it that one keeper owns.
+type QueueSummary struct {
+	Shards   int   `json:"s,omitempty"`
+	Ready    int64 `json:"r,omitempty"`
+	Inflight int64 `json:"i,omitempty"`
+	Locked   int64 `json:"l,omitempty"`
+	Dead     int64 `json:"d,omitempty"`
+}
+
+// Summarize builds a Summary from the shard snapshots a keeper already keeps
+// for its per-shard metrics. OwnedShards counts the shards src lists; a
+// caller that knows of owned shards not measured yet can overwrite it.
+func Summarize(member string, src otel.ShardSource) Summary {
+	s := Summary{Member: member, Queues: map[string]QueueSummary{}}
+	if src == nil {
+		return s
+	}
+	src.EachShard(func(sh otel.ShardSnapshot) {
+		q := s.Queues[sh.Queue]
+		q.Shards++
+		q.Ready += sh.Ready
+		q.Inflight += sh.Inflight
+		q.Locked += sh.Locked
+		q.Dead += sh.Dead
+		s.Queues[sh.Queue] = q
+		s.OwnedShards++
+	})
+	return s
+}
+
+func summariesPrefix(prefix string) string { return prefix + "summaries/" }
+
+// PublisherConfig configures a Publisher. Zero values take the defaults
+// noted.
+type PublisherConfig struct {
+	// Prefix is the etcd key prefix; default "/keeper/". A missing trailing
+	// '/' is added.
+	Prefix string
+	// MemberID is this keeper's shard member id; required, because the
+	// leader only counts summaries of live members.
+	MemberID string
+	// Interval is the most often the summary is written; default 10s. It is
+	// written only when it changed since the last write.
+	Interval time.Duration
+	// SessionTTL is the TTL of the lease the summary is bound to, rounded up
+	// to whole seconds, at least 2s; default 3s. A crashed keeper's summary
+	// goes away within about this long.
+	SessionTTL time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Publisher writes this keeper's Summary to <prefix>summaries/<member>,
+// bound to its own lease, so the aggregator leader can sum the fleet without
+// reading Redis.
+type Publisher struct {
+	cli    *clientv3.Client
+	cfg    PublisherConfig
+	source func() Summary
+	log    *slog.Logger
+	key    string
+
+	mu         sync.Mutex
+	started    bool
+	stopped    bool
+	sessCancel context.CancelFunc // sessions' context, outlives the loop
+	loopCancel context.CancelFunc
+	done       chan struct{}
+	// sess is the loop's session when it returned, for Stop to revoke.
+	sess *concurrency.Session
+}
+
+// NewPublisher returns a publisher of source's summaries; Start runs it.
+// source is called once per Interval from the publisher's goroutine and
+// should be cheap (e.g. Summarize over the last shard snapshots).
+func NewPublisher(cli *clientv3.Client, cfg PublisherConfig, source func() Summary) *Publisher {
+	cfg.Prefix = normPrefix(cfg.Prefix)
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = defaultSessionTTL
+	}
+	cfg.SessionTTL = time.Duration(ttlSeconds(cfg.SessionTTL)) * time.Second
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = defaultInterval
+	}
+	return &Publisher{
+		cli:    cli,
+		cfg:    cfg,
+		source: source,
+		log:    cfg.Logger.With("component", "summary", "member", cfg.MemberID),
+		key:    summariesPrefix(cfg.Prefix) + cfg.MemberID,
+	}
+}
+
+// Key is the etcd key the summary is written to.
+func (p *Publisher) Key() string { return p.key }
+
+// Start publishes the first summary as soon as a lease is granted and keeps
+// publishing until Stop or until ctx is done. It returns at once.
+func (p *Publisher) Start(ctx context.Context) error {
+	if p.cfg.MemberID == "" || strings.Contains(p.cfg.MemberID, "/") {
+		return fmt.Errorf("summary publisher: invalid member id %q", p.cfg.MemberID)
+	}
+	if p.source == nil {
+		return errors.New("summary publisher: no source")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started {
+		return errors.New("summary publisher already started")
+	}
+	p.started = true
+	sessCtx, sessCancel := context.WithCancel(ctx)
+	loopCtx, loopCancel := context.WithCancel(sessCtx)
+	p.sessCancel, p.loopCancel = sessCancel, loopCancel
+	p.done = make(chan struct{})
+	go p.run(sessCtx, loopCtx)
+	return nil
+}
+
+// Stop ends publishing and deletes the summary by revoking its lease, so the
+// leader stops counting it at once.
+func (p *Publisher) Stop(ctx context.Context) error {
+	p.mu.Lock()
+	if !p.started || p.stopped {
+		p.mu.Unlock()
+		return nil
+	}
+	p.stopped = true
+	p.mu.Unlock()
+	defer p.sessCancel()
+	p.loopCancel()
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return fmt.Errorf("stop summary publisher: %w", ctx.Err())
+	}
+	if p.sess == nil {
+		return nil
+	}
+	p.sess.Orphan()
+	if _, err := p.cli.Revoke(ctx, p.sess.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("stop summary publisher: revoke lease: %w", err)
+	}
+	return nil
+}
+
+func (p *Publisher) run(sessCtx, ctx context.Context) {
+	defer close(p.done)
+	var sess *concurrency.Session
+	// last is what is stored under sess's lease; nil when nothing is.
+	var last []byte
+	tick := time.NewTicker(p.cfg.Interval)
+	defer tick.Stop()
+	retry := time.NewTimer(0)
+	defer retry.Stop()
+	backoff := minBackoff
+	fail := func(msg string, err error) {
+		p.log.Warn(msg, "retry_in", backoff, "err", err)
+		retry.Reset(backoff)
+		backoff = min(backoff*2, p.cfg.Interval)
+	}
+	for {
+		var sessDone <-chan struct{}
+		if sess != nil {
+			sessDone = sess.Done()
+		}
+		select {
+		case <-ctx.Done():
+			p.sess = sess
+			return
+		case <-tick.C:
+		case <-retry.C:
+		case <-sessDone:
+			// The key went with the lease: write it again now rather
+			// than at the next tick.
+			p.log.Info("summary lease ended; publishing under a new one", "lease", leaseHex(sess.Lease()))
+			sess, last = nil, nil
+		}
+		if sess == nil {
+			s, err := concurrency.NewSession(p.cli, concurrency.WithTTL(int(ttlSeconds(p.cfg.SessionTTL))),
+				concurrency.WithContext(sessCtx))
+			if err != nil {
+				fail("cannot open summary session", err)
+				continue
+			}
+			sess = s
+		}
+		s := p.source()
+		s.Member = p.cfg.MemberID
+		b, err := json.Marshal(s)
+		if err != nil {
+			p.log.Error("cannot encode summary", "err", err)
+			continue
+		}
+		if bytes.Equal(b, last) {
+			continue
+		}
+		octx, cancel := context.WithTimeout(ctx, max(2*time.Second, p.cfg.SessionTTL))
+		_, err = p.cli.Put(octx, p.key, string(b), clientv3.WithLease(sess.Lease()))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				sess.Orphan()
+				sess = nil
+			}
+			last = nil
+			fail("cannot publish summary", err)
+			continue
+		}
+		last = b
+		backoff = minBackoff
+	}
+}
