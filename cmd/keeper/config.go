@@ -85,6 +85,7 @@ type TasksConfig struct {
 	MeasureInterval time.Duration `yaml:"measure_interval" help:"how often a changed shard is measured"`
 	SweepInterval   time.Duration `yaml:"sweep_interval" help:"safety sweep period over all owned shards"`
 	CatalogInterval time.Duration `yaml:"catalog_interval" help:"how often the queue registry is re-read (changes are also pushed)"`
+	RecordHistory   bool          `yaml:"record_history" help:"record every housekeeping pass in a per-shard stream (for the chaos checker)"`
 }
 
 // MetricsConfig controls metrics export. The OTLP exporter also honours the

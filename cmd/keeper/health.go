@@ -53,7 +53,7 @@ func startHealth(addr string, d *daemon) (*healthServer, error) {
 		owned := d.keeper.Owned()
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{
-			"member": d.coord.MemberID(), "owned_shards": len(owned), "leader": d.agg.IsLeader(),
+			"member": d.coord.MemberID(), "owned_shards": len(owned), "owned": owned, "leader": d.agg.IsLeader(),
 			"redis": d.redisAddr(), "etcd": d.etcd.Endpoints(),
 		})
 	})

@@ -98,6 +98,9 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 
 	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix)
+	if d.cfg.Tasks.RecordHistory {
+		layout = layout.WithHistory()
+	}
 	rec := &recorderProxy{}
 	d.keeper = tasks.New(layout, tasks.Config{
 		Workers: d.cfg.Tasks.Workers, Batch: d.cfg.Tasks.Batch,

@@ -1,0 +1,229 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+)
+
+// MessageReport is invariants 1 and 2 for a set of queues.
+type MessageReport struct {
+	Enqueued   int64    `json:"enqueued"`
+	Acked      int64    `json:"acked"`
+	Present    int64    `json:"present"`
+	Dead       int64    `json:"dead"`
+	Expired    int64    `json:"expired"`
+	Trimmed    int64    `json:"trimmed"`
+	Unlocked   int64    `json:"unlocked"`
+	Requeued   int64    `json:"requeued"`
+	Problems   []string `json:"problems"`
+	ProblemCnt int      `json:"problem_count"`
+}
+
+// CheckMessages audits every queue (no id in two sets, structures
+// consistent, counters balance) and accounts for every id the workload
+// enqueued: acked by a consumer, or present in exactly one set. Queues are
+// expected to have no TTL and no size cap, so nothing may be missing.
+func (c *Cluster) CheckMessages(ctx context.Context, queues []string, w *Workload) (MessageReport, error) {
+	client := queue.NewClient(c.RDB, queue.ClientOptions{})
+	var r MessageReport
+	members := map[string]queue.State{}
+	for _, q := range queues {
+		a, err := client.Audit(ctx, q)
+		if err != nil {
+			return r, err
+		}
+		r.Problems = append(r.Problems, a.Problems...)
+		r.Present += a.Present()
+		r.Dead += a.Dead
+		r.Expired += a.Counters["expired"]
+		r.Trimmed += a.Counters["trimmed"]
+		r.Unlocked += a.Counters["unlocked"]
+		r.Requeued += a.Counters["requeued"]
+		r.Acked += a.Counters["acked"]
+		r.Enqueued += a.Counters["enqueued"]
+		for id, st := range a.Members {
+			members[id] = st
+		}
+	}
+	if w != nil {
+		accepted, acked := w.accounting()
+		if int64(len(accepted)) != r.Enqueued {
+			r.Problems = append(r.Problems, fmt.Sprintf("redis counted %d enqueued, producers saw %d accepted", r.Enqueued, len(accepted)))
+		}
+		if int64(len(acked)) != r.Acked {
+			r.Problems = append(r.Problems, fmt.Sprintf("redis counted %d acked, consumers saw %d", r.Acked, len(acked)))
+		}
+		var missing []string
+		for id := range accepted {
+			_, present := members[id]
+			switch {
+			case acked[id] && present:
+				r.Problems = append(r.Problems, fmt.Sprintf("%s was acked but is still %s", id, members[id]))
+			case !acked[id] && !present:
+				missing = append(missing, id)
+			}
+		}
+		sort.Strings(missing)
+		if len(missing) > 0 && r.Expired+r.Trimmed == 0 {
+			r.Problems = append(r.Problems, fmt.Sprintf("%d messages lost (neither acked nor present), e.g. %v", len(missing), missing[:min(5, len(missing))]))
+		}
+		for id := range members {
+			if _, ok := accepted[id]; !ok {
+				r.Problems = append(r.Problems, fmt.Sprintf("%s is present but was never accepted", id))
+			}
+		}
+	}
+	r.ProblemCnt = len(r.Problems)
+	if len(r.Problems) > 20 {
+		r.Problems = r.Problems[:20]
+	}
+	return r, nil
+}
+
+// FenceReport is invariant 3 over the recorded history.
+type FenceReport struct {
+	Shards   int      `json:"shards"`
+	Accepted int      `json:"accepted_writes"`
+	Refused  int      `json:"refused_writes"`
+	Problems []string `json:"problems"`
+}
+
+// CheckFencing replays every shard's history: accepted tokens never
+// decrease, so no write was accepted under a token after a higher one had
+// written (at most one token per shard at a time).
+func (c *Cluster) CheckFencing(ctx context.Context, shards []queue.Shard) (FenceReport, error) {
+	n := queue.NewNative(c.RDB, "")
+	r := FenceReport{Shards: len(shards)}
+	for _, s := range shards {
+		h, err := n.History(ctx, s)
+		if err != nil {
+			return r, err
+		}
+		var high int64
+		for _, e := range h {
+			if !e.Accepted {
+				r.Refused++
+				if e.Token >= high {
+					r.Problems = append(r.Problems, fmt.Sprintf("%s: token %d refused although no higher token had written (%d)", s, e.Token, high))
+				}
+				continue
+			}
+			r.Accepted++
+			if e.Token < high {
+				r.Problems = append(r.Problems, fmt.Sprintf("%s: %s accepted under token %d after token %d had written (entry %s)", s, e.Task, e.Token, high, e.ID))
+			}
+			high = max(high, e.Token)
+		}
+	}
+	return r, nil
+}
+
+// RefusedTokens lists, per shard, the tokens whose writes the fence refused.
+func (c *Cluster) RefusedTokens(ctx context.Context, shards []queue.Shard) (map[string][]int64, error) {
+	n := queue.NewNative(c.RDB, "")
+	out := map[string][]int64{}
+	for _, s := range shards {
+		h, err := n.History(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range h {
+			if !e.Accepted {
+				out[s.String()] = append(out[s.String()], e.Token)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Ownership is who owns what, as the live keepers say on /status.
+type Ownership struct {
+	Owners map[string][]string // shard -> keepers that say they own it
+	Tokens map[string]int64    // shard -> token of its (single) owner
+}
+
+// Ownership asks every running, unpaused keeper in ks.
+func Ownerships(ctx context.Context, ks []*Keeper) (Ownership, error) {
+	o := Ownership{Owners: map[string][]string{}, Tokens: map[string]int64{}}
+	for _, k := range ks {
+		if k.Exited() {
+			continue
+		}
+		st, err := k.Status(ctx)
+		if err != nil {
+			return o, fmt.Errorf("status of %s: %w", k.ID, err)
+		}
+		for s, tok := range st.Owned {
+			o.Owners[s] = append(o.Owners[s], k.ID)
+			o.Tokens[s] = tok
+		}
+	}
+	return o, nil
+}
+
+// ExactlyOne reports the shards that have no owner or more than one.
+func (o Ownership) ExactlyOne(shards []queue.Shard) []string {
+	var bad []string
+	for _, s := range shards {
+		if n := len(o.Owners[s.String()]); n != 1 {
+			bad = append(bad, fmt.Sprintf("%s has %d owners %v", s, n, o.Owners[s.String()]))
+		}
+	}
+	return bad
+}
+
+// WaitOneOwner polls the keepers in ks until every shard has exactly one
+// owner (invariant 4) and returns how long that took, or the last problems
+// when timeout passes.
+func WaitOneOwner(ctx context.Context, ks []*Keeper, shards []queue.Shard, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	var last []string
+	for time.Since(start) < timeout {
+		o, err := Ownerships(ctx, ks)
+		if err == nil {
+			if last = o.ExactlyOne(shards); len(last) == 0 {
+				return time.Since(start), nil
+			}
+		} else {
+			last = []string{err.Error()}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return 0, fmt.Errorf("after %s, %d shards without exactly one owner, e.g. %v", timeout, len(last), last[:min(3, len(last))])
+}
+
+// WaitDrained waits until no queue holds in-flight or locked messages: with
+// consumers stopped, the keepers must return every lease and lock.
+func (c *Cluster) WaitDrained(ctx context.Context, queues []string, timeout time.Duration) error {
+	client := queue.NewClient(c.RDB, queue.ClientOptions{})
+	deadline := time.Now().Add(timeout)
+	for {
+		var left int64
+		for _, q := range queues {
+			st, err := client.Stats(ctx, q)
+			if err != nil {
+				return err
+			}
+			left += st.Inflight + st.Locked
+		}
+		if left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d messages still in flight or locked after %s", left, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
