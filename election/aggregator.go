@@ -74,9 +74,11 @@ type Config struct {
 	// least 2s (etcd's minimum); default 3s. A crashed leader is replaced
 	// within about this long.
 	SessionTTL time.Duration
-	// Partitions is the number of ownership units (shard.RingConfig
-	// Partitions), needed to map shards to units with shard.UnitOf; default
-	// shard.DefaultPartitions. It must match the coordinators' ring.
+	// Partitions is the number of ownership units, needed to map shards to
+	// units with shard.UnitOf. The ring configuration the coordinators
+	// record at <prefix>ring takes precedence (a mismatch is logged), so
+	// this only matters before any coordinator ran; default
+	// shard.DefaultPartitions.
 	Partitions int
 	// CatalogInterval is how often the leader calls the catalog again to
 	// learn about new or removed shards; default 10s. Ownership and
@@ -195,6 +197,7 @@ func (a *Aggregator) membersPrefix() string   { return a.cfg.Prefix + "members/"
 func (a *Aggregator) ownersPrefix() string    { return a.cfg.Prefix + "owners/" }
 func (a *Aggregator) statsKey() string        { return a.cfg.Prefix + "stats/rebalances" }
 func (a *Aggregator) summariesPrefix() string { return summariesPrefix(a.cfg.Prefix) }
+func (a *Aggregator) ringKey() string         { return a.cfg.Prefix + "ring" }
 func (a *Aggregator) opTimeout() time.Duration {
 	return max(2*time.Second, a.cfg.SessionTTL)
 }
@@ -610,6 +613,7 @@ type view struct {
 	// summaries by the member id in their key.
 	summaries map[string]Summary
 
+	partitions  int
 	catalog     []string
 	unitShards  []int // catalog shards per unit
 	queueShards map[string]int
@@ -624,7 +628,11 @@ type view struct {
 }
 
 func (a *Aggregator) followOnce(ctx context.Context, t *term) error {
-	v := &view{a: a, t: t, owners: map[int]struct{}{}, summaries: map[string]Summary{}}
+	partitions, err := a.ringPartitions(ctx)
+	if err != nil {
+		return err
+	}
+	v := &view{a: a, t: t, partitions: partitions, owners: map[int]struct{}{}, summaries: map[string]Summary{}}
 	v.setCatalog(a.catalog())
 	membersFrom, err := v.loadMembers(ctx)
 	if err != nil {
@@ -681,6 +689,33 @@ func (a *Aggregator) followOnce(ctx context.Context, t *term) error {
 	}
 }
 
+// ringPartitions is the unit count the coordinators use, as they recorded it
+// at <prefix>ring: with another count every shard would map to another unit
+// and the unowned count would be wrong. Config.Partitions serves until a
+// coordinator has recorded one.
+func (a *Aggregator) ringPartitions(ctx context.Context) (int, error) {
+	octx, cancel := context.WithTimeout(ctx, a.opTimeout())
+	defer cancel()
+	resp, err := a.cli.Get(octx, a.ringKey())
+	if err != nil {
+		return 0, fmt.Errorf("read ring config: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return a.cfg.Partitions, nil
+	}
+	var rc shard.RingConfig
+	if err := json.Unmarshal(resp.Kvs[0].Value, &rc); err != nil || rc.Partitions <= 0 {
+		a.log.Warn("ring config unreadable; using the configured partition count",
+			"key", a.ringKey(), "partitions", a.cfg.Partitions, "err", err)
+		return a.cfg.Partitions, nil
+	}
+	if rc.Partitions != a.cfg.Partitions {
+		a.log.Warn("configured partition count differs from the deployment's ring; using the ring's",
+			"configured", a.cfg.Partitions, "ring", rc.Partitions)
+	}
+	return rc.Partitions, nil
+}
+
 func watchErr(what string, wr clientv3.WatchResponse, ok bool) error {
 	if !ok {
 		return fmt.Errorf("%s watch closed", what)
@@ -734,7 +769,9 @@ func (v *view) loadMembers(ctx context.Context) (int64, error) {
 			}
 			return v.st.Rev + 1, nil
 		}
-		if !errors.Is(err, rpctypes.ErrCompacted) {
+		// A future revision means etcd was restored from an older
+		// backup: the history is gone just as after a compaction.
+		if !errors.Is(err, rpctypes.ErrCompacted) && !errors.Is(err, rpctypes.ErrFutureRev) {
 			return 0, fmt.Errorf("list members at revision %d: %w", v.st.Rev, err)
 		}
 	}
@@ -745,17 +782,17 @@ func (v *view) loadMembers(ctx context.Context) (int64, error) {
 	v.resetMembers(mresp.Kvs)
 	h := v.membersHash()
 	if exists && v.st.Rev > 0 {
-		a.log.Info("membership history since the last counted rebalance is compacted; comparing member sets",
+		a.log.Info("membership history since the last counted rebalance is gone (compacted, or etcd restored from a backup); comparing member sets",
 			"rev", v.st.Rev, "changed", h != v.st.Members)
 		if h != v.st.Members {
 			v.st.Count++
 		}
 	}
-	if !exists || v.st.Members != h || v.st.Rev == 0 {
-		v.st.Rev, v.st.Members = mresp.Header.Revision, h
-		if err := v.storeStats(ctx); err != nil {
-			return 0, err
-		}
+	// Store the new baseline, so the next leader replays from here rather
+	// than meet the same gap.
+	v.st.Rev, v.st.Members = mresp.Header.Revision, h
+	if err := v.storeStats(ctx); err != nil {
+		return 0, err
 	}
 	return mresp.Header.Revision + 1, nil
 }
@@ -891,10 +928,10 @@ func (v *view) setCatalog(names []string) {
 		return
 	}
 	v.catalog = slices.Clone(names)
-	v.unitShards = make([]int, v.a.cfg.Partitions)
+	v.unitShards = make([]int, v.partitions)
 	v.queueShards = map[string]int{}
 	for _, sh := range names {
-		v.unitShards[shard.UnitOf(sh, v.a.cfg.Partitions)]++
+		v.unitShards[shard.UnitOf(sh, v.partitions)]++
 		v.queueShards[queueOf(sh)]++
 	}
 	v.ownedShards = 0

@@ -598,7 +598,12 @@ func TestGlobalGauges(t *testing.T) {
 	if _, err := c.admin.Compact(ctx, resp.Header.Revision); err != nil {
 		t.Fatalf("compact: %v", err)
 	}
-	as = []*Aggregator{c.aggregator("a4", cfg, catalogFn)}
+	// The deployment's ring config, as coordinators record it, overrides a
+	// missing or wrong Partitions.
+	if _, err := c.admin.Put(ctx, "/keeper/ring", fmt.Sprintf(`{"partitions":%d}`, partitions)); err != nil {
+		t.Fatalf("put ring config: %v", err)
+	}
+	as = []*Aggregator{c.aggregator("a4", Config{CatalogInterval: cfg.CatalogInterval}, catalogFn)}
 	waitGlobal(t, as, "changes behind a compaction", want(5, gammaUnowned, 7, alpha(18, 4, 2, 4), beta(105, 0, 9, 1), gamma))
 	var st statsValue
 	sresp, err := c.admin.Get(ctx, "/keeper/stats/rebalances")
