@@ -71,8 +71,10 @@ type PublisherConfig struct {
 	// MemberID is this keeper's shard member id; required, because the
 	// leader only counts summaries of live members.
 	MemberID string
-	// Interval is the most often the summary is written; default 10s. It is
-	// written only when it changed since the last write.
+	// Interval is how often the source is read; default 10s. The summary is
+	// written only when it changed since the last write, so at most once
+	// per Interval; only a summary lost with its lease, or a failed write,
+	// is written again sooner (with backoff).
 	Interval time.Duration
 	// SessionTTL is the TTL of the lease the summary is bound to, rounded up
 	// to whole seconds, at least 2s; default 3s. A crashed keeper's summary
