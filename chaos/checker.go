@@ -146,11 +146,11 @@ type Ownership struct {
 	Tokens map[string]int64    // shard -> token of its (single) owner
 }
 
-// Ownership asks every running, unpaused keeper in ks.
+// Ownerships asks every running, unpaused keeper in ks.
 func Ownerships(ctx context.Context, ks []*Keeper) (Ownership, error) {
 	o := Ownership{Owners: map[string][]string{}, Tokens: map[string]int64{}}
 	for _, k := range ks {
-		if k.Exited() {
+		if k.Exited() || k.Paused() {
 			continue
 		}
 		st, err := k.Status(ctx)

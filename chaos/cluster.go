@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -141,6 +142,7 @@ type Keeper struct {
 	done       chan struct{}
 	exitErr    error
 	once       sync.Once
+	paused     atomic.Bool
 }
 
 // AddKeeper starts a keeper process named id and waits until it answers
@@ -258,10 +260,21 @@ func (k *Keeper) Term(timeout time.Duration) error {
 }
 
 // Pause sends SIGSTOP: the process freezes, its session lease runs out.
-func (k *Keeper) Pause() error { return k.cmd.Process.Signal(syscall.SIGSTOP) }
+// A paused keeper cannot answer, so the ownership checks leave it out.
+func (k *Keeper) Pause() error {
+	k.paused.Store(true)
+	return k.cmd.Process.Signal(syscall.SIGSTOP)
+}
 
 // Resume sends SIGCONT.
-func (k *Keeper) Resume() error { return k.cmd.Process.Signal(syscall.SIGCONT) }
+func (k *Keeper) Resume() error {
+	err := k.cmd.Process.Signal(syscall.SIGCONT)
+	k.paused.Store(false)
+	return err
+}
+
+// Paused reports whether the keeper is stopped by Pause.
+func (k *Keeper) Paused() bool { return k.paused.Load() }
 
 // Exited reports whether the process has ended.
 func (k *Keeper) Exited() bool {

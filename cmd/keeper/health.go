@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
 
@@ -39,7 +40,13 @@ func startHealth(addr string, d *daemon) (*healthServer, error) {
 		if err := d.rdb.Ping(ctx).Err(); err != nil {
 			problems = append(problems, "redis: "+err.Error())
 		}
-		if !d.coord.Registered() {
+		// Ready means our membership key is in etcd right now: we hold a
+		// live session and take part in the ring.
+		resp, err := d.etcd.Get(ctx, d.cfg.Etcd.Prefix+"members/"+d.coord.MemberID(), clientv3.WithCountOnly())
+		switch {
+		case err != nil:
+			problems = append(problems, "etcd: "+err.Error())
+		case resp.Count == 0:
 			problems = append(problems, "etcd: not registered in the fleet")
 		}
 		if len(problems) > 0 {

@@ -40,9 +40,3 @@ func realMain(args []string) int {
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: keeper run|status|queue|bench|version")
 }
-
-func runCmd(args []string) error {
-	cfg, err := loadConfig("run", args, os.Environ())
-	fmt.Printf("%+v %v\n", cfg, err)
-	return err
-}

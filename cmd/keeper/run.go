@@ -83,11 +83,13 @@ func (d *daemon) start(ctx context.Context) error {
 	if err = d.startEtcd(ctx); err != nil {
 		return err
 	}
-	memberID := d.cfg.MemberID
-	if memberID == "" {
-		memberID = shard.RandomMemberID()
-	}
-	d.log = d.log.With("member", memberID)
+	ringCfg := shard.RingConfig{Partitions: d.cfg.Ring.Partitions,
+		ReplicationFactor: d.cfg.Ring.ReplicationFactor, Load: d.cfg.Ring.Load}
+	// The coordinator settles the member id (random when none is given);
+	// everything else names this keeper the same way.
+	d.coord = shard.NewCoordinator(d.etcd, shard.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.cfg.MemberID,
+		SessionTTL: d.cfg.Etcd.SessionTTL, Ring: ringCfg, Logger: d.log}, ownership{d})
+	memberID := d.coord.MemberID()
 	d.applyQueues(ctx)
 
 	d.metrics, err = kotel.Start(ctx, kotel.Config{MemberID: memberID, Endpoint: d.cfg.Metrics.Endpoint,
@@ -119,12 +121,8 @@ func (d *daemon) start(ctx context.Context) error {
 	})
 	d.catalog = queue.NewCatalog(queue.NewRegistry(d.rdb, d.cfg.Redis.Prefix),
 		queue.CatalogConfig{Interval: d.cfg.Tasks.CatalogInterval, Logger: d.log}, d.onCatalog)
-	ringCfg := shard.RingConfig{Partitions: d.cfg.Ring.Partitions,
-		ReplicationFactor: d.cfg.Ring.ReplicationFactor, Load: d.cfg.Ring.Load}
-	d.coord = shard.NewCoordinator(d.etcd, shard.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: memberID,
-		SessionTTL: d.cfg.Etcd.SessionTTL, Ring: ringCfg, Logger: d.log}, ownership{d})
 	d.agg = election.NewAggregator(d.etcd, election.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: memberID,
-		SessionTTL: d.cfg.Etcd.SessionTTL, Partitions: shard.PartitionsOf(ringCfg), Logger: d.log},
+		SessionTTL: d.cfg.Etcd.SessionTTL, Partitions: ringCfg.Partitions, Logger: d.log},
 		d.catalogShardNames)
 	d.publisher = election.NewPublisher(d.etcd, election.PublisherConfig{Prefix: d.cfg.Etcd.Prefix,
 		MemberID: memberID, Interval: d.metrics.ExportInterval(), SessionTTL: d.cfg.Etcd.SessionTTL,
@@ -194,7 +192,11 @@ func (d *daemon) shutdown() {
 		d.catalog.Stop()
 	}
 	if d.metrics != nil {
-		_ = d.metrics.Shutdown(ctx)
+		// The last export gets a short grace: a collector that is down must
+		// not hold the shutdown for long.
+		mctx, mcancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = d.metrics.Shutdown(mctx)
+		mcancel()
 	}
 	if d.etcd != nil {
 		_ = d.etcd.Close()

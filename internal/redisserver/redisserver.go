@@ -65,7 +65,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		timeout = 10 * time.Second
 	}
 	s := &Server{dir: cfg.Dir, done: make(chan struct{})}
-	if s.dir == "" {
+	if s.dir != "" {
+		// redis-server changes into --dir before opening its log file, so a
+		// relative path would be resolved twice.
+		if s.dir, err = filepath.Abs(s.dir); err != nil {
+			return nil, fmt.Errorf("redis data dir: %w", err)
+		}
+	} else {
 		s.dir, err = os.MkdirTemp("", "keeper-redis-")
 		if err != nil {
 			return nil, fmt.Errorf("redis data dir: %w", err)
