@@ -274,3 +274,22 @@ func (n *Native) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
 	}
 	return out, nil
 }
+
+// Fences reads the fence (highest accepted ownership token) of each shard.
+func (n *Native) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
+	cmds := make([]*redis.StringCmd, len(shards))
+	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, s := range shards {
+			cmds[i] = p.Get(ctx, keysFor(n.prefix, s).Fence)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read fences: %w", err)
+	}
+	out := make([]int64, len(shards))
+	for i, c := range cmds {
+		out[i], _ = strconv.ParseInt(c.Val(), 10, 64)
+	}
+	return out, nil
+}

@@ -51,10 +51,26 @@ var scenarios = map[string]scenario{
 			redisFlag(fs, &o.Redis)
 			return func(ctx context.Context) (any, error) { return bench.Idle(ctx, o) }
 		}},
+	"failover": {"time to take over a crashed keeper's shards, and a SIGTERM'd keeper's",
+		func(fs *flag.FlagSet) func(context.Context) (any, error) {
+			var o bench.FailoverOptions
+			fs.IntVar(&o.Keepers, "keepers", 3, "keeper processes")
+			fs.IntVar(&o.Queues, "queues", 20, "queues")
+			fs.IntVar(&o.Parts, "partitions", 10, "partitions per queue")
+			fs.DurationVar(&o.TTL, "ttl", 3*time.Second, "session TTL")
+			fs.StringVar(&o.KeeperBin, "keeper-bin", "", "keeper binary (default: this one)")
+			fs.StringVar(&o.LogDir, "log-dir", "", "keep the keepers' logs here")
+			return func(ctx context.Context) (any, error) {
+				if o.KeeperBin == "" {
+					o.KeeperBin, _ = os.Executable()
+				}
+				return bench.Failover(ctx, o)
+			}
+		}},
 }
 
 // scenarioOrder is the order of `keeper bench all`.
-var scenarioOrder = []string{"drain", "precision", "idle"}
+var scenarioOrder = []string{"drain", "precision", "idle", "failover"}
 
 func redisFlag(fs *flag.FlagSet, into *string) {
 	fs.StringVar(into, "redis", "", "redis address (empty: start a private redis-server on loopback)")

@@ -1,0 +1,188 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/keeperhq/keeper/chaos"
+	"github.com/keeperhq/keeper/queue"
+)
+
+// FailoverOptions configures the failover scenario.
+type FailoverOptions struct {
+	Keepers int           // keeper processes; default 3
+	Queues  int           // default 20
+	Parts   int           // partitions per queue; default 10 (200 shards)
+	TTL     time.Duration // session TTL; default 3s
+	// KeeperBin is the keeper binary; default as chaos.KeeperBinary.
+	KeeperBin string
+	// LogDir keeps the keepers' logs; default a temp dir removed after.
+	LogDir string
+}
+
+// FailoverResult is one line of `keeper bench failover --json`.
+type FailoverResult struct {
+	Scenario          string  `json:"scenario"`
+	Keepers           int     `json:"keepers"`
+	Shards            int     `json:"shards"`
+	TTLS              float64 `json:"ttl_s"`
+	CrashShards       int     `json:"crash_shards"`
+	CrashTakeoverS    float64 `json:"crash_takeover_s"`
+	GracefulShards    int     `json:"graceful_shards"`
+	GracefulHandoffMs float64 `json:"graceful_handoff_ms"`
+}
+
+// Failover runs keeper processes over shards that always have a lock due
+// (seeded every 20ms for the next minutes), so an owner's first pass comes
+// right after it takes a shard. It kills one keeper with SIGKILL and
+// measures until every shard it owned has been written by a new owner
+// (the shard's fence in Redis rose above the dead owner's token): owned
+// again and housekept. Then it stops another with SIGTERM and measures the
+// same for a graceful handoff.
+func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
+	if o.Keepers < 2 {
+		o.Keepers = 3
+	}
+	if o.Queues <= 0 {
+		o.Queues = 20
+	}
+	if o.Parts <= 0 {
+		o.Parts = 10
+	}
+	if o.TTL <= 0 {
+		o.TTL = 3 * time.Second
+	}
+	c, err := chaos.Start(ctx, chaos.Config{SessionTTL: o.TTL, KeeperBin: o.KeeperBin, NoHistory: true, LogDir: o.LogDir,
+		Args: []string{"--metrics.disabled"}})
+	if err != nil {
+		return FailoverResult{}, err
+	}
+	defer c.Stop()
+	reg := queue.NewRegistry(c.RDB, "")
+	n := queue.NewNative(c.RDB, "")
+	now, err := n.Now(ctx)
+	if err != nil {
+		return FailoverResult{}, err
+	}
+	var shards []queue.Shard
+	for q := 0; q < o.Queues; q++ {
+		name := fmt.Sprintf("bench-failover-%d", q)
+		if err := reg.Create(ctx, name, queue.Config{Partitions: o.Parts}); err != nil {
+			return FailoverResult{}, err
+		}
+		for p := 0; p < o.Parts; p++ {
+			s := queue.Shard{Queue: name, Partition: p}
+			shards = append(shards, s)
+			// A lock due every 20ms for ten minutes.
+			if err := n.SeedLocked(ctx, s, "m", 0, 30_000, now.UnixMilli(), 20*time.Millisecond, []byte("x")); err != nil {
+				return FailoverResult{}, err
+			}
+		}
+	}
+	var ks []*chaos.Keeper
+	for i := 0; i < o.Keepers; i++ {
+		k, err := c.AddKeeper(ctx, fmt.Sprintf("bench-k%d", i))
+		if err != nil {
+			return FailoverResult{}, err
+		}
+		ks = append(ks, k)
+	}
+	if _, err := chaos.WaitOneOwner(ctx, ks, shards, time.Minute); err != nil {
+		return FailoverResult{}, fmt.Errorf("settling: %w", err)
+	}
+	res := FailoverResult{Scenario: "failover", Keepers: o.Keepers, Shards: len(shards), TTLS: o.TTL.Seconds()}
+
+	victim, owned, err := busiest(ctx, ks)
+	if err != nil {
+		return res, err
+	}
+	start := time.Now()
+	if err := victim.Kill(); err != nil {
+		return res, err
+	}
+	c.Remove(victim)
+	if err := waitFencesAbove(ctx, n, owned, 2*time.Minute); err != nil {
+		return res, fmt.Errorf("crash takeover: %w", err)
+	}
+	res.CrashShards, res.CrashTakeoverS = len(owned), round(time.Since(start).Seconds(), 3)
+
+	rest := c.Keepers()
+	if _, err := chaos.WaitOneOwner(ctx, rest, shards, time.Minute); err != nil {
+		return res, fmt.Errorf("settling after the crash: %w", err)
+	}
+	victim, owned, err = busiest(ctx, rest)
+	if err != nil {
+		return res, err
+	}
+	start = time.Now()
+	done := make(chan error, 1)
+	go func() { done <- victim.Term(time.Minute) }()
+	if err := waitFencesAbove(ctx, n, owned, time.Minute); err != nil {
+		return res, fmt.Errorf("graceful handoff: %w", err)
+	}
+	res.GracefulShards = len(owned)
+	res.GracefulHandoffMs = round(float64(time.Since(start))/float64(time.Millisecond), 1)
+	if err := <-done; err != nil {
+		return res, err
+	}
+	c.Remove(victim)
+	return res, nil
+}
+
+// busiest is the keeper owning the most shards, and those shards' tokens.
+func busiest(ctx context.Context, ks []*chaos.Keeper) (*chaos.Keeper, map[string]int64, error) {
+	var best *chaos.Keeper
+	var owned map[string]int64
+	for _, k := range ks {
+		st, err := k.Status(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(st.Owned) > len(owned) {
+			best, owned = k, st.Owned
+		}
+	}
+	if best == nil {
+		return nil, nil, fmt.Errorf("no keeper owns anything")
+	}
+	return best, owned, nil
+}
+
+// waitFencesAbove polls until every shard's fence in Redis is above the
+// given token: a new owner has written there.
+func waitFencesAbove(ctx context.Context, n *queue.Native, tokens map[string]int64, limit time.Duration) error {
+	start := time.Now()
+	left := make(map[queue.Shard]int64, len(tokens))
+	for name, t := range tokens {
+		s, err := queue.ParseShard(name)
+		if err != nil {
+			return err
+		}
+		left[s] = t
+	}
+	for len(left) > 0 {
+		shards := make([]queue.Shard, 0, len(left))
+		for s := range left {
+			shards = append(shards, s)
+		}
+		fences, err := n.Fences(ctx, shards)
+		if err != nil {
+			return err
+		}
+		for i, f := range fences {
+			if f > left[shards[i]] {
+				delete(left, shards[i])
+			}
+		}
+		if time.Since(start) > limit {
+			return fmt.Errorf("%d shards not written by a new owner after %s", len(left), limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
+}
