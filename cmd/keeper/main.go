@@ -20,6 +20,8 @@ func realMain(args []string) int {
 	switch args[0] {
 	case "run":
 		err = runCmd(args[1:])
+	case "status":
+		err = statusCmd(args[1:], os.Stdout)
 	case "queue":
 		err = queueCmd(args[1:], os.Stdout)
 	case "bench":

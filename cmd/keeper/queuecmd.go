@@ -23,7 +23,8 @@ func queueCmd(args []string, out io.Writer) error {
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("queue "+sub, flag.ContinueOnError)
-	addr := fs.String("redis", envOr(os.Environ(), "KEEPER_REDIS_ADDR", "127.0.0.1:6379"), "redis address (env KEEPER_REDIS_ADDR)")
+	addr := fs.String("redis", envOr(os.Environ(), "KEEPER_REDIS_ADDR", defaultRedisAddr()),
+		"redis address (env KEEPER_REDIS_ADDR; default the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
 	prefix := fs.String("prefix", envOr(os.Environ(), "KEEPER_REDIS_PREFIX", queue.DefaultPrefix), "key prefix (env KEEPER_REDIS_PREFIX)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	var qc queue.Config
@@ -36,10 +37,10 @@ func queueCmd(args []string, out io.Writer) error {
 		fs.IntVar(&qc.MaxInFlight, "max-inflight", 0, "cap on messages leased at once over the queue (0: none)")
 		fs.IntVar(&qc.MaxPayloadBytes, "max-payload", 0, "largest payload in bytes (default 256 KiB)")
 	}
-	if err := fs.Parse(args); err != nil {
+	rest, err := parseInterleaved(fs, args)
+	if err != nil {
 		return err
 	}
-	rest := fs.Args()
 	need := map[string]int{"create": 1, "update": 1, "list": 0, "inspect": 2, "stats": 1, "audit": 1, "delete": 1}
 	n, ok := need[sub]
 	if !ok {
@@ -164,6 +165,31 @@ func queueCmd(args []string, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// parseInterleaved lets flags follow positional arguments
+// (`keeper queue create orders --partitions 8`), which package flag alone
+// does not.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return positional, nil
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
+}
+
+func defaultRedisAddr() string {
+	if a := readDiscovery(defaultConfig().Redis.DataDir, "addr"); a != "" {
+		return a
+	}
+	return "127.0.0.1:6379"
 }
 
 // durationFlag reads "30s" into a queue.Duration.

@@ -226,6 +226,9 @@ func (d *daemon) startRedis(ctx context.Context) error {
 		}
 		d.localRedis = srv
 		addrs = []string{srv.Addr}
+		if err := writeDiscovery(c.DataDir, "addr", srv.Addr); err != nil {
+			d.log.Warn("cannot note the local redis address", "err", err)
+		}
 		d.log.Info("started a local redis-server", "addr", srv.Addr, "dir", c.DataDir)
 	}
 	opt := &redis.UniversalOptions{Addrs: addrs, Username: c.Username, Password: c.Password}
@@ -263,6 +266,9 @@ func (d *daemon) startEtcd(ctx context.Context) error {
 		}
 		d.localEtcd = srv
 		endpoints = srv.Endpoints()
+		if err := writeDiscovery(c.DataDir, "endpoints", strings.Join(endpoints, ",")); err != nil {
+			d.log.Warn("cannot note the embedded etcd endpoints", "err", err)
+		}
 		d.log.Info("started an embedded etcd", "endpoints", strings.Join(endpoints, ","), "dir", c.DataDir)
 	}
 	cc := clientv3.Config{Endpoints: endpoints, DialTimeout: c.DialTimeout, Username: c.Username,
