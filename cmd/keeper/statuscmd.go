@@ -89,7 +89,7 @@ func statusCmd(args []string, out io.Writer) error {
 		}
 	}
 	coord := shard.NewCoordinator(d.etcd, shard.Config{Prefix: cfg.Etcd.Prefix,
-		Ring: shard.RingConfig{Partitions: cfg.Ring.Partitions, ReplicationFactor: cfg.Ring.ReplicationFactor, Load: cfg.Ring.Load},
+		Ring:   shard.RingConfig{Partitions: cfg.Ring.Partitions, ReplicationFactor: cfg.Ring.ReplicationFactor, Load: cfg.Ring.Load},
 		Logger: d.log}, nil)
 	coord.SetShards(shards)
 	st, err := coord.Status(ctx)
