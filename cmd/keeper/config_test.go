@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestShippedConfigParses(t *testing.T) {
@@ -81,5 +83,39 @@ func TestBadConfigIsRefusedClearly(t *testing.T) {
 	_ = os.WriteFile(file, []byte("redis:\n  adress: x\n"), 0o644)
 	if _, err := loadConfig("run", []string{"--config", file}, nil); err == nil || !strings.Contains(err.Error(), "adress") {
 		t.Errorf("unknown key: %v", err)
+	}
+}
+
+// The shipped Kubernetes manifests are valid YAML, and the keeper.yaml
+// they carry in a ConfigMap is a valid keeper config.
+func TestKubernetesManifests(t *testing.T) {
+	files, err := filepath.Glob("../../configs/kubernetes/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no manifests: %v", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(data)))
+		for {
+			var doc map[string]any
+			if err := dec.Decode(&doc); err != nil {
+				if err.Error() == "EOF" {
+					break
+				}
+				t.Fatalf("%s: %v", f, err)
+			}
+			if doc["kind"] != "ConfigMap" {
+				continue
+			}
+			cfgText := doc["data"].(map[string]any)["keeper.yaml"].(string)
+			path := filepath.Join(t.TempDir(), "keeper.yaml")
+			_ = os.WriteFile(path, []byte(cfgText), 0o644)
+			if _, err := loadConfig("run", []string{"--config", path}, nil); err != nil {
+				t.Fatalf("%s: embedded keeper.yaml: %v", f, err)
+			}
+		}
 	}
 }
