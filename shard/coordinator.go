@@ -531,18 +531,18 @@ func (c *Coordinator) resetEpoch(epoch uint64) {
 	c.st.dropped = map[string]int64{}
 }
 
-func (c *Coordinator) memberSnapshot() ([]string, bool) {
+func (c *Coordinator) memberSnapshot() ([]string, int64, bool) {
 	c.members.mu.Lock()
 	defer c.members.mu.Unlock()
 	if !c.members.synced {
-		return nil, false
+		return nil, 0, false
 	}
 	ids := c.members.store.(*memberStore).ids
 	out := make([]string, 0, len(ids)+1)
 	for id := range ids {
 		out = append(out, id)
 	}
-	return out, true
+	return out, c.members.rev, true
 }
 
 func (c *Coordinator) refreshCatalog() {
@@ -575,12 +575,15 @@ func (c *Coordinator) reconcile(ctx context.Context) {
 	if !live {
 		return
 	}
-	members, ok := c.memberSnapshot()
+	members, mrev, ok := c.memberSnapshot()
 	if !ok {
 		return
 	}
 	if !slices.Contains(members, c.id) {
-		// Our own registration may not have reached the watch yet.
+		if mrev >= s.registered {
+			c.reregister(ctx, s)
+		}
+		// Until the watch shows it, count ourselves in anyway.
 		members = append(members, c.id)
 	}
 	if c.st.ring == nil {

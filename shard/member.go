@@ -24,6 +24,8 @@ type session struct {
 	lease clientv3.LeaseID
 	epoch uint64
 	ka    *keepalive
+	// registered is the revision of our member key's last put.
+	registered int64
 }
 
 // keepalive renews a lease and decides locally when it must be considered
@@ -157,9 +159,33 @@ func (c *Coordinator) openSession(ctx context.Context) (*session, *keepalive, er
 		gone:     make(chan struct{}),
 	}
 	c.epochSeq++
-	s := &session{lease: g.ID, epoch: c.epochSeq, ka: k}
+	s := &session{lease: g.ID, epoch: c.epochSeq, ka: k, registered: resp.Header.Revision}
 	c.log.Info("registered", "lease", fmt.Sprintf("%x", int64(g.ID)), "ttl", ttlD, "epoch", s.epoch)
 	return s, k, nil
+}
+
+// reregister puts our member key back on the session's lease. Someone
+// deleted it (an operator, a tool): without it the others' rings leave us
+// out while we keep our units, and nobody would move.
+func (c *Coordinator) reregister(ctx context.Context, s *session) {
+	key := c.memberKey(c.id)
+	octx, cancel := context.WithTimeout(ctx, c.opTimeout())
+	defer cancel()
+	resp, err := c.cli.Txn(octx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, c.id, clientv3.WithLease(s.lease))).
+		Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		s.ka.leaseGone()
+	}
+	if err != nil {
+		c.log.Warn("cannot re-register member key", "err", err)
+		return
+	}
+	if resp.Succeeded {
+		s.registered = resp.Header.Revision
+		c.log.Warn("member key was deleted while this keeper was alive; registered again")
+	}
 }
 
 // openSessionRetry retries openSession until it succeeds or ctx is done.
