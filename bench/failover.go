@@ -88,8 +88,8 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		}
 		ks = append(ks, k)
 	}
-	if _, err := chaos.WaitOneOwner(ctx, ks, shards, time.Minute); err != nil {
-		return FailoverResult{}, fmt.Errorf("settling: %w", err)
+	if err := chaos.WaitSpread(ctx, ks, shards, time.Minute); err != nil {
+		return FailoverResult{}, err
 	}
 	res := FailoverResult{Scenario: "failover", Keepers: o.Keepers, Shards: len(shards), TTLS: o.TTL.Seconds()}
 
@@ -108,8 +108,8 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	res.CrashShards, res.CrashTakeoverS = len(owned), round(time.Since(start).Seconds(), 3)
 
 	rest := c.Keepers()
-	if _, err := chaos.WaitOneOwner(ctx, rest, shards, time.Minute); err != nil {
-		return res, fmt.Errorf("settling after the crash: %w", err)
+	if err := chaos.WaitSpread(ctx, rest, shards, time.Minute); err != nil {
+		return res, fmt.Errorf("after the crash: %w", err)
 	}
 	victim, owned, err = busiest(ctx, rest)
 	if err != nil {

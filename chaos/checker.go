@@ -200,6 +200,33 @@ func WaitOneOwner(ctx context.Context, ks []*Keeper, shards []queue.Shard, timeo
 	return 0, fmt.Errorf("after %s, %d shards without exactly one owner, e.g. %v", timeout, len(last), last[:min(3, len(last))])
 }
 
+// WaitSpread waits until every shard has exactly one owner and every keeper
+// in ks owns some: the ring has spread the shards over all of them (a
+// keeper that joined a moment ago may not be in the others' ring yet).
+func WaitSpread(ctx context.Context, ks []*Keeper, shards []queue.Shard, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		o, err := Ownerships(ctx, ks)
+		if err == nil && len(o.ExactlyOne(shards)) == 0 {
+			per := map[string]bool{}
+			for _, owners := range o.Owners {
+				per[owners[0]] = true
+			}
+			if len(per) == len(ks) {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("shards not spread over all %d keepers after %s (last error %v)", len(ks), limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // WaitDrained waits until no queue holds in-flight or locked messages: with
 // consumers stopped, the keepers must return every lease and lock.
 func (c *Cluster) WaitDrained(ctx context.Context, queues []string, timeout time.Duration) error {

@@ -23,8 +23,9 @@ type Layout interface {
 	Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error)
 	// Measure reads the shard's counts and counters and marks it clean.
 	Measure(ctx context.Context, s Shard, token int64) (Measurement, error)
-	// Probe reads the earliest deadlines of many shards at once, without
-	// writing; the result is in the order of shards.
+	// Probe reads the earliest deadlines of many shards at once; it writes
+	// nothing except the fence of shards it is asked to claim. The result is
+	// in the order of shards.
 	Probe(ctx context.Context, shards []ProbeRequest) ([]ProbeResult, error)
 	// Now is Redis's clock.
 	Now(ctx context.Context) (time.Time, error)
@@ -121,6 +122,11 @@ func (m Measurement) OldestReadyAge() time.Duration {
 type ProbeRequest struct {
 	Shard   Shard
 	MaxSize int
+	// Claim raises the shard's fence to Token (refused with a
+	// *FencedError if a higher token wrote there): done once when a keeper
+	// takes a shard, so that the previous owner is shut out at once.
+	Claim bool
+	Token int64
 }
 
 // ProbeResult holds a shard's earliest deadlines (Redis ms, -1 = none).

@@ -138,7 +138,12 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range reqs {
 			k := keysFor(n.prefix, r.Shard)
-			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, []string{k.Locked, k.Inflight, k.TTL, k.Ready}, r.MaxSize)
+			claim := "0"
+			if r.Claim {
+				claim = "1"
+			}
+			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, []string{k.Locked, k.Inflight, k.TTL, k.Ready, k.Fence, k.History},
+				r.MaxSize, r.Token, claim, n.record)
 		}
 		return nil
 	})
@@ -148,7 +153,7 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 	for i, c := range cmds {
 		v, err := c.Int64Slice()
 		if err != nil {
-			out[i].Err = asError(err, reqs[i].Shard, 0)
+			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
 			continue
 		}
 		out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}

@@ -73,7 +73,7 @@ const (
 	// settle is how long the member set must stay unchanged before the ring
 	// is recomputed, so that keepers starting together do not hand units
 	// around once per arrival; maxSettle bounds the wait under churn.
-	settle    = 150 * time.Millisecond
+	settle    = 50 * time.Millisecond
 	maxSettle = time.Second
 )
 
@@ -402,6 +402,18 @@ func (c *Coordinator) Stop(ctx context.Context) error {
 	c.cancel()
 	c.loopWG.Wait()
 
+	var errs []error
+	if live {
+		// Leave the ring first: the successors compute the ring without us
+		// while our passes finish, and take each unit the moment its key
+		// is deleted below, instead of only after our lease is revoked.
+		dctx, cancel := context.WithTimeout(ctx, c.opTimeout())
+		if _, err := c.cli.Delete(dctx, c.memberKey(c.id)); err != nil {
+			errs = append(errs, fmt.Errorf("leave the ring: %w", err))
+		}
+		cancel()
+	}
+
 	var shards []string
 	c.lmu.Lock()
 	for sh := range c.owned {
@@ -410,7 +422,6 @@ func (c *Coordinator) Stop(ctx context.Context) error {
 	c.lmu.Unlock()
 	c.parallel(len(shards), func(i int) { c.disown(shards[i : i+1]) })
 
-	var errs []error
 	if live {
 		var rel []unitToken
 		for u, t := range c.st.held {
@@ -612,7 +623,10 @@ func (c *Coordinator) reconcile(ctx context.Context) {
 	orev := c.owners.rev
 	for u := range owners {
 		e := &owners[u]
-		mine := ring.owner[u] == c.id
+		// Only units that hold shards are owned: etcd keys, handoffs and
+		// takeovers then scale with the shards a fleet has, never with
+		// the ring's partition count.
+		mine := ring.owner[u] == c.id && len(c.st.byUnit[u]) > 0
 		t := c.st.held[u]
 		if t == 0 && e.create != 0 && clientv3.LeaseID(e.lease) == s.lease {
 			// Acquired under this session but the reply was lost.
@@ -953,7 +967,7 @@ type Status struct {
 	Ring          RingConfig        `json:"ring"`
 	Shards        int               `json:"shards"`
 	Members       []MemberStatus    `json:"members"`
-	UnownedUnits  []int             `json:"unowned_units"`
+	UnownedUnits  []int             `json:"unowned_units"` // units holding shards that no one owns
 	UnownedShards []string          `json:"unowned_shards"`
 	Misplaced     int               `json:"misplaced_units"` // held by another member than the ring names (handoff in progress)
 	Tokens        map[int]int64     `json:"tokens"`          // unit -> token
@@ -1002,9 +1016,19 @@ func (c *Coordinator) Status(ctx context.Context) (Status, error) {
 		byMember[id] = &MemberStatus{ID: id, RingUnits: len(ring.units[id]), Units: []int{}, Shards: []string{}}
 	}
 	stale := map[string]bool{}
+	c.catMu.Lock()
+	cat := slices.Clone(c.catalog)
+	c.catMu.Unlock()
+	used := make(map[int]bool, len(cat))
+	for _, sh := range cat {
+		used[UnitOf(sh, c.ring.Partitions)] = true
+	}
 	for u, e := range store.units {
 		if e.create == 0 {
-			st.UnownedUnits = append(st.UnownedUnits, u)
+			// Units without shards are not owned on purpose.
+			if used[u] {
+				st.UnownedUnits = append(st.UnownedUnits, u)
+			}
 			continue
 		}
 		st.Tokens[u] = e.create
@@ -1022,9 +1046,6 @@ func (c *Coordinator) Status(ctx context.Context) (Status, error) {
 		}
 		m.Units = append(m.Units, u)
 	}
-	c.catMu.Lock()
-	cat := slices.Clone(c.catalog)
-	c.catMu.Unlock()
 	sort.Strings(cat)
 	st.Shards = len(cat)
 	for _, sh := range cat {

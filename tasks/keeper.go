@@ -137,6 +137,9 @@ type shardState struct {
 	busy    int           // passes running now
 	idle    chan struct{} // closed when busy drops to 0 after Disown
 
+	// claimed: the first probe after Own raised the shard's fence to our
+	// token, shutting a previous owner out.
+	claimed bool
 	// overCap: the last trim left excess it could not drop (in-flight and
 	// locked messages alone are over max size); messages that return to
 	// ready must be trimmed next.
@@ -223,6 +226,9 @@ func (k *Keeper) Own(s queue.Shard, cfg queue.Config, token int64) {
 	if st, ok := k.shards[name]; ok {
 		if token > st.token {
 			st.token = token
+			st.claimed = false
+			k.probe = append(k.probe, st)
+			k.signal(k.probeCh)
 		}
 		st.cfg = cfg
 		return
@@ -477,14 +483,20 @@ func (k *Keeper) run(e *entry) {
 	k.signal(k.kick)
 
 	if fenced != nil {
-		k.log.Warn("fenced: redis refused our token, dropping shard",
-			"shard", st.name, "queue", s.Queue, "token", fenced.Token, "fence", fenced.Fence, "task", task.String())
-		if rec := k.cfg.Recorder; rec != nil {
-			rec.RecordFenceRefusal(context.Background(), s.Queue, st.name)
-		}
-		if k.cfg.OnFenced != nil {
-			k.cfg.OnFenced(s, fenced.Token)
-		}
+		k.reportFenced(st, fenced, task.String())
+	}
+}
+
+// reportFenced tells the log, the metrics and the owner of the ownership
+// (OnFenced) that Redis refused our token for a shard we already dropped.
+func (k *Keeper) reportFenced(st *shardState, fe *queue.FencedError, what string) {
+	k.log.Warn("fenced: redis refused our token, dropping shard",
+		"shard", st.name, "queue", st.shard.Queue, "token", fe.Token, "fence", fe.Fence, "task", what)
+	if rec := k.cfg.Recorder; rec != nil {
+		rec.RecordFenceRefusal(context.Background(), st.shard.Queue, st.name)
+	}
+	if k.cfg.OnFenced != nil {
+		k.cfg.OnFenced(st.shard, fe.Token)
 	}
 }
 

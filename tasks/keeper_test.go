@@ -437,3 +437,42 @@ func TestWorkloadUnderKeeper(t *testing.T) {
 	}
 	t.Logf("counters %v, present %d", a.Counters, a.Present())
 }
+
+// Taking a shard claims it at once: the fence rises to the new token with
+// the first probe, so a paused previous owner is refused from then on even
+// if nothing is due on the shard.
+func TestOwnClaimsTheShardAtOnce(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	s := queue.Shard{Queue: "c", Partition: 0}
+	if err := h.client.Registry().Create(h.ctx, "c", queue.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.layout.Unlock(h.ctx, s, 6, 10); err != nil { // the previous owner
+		t.Fatal(err)
+	}
+	h.k.Own(s, queue.Config{}.WithDefaults(), 7)
+	waitFor(t, 5*time.Second, "fence raised to 7", func() bool {
+		f, err := h.layout.Fences(h.ctx, []queue.Shard{s})
+		return err == nil && f[0] == 7
+	})
+	var fe *queue.FencedError
+	if _, err := h.layout.Unlock(h.ctx, s, 6, 10); !errors.As(err, &fe) {
+		t.Fatalf("previous owner's write after the claim: %v", err)
+	}
+	// A claim under a token below the fence drops the shard at once.
+	h.k.Own(queue.Shard{Queue: "c", Partition: 2}, queue.Config{}.WithDefaults(), 7)
+	s2 := queue.Shard{Queue: "c", Partition: 2}
+	if _, err := h.layout.Unlock(h.ctx, s2, 9, 10); err != nil {
+		t.Fatal(err)
+	}
+	h.k.DisownAll()
+	h.k.Own(s2, queue.Config{}.WithDefaults(), 8)
+	select {
+	case got := <-h.fenced:
+		if got != s2 {
+			t.Fatalf("fenced %v, want %v", got, s2)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a claim below the fence was not reported")
+	}
+}

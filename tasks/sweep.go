@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"errors"
 	"time"
 
 	"github.com/keeperhq/keeper/queue"
@@ -72,7 +73,8 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 	for _, st := range batch {
 		if !st.gone {
 			live = append(live, st)
-			reqs = append(reqs, queue.ProbeRequest{Shard: st.shard, MaxSize: st.cfg.MaxSize})
+			reqs = append(reqs, queue.ProbeRequest{Shard: st.shard, MaxSize: st.cfg.MaxSize,
+				Claim: !st.claimed, Token: st.token})
 		}
 	}
 	k.mu.Unlock()
@@ -99,15 +101,26 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 		return
 	}
 	redisNowUs := now.UnixMicro() + k.offsetUs.Load()
+	var fenced []*queue.FencedError
+	var fencedShards []*shardState
 	k.mu.Lock()
 	for i, st := range live {
 		r := res[i]
 		if st.gone {
 			continue
 		}
+		var fe *queue.FencedError
+		if errors.As(r.Err, &fe) {
+			k.dropLocked(st.name, true)
+			fenced, fencedShards = append(fenced, fe), append(fencedShards, st)
+			continue
+		}
 		if r.Err != nil {
 			k.failLocked(st, Unlock, r.Err, now)
 			continue
+		}
+		if reqs[i].Claim && reqs[i].Token == st.token {
+			st.claimed = true
 		}
 		heads := [...]struct {
 			task Task
@@ -124,4 +137,7 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 	}
 	k.mu.Unlock()
 	k.signal(k.kick)
+	for i, fe := range fenced {
+		k.reportFenced(fencedShards[i], fe, "claim")
+	}
 }

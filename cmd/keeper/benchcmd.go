@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/bench"
+	"github.com/keeperhq/keeper/shard"
 )
 
 // scenario is one `keeper bench` scenario: its flags and how to run it.
@@ -67,10 +68,38 @@ var scenarios = map[string]scenario{
 				return bench.Failover(ctx, o)
 			}
 		}},
+	"ring": {"worst load and moved fraction of the consistent-hash ring for 2..N members",
+		func(fs *flag.FlagSet) func(context.Context) (any, error) {
+			var o bench.RingOptions
+			fs.IntVar(&o.MaxMembers, "members", 1000, "largest member count")
+			ringFlags(fs, &o.Ring)
+			return func(ctx context.Context) (any, error) { return bench.Ring(ctx, o) }
+		}},
+	"converge": {"time until 100,000 shards are owned by 20 keepers, etcd keys and steady writes",
+		func(fs *flag.FlagSet) func(context.Context) (any, error) {
+			var o bench.ConvergeOptions
+			fs.IntVar(&o.Shards, "shards", 100_000, "shards")
+			fs.IntVar(&o.Keepers, "keepers", 20, "keepers (in this process, one etcd client each)")
+			fs.DurationVar(&o.TTL, "ttl", 3*time.Second, "session TTL")
+			fs.DurationVar(&o.SteadyWindow, "steady", 10*time.Second, "window for steady-state writes")
+			var endpoints string
+			fs.StringVar(&endpoints, "etcd", "", "etcd endpoints (empty: start an embedded etcd)")
+			ringFlags(fs, &o.Ring)
+			return func(ctx context.Context) (any, error) {
+				o.Endpoints = splitList(endpoints)
+				return bench.Converge(ctx, o)
+			}
+		}},
+}
+
+func ringFlags(fs *flag.FlagSet, r *shard.RingConfig) {
+	fs.IntVar(&r.Partitions, "partitions", 0, "ring partitions (0: default)")
+	fs.IntVar(&r.ReplicationFactor, "replication", 0, "virtual nodes per member (0: default)")
+	fs.Float64Var(&r.Load, "load", 0, "bounded-load factor (0: default)")
 }
 
 // scenarioOrder is the order of `keeper bench all`.
-var scenarioOrder = []string{"drain", "precision", "idle", "failover"}
+var scenarioOrder = []string{"drain", "precision", "idle", "failover", "ring", "converge"}
 
 func redisFlag(fs *flag.FlagSet, into *string) {
 	fs.StringVar(into, "redis", "", "redis address (empty: start a private redis-server on loopback)")
