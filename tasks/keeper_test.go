@@ -111,11 +111,6 @@ func (r *recorder) count(task string) int {
 	defer r.mu.Unlock()
 	return r.passes[task]
 }
-func (r *recorder) lagCount() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.lags)
-}
 func (r *recorder) errorKinds() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
