@@ -328,19 +328,12 @@ func (d *daemon) catalogShardNames() []string {
 	return names
 }
 
-// summary is what this keeper publishes for the aggregator.
+// summary is what this keeper publishes for the aggregator: the same
+// snapshots its per-shard metrics report, plus the shards it owns but has
+// not measured yet.
 func (d *daemon) summary() election.Summary {
-	s := election.Summary{Queues: map[string]election.QueueSummary{}}
+	s := election.Summarize(d.coord.MemberID(), shardSource{d.keeper})
 	s.OwnedShards = len(d.keeper.Owned())
-	d.keeper.EachMeasurement(func(m tasks.ShardMeasurement) {
-		q := s.Queues[m.Shard.Queue]
-		q.Shards++
-		q.Ready += m.Ready
-		q.Inflight += m.Inflight
-		q.Locked += m.Locked
-		q.Dead += m.Dead
-		s.Queues[m.Shard.Queue] = q
-	})
 	return s
 }
 
