@@ -24,6 +24,8 @@ func realMain(args []string) int {
 		err = statusCmd(args[1:], os.Stdout)
 	case "queue":
 		err = queueCmd(args[1:], os.Stdout)
+	case "chaos":
+		err = chaosCmd(args[1:], os.Stdout)
 	case "bench":
 		err = benchCmd(args[1:], os.Stdout)
 	case "version", "--version":
@@ -40,5 +42,12 @@ func realMain(args []string) int {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: keeper run|status|queue|bench|version")
+	fmt.Fprintln(os.Stderr, `usage: keeper <command> [flags]
+
+  run       the daemon (keeper run -h lists its settings)
+  status    the fleet as etcd has it: members, ring, owned units and shards
+  queue     create|update|list|inspect|stats|audit|delete queues
+  bench     benchmark scenarios (keeper bench -h)
+  chaos     a fleet of keeper processes under random faults, checked for invariants
+  version   print the version`)
 }
