@@ -56,6 +56,9 @@ type ConvergeResult struct {
 	RevisionsPerSSteady  float64 `json:"revisions_per_s_steady"`
 	KeepalivesPerSSteady float64 `json:"keepalives_per_s_steady"`
 	Units                int     `json:"units"`
+	// UnitsUsed is how many units hold shards: the units that are owned,
+	// so the ownership keys in etcd.
+	UnitsUsed int `json:"units_used"`
 }
 
 // Converge starts Keepers coordinators in this process, each with its own
@@ -223,6 +226,11 @@ func Converge(ctx context.Context, o ConvergeOptions) (ConvergeResult, error) {
 		return ConvergeResult{}, fmt.Errorf("status: %w", err)
 	}
 	res.Units = st.Ring.Partitions
+	used := map[int]bool{}
+	for _, sh := range catalog {
+		used[shard.UnitOf(sh, st.Ring.Partitions)] = true
+	}
+	res.UnitsUsed = len(used)
 
 	rev0 := keys.Header.Revision
 	ren0, err := leaseRenewals(ctx, endpoints)
