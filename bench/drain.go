@@ -2,9 +2,11 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/tasks"
 	"github.com/redis/go-redis/v9"
@@ -78,10 +80,16 @@ func Drain(ctx context.Context, o DrainOptions) (DrainResult, error) {
 		for _, s := range shards {
 			k.Own(s, cfg, 1)
 		}
-		return waitFor(ctx, 5*time.Millisecond, func() (bool, error) {
+		var probeErr error
+		_, err := poll.Until(ctx, 5*time.Millisecond, func() (bool, string) {
 			left, err := lockedLeft(ctx, n, shards)
-			return left == 0, err
+			if err != nil {
+				probeErr = err // retrying cannot help a refused probe: stop
+				return true, ""
+			}
+			return left == 0, fmt.Sprintf("%d shards still hold locked messages", left)
 		})
+		return errors.Join(err, probeErr)
 	})
 	if err != nil {
 		return res, fmt.Errorf("keeper drain: %w", err)

@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/tasks"
 )
@@ -88,7 +89,7 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if err := waitFor(sctx, 100*time.Millisecond, func() (bool, error) { return measured() == len(shards), nil }); err != nil {
+	if _, err := poll.Until(sctx, 100*time.Millisecond, poll.Holds(func() bool { return measured() == len(shards) })); err != nil {
 		return IdleResult{}, fmt.Errorf("settling: %d of %d shards measured: %w", measured(), len(shards), err)
 	}
 

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/tasks"
 )
@@ -98,7 +99,7 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	wait := o.Lead + time.Duration(total)*step + time.Minute
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	if err := waitFor(wctx, 100*time.Millisecond, func() (bool, error) { return rec.count() >= total, nil }); err != nil {
+	if _, err := poll.Until(wctx, 100*time.Millisecond, poll.Holds(func() bool { return rec.count() >= total })); err != nil {
 		return PrecisionResult{}, fmt.Errorf("%d of %d unlocked: %w", rec.count(), total, err)
 	}
 	lags := rec.sorted()

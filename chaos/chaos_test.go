@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -205,14 +206,11 @@ func isFenced(err error) bool {
 // waitOwnsSome waits until k owns at least one shard: it joined the ring.
 func waitOwnsSome(t *testing.T, ctx context.Context, k *Keeper, limit time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		if st, err := k.Status(ctx); err == nil && len(st.Owned) > 0 {
-			return
+	poll.For(t, limit, k.ID+" owns a shard", func() (bool, string) {
+		st, err := k.Status(ctx)
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s owns no shard after %s", k.ID, limit)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return len(st.Owned) > 0, "owns no shard"
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -180,77 +181,57 @@ func (o Ownership) ExactlyOne(shards []queue.Shard) []string {
 // owner (invariant 4) and returns how long that took, or the last problems
 // when timeout passes.
 func WaitOneOwner(ctx context.Context, ks []*Keeper, shards []queue.Shard, timeout time.Duration) (time.Duration, error) {
-	start := time.Now()
-	var last []string
-	for time.Since(start) < timeout {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return poll.Until(ctx, 20*time.Millisecond, func() (bool, string) {
 		o, err := Ownerships(ctx, ks)
-		if err == nil {
-			if last = o.ExactlyOne(shards); len(last) == 0 {
-				return time.Since(start), nil
-			}
-		} else {
-			last = []string{err.Error()}
+		if err != nil {
+			return false, err.Error()
 		}
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return 0, fmt.Errorf("after %s, %d shards without exactly one owner, e.g. %v", timeout, len(last), last[:min(3, len(last))])
+		bad := o.ExactlyOne(shards)
+		return len(bad) == 0, fmt.Sprintf("%d shards without exactly one owner, e.g. %v", len(bad), bad[:min(3, len(bad))])
+	})
 }
 
 // WaitSpread waits until every shard has exactly one owner and every keeper
 // in ks owns some: the ring has spread the shards over all of them (a
 // keeper that joined a moment ago may not be in the others' ring yet).
 func WaitSpread(ctx context.Context, ks []*Keeper, shards []queue.Shard, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	_, err := poll.Until(ctx, 20*time.Millisecond, func() (bool, string) {
 		o, err := Ownerships(ctx, ks)
-		if err == nil && len(o.ExactlyOne(shards)) == 0 {
-			per := map[string]bool{}
-			for _, owners := range o.Owners {
-				per[owners[0]] = true
-			}
-			if len(per) == len(ks) {
-				return nil
-			}
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("shards not spread over all %d keepers after %s (last error %v)", len(ks), limit, err)
+		if bad := o.ExactlyOne(shards); len(bad) > 0 {
+			return false, fmt.Sprintf("%d shards without exactly one owner", len(bad))
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		per := map[string]bool{}
+		for _, owners := range o.Owners {
+			per[owners[0]] = true
 		}
-	}
+		return len(per) == len(ks), fmt.Sprintf("shards spread over %d of %d keepers", len(per), len(ks))
+	})
+	return err
 }
 
 // WaitDrained waits until no queue holds in-flight or locked messages: with
 // consumers stopped, the keepers must return every lease and lock.
 func (c *Cluster) WaitDrained(ctx context.Context, queues []string, timeout time.Duration) error {
 	client := queue.NewClient(c.RDB, queue.ClientOptions{})
-	deadline := time.Now().Add(timeout)
-	for {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err := poll.Until(ctx, 20*time.Millisecond, func() (bool, string) {
 		var left int64
 		for _, q := range queues {
 			st, err := client.Stats(ctx, q)
 			if err != nil {
-				return err
+				return false, err.Error()
 			}
 			left += st.Inflight + st.Locked
 		}
-		if left == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d messages still in flight or locked after %s", left, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+		return left == 0, fmt.Sprintf("%d messages still in flight or locked", left)
+	})
+	return err
 }

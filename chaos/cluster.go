@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -148,7 +149,7 @@ type Keeper struct {
 // AddKeeper starts a keeper process named id and waits until it answers
 // on its health endpoint.
 func (c *Cluster) AddKeeper(ctx context.Context, id string, extraArgs ...string) (*Keeper, error) {
-	port, err := redisserver.FreePort()
+	port, err := loopback.Port()
 	if err != nil {
 		return nil, err
 	}

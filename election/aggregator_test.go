@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/otel"
 	"github.com/keeperhq/keeper/shard"
 )
@@ -104,23 +105,6 @@ func (c *cluster) aggregators(n int, cfg Config) []*Aggregator {
 	return as
 }
 
-// waitFor polls cond until it holds or timeout passes, and returns how long
-// it took.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for {
-		ok, why := cond()
-		if ok {
-			return time.Since(start)
-		}
-		if time.Since(start) > timeout {
-			t.Fatalf("%s: not within %s: %s", what, timeout, why)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func leaders(as []*Aggregator) (ids, global []string) {
 	for _, a := range as {
 		if a.IsLeader() {
@@ -138,7 +122,7 @@ func leaders(as []*Aggregator) (ids, global []string) {
 func oneLeader(t *testing.T, as []*Aggregator, timeout time.Duration) *Aggregator {
 	t.Helper()
 	var leader *Aggregator
-	waitFor(t, timeout, "exactly one leader", func() (bool, string) {
+	poll.For(t, timeout, "exactly one leader", func() (bool, string) {
 		ids, global := leaders(as)
 		if len(ids) != 1 || len(global) != 1 || ids[0] != global[0] {
 			return false, fmt.Sprintf("leaders %v, reporting global %v", ids, global)
@@ -237,14 +221,14 @@ func TestPhantomLeaderGuard(t *testing.T) {
 		if _, err := c.admin.Revoke(context.Background(), lease); err != nil {
 			t.Fatalf("revoke leader's lease: %v", err)
 		}
-		dropped := waitFor(t, testTTL, "old leader drops leadership", func() (bool, string) {
+		dropped := poll.For(t, testTTL, "old leader drops leadership", func() (bool, string) {
 			return !leader.IsLeader(), "still leader"
 		})
 		next := oneLeader(t, without(as, leader), testTTL+time.Second)
 		t.Logf("lease revoked: old leader dropped after %s, %s leader after %s", dropped.Round(time.Microsecond),
 			next.MemberID(), time.Since(start).Round(time.Millisecond))
 		// The old leader campaigns again under a new lease, as a follower.
-		waitFor(t, 10*time.Second, "old leader campaigns again", func() (bool, string) {
+		poll.For(t, 10*time.Second, "old leader campaigns again", func() (bool, string) {
 			resp, err := c.admin.Get(context.Background(), "/keeper/election/", clientv3.WithPrefix())
 			if err != nil {
 				return false, err.Error()
@@ -262,7 +246,7 @@ func TestPhantomLeaderGuard(t *testing.T) {
 		leader := oneLeader(t, as, 20*time.Second)
 		start := time.Now()
 		_ = leader.cli.Close()
-		dropped := waitFor(t, testTTL, "old leader drops leadership", func() (bool, string) {
+		dropped := poll.For(t, testTTL, "old leader drops leadership", func() (bool, string) {
 			return !leader.IsLeader(), "still leader"
 		})
 		// The lease was renewed at most TTL/3 before the close, and etcd
@@ -295,7 +279,7 @@ func TestPhantomLeaderGuard(t *testing.T) {
 		}
 		var dropped, took time.Duration
 		var next string
-		waitFor(t, 4*testTTL, "a successor behind the partition", func() (bool, string) {
+		poll.For(t, 4*testTTL, "a successor behind the partition", func() (bool, string) {
 			oldLeads := first.IsLeader()
 			if !oldLeads && dropped == 0 {
 				dropped = time.Since(start)
@@ -429,7 +413,7 @@ func qs(shards int, ready, inflight, locked, dead int64) QueueSummary {
 func waitGlobal(t *testing.T, as []*Aggregator, what string, check func(otel.GlobalSnapshot) string) *Aggregator {
 	t.Helper()
 	var leader *Aggregator
-	waitFor(t, 20*time.Second, what, func() (bool, string) {
+	poll.For(t, 20*time.Second, what, func() (bool, string) {
 		var why []string
 		for _, a := range as {
 			g, ok := a.Global()
@@ -625,7 +609,7 @@ func TestGlobalStopsWithLeadership(t *testing.T) {
 	if _, err := c.admin.Revoke(context.Background(), tm.lease); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
-	waitFor(t, testTTL, "old leader stops serving", func() (bool, string) {
+	poll.For(t, testTTL, "old leader stops serving", func() (bool, string) {
 		_, ok := leader.Global()
 		return !ok, "still serves"
 	})

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/otel"
 )
 
@@ -108,7 +109,7 @@ func TestPublisherWritesOnlyChanges(t *testing.T) {
 	p := c.publisher("k1", 20*time.Millisecond, src.get)
 
 	var first *mvccpb.KeyValue
-	waitFor(t, 10*time.Second, "summary published", func() (bool, string) {
+	poll.For(t, 10*time.Second, "summary published", func() (bool, string) {
 		kv, s := c.stored(p.Key())
 		if kv == nil {
 			return false, "no key"
@@ -126,7 +127,7 @@ func TestPublisherWritesOnlyChanges(t *testing.T) {
 
 	// Unchanged content is not written again, however many intervals pass.
 	calls := src.calls.Load()
-	waitFor(t, 10*time.Second, "20 more intervals", func() (bool, string) {
+	poll.For(t, 10*time.Second, "20 more intervals", func() (bool, string) {
 		return src.calls.Load() >= calls+20, "source not called yet"
 	})
 	if kv, _ := c.stored(p.Key()); kv.Version != first.Version || kv.ModRevision != first.ModRevision {
@@ -135,7 +136,7 @@ func TestPublisherWritesOnlyChanges(t *testing.T) {
 
 	shards[0].Ready += 1000
 	src.set(Summarize("ignored", shards))
-	waitFor(t, 10*time.Second, "changed summary published", func() (bool, string) {
+	poll.For(t, 10*time.Second, "changed summary published", func() (bool, string) {
 		kv, s := c.stored(p.Key())
 		if kv == nil || s.Queues["queue-0"].Ready != 199*200/2+1000 {
 			return false, fmt.Sprintf("queue-0 %+v", s.Queues["queue-0"])
@@ -154,7 +155,7 @@ func TestPublisherRepublishesAfterLeaseLoss(t *testing.T) {
 	// tick.
 	p := c.publisher("k1", time.Hour, src.get)
 	var lease int64
-	waitFor(t, 10*time.Second, "summary published", func() (bool, string) {
+	poll.For(t, 10*time.Second, "summary published", func() (bool, string) {
 		kv, _ := c.stored(p.Key())
 		if kv == nil {
 			return false, "no key"
@@ -165,7 +166,7 @@ func TestPublisherRepublishesAfterLeaseLoss(t *testing.T) {
 	if _, err := c.admin.Revoke(context.Background(), clientv3.LeaseID(lease)); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
-	waitFor(t, 3*testTTL, "summary published under a new lease", func() (bool, string) {
+	poll.For(t, 3*testTTL, "summary published under a new lease", func() (bool, string) {
 		kv, s := c.stored(p.Key())
 		if kv == nil {
 			return false, "no key"
@@ -180,7 +181,7 @@ func TestPublisherRepublishesAfterLeaseLoss(t *testing.T) {
 func TestPublisherStopDeletesKey(t *testing.T) {
 	c := newCluster(t)
 	p := c.publisher("k1", 50*time.Millisecond, func() Summary { return Summary{} })
-	waitFor(t, 10*time.Second, "summary published", func() (bool, string) {
+	poll.For(t, 10*time.Second, "summary published", func() (bool, string) {
 		kv, _ := c.stored(p.Key())
 		return kv != nil, "no key"
 	})

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/redis/go-redis/v9"
 )
@@ -120,13 +121,7 @@ func (e *env) redisNowMs() int64 {
 // waitUntil polls cond until it holds or the deadline passes.
 func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.For(t, timeout, what, poll.Holds(cond))
 }
 
 func ptr[T any](v T) *T { return &v }

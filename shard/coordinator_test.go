@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/poll"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -239,22 +240,6 @@ func (h *harness) start(id string) *keeper {
 	return k
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for {
-		ok, why := cond()
-		if ok {
-			return time.Since(start)
-		}
-		if time.Since(start) > timeout {
-			t.Fatalf("%s: not within %s: %s", what, timeout, why)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // settled: every catalog shard has exactly one owner among live keepers,
 // that owner holds the shard's unit in etcd, the unit is where the ring of
 // exactly these keepers puts it, and no unit is unowned.
@@ -309,14 +294,14 @@ func TestGrowShrink(t *testing.T) {
 	h := newHarness(t, 2000)
 	var live []*keeper
 	live = append(live, h.start("keeper-0"))
-	d := waitFor(t, 20*time.Second, "1 member", h.settled(live))
+	d := poll.For(t, 20*time.Second, "1 member", h.settled(live))
 	t.Logf("1 member settled in %s", d)
 	h.w.check()
 
 	for i := 1; i < 5; i++ {
 		live = append(live, h.start(fmt.Sprintf("keeper-%d", i)))
 	}
-	d = waitFor(t, 30*time.Second, "5 members", h.settled(live))
+	d = poll.For(t, 30*time.Second, "5 members", h.settled(live))
 	t.Logf("1 -> 5 members settled in %s", d)
 	h.w.check()
 
@@ -331,7 +316,7 @@ func TestGrowShrink(t *testing.T) {
 		}
 	}
 	live = live[:2]
-	d = waitFor(t, 30*time.Second, "2 members", h.settled(live))
+	d = poll.For(t, 30*time.Second, "2 members", h.settled(live))
 	t.Logf("5 -> 2 members settled in %s", d)
 	h.w.check()
 
@@ -349,7 +334,7 @@ func TestGrowShrink(t *testing.T) {
 func TestGracefulHandoff(t *testing.T) {
 	h := newHarness(t, 2000)
 	live := []*keeper{h.start("a"), h.start("b"), h.start("c")}
-	waitFor(t, 30*time.Second, "3 members", h.settled(live))
+	poll.For(t, 30*time.Second, "3 members", h.settled(live))
 	gone := live[2]
 	before, _ := gone.rec.snapshot()
 	start := time.Now()
@@ -359,7 +344,7 @@ func TestGracefulHandoff(t *testing.T) {
 		t.Fatalf("stop: %v", err)
 	}
 	stopTook := time.Since(start)
-	waitFor(t, 20*time.Second, "handoff", h.settled(live[:2]))
+	poll.For(t, 20*time.Second, "handoff", h.settled(live[:2]))
 	t.Logf("graceful handoff of %d shards: Stop took %s, successors owned everything %s after Stop began",
 		len(before), stopTook.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	h.w.check()
@@ -370,7 +355,7 @@ func TestCrashTakeover(t *testing.T) {
 		t.Run(how, func(t *testing.T) {
 			h := newHarness(t, 2000)
 			live := []*keeper{h.start("a"), h.start("b"), h.start("c")}
-			waitFor(t, 30*time.Second, "3 members", h.settled(live))
+			poll.For(t, 30*time.Second, "3 members", h.settled(live))
 			crashed := live[2]
 			owned, _ := crashed.rec.snapshot()
 			crashed.rec.kill()
@@ -388,7 +373,7 @@ func TestCrashTakeover(t *testing.T) {
 					t.Fatalf("revoke: %v", err)
 				}
 			}
-			waitFor(t, 20*time.Second, "takeover", h.settled(live[:2]))
+			poll.For(t, 20*time.Second, "takeover", h.settled(live[:2]))
 			d := time.Since(start)
 			ttl := h.cfg.SessionTTL
 			if ttl == 0 {
@@ -406,7 +391,7 @@ func TestCrashTakeover(t *testing.T) {
 func TestSessionLostDisownAllFirst(t *testing.T) {
 	h := newHarness(t, 500)
 	k := h.start("solo")
-	waitFor(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
+	poll.For(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
 	owned, _ := k.rec.snapshot()
 	var oldMax int64
 	for _, tok := range owned {
@@ -418,7 +403,7 @@ func TestSessionLostDisownAllFirst(t *testing.T) {
 	if _, err := h.raw.Revoke(context.Background(), lease); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
-	d := waitFor(t, 20*time.Second, "re-acquired", func() (bool, string) {
+	d := poll.For(t, 20*time.Second, "re-acquired", func() (bool, string) {
 		owned, _ := k.rec.snapshot()
 		for _, sh := range h.catalog {
 			if owned[sh] <= oldMax {
@@ -462,7 +447,7 @@ func TestEtcdDownLongerThanTTL(t *testing.T) {
 	})
 	h := newHarnessOn(t, 500, srv)
 	k := h.start("solo")
-	waitFor(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
+	poll.For(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
 	owned, _ := k.rec.snapshot()
 	var oldMax int64
 	for _, tok := range owned {
@@ -473,7 +458,7 @@ func TestEtcdDownLongerThanTTL(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 15*time.Second, "DisownAll while etcd is down", func() (bool, string) {
+	poll.For(t, 15*time.Second, "DisownAll while etcd is down", func() (bool, string) {
 		_, log := k.rec.snapshot()
 		return slices.ContainsFunc(log, func(e event) bool { return e.kind == "disownall" }), "no DisownAll"
 	})
@@ -485,7 +470,7 @@ func TestEtcdDownLongerThanTTL(t *testing.T) {
 	}
 	h.srv = srv2
 	t.Logf("etcd back after %s", time.Since(down).Round(time.Millisecond))
-	waitFor(t, 30*time.Second, "recovered", func() (bool, string) {
+	poll.For(t, 30*time.Second, "recovered", func() (bool, string) {
 		owned, _ := k.rec.snapshot()
 		for _, sh := range h.catalog {
 			if owned[sh] <= oldMax {
@@ -494,7 +479,7 @@ func TestEtcdDownLongerThanTTL(t *testing.T) {
 		}
 		return true, ""
 	})
-	waitFor(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
+	poll.For(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
 	h.w.check()
 }
 
@@ -503,14 +488,14 @@ func TestEtcdDownLongerThanTTL(t *testing.T) {
 func TestEtcdRestart(t *testing.T) {
 	h := newHarness(t, 2000)
 	live := []*keeper{h.start("a"), h.start("b"), h.start("c")}
-	waitFor(t, 30*time.Second, "3 members", h.settled(live))
+	poll.For(t, 30*time.Second, "3 members", h.settled(live))
 	if err := h.srv.Restart(context.Background()); err != nil {
 		t.Fatalf("restart: %v", err)
 	}
 	// A member joining right after the restart exercises watches and
 	// acquisitions on the restarted server.
 	live = append(live, h.start("d"))
-	d := waitFor(t, 30*time.Second, "settled after restart", h.settled(live))
+	d := poll.For(t, 30*time.Second, "settled after restart", h.settled(live))
 	t.Logf("settled %s after etcd restart and a join", d)
 	h.w.check()
 }
@@ -538,7 +523,7 @@ func usedUnits(shards []string, partitions int) int {
 func TestCatalogChangesWriteOnlyChangedUnits(t *testing.T) {
 	h := newHarness(t, 200)
 	live := []*keeper{h.start("a"), h.start("b")}
-	waitFor(t, 20*time.Second, "settled", h.settled(live))
+	poll.For(t, 20*time.Second, "settled", h.settled(live))
 	rev := func() int64 {
 		r, err := h.raw.Get(context.Background(), "/t/ring")
 		if err != nil {
@@ -564,8 +549,8 @@ func TestCatalogChangesWriteOnlyChangedUnits(t *testing.T) {
 	for _, k := range live {
 		k.c.SetShards(h.catalog)
 	}
-	waitFor(t, 20*time.Second, "catalog applied", h.settled(live))
-	waitFor(t, 20*time.Second, "emptied units released", func() (bool, string) {
+	poll.For(t, 20*time.Second, "catalog applied", h.settled(live))
+	poll.For(t, 20*time.Second, "emptied units released", func() (bool, string) {
 		r, err := h.raw.Get(context.Background(), "/t/owners/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil {
 			return false, err.Error()
@@ -583,7 +568,7 @@ func TestCatalogChangesWriteOnlyChangedUnits(t *testing.T) {
 func TestFenced(t *testing.T) {
 	h := newHarness(t, 2000)
 	live := []*keeper{h.start("a"), h.start("b")}
-	waitFor(t, 30*time.Second, "settled", h.settled(live))
+	poll.For(t, 30*time.Second, "settled", h.settled(live))
 	a := live[0]
 	owned, _ := a.rec.snapshot()
 	// Pick two shards of A in different units, with unit siblings.
@@ -610,18 +595,18 @@ func TestFenced(t *testing.T) {
 	tok1 := owned[sh1]
 	a.rec.Disown(sh1) // the listener drops it before reporting
 	a.c.Fenced(sh1, tok1)
-	waitFor(t, 10*time.Second, "fence handled", func() (bool, string) {
+	poll.For(t, 10*time.Second, "fence handled", func() (bool, string) {
 		_, ok := a.c.OwnedShards()[sh1]
 		return !ok, "still in OwnedShards"
 	})
 	// Let the coordinator run full rounds in which it could (wrongly)
 	// re-own it.
 	r0 := a.c.rounds.Load()
-	waitFor(t, 10*time.Second, "two more rounds", func() (bool, string) {
+	poll.For(t, 10*time.Second, "two more rounds", func() (bool, string) {
 		a.c.kick()
 		return a.c.rounds.Load() >= r0+2, "no rounds"
 	})
-	waitFor(t, 10*time.Second, "siblings kept", func() (bool, string) {
+	poll.For(t, 10*time.Second, "siblings kept", func() (bool, string) {
 		cur, _ := a.rec.snapshot()
 		for _, sh := range byUnit[u1][1:] {
 			if cur[sh] != tok1 {
@@ -654,7 +639,7 @@ func TestFenced(t *testing.T) {
 	}
 	a.rec.Disown(sh2)
 	a.c.Fenced(sh2, tok2)
-	waitFor(t, 10*time.Second, "unit disowned", func() (bool, string) {
+	poll.For(t, 10*time.Second, "unit disowned", func() (bool, string) {
 		cur, _ := a.rec.snapshot()
 		for _, sh := range byUnit[u2] {
 			if _, ok := cur[sh]; ok {
@@ -672,7 +657,7 @@ func TestFenced(t *testing.T) {
 	if _, err := h.raw.Revoke(context.Background(), g.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "unit re-acquired", func() (bool, string) {
+	poll.For(t, 20*time.Second, "unit re-acquired", func() (bool, string) {
 		for _, k := range live {
 			cur, _ := k.rec.snapshot()
 			if cur[sh2] > tok2 {
@@ -687,7 +672,7 @@ func TestFenced(t *testing.T) {
 func TestStatusJSON(t *testing.T) {
 	h := newHarness(t, 100)
 	live := []*keeper{h.start("a"), h.start("b")}
-	waitFor(t, 20*time.Second, "settled", h.settled(live))
+	poll.For(t, 20*time.Second, "settled", h.settled(live))
 	// A coordinator that was never started can report status.
 	c := NewCoordinator(h.raw, Config{Prefix: "/t", Ring: RingConfig{Partitions: testPartitions}}, &recorder{w: h.w, owned: map[string]int64{}})
 	c.SetShards(h.catalog)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/poll"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -60,7 +61,7 @@ func TestKeepaliveLocalDeadline(t *testing.T) {
 	t.Cleanup(func() { _ = srv.Stop() })
 	cli := testClient(t, srv)
 	_, renewals, done := startKeepalive(t, cli, 2)
-	waitFor(t, 10*time.Second, "renewals", func() (bool, string) { return renewals.Load() >= 3, "fewer than 3 renewals" })
+	poll.For(t, 10*time.Second, "renewals", func() (bool, string) { return renewals.Load() >= 3, "fewer than 3 renewals" })
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +81,7 @@ func TestKeepaliveRevokedLease(t *testing.T) {
 	srv := etcdserver.StartTB(t)
 	cli := testClient(t, srv)
 	k, renewals, done := startKeepalive(t, cli, 5)
-	waitFor(t, 10*time.Second, "a renewal", func() (bool, string) { return renewals.Load() >= 1, "no renewal" })
+	poll.For(t, 10*time.Second, "a renewal", func() (bool, string) { return renewals.Load() >= 1, "no renewal" })
 	if _, err := cli.Revoke(context.Background(), k.lease); err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +160,7 @@ func TestMirrorFollowsAndRelists(t *testing.T) {
 	if _, err := cli.Delete(bg, "/m/members/a"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "b and c", func() (bool, string) {
+	poll.For(t, 10*time.Second, "b and c", func() (bool, string) {
 		got := ids()
 		_, b := got["b"]
 		_, c := got["c"]
@@ -170,13 +171,13 @@ func TestMirrorFollowsAndRelists(t *testing.T) {
 	if err := srv.Restart(bg); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "put after restart", func() (bool, string) {
+	poll.For(t, 20*time.Second, "put after restart", func() (bool, string) {
 		pctx, pcancel := context.WithTimeout(bg, time.Second)
 		defer pcancel()
 		_, err := cli.Put(pctx, "/m/members/d", "d")
 		return err == nil, "put failed"
 	})
-	waitFor(t, 20*time.Second, "d", func() (bool, string) {
+	poll.For(t, 20*time.Second, "d", func() (bool, string) {
 		_, ok := ids()["d"]
 		return ok, "d missing"
 	})
@@ -203,16 +204,16 @@ func TestMirrorFollowsAndRelists(t *testing.T) {
 func TestMemberKeyRestored(t *testing.T) {
 	h := newHarness(t, 100)
 	k := h.start("a")
-	waitFor(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
+	poll.For(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
 	if _, err := h.raw.Delete(context.Background(), "/t/members/a"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "member key back", func() (bool, string) {
+	poll.For(t, 10*time.Second, "member key back", func() (bool, string) {
 		r, err := h.raw.Get(context.Background(), "/t/members/a")
 		if err != nil || len(r.Kvs) == 0 {
 			return false, "missing"
 		}
 		return r.Kvs[0].Lease != 0, "no lease"
 	})
-	waitFor(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
+	poll.For(t, 20*time.Second, "settled", h.settled([]*keeper{k}))
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/redis/go-redis/v9"
@@ -69,13 +71,7 @@ func (h *harness) stats(q string) queue.QueueStats {
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.For(t, timeout, what, poll.Holds(cond))
 }
 
 type recorder struct {
@@ -316,7 +312,7 @@ func TestBadShardDoesNotStopOthers(t *testing.T) {
 // with backoff and resumes, and hints lost meanwhile are recovered by the
 // resync probe.
 func TestRedisRestartIsSurvived(t *testing.T) {
-	port, err := redisserver.FreePort()
+	port, err := loopback.Port()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/loopback"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -86,17 +87,17 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	var lastErr error
 	for attempt := 0; attempt < startAttempts; attempt++ {
 		clientPort, peerPort := cfg.ClientPort, cfg.PeerPort
-		var err error
-		if clientPort == 0 {
-			if clientPort, err = FreePort(); err != nil {
+		if clientPort == 0 || peerPort == 0 {
+			ports, err := loopback.Ports(2)
+			if err != nil {
 				lastErr = err
 				break
 			}
-		}
-		if peerPort == 0 {
-			if peerPort, err = FreePort(); err != nil {
-				lastErr = err
-				break
+			if clientPort == 0 {
+				clientPort = ports[0]
+			}
+			if peerPort == 0 {
+				peerPort = ports[1]
 			}
 		}
 		lastErr = s.launch(ctx, clientPort, peerPort)
@@ -275,16 +276,6 @@ func (s *Server) Restart(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("restart etcd: %w", err)
-}
-
-// FreePort asks the kernel for a free TCP port on 127.0.0.1.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // TB is the part of testing.TB that StartTB needs; it keeps the testing

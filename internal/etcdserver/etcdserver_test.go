@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -25,19 +26,14 @@ func newClient(t *testing.T, s *Server) *clientv3.Client {
 // server takes a moment before the client's connection is usable again.
 func eventually(t *testing.T, d time.Duration, f func(ctx context.Context) error) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
+	poll.For(t, d, "condition", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := f(ctx)
-		cancel()
-		if err == nil {
-			return
+		defer cancel()
+		if err := f(ctx); err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s: %v", d, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return true, ""
+	})
 }
 
 func TestStartRestartStop(t *testing.T) {

@@ -22,6 +22,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/keeperhq/keeper/internal/loopback"
 )
 
 const (
@@ -130,13 +132,13 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 var errAddrInUse = errors.New("address already in use")
 
 func (c *Collector) launch(ctx context.Context, bin, conf string, expiry, timeout time.Duration) error {
-	ports, err := freePorts(3)
+	ports, err := loopback.Ports(3)
 	if err != nil {
 		return err
 	}
-	c.otlpAddr = loopback(ports[0])
-	c.promAddr = loopback(ports[1])
-	c.telemetryAddr = loopback(ports[2])
+	c.otlpAddr = loopback.Addr(ports[0])
+	c.promAddr = loopback.Addr(ports[1])
+	c.telemetryAddr = loopback.Addr(ports[2])
 	logf, err := os.Create(c.logPath)
 	if err != nil {
 		return fmt.Errorf("otelcol log file: %w", err)
@@ -539,23 +541,6 @@ func declaresModule(gomod, want string) bool {
 		}
 	}
 	return false
-}
-
-func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
-
-// freePorts asks the kernel for n distinct free ports on 127.0.0.1, holding
-// all listeners until every port is known so that none is handed out twice.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find free port: %w", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // TB is the part of testing.TB that StartTB needs; it keeps the testing

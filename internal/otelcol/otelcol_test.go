@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/metric"
@@ -121,7 +122,7 @@ func TestTwoCollectorsSideBySide(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	own := &Collector{promAddr: a.telemetryAddr, client: a.client}
-	if err := poll(ctx, func() (bool, string) {
+	if _, err := poll.Until(ctx, 50*time.Millisecond, func() (bool, string) {
 		ss, err := own.Scrape(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -171,7 +172,7 @@ func TestRoundTrip(t *testing.T) {
 	push()
 
 	var got Series
-	if err := poll(ctx, func() (bool, string) {
+	if _, err := poll.Until(ctx, 50*time.Millisecond, func() (bool, string) {
 		ss, err := c.Scrape(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -197,7 +198,7 @@ func TestRoundTrip(t *testing.T) {
 
 	// No more exports: the series must disappear once it is older than the
 	// expiration.
-	if err := poll(ctx, func() (bool, string) {
+	if _, err := poll.Until(ctx, 50*time.Millisecond, func() (bool, string) {
 		ss, err := c.Scrape(ctx)
 		if err != nil {
 			return false, err.Error()
@@ -237,29 +238,3 @@ func collect(t *testing.T, ctx context.Context, r *sdkmetric.ManualReader) metri
 	}
 	return rm
 }
-
-// poll calls cond until it reports true or ctx ends; the last reason is
-// returned for the failure message.
-func poll(ctx context.Context, cond func() (bool, string)) error {
-	var last string
-	for {
-		ok, why := cond()
-		if ok {
-			return nil
-		}
-		last = why
-		select {
-		case <-ctx.Done():
-			return &pollError{last: last, err: ctx.Err()}
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-type pollError struct {
-	last string
-	err  error
-}
-
-func (e *pollError) Error() string { return "condition not met: " + e.last + ": " + e.err.Error() }
-func (e *pollError) Unwrap() error { return e.err }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/keeperhq/keeper/internal/loopback"
 )
 
 // Config describes the server to start. Zero values take the defaults below.
@@ -84,7 +86,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		port := cfg.Port
 		if port == 0 {
-			port, err = FreePort()
+			port, err = loopback.Port()
 			if err != nil {
 				return nil, err
 			}
@@ -194,16 +196,6 @@ func (s *Server) kill() error {
 	case <-time.After(5 * time.Second):
 		return errors.New("redis-server did not exit after SIGKILL")
 	}
-}
-
-// FreePort asks the kernel for a free TCP port on 127.0.0.1.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // ping speaks just enough RESP to know the server is accepting commands,
