@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"reflect"
 	"sync"
 	"time"
@@ -77,11 +78,7 @@ func (c *Catalog) Refresh() {
 func (c *Catalog) Queues() map[string]Config {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make(map[string]Config, len(c.current))
-	for k, v := range c.current {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(c.current)
 }
 
 // Config is one queue's current config.

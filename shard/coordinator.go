@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -376,11 +377,7 @@ func (c *Coordinator) Fenced(shard string, token int64) {
 func (c *Coordinator) OwnedShards() map[string]int64 {
 	c.lmu.Lock()
 	defer c.lmu.Unlock()
-	out := make(map[string]int64, len(c.owned))
-	for k, v := range c.owned {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(c.owned)
 }
 
 // Stop hands everything over: it disowns every shard (waiting for running

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -138,15 +139,7 @@ func (r *recorder) kill() {
 func (r *recorder) snapshot() (map[string]int64, []event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return maps(r.owned), slices.Clone(r.log)
-}
-
-func maps(m map[string]int64) map[string]int64 {
-	out := make(map[string]int64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(r.owned), slices.Clone(r.log)
 }
 
 type keeper struct {
