@@ -175,7 +175,11 @@ func (p *Publisher) Stop(ctx context.Context) error {
 		return nil
 	}
 	p.sess.Orphan()
-	if _, err := p.cli.Revoke(ctx, p.sess.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	// Bounded like every other etcd call here: with etcd unreachable the
+	// lease cannot be revoked, and the summary expires with it anyway.
+	rctx, cancel := context.WithTimeout(ctx, max(2*time.Second, p.cfg.SessionTTL))
+	defer cancel()
+	if _, err := p.cli.Revoke(rctx, p.sess.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return fmt.Errorf("stop summary publisher: revoke lease: %w", err)
 	}
 	return nil

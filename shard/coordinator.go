@@ -275,7 +275,7 @@ func (c *Coordinator) checkRingConfig(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("check ring config: %w", err)
 		}
-		c.log.Warn("cannot check ring config, retrying", "err", err)
+		c.log.Warn("etcd unreachable: cannot check ring config, retrying", "etcd", strings.Join(c.cli.Endpoints(), ","), "err", err)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("check ring config: %w", ctx.Err())

@@ -39,6 +39,11 @@ func runCmd(args []string) error {
 	d := &daemon{cfg: cfg, log: newLogger(cfg.LogLevel)}
 	if err := d.start(ctx); err != nil {
 		d.shutdown()
+		if ctx.Err() != nil {
+			// SIGTERM while still waiting for etcd or Redis: a clean stop.
+			d.log.Info("stopped before joining the fleet", "err", err)
+			return nil
+		}
 		return err
 	}
 	<-ctx.Done()
@@ -50,7 +55,17 @@ func runCmd(args []string) error {
 func newLogger(level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	redis.SetLogger(redisLogger{log.With("component", "redis-client")})
+	return log
+}
+
+// redisLogger sends go-redis's own messages (dial failures, pool trouble)
+// through slog, so every line keeper prints is structured.
+type redisLogger struct{ log *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.log.WarnContext(ctx, fmt.Sprintf(format, v...))
 }
 
 // daemon is one keeper process: the components of the design brief wired
@@ -133,6 +148,16 @@ func (d *daemon) start(ctx context.Context) error {
 		return fmt.Errorf("instruments: %w", err)
 	}
 	rec.set(d.inst)
+	// The health endpoint comes up before the keeper joins the fleet: while
+	// etcd or Redis is unreachable, /healthz keeps a liveness probe from
+	// restarting a process that is only waiting, and /readyz says what it
+	// waits for.
+	if d.cfg.HealthAddr != "" {
+		d.health, err = startHealth(d.cfg.HealthAddr, d)
+		if err != nil {
+			return err
+		}
+	}
 
 	if err := d.keeper.Start(ctx); err != nil {
 		return fmt.Errorf("tasks: %w", err)
@@ -151,12 +176,6 @@ func (d *daemon) start(ctx context.Context) error {
 	}
 	if err := d.publisher.Start(ctx); err != nil {
 		return fmt.Errorf("summary publisher: %w", err)
-	}
-	if d.cfg.HealthAddr != "" {
-		d.health, err = startHealth(d.cfg.HealthAddr, d)
-		if err != nil {
-			return err
-		}
 	}
 	d.log.Info("keeper running", "redis", d.redisAddr(), "etcd", strings.Join(d.etcd.Endpoints(), ","),
 		"health", d.healthAddr())

@@ -2,12 +2,23 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/queue"
+	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -63,4 +74,110 @@ func TestEtcdAuthFromPasswordFile(t *testing.T) {
 		t.Fatal("a wrong etcd password was accepted")
 	}
 	t.Logf("wrong password: %v", err)
+}
+
+// A keeper started while etcd and Redis are both unreachable waits for them
+// rather than failing: /healthz answers at once (a liveness probe must not
+// restart a process that is only waiting), /readyz names both problems, and
+// once the servers come up on their addresses the keeper joins the fleet,
+// takes the queue's shards and housekeeps them.
+func TestStartsWhileEtcdAndRedisAreDown(t *testing.T) {
+	ports, err := loopback.Ports(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdPort, redisPort, healthAddr := ports[0], ports[1], loopback.Addr(ports[2])
+	cfg, err := loadConfig("run", []string{"--etcd.endpoints", loopback.Addr(etcdPort),
+		"--redis.addr", loopback.Addr(redisPort), "--health_addr", healthAddr,
+		"--metrics.disabled", "--etcd.session_ttl", "2s", "--log_level", "error"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{cfg: cfg, log: newLogger("error")}
+	started := make(chan error, 1)
+	go func() { started <- d.start(ctx) }()
+	// The daemon must stop before the servers it talks to, and cleanups run
+	// last-registered first: stopDaemon is registered again after the
+	// servers start.
+	stopDaemon := sync.OnceFunc(func() {
+		cancel()
+		<-started
+		d.shutdown()
+	})
+	t.Cleanup(stopDaemon)
+
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + healthAddr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	poll.For(t, 20*time.Second, "/healthz while waiting for etcd and Redis", func() (bool, string) {
+		code, body := get("/healthz")
+		return code == http.StatusOK, body
+	})
+	code, body := get("/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "redis: ") || !strings.Contains(body, "etcd: ") {
+		t.Fatalf("/readyz = %d %s; want 503 naming redis and etcd", code, body)
+	}
+	t.Logf("/readyz while both are down: %s", strings.TrimSpace(body))
+
+	rs := redisserver.StartConfigTB(t, redisserver.Config{Port: redisPort})
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	client := queue.NewClient(rdb, queue.ClientOptions{})
+	if err := client.Registry().Create(ctx, "orders", queue.Config{Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := etcdserver.Start(ctx, etcdserver.Config{ClientPort: etcdPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = es.Stop() })
+	t.Cleanup(stopDaemon)
+	etcdUp := time.Now()
+
+	select {
+	case err := <-started:
+		started <- err // for stopDaemon
+		if err != nil {
+			t.Fatalf("start after etcd and Redis came up: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("keeper did not join the fleet within 60s of etcd coming up")
+	}
+	t.Logf("joined the fleet %s after etcd came up", time.Since(etcdUp).Round(time.Millisecond))
+	poll.For(t, 30*time.Second, "ready, owning both shards", func() (bool, string) {
+		if code, body := get("/readyz"); code != http.StatusOK {
+			return false, body
+		}
+		var st struct {
+			OwnedShards int `json:"owned_shards"`
+		}
+		_, body := get("/status")
+		if err := json.Unmarshal([]byte(body), &st); err != nil {
+			return false, body
+		}
+		return st.OwnedShards == 2, body
+	})
+
+	// Housekeeping runs: a lease left to expire comes back to ready.
+	if _, err := client.Enqueue(ctx, "orders", queue.Message{Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := client.Pull(ctx, "orders", 1, 100*time.Millisecond)
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("pull: %v %v", ds, err)
+	}
+	poll.For(t, 10*time.Second, "expired lease requeued by the keeper", func() (bool, string) {
+		st, err := client.Stats(ctx, "orders")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Ready == 1 && st.Inflight == 0, fmt.Sprintf("ready %d inflight %d", st.Ready, st.Inflight)
+	})
 }
