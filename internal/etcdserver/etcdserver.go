@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/loopback"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -39,6 +40,11 @@ type Config struct {
 	// StartTimeout bounds how long Start (and Restart) wait for the server
 	// to be ready to serve; default 30s, generous for a loaded 2-core box.
 	StartTimeout time.Duration
+	// ClientTLS, when set, serves clients over https with these files
+	// (ClientCertAuth on: clients must present a certificate signed by
+	// TrustedCAFile); default plain http. Peers stay on http: the member is
+	// alone and its peer port is on loopback.
+	ClientTLS *transport.TLSInfo
 }
 
 // Server is a running embedded etcd.
@@ -115,7 +121,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 }
 
 func (s *Server) launch(ctx context.Context, clientPort, peerPort int) error {
-	cu := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(clientPort))}
+	scheme := "http"
+	if s.cfg.ClientTLS != nil {
+		scheme = "https"
+	}
+	cu := url.URL{Scheme: scheme, Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(clientPort))}
 	pu := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))}
 	ec := embed.NewConfig()
 	ec.Name = s.cfg.Name
@@ -125,6 +135,9 @@ func (s *Server) launch(ctx context.Context, clientPort, peerPort int) error {
 	ec.ListenPeerUrls = []url.URL{pu}
 	ec.AdvertisePeerUrls = []url.URL{pu}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	if s.cfg.ClientTLS != nil {
+		ec.ClientTLSInfo = *s.cfg.ClientTLS
+	}
 	ec.LogLevel = s.cfg.LogLevel
 	ec.LogOutputs = []string{embed.StdErrLogOutput}
 	lg, err := s.logger()
@@ -289,7 +302,13 @@ type TB interface {
 // StartTB starts a server for a test or benchmark and stops it in Cleanup.
 func StartTB(t TB) *Server {
 	t.Helper()
-	s, err := Start(context.Background(), Config{})
+	return StartConfigTB(t, Config{})
+}
+
+// StartConfigTB is StartTB with a Config.
+func StartConfigTB(t TB, cfg Config) *Server {
+	t.Helper()
+	s, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start embedded etcd: %v", err)
 	}

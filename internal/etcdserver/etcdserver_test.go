@@ -5,11 +5,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/testpki"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 func newClient(t *testing.T, s *Server) *clientv3.Client {
@@ -129,5 +133,47 @@ func TestFixedPortTaken(t *testing.T) {
 	_, err = Start(context.Background(), Config{ClientPort: port, PeerPort: port + 1, StartTimeout: 5 * time.Second})
 	if err == nil {
 		t.Fatalf("start on a taken port succeeded")
+	}
+}
+
+// With ClientTLS the server speaks https only and requires a client
+// certificate from its CA: a client with one gets in; one without, or one
+// speaking plain http, is refused.
+func TestClientTLS(t *testing.T) {
+	pki := testpki.NewTB(t)
+	s := StartConfigTB(t, Config{ClientTLS: &transport.TLSInfo{CertFile: pki.ServerCert, KeyFile: pki.ServerKey,
+		TrustedCAFile: pki.CAFile, ClientCertAuth: true}})
+	ep := s.Endpoints()[0]
+	if !strings.HasPrefix(ep, "https://") {
+		t.Fatalf("endpoint %s is not https", ep)
+	}
+	try := func(info *transport.TLSInfo, endpoint string) error {
+		// The refused attempts would log their retries at warn level.
+		cc := clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()}
+		if info != nil {
+			tc, err := info.ClientConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc.TLS = tc
+		}
+		cli, err := clientv3.New(cc)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = cli.Put(ctx, "tls-check", "ok")
+		return err
+	}
+	if err := try(&transport.TLSInfo{TrustedCAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, ep); err != nil {
+		t.Fatalf("client with a certificate: %v", err)
+	}
+	if err := try(&transport.TLSInfo{TrustedCAFile: pki.CAFile}, ep); err == nil {
+		t.Fatal("a client without a certificate was let in")
+	}
+	if err := try(nil, strings.Replace(ep, "https://", "http://", 1)); err == nil {
+		t.Fatal("a plain-http client was let in")
 	}
 }
