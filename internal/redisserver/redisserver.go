@@ -38,11 +38,26 @@ type Config struct {
 	// (whole seconds, via an LD_PRELOAD shim built with gcc), so tests can
 	// show that no deadline depends on the client's clock.
 	ClockOffset time.Duration
+	// TLS, when set, also serves TLS on a second free loopback port
+	// (Server.TLSAddr). The plain port stays open on loopback, where Start
+	// checks that the server is up.
+	TLS *TLS
+}
+
+// TLS are the files of a TLS-serving redis-server.
+type TLS struct {
+	CertFile, KeyFile string
+	// CAFile verifies client certificates.
+	CAFile string
+	// AuthClients requires a client certificate (redis-server's own default
+	// once TLS is on); false sets tls-auth-clients no.
+	AuthClients bool
 }
 
 // Server is a running redis-server.
 type Server struct {
-	Addr string // host:port, always on 127.0.0.1
+	Addr    string // host:port, always on 127.0.0.1
+	TLSAddr string // host:port of the TLS listener when Config.TLS is set
 
 	cmd     *exec.Cmd
 	dir     string
@@ -84,14 +99,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	// binds it; retry a few times rather than failing a whole test run.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
+		ports, err := loopback.Ports(2)
+		if err != nil {
+			return nil, err
+		}
 		port := cfg.Port
 		if port == 0 {
-			port, err = loopback.Port()
-			if err != nil {
-				return nil, err
-			}
+			port = ports[0]
 		}
-		lastErr = s.launch(ctx, path, port, timeout, cfg)
+		lastErr = s.launch(ctx, path, port, ports[1], timeout, cfg)
 		if lastErr == nil {
 			return s, nil
 		}
@@ -106,7 +122,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return nil, lastErr
 }
 
-func (s *Server) launch(ctx context.Context, path string, port int, timeout time.Duration, cfg Config) error {
+func (s *Server) launch(ctx context.Context, path string, port, tlsPort int, timeout time.Duration, cfg Config) error {
 	args := []string{
 		"--bind", "127.0.0.1",
 		"--port", strconv.Itoa(port),
@@ -116,6 +132,15 @@ func (s *Server) launch(ctx context.Context, path string, port int, timeout time
 		"--protected-mode", "yes",
 		"--daemonize", "no",
 		"--logfile", filepath.Join(s.dir, "redis.log"),
+	}
+	if t := cfg.TLS; t != nil {
+		auth := "no"
+		if t.AuthClients {
+			auth = "yes"
+		}
+		args = append(args, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", t.CertFile,
+			"--tls-key-file", t.KeyFile, "--tls-ca-cert-file", t.CAFile, "--tls-auth-clients", auth)
+		s.TLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
 	}
 	args = append(args, cfg.ExtraArgs...)
 	cmd := exec.Command(path, args...)
@@ -215,7 +240,9 @@ func ping(addr string) error {
 	if err != nil {
 		return err
 	}
-	if !strings.HasPrefix(string(buf[:n]), "+PONG") {
+	// NOAUTH is an answer too: the server is up and wants a password
+	// (--requirepass among ExtraArgs).
+	if r := string(buf[:n]); !strings.HasPrefix(r, "+PONG") && !strings.HasPrefix(r, "-NOAUTH") {
 		return fmt.Errorf("unexpected reply %q", buf[:n])
 	}
 	return nil

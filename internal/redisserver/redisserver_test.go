@@ -1,12 +1,17 @@
 package redisserver
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keeperhq/keeper/internal/testpki"
 )
 
 func TestStartStop(t *testing.T) {
@@ -50,5 +55,51 @@ func TestClockOffset(t *testing.T) {
 	skew := time.Until(time.Unix(secs, 0))
 	if skew < 59*time.Minute || skew > 61*time.Minute {
 		t.Fatalf("redis clock is %s off, want about +1h", skew)
+	}
+}
+
+// With TLS set the server answers PING over TLS on TLSAddr to a client with
+// a certificate from the CA, and refuses one without when AuthClients is on.
+// --requirepass among ExtraArgs still counts as up (NOAUTH is an answer).
+func TestTLSAndPassword(t *testing.T) {
+	pki := testpki.NewTB(t)
+	s := StartConfigTB(t, Config{TLS: &TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, CAFile: pki.CAFile,
+		AuthClients: true}, ExtraArgs: []string{"--requirepass", "pw"}})
+	caPEM, err := os.ReadFile(pki.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	pair, err := tls.LoadX509KeyPair(pki.ClientCert, pki.ClientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(tc *tls.Config) (string, error) {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", s.TLSAddr, tc)
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("AUTH pw\r\nPING\r\n")); err != nil {
+			return "", err
+		}
+		var got string
+		buf := make([]byte, 64)
+		for !strings.Contains(got, "PONG") {
+			n, err := c.Read(buf)
+			if err != nil {
+				return got, err
+			}
+			got += string(buf[:n])
+		}
+		return got, nil
+	}
+	if got, err := send(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}}); err != nil {
+		t.Fatalf("TLS PING with a client certificate: %q %v", got, err)
+	}
+	if got, err := send(&tls.Config{RootCAs: roots}); err == nil {
+		t.Fatalf("TLS PING without a client certificate answered %q", got)
 	}
 }
