@@ -51,7 +51,9 @@ type RedisConfig struct {
 	PasswordFile string `yaml:"password_file" help:"file holding the redis password (or set KEEPER_REDIS_PASSWORD)"`
 	Password     string `yaml:"-" flag:"-" help:"redis password (environment only: KEEPER_REDIS_PASSWORD)"`
 	TLS          bool   `yaml:"tls" help:"connect with TLS"`
-	CAFile       string `yaml:"ca_file" help:"CA bundle for redis TLS"`
+	CAFile       string `yaml:"ca_file" help:"CA bundle for redis TLS (empty: the system roots)"`
+	CertFile     string `yaml:"cert_file" help:"client certificate for redis TLS (redis-server's tls-auth-clients)"`
+	KeyFile      string `yaml:"key_file" help:"client key for redis TLS"`
 	DataDir      string `yaml:"data_dir" help:"data dir of the local redis-server started when addr is empty"`
 }
 
@@ -185,6 +187,18 @@ func (c *Config) validate() error {
 	}
 	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
 		problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))
+	}
+	if !c.Redis.TLS && (c.Redis.CAFile != "" || c.Redis.CertFile != "" || c.Redis.KeyFile != "") {
+		problems = append(problems, "redis.ca_file, redis.cert_file and redis.key_file need redis.tls: true")
+	}
+	if c.Redis.TLS && c.Redis.Addr == "" {
+		problems = append(problems, "redis.tls needs redis.addr: the local redis-server started without one speaks plain TCP on loopback")
+	}
+	if (c.Redis.CertFile == "") != (c.Redis.KeyFile == "") {
+		problems = append(problems, "redis.cert_file and redis.key_file go together")
+	}
+	if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
+		problems = append(problems, "etcd.cert_file and etcd.key_file go together")
 	}
 	if !strings.HasSuffix(c.Etcd.Prefix, "/") {
 		problems = append(problems, fmt.Sprintf("etcd.prefix %q must end with /", c.Etcd.Prefix))

@@ -67,11 +67,16 @@ func TestSecretsFromFileOrEnvOnly(t *testing.T) {
 
 func TestBadConfigIsRefusedClearly(t *testing.T) {
 	for args, want := range map[string]string{
-		"--etcd.session_ttl 500ms": "session_ttl",
-		"--log_level loud":         "log_level",
-		"--tasks.batch 0":          "tasks.batch",
-		"--redis.prefix a{b}":      "redis.prefix",
-		"--tasks.workers x":        "invalid value",
+		"--etcd.session_ttl 500ms":                             "session_ttl",
+		"--log_level loud":                                     "log_level",
+		"--tasks.batch 0":                                      "tasks.batch",
+		"--redis.prefix a{b}":                                  "redis.prefix",
+		"--tasks.workers x":                                    "invalid value",
+		"--redis.addr r:1 --redis.ca_file ca.pem":              "need redis.tls: true",
+		"--redis.addr r:1 --redis.tls --redis.cert_file c.pem": "redis.cert_file and redis.key_file go together",
+		"--redis.tls":                                          "redis.tls needs redis.addr",
+		"--etcd.endpoints e:1 --etcd.key_file k.pem":           "etcd.cert_file and etcd.key_file go together",
+		"--redis.addr r:1 --redis.tls --redis.ca_file ca.pem --etcd.prefix x": "etcd.prefix",
 	} {
 		_, err := loadConfig("run", strings.Fields(args), nil)
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -23,7 +23,7 @@ func realMain(args []string) int {
 	case "status":
 		err = statusCmd(args[1:], os.Stdout)
 	case "queue":
-		err = queueCmd(args[1:], os.Stdout)
+		err = queueCmd(args[1:], os.Environ(), os.Stdout)
 	case "chaos":
 		err = chaosCmd(args[1:], os.Stdout)
 	case "bench":

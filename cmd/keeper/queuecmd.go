@@ -7,25 +7,26 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"text/tabwriter"
 	"time"
 
 	"github.com/keeperhq/keeper/queue"
-	"github.com/redis/go-redis/v9"
 )
 
 // queueCmd is `keeper queue create|update|list|inspect|stats|audit|delete`.
-func queueCmd(args []string, out io.Writer) error {
+// It reads the Redis settings of `keeper run` (config file, KEEPER_REDIS_*,
+// password file, TLS), so it reaches every Redis the daemon can; --redis and
+// --prefix override the address and prefix.
+func queueCmd(args []string, environ []string, out io.Writer) error {
 	if len(args) == 0 {
 		return errors.New("usage: keeper queue create|update|list|inspect|stats|audit|delete [flags] [name] [id]")
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("queue "+sub, flag.ContinueOnError)
-	addr := fs.String("redis", envOr(os.Environ(), "KEEPER_REDIS_ADDR", defaultRedisAddr()),
-		"redis address (env KEEPER_REDIS_ADDR; default the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
-	prefix := fs.String("prefix", envOr(os.Environ(), "KEEPER_REDIS_PREFIX", queue.DefaultPrefix), "key prefix (env KEEPER_REDIS_PREFIX)")
+	file := fs.String("config", envOr(environ, "KEEPER_CONFIG", ""), "YAML config of `keeper run` whose redis settings to use (env KEEPER_CONFIG)")
+	addr := fs.String("redis", "", "redis address (default redis.addr of the config or KEEPER_REDIS_ADDR, else the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
+	prefix := fs.String("prefix", "", "key prefix (default redis.prefix of the config or KEEPER_REDIS_PREFIX, else "+queue.DefaultPrefix+")")
 	asJSON := fs.Bool("json", false, "print JSON")
 	var qc queue.Config
 	if sub == "create" || sub == "update" {
@@ -49,12 +50,37 @@ func queueCmd(args []string, out io.Writer) error {
 	if len(rest) != n {
 		return fmt.Errorf("queue %s takes %d argument(s), got %d", sub, n, len(rest))
 	}
+	// The overrides go through loadConfig as its own flags, so they are
+	// validated with the rest.
+	var cfgArgs []string
+	if *file != "" {
+		cfgArgs = append(cfgArgs, "--config", *file)
+	}
+	if *addr != "" {
+		cfgArgs = append(cfgArgs, "--redis.addr", *addr)
+	}
+	if *prefix != "" {
+		cfgArgs = append(cfgArgs, "--redis.prefix", *prefix)
+	}
+	cfg, err := loadConfig("queue", cfgArgs, environ)
+	if err != nil {
+		return err
+	}
+	rc := cfg.Redis
+	if rc.Addr == "" {
+		rc.Addr = readDiscovery(rc.DataDir, "addr")
+	}
+	if rc.Addr == "" {
+		rc.Addr = "127.0.0.1:6379"
+	}
+	rdb, err := redisClient(rc, splitList(rc.Addr))
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	rdb := redis.NewClient(&redis.Options{Addr: *addr, Username: os.Getenv("KEEPER_REDIS_USERNAME"),
-		Password: os.Getenv("KEEPER_REDIS_PASSWORD")})
-	defer rdb.Close()
-	c := queue.NewClient(rdb, queue.ClientOptions{Prefix: *prefix})
+	c := queue.NewClient(rdb, queue.ClientOptions{Prefix: rc.Prefix})
 	reg := c.Registry()
 	print := func(v any, text func(w *tabwriter.Writer)) error {
 		if *asJSON {
@@ -183,13 +209,6 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 		positional = append(positional, args[0])
 		args = args[1:]
 	}
-}
-
-func defaultRedisAddr() string {
-	if a := readDiscovery(defaultConfig().Redis.DataDir, "addr"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
 }
 
 // durationFlag reads "30s" into a queue.Duration.

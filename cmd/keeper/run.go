@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -250,23 +248,11 @@ func (d *daemon) startRedis(ctx context.Context) error {
 		}
 		d.log.Info("started a local redis-server", "addr", srv.Addr, "dir", c.DataDir)
 	}
-	opt := &redis.UniversalOptions{Addrs: addrs, Username: c.Username, Password: c.Password}
-	if c.TLS {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.CAFile != "" {
-			pem, err := os.ReadFile(c.CAFile)
-			if err != nil {
-				return fmt.Errorf("redis CA: %w", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return fmt.Errorf("redis CA %s holds no certificate", c.CAFile)
-			}
-		}
-		opt.TLSConfig = tc
+	rdb, err := redisClient(c, addrs)
+	if err != nil {
+		return err
 	}
-	// One address: a plain client; several: a cluster client.
-	d.rdb = redis.NewUniversalClient(opt)
+	d.rdb = rdb
 	if err := d.rdb.Ping(ctx).Err(); err != nil {
 		// Keep going: every component retries, and a keeper that cannot
 		// reach Redis still holds its place in the fleet.

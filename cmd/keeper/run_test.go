@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,8 +18,11 @@ import (
 	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/internal/testpki"
 	"github.com/keeperhq/keeper/queue"
+	"github.com/keeperhq/keeper/shard"
 	"github.com/redis/go-redis/v9"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -180,4 +184,113 @@ func TestStartsWhileEtcdAndRedisAreDown(t *testing.T) {
 		}
 		return st.Ready == 1 && st.Inflight == 0, fmt.Sprintf("ready %d inflight %d", st.Ready, st.Inflight)
 	})
+}
+
+// The daemon against an etcd that requires client certificates and a Redis
+// that requires TLS, a client certificate and a password, all from one
+// config file: it joins, owns the queue's shards and housekeeps them over
+// TLS, and `keeper status` with the same file reads the fleet.
+func TestRunOverTLS(t *testing.T) {
+	pki := testpki.NewTB(t)
+	es := etcdserver.StartConfigTB(t, etcdserver.Config{ClientTLS: &transport.TLSInfo{CertFile: pki.ServerCert,
+		KeyFile: pki.ServerKey, TrustedCAFile: pki.CAFile, ClientCertAuth: true}})
+	rs := redisserver.StartConfigTB(t, redisserver.Config{
+		TLS:       &redisserver.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, CAFile: pki.CAFile, AuthClients: true},
+		ExtraArgs: []string{"--requirepass", "s3cret"},
+	})
+	port, err := loopback.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthAddr := loopback.Addr(port)
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "redis-password")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "keeper.yaml")
+	yaml := fmt.Sprintf(`health_addr: %s
+log_level: error
+metrics: {disabled: true}
+redis:
+  addr: %s
+  tls: true
+  ca_file: %s
+  cert_file: %s
+  key_file: %s
+  password_file: %s
+etcd:
+  endpoints: [%s]
+  session_ttl: 2s
+  ca_file: %s
+  cert_file: %s
+  key_file: %s
+queues:
+  secure: {partitions: 2}
+`, healthAddr, rs.TLSAddr, pki.CAFile, pki.ClientCert, pki.ClientKey, pw, es.Endpoints()[0],
+		pki.CAFile, pki.ClientCert, pki.ClientKey)
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig("run", []string{"--config", file}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	d := &daemon{cfg: cfg, log: newLogger("error")}
+	t.Cleanup(func() {
+		cancel()
+		d.shutdown()
+	})
+	if err := d.start(ctx); err != nil {
+		t.Fatalf("start over TLS: %v", err)
+	}
+	poll.For(t, 30*time.Second, "owning both shards of the declared queue", func() (bool, string) {
+		resp, err := http.Get("http://" + healthAddr + "/status")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		var st struct {
+			OwnedShards int `json:"owned_shards"`
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &st); err != nil {
+			return false, string(b)
+		}
+		return st.OwnedShards == 2, string(b)
+	})
+
+	// Producers reach the same Redis with the same settings.
+	rdb, err := redisClient(cfg.Redis, []string{cfg.Redis.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	client := queue.NewClient(rdb, queue.ClientOptions{})
+	if _, err := client.Enqueue(ctx, "secure", queue.Message{Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := client.Pull(ctx, "secure", 1, 100*time.Millisecond); err != nil || len(ds) != 1 {
+		t.Fatalf("pull: %v %v", ds, err)
+	}
+	poll.For(t, 10*time.Second, "expired lease requeued over TLS", func() (bool, string) {
+		st, err := client.Stats(ctx, "secure")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Ready == 1 && st.Inflight == 0, fmt.Sprintf("ready %d inflight %d", st.Ready, st.Inflight)
+	})
+
+	var out bytes.Buffer
+	if err := statusCmd([]string{"--config", file, "--json"}, &out); err != nil {
+		t.Fatalf("keeper status over TLS: %v", err)
+	}
+	var st shard.Status
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(st.Members) != 1 || len(st.Members[0].Shards) != 2 || len(st.UnownedShards) != 0 {
+		t.Fatalf("status over TLS: %s", out.String())
+	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/keeperhq/keeper/election"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
-	"github.com/redis/go-redis/v9"
 )
 
 // discoveryFile is where `keeper run` notes the address of a server it
@@ -75,8 +74,10 @@ func statusCmd(args []string, out io.Writer) error {
 	}
 	var shards []string
 	if redisAddr != "" {
-		rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: splitList(redisAddr),
-			Username: cfg.Redis.Username, Password: cfg.Redis.Password})
+		rdb, err := redisClient(cfg.Redis, splitList(redisAddr))
+		if err != nil {
+			return err
+		}
 		defer rdb.Close()
 		entries, err := queue.NewRegistry(rdb, cfg.Redis.Prefix).List(ctx)
 		if err != nil {
