@@ -20,11 +20,13 @@ run: build
 	$(BIN)/keeper run
 
 # The whole suite: every package (end-to-end tests against real redis-server,
-# etcd and an OpenTelemetry Collector included), then the coordination
-# packages again under the race detector.
+# etcd and an OpenTelemetry Collector included), the queue package again on a
+# three-node Redis Cluster, then the coordination packages again under the
+# race detector.
 test: build collector
 	KEEPER_BIN=$(CURDIR)/$(BIN)/keeper OTELCOL_BIN=$(CURDIR)/$(BIN)/otelcol-keeper \
 		$(GO) test -count=1 -timeout 30m ./...
+	KEEPER_TEST_REDIS_CLUSTER=3 $(GO) test -count=1 -timeout 10m ./queue/
 	$(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
 
 lint:

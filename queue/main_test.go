@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,19 +16,34 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// One real redis-server for the package; each test works under its own key
-// prefix so tests cannot see each other's keys.
-var testRedis *redisserver.Server
+// One real redis-server for the package, or with KEEPER_TEST_REDIS_CLUSTER=N
+// a Redis Cluster of N primaries (`make test` runs the package both ways);
+// each test works under its own key prefix so tests cannot see each other's
+// keys.
+var testAddrs []string
 
 func TestMain(m *testing.M) {
-	s, err := redisserver.Start(context.Background(), redisserver.Config{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "queue tests need redis-server:", err)
-		os.Exit(1)
+	var stop func() error
+	if n, _ := strconv.Atoi(os.Getenv("KEEPER_TEST_REDIS_CLUSTER")); n > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		c, err := redisserver.StartCluster(ctx, n, redisserver.Config{})
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "queue tests on a cluster need redis-server:", err)
+			os.Exit(1)
+		}
+		testAddrs, stop = c.Addrs(), c.Stop
+		fmt.Fprintf(os.Stderr, "queue tests on a Redis Cluster of %d primaries: %s\n", n, strings.Join(testAddrs, " "))
+	} else {
+		s, err := redisserver.Start(context.Background(), redisserver.Config{})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "queue tests need redis-server:", err)
+			os.Exit(1)
+		}
+		testAddrs, stop = []string{s.Addr}, s.Stop
 	}
-	testRedis = s
 	code := m.Run()
-	_ = s.Stop()
+	_ = stop()
 	os.Exit(code)
 }
 
@@ -34,7 +52,7 @@ var prefixSeq atomic.Int64
 type env struct {
 	t      *testing.T
 	ctx    context.Context
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	prefix string
 	c      *Client
 	n      *Native
@@ -42,7 +60,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: testRedis.Addr})
+	// One address makes a plain client, several a cluster client.
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: testAddrs})
 	t.Cleanup(func() { _ = rdb.Close() })
 	prefix := fmt.Sprintf("t%d", prefixSeq.Add(1))
 	return &env{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix,
@@ -82,11 +101,7 @@ func (e *env) keys(s Shard) shardKeys { return keysFor(e.prefix, s) }
 func (e *env) snapshot() map[string]string {
 	e.t.Helper()
 	out := map[string]string{}
-	keys, err := e.rdb.Keys(e.ctx, e.prefix+":*").Result()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, k := range keys {
+	for _, k := range e.allKeys(e.prefix + ":*") {
 		v, err := e.rdb.Dump(e.ctx, k).Result()
 		if err != nil {
 			e.t.Fatal(err)
@@ -107,6 +122,33 @@ func (e *env) sameAs(before map[string]string) {
 			e.t.Fatalf("key %s changed", k)
 		}
 	}
+}
+
+// allKeys is KEYS pattern over every primary: on a cluster, KEYS answers
+// for one node only.
+func (e *env) allKeys(pattern string) []string {
+	e.t.Helper()
+	cc, ok := e.rdb.(*redis.ClusterClient)
+	if !ok {
+		keys, err := e.rdb.Keys(e.ctx, pattern).Result()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return keys
+	}
+	var mu sync.Mutex
+	var keys []string
+	err := cc.ForEachMaster(e.ctx, func(ctx context.Context, node *redis.Client) error {
+		k, err := node.Keys(ctx, pattern).Result()
+		mu.Lock()
+		keys = append(keys, k...)
+		mu.Unlock()
+		return err
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return keys
 }
 
 func (e *env) redisNowMs() int64 {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -237,29 +238,9 @@ queues:
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	d := &daemon{cfg: cfg, log: newLogger("error")}
-	t.Cleanup(func() {
-		cancel()
-		d.shutdown()
-	})
-	if err := d.start(ctx); err != nil {
-		t.Fatalf("start over TLS: %v", err)
-	}
-	poll.For(t, 30*time.Second, "owning both shards of the declared queue", func() (bool, string) {
-		resp, err := http.Get("http://" + healthAddr + "/status")
-		if err != nil {
-			return false, err.Error()
-		}
-		defer resp.Body.Close()
-		var st struct {
-			OwnedShards int `json:"owned_shards"`
-		}
-		b, _ := io.ReadAll(resp.Body)
-		if err := json.Unmarshal(b, &st); err != nil {
-			return false, string(b)
-		}
-		return st.OwnedShards == 2, string(b)
-	})
+	defer cancel()
+	startDaemonTB(t, cfg)
+	waitOwnedShards(t, healthAddr, 2)
 
 	// Producers reach the same Redis with the same settings.
 	rdb, err := redisClient(cfg.Redis, []string{cfg.Redis.Addr})
@@ -274,13 +255,7 @@ queues:
 	if ds, err := client.Pull(ctx, "secure", 1, 100*time.Millisecond); err != nil || len(ds) != 1 {
 		t.Fatalf("pull: %v %v", ds, err)
 	}
-	poll.For(t, 10*time.Second, "expired lease requeued over TLS", func() (bool, string) {
-		st, err := client.Stats(ctx, "secure")
-		if err != nil {
-			return false, err.Error()
-		}
-		return st.Ready == 1 && st.Inflight == 0, fmt.Sprintf("ready %d inflight %d", st.Ready, st.Inflight)
-	})
+	waitAllReady(t, client, "secure", 1)
 
 	var out bytes.Buffer
 	if err := statusCmd([]string{"--config", file, "--json"}, &out); err != nil {
@@ -292,5 +267,146 @@ queues:
 	}
 	if len(st.Members) != 1 || len(st.Members[0].Shards) != 2 || len(st.UnownedShards) != 0 {
 		t.Fatalf("status over TLS: %s", out.String())
+	}
+}
+
+// startDaemonTB starts `keeper run` with cfg in this process, waits until it
+// has joined the fleet, and shuts it down in Cleanup.
+func startDaemonTB(t *testing.T, cfg Config) *daemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{cfg: cfg, log: newLogger("error")}
+	t.Cleanup(func() {
+		cancel()
+		d.shutdown()
+	})
+	if err := d.start(ctx); err != nil {
+		t.Fatalf("keeper run: %v", err)
+	}
+	return d
+}
+
+// waitOwnedShards polls the daemon's /status until it owns n shards.
+func waitOwnedShards(t *testing.T, healthAddr string, n int) {
+	t.Helper()
+	poll.For(t, 30*time.Second, fmt.Sprintf("owning %d shards", n), func() (bool, string) {
+		resp, err := http.Get("http://" + healthAddr + "/status")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		var st struct {
+			OwnedShards int `json:"owned_shards"`
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &st); err != nil {
+			return false, string(b)
+		}
+		return st.OwnedShards == n, string(b)
+	})
+}
+
+// waitAllReady polls until the keeper has brought every message of q back
+// to ready: want ready, nothing in flight or locked.
+func waitAllReady(t *testing.T, client *queue.Client, q string, want int64) {
+	t.Helper()
+	poll.For(t, 20*time.Second, "leases and locks returned to ready by the keeper", func() (bool, string) {
+		st, err := client.Stats(context.Background(), q)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Ready == want && st.Inflight == 0 && st.Locked == 0,
+			fmt.Sprintf("ready %d inflight %d locked %d", st.Ready, st.Inflight, st.Locked)
+	})
+}
+
+// The daemon on a Redis Cluster of three primaries (several addresses make
+// a cluster client): a queue whose partitions land on different nodes is
+// owned, its expired leases and locks come back to ready on every node, the
+// audit finds nothing wrong, and `keeper queue stats` reads it through the
+// same address list.
+func TestRunOnRedisCluster(t *testing.T) {
+	cluster := redisserver.StartClusterTB(t, 3)
+	es := etcdserver.StartTB(t)
+	port, err := loopback.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthAddr := loopback.Addr(port)
+	addrs := strings.Join(cluster.Addrs(), ",")
+	cfg, err := loadConfig("run", []string{"--redis.addr", addrs, "--etcd.endpoints", es.Endpoints()[0],
+		"--health_addr", healthAddr, "--metrics.disabled", "--etcd.session_ttl", "2s", "--log_level", "error"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rdb, err := redisClient(cfg.Redis, cluster.Addrs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	if _, ok := rdb.(*redis.ClusterClient); !ok {
+		t.Fatalf("three addresses made a %T, not a cluster client", rdb)
+	}
+	client := queue.NewClient(rdb, queue.ClientOptions{})
+	const partitions = 6
+	if err := client.Registry().Create(ctx, "spread", queue.Config{Partitions: partitions}); err != nil {
+		t.Fatal(err)
+	}
+	// The partitions' hash tags must land on more than one node, or this
+	// test would prove nothing about routing.
+	nodes := map[string]bool{}
+	for p := 0; p < partitions; p++ {
+		key := fmt.Sprintf("%s:{spread#%d}:ready", queue.DefaultPrefix, p)
+		node, err := rdb.(*redis.ClusterClient).MasterForKey(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[node.Options().Addr] = true
+	}
+	if len(nodes) < 2 {
+		t.Fatalf("all %d partitions hash to one node", partitions)
+	}
+
+	startDaemonTB(t, cfg)
+	waitOwnedShards(t, healthAddr, partitions)
+
+	const msgs = 60
+	for i := 0; i < msgs; i++ {
+		if _, err := client.Enqueue(ctx, "spread", queue.Message{Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := client.Pull(ctx, "spread", 40, time.Second)
+	if err != nil || len(ds) < partitions {
+		t.Fatalf("pull: %d deliveries, %v", len(ds), err)
+	}
+	for _, d := range ds[:len(ds)/2] {
+		if _, err := client.Nack(ctx, d, queue.NackOptions{LockFor: 150 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAllReady(t, client, "spread", msgs)
+	a, err := client.Audit(ctx, "spread")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Problems) > 0 || a.Present() != msgs {
+		t.Fatalf("audit: %d present, problems %v", a.Present(), a.Problems)
+	}
+	st, err := client.Stats(ctx, "spread")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every nacked message was unlocked by the keeper and every other pulled
+	// one requeued, on whichever node its partition lives.
+	nacked := int64(len(ds) / 2)
+	if st.Counters["unlocked"] != nacked || st.Counters["requeued"] != int64(len(ds))-nacked {
+		t.Fatalf("counters %v; want unlocked %d, requeued %d", st.Counters, nacked, int64(len(ds))-nacked)
+	}
+	out, err := queueRun(nil, "stats", "spread", "--redis", addrs)
+	if err != nil || !regexp.MustCompile(fmt.Sprintf(`(?m)^total\s+%d\s`, msgs)).MatchString(out) {
+		t.Fatalf("keeper queue stats on the cluster: %v\n%s", err, out)
 	}
 }

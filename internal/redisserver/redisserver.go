@@ -42,6 +42,10 @@ type Config struct {
 	// (Server.TLSAddr). The plain port stays open on loopback, where Start
 	// checks that the server is up.
 	TLS *TLS
+	// Cluster starts the server as a Redis Cluster node (its bus on another
+	// free loopback port, Server.BusPort) with no slots yet; StartCluster
+	// joins such nodes into a cluster.
+	Cluster bool
 }
 
 // TLS are the files of a TLS-serving redis-server.
@@ -58,6 +62,7 @@ type TLS struct {
 type Server struct {
 	Addr    string // host:port, always on 127.0.0.1
 	TLSAddr string // host:port of the TLS listener when Config.TLS is set
+	BusPort int    // cluster bus port when Config.Cluster is set
 
 	cmd     *exec.Cmd
 	dir     string
@@ -99,7 +104,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	// binds it; retry a few times rather than failing a whole test run.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		ports, err := loopback.Ports(2)
+		ports, err := loopback.Ports(3)
 		if err != nil {
 			return nil, err
 		}
@@ -107,7 +112,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		if port == 0 {
 			port = ports[0]
 		}
-		lastErr = s.launch(ctx, path, port, ports[1], timeout, cfg)
+		lastErr = s.launch(ctx, path, port, ports[1], ports[2], timeout, cfg)
 		if lastErr == nil {
 			return s, nil
 		}
@@ -122,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return nil, lastErr
 }
 
-func (s *Server) launch(ctx context.Context, path string, port, tlsPort int, timeout time.Duration, cfg Config) error {
+func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort int, timeout time.Duration, cfg Config) error {
 	args := []string{
 		"--bind", "127.0.0.1",
 		"--port", strconv.Itoa(port),
@@ -141,6 +146,13 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort int, tim
 		args = append(args, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", t.CertFile,
 			"--tls-key-file", t.KeyFile, "--tls-ca-cert-file", t.CAFile, "--tls-auth-clients", auth)
 		s.TLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
+	}
+	if cfg.Cluster {
+		// The bus port is explicit: the default, port+10000, may be taken or
+		// past 65535 for a kernel-chosen port.
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", strconv.Itoa(busPort))
+		s.BusPort = busPort
 	}
 	args = append(args, cfg.ExtraArgs...)
 	cmd := exec.Command(path, args...)
