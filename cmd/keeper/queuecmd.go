@@ -73,6 +73,9 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	if rc.Addr == "" {
 		rc.Addr = "127.0.0.1:6379"
 	}
+	// go-redis's own warnings (each retried dial) would bury the one error
+	// line the command prints; newLogger routes them below that level.
+	newLogger("error")
 	rdb, err := redisClient(rc, splitList(rc.Addr))
 	if err != nil {
 		return err
