@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +19,8 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/keeperhq/keeper/internal/otelcol"
+	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/testpki"
 )
 
 // clearOTelEnv keeps a developer's or CI's OTEL_* settings out of tests that
@@ -31,6 +35,9 @@ func clearOTelEnv(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
 		"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT",
 		"OTEL_RESOURCE_ATTRIBUTES", "OTEL_SERVICE_NAME",
+		"OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+		"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+		"OTEL_EXPORTER_OTLP_CLIENT_KEY", "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
 	} {
 		t.Setenv(k, "")
 	}
@@ -498,5 +505,81 @@ func TestStandardEnvironment(t *testing.T) {
 			t.Fatalf("series never arrived through the env-configured exporter (scrape err %v); keeper log:\n%s", err, out.String())
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// A collector whose OTLP receiver requires mutual TLS gets the keeper's
+// series when the standard variables name the CA and a client certificate
+// (OTEL_EXPORTER_OTLP_CERTIFICATE, _CLIENT_CERTIFICATE, _CLIENT_KEY); a
+// keeper without the client certificate is refused, and says so in its log.
+func TestOTLPOverMutualTLS(t *testing.T) {
+	clearOTelEnv(t)
+	pki := testpki.NewTB(t)
+	overlay := filepath.Join(t.TempDir(), "tls.yaml")
+	if err := os.WriteFile(overlay, []byte(fmt.Sprintf(`receivers:
+  otlp:
+    protocols:
+      grpc:
+        tls:
+          cert_file: %s
+          key_file: %s
+          client_ca_file: %s
+`, pki.ServerCert, pki.ServerKey, pki.CAFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	col := otelcol.StartTB(t, otelcol.Config{Overlays: []string{overlay}})
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://"+col.OTLPEndpoint())
+	t.Setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.CAFile)
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")
+	// A refused handshake surfaces as an export timeout: keep it short.
+	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// Without a client certificate the handshake fails; the exporter's
+	// error reaches the keeper's log.
+	var refused logBuffer
+	bad, err := Start(ctx, Config{MemberID: "keeper-nocert", Logger: slog.New(slog.NewTextHandler(&refused, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := RegisterInstruments(bad.Meter("github.com/keeperhq/keeper"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	poll.For(t, 30*time.Second, "the refused export in the keeper's log", func() (bool, string) {
+		out := refused.String()
+		return strings.Contains(out, "metrics export failed"), out
+	})
+	t.Logf("without a client certificate: %s", refused.String()[strings.Index(refused.String(), "metrics export failed"):])
+	shutdownCtx, stop := context.WithTimeout(ctx, 2*time.Second)
+	_ = bad.Shutdown(shutdownCtx)
+	stop()
+
+	t.Setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.ClientCert)
+	t.Setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.ClientKey)
+	var out logBuffer
+	p, err := Start(ctx, Config{MemberID: "keeper-tls", Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shutdownAtCleanup(t, p)
+	if _, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	poll.For(t, 30*time.Second, "the series through the mutual-TLS receiver", func() (bool, string) {
+		ss, err := col.Scrape(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready", "instance": "keeper-tls"})
+		return len(m) == 1 && m[0].Value == 1, fmt.Sprintf("%d series; keeper log: %s", len(m), out.String())
+	})
+	// Nothing the refused keeper sent got through.
+	ss, err := col.Scrape(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"instance": "keeper-nocert"}); len(m) != 0 {
+		t.Fatalf("%d series from the keeper without a client certificate", len(m))
 	}
 }

@@ -51,6 +51,10 @@ type Config struct {
 	// its listen addresses from the KEEPER_OTELCOL_* variables, as that file
 	// does.
 	ConfigFile string
+	// Overlays are further config files the collector merges over
+	// ConfigFile, in order (its --config may be repeated): a test adds TLS
+	// to the receiver this way without a second copy of the pipeline.
+	Overlays []string
 	// MetricExpiration is how long the Prometheus exporter keeps a series
 	// that receives no update; default the config file's own (30s in
 	// collector.yaml). Tests that move shards set it to a few export
@@ -96,8 +100,18 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 	if conf, err = filepath.Abs(conf); err != nil {
 		return nil, fmt.Errorf("otelcol config: %w", err)
 	}
-	if _, err := os.Stat(conf); err != nil {
-		return nil, fmt.Errorf("otelcol config: %w", err)
+	confs := []string{conf}
+	for _, o := range cfg.Overlays {
+		abs, err := filepath.Abs(o)
+		if err != nil {
+			return nil, fmt.Errorf("otelcol config overlay: %w", err)
+		}
+		confs = append(confs, abs)
+	}
+	for _, f := range confs {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("otelcol config: %w", err)
+		}
 	}
 	timeout := cfg.StartTimeout
 	if timeout <= 0 {
@@ -117,7 +131,7 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 			done:    make(chan struct{}),
 			client:  &http.Client{Timeout: 5 * time.Second},
 		}
-		lastErr = c.launch(ctx, bin, conf, cfg.MetricExpiration, timeout)
+		lastErr = c.launch(ctx, bin, confs, cfg.MetricExpiration, timeout)
 		if lastErr == nil {
 			return c, nil
 		}
@@ -131,7 +145,7 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 
 var errAddrInUse = errors.New("address already in use")
 
-func (c *Collector) launch(ctx context.Context, bin, conf string, expiry, timeout time.Duration) error {
+func (c *Collector) launch(ctx context.Context, bin string, confs []string, expiry, timeout time.Duration) error {
 	ports, err := loopback.Ports(3)
 	if err != nil {
 		return err
@@ -145,7 +159,11 @@ func (c *Collector) launch(ctx context.Context, bin, conf string, expiry, timeou
 	}
 	defer logf.Close()
 
-	cmd := exec.Command(bin, "--config", "file:"+conf)
+	var args []string
+	for _, f := range confs {
+		args = append(args, "--config", "file:"+f)
+	}
+	cmd := exec.Command(bin, args...)
 	env := append(os.Environ(),
 		"KEEPER_OTELCOL_OTLP_GRPC_ENDPOINT="+c.otlpAddr,
 		"KEEPER_OTELCOL_PROMETHEUS_ENDPOINT="+c.promAddr,
