@@ -374,6 +374,36 @@ type QueueStats struct {
 	Shards   []ShardStats     `json:"shards"`
 }
 
+// ResetFences deletes the fence of every partition of queue and returns the
+// fences it removed (0: none was set), by partition. The next keeper to
+// claim each shard sets the fence again from its own token.
+//
+// It is for one recovery only: after etcd's data was reset, tokens restart
+// below the fences and every keeper is refused. Run it once no keeper that
+// used the old etcd is left running, paused or partitioned included: until
+// the new owner's first claim such a keeper's old token would be accepted.
+func (c *Client) ResetFences(ctx context.Context, queue string) ([]int64, error) {
+	cfg, err := c.reg.Get(ctx, queue)
+	if err != nil {
+		return nil, err
+	}
+	cmds := make([]*redis.StringCmd, cfg.Partitions)
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range cmds {
+			cmds[i] = p.GetDel(ctx, keysFor(c.prefix, Shard{queue, i}).Fence)
+		}
+		return nil
+	})
+	if err != nil && err != redis.Nil {
+		return nil, fmt.Errorf("reset fences of %s: %w", queue, asError(err, Shard{queue, 0}, 0))
+	}
+	old := make([]int64, len(cmds))
+	for i, cmd := range cmds {
+		old[i], _ = strconv.ParseInt(cmd.Val(), 10, 64)
+	}
+	return old, nil
+}
+
 // Stats reads the counts of every shard of queue in one pipeline.
 func (c *Client) Stats(ctx context.Context, queue string) (QueueStats, error) {
 	cfg, err := c.reg.Get(ctx, queue)

@@ -61,6 +61,13 @@ type Config struct {
 	// 4 in flight keep a single etcd busy without queueing behind one
 	// keeper's burst.
 	AcquireConcurrency int
+	// FenceRetry is how long a shard stays dropped when Redis refused its
+	// token although etcd says the unit is ours — the fence is ahead of
+	// etcd, as after etcd's data was reset — before it is claimed again;
+	// default 30s. Retrying is safe (a refused write changes nothing) and is
+	// what lets the fleet resume by itself once an operator resets the
+	// fences (`keeper queue reset-fences`).
+	FenceRetry time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -69,6 +76,7 @@ const (
 	defaultPrefix             = "/keeper/"
 	defaultSessionTTL         = 3 * time.Second
 	defaultAcquireConcurrency = 4
+	defaultFenceRetry         = 30 * time.Second
 	// maxTxnOps is etcd's default limit of operations per transaction.
 	maxTxnOps = 128
 	// settle is how long the member set must stay unchanged before the ring
@@ -130,10 +138,18 @@ type loopState struct {
 	unitShards map[int]map[string]struct{} // shards told Own, per unit
 	synced     map[int]uint64              // catalog generation a unit's shards match
 	dropped    map[string]int64            // fenced shards kept dropped, with the token
+	ahead      map[string]aheadShard       // dropped because the fence is ahead of etcd
 	ring       *Ring
 	catGen     uint64
 	byUnit     map[int][]string
 	catSize    int
+}
+
+// aheadShard is a shard whose Redis fence is above the token etcd gave us
+// for its unit: it is claimed again at retryAt (zero: retried already).
+type aheadShard struct {
+	token   int64
+	retryAt time.Time
 }
 
 type fenceReport struct {
@@ -158,6 +174,9 @@ func NewCoordinator(cli *clientv3.Client, cfg Config, l Listener) *Coordinator {
 	cfg.SessionTTL = time.Duration(ttlSeconds(cfg.SessionTTL)) * time.Second
 	if cfg.AcquireConcurrency <= 0 {
 		cfg.AcquireConcurrency = defaultAcquireConcurrency
+	}
+	if cfg.FenceRetry <= 0 {
+		cfg.FenceRetry = defaultFenceRetry
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -537,6 +556,7 @@ func (c *Coordinator) resetEpoch(epoch uint64) {
 	c.st.unitShards = map[int]map[string]struct{}{}
 	c.st.synced = map[int]uint64{}
 	c.st.dropped = map[string]int64{}
+	c.st.ahead = map[string]aheadShard{}
 }
 
 func (c *Coordinator) memberSnapshot() ([]string, int64, bool) {
@@ -605,6 +625,7 @@ func (c *Coordinator) reconcile(ctx context.Context) {
 	ring := c.st.ring
 	c.refreshCatalog()
 	c.handleFenced(ctx, s)
+	c.retryAhead()
 
 	// Decide under the mirror's lock, act after: copying the whole table
 	// every round cost more than everything else at 98304 units.
@@ -939,8 +960,15 @@ func (c *Coordinator) handleFenced(ctx context.Context, s *session) {
 			continue
 		}
 		if len(resp.Kvs) > 0 && resp.Kvs[0].CreateRevision == t && clientv3.LeaseID(resp.Kvs[0].Lease) == s.lease {
-			c.log.Error("fence is ahead of etcd: Redis refused our token but etcd says the unit is ours; keeping the shard dropped (was etcd's data reset?)",
-				"shard", f.shard, "token", f.token, "unit", u)
+			// Said once per shard and token at error level: after an etcd
+			// reset every shard does this, every FenceRetry.
+			log := c.log.Error
+			if prev, ok := c.st.ahead[f.shard]; ok && prev.token == f.token {
+				log = c.log.Debug
+			}
+			log("fence is ahead of etcd: Redis refused our token but etcd says the unit is ours (was etcd's data reset? see `keeper queue reset-fences`); shard dropped, retried later",
+				"shard", f.shard, "token", f.token, "unit", u, "retry_in", c.cfg.FenceRetry.String())
+			c.st.ahead[f.shard] = aheadShard{token: f.token, retryAt: time.Now().Add(c.cfg.FenceRetry)}
 			continue
 		}
 		c.log.Warn("unit lost to a higher token", "shard", f.shard, "token", f.token, "unit", u)
@@ -952,6 +980,25 @@ func (c *Coordinator) handleFenced(ctx context.Context, s *session) {
 		c.fencedMu.Lock()
 		c.fenced = append(retry, c.fenced...)
 		c.fencedMu.Unlock()
+	}
+}
+
+// retryAhead undrops the shards whose retry time has come, so the next
+// syncUnit of their unit owns them again under the same token; if the fence
+// is still ahead, the claim is refused and reported once more.
+func (c *Coordinator) retryAhead() {
+	now := time.Now()
+	for sh, a := range c.st.ahead {
+		if a.retryAt.IsZero() || now.Before(a.retryAt) {
+			continue
+		}
+		if c.st.dropped[sh] == a.token {
+			delete(c.st.dropped, sh)
+			delete(c.st.synced, UnitOf(sh, c.ring.Partitions))
+		}
+		// The entry stays, without a retry time, so that a refusal of the
+		// same token again is logged quietly.
+		c.st.ahead[sh] = aheadShard{token: a.token}
 	}
 }
 

@@ -662,6 +662,38 @@ func TestFenced(t *testing.T) {
 	h.w.check()
 }
 
+// A shard dropped because its fence is ahead of etcd is claimed again after
+// FenceRetry under the same token, and again after each further refusal: a
+// fleet whose fences an operator reset resumes by itself.
+func TestFenceAheadRetried(t *testing.T) {
+	h := newHarness(t, 50)
+	h.cfg.FenceRetry = 300 * time.Millisecond
+	a := h.start("a")
+	poll.For(t, 30*time.Second, "settled", h.settled([]*keeper{a}))
+	owned, _ := a.rec.snapshot()
+	var sh string
+	for s := range owned {
+		if sh == "" || s < sh {
+			sh = s
+		}
+	}
+	tok := owned[sh]
+	for round := 1; round <= 2; round++ {
+		a.rec.Disown(sh)
+		a.c.Fenced(sh, tok)
+		poll.For(t, 10*time.Second, "fenced shard dropped", func() (bool, string) {
+			_, ok := a.c.OwnedShards()[sh]
+			return !ok, "still owned"
+		})
+		took := poll.For(t, 10*time.Second, "fenced shard claimed again", func() (bool, string) {
+			cur, _ := a.rec.snapshot()
+			return cur[sh] == tok, fmt.Sprintf("token %d, want %d", cur[sh], tok)
+		})
+		t.Logf("round %d: claimed again after %s (FenceRetry %s)", round, took.Round(time.Millisecond), h.cfg.FenceRetry)
+	}
+	h.w.check()
+}
+
 func TestStatusJSON(t *testing.T) {
 	h := newHarness(t, 100)
 	live := []*keeper{h.start("a"), h.start("b")}

@@ -70,6 +70,7 @@ type EtcdConfig struct {
 	CAFile       string        `yaml:"ca_file" help:"CA bundle for etcd TLS"`
 	CertFile     string        `yaml:"cert_file" help:"client certificate for etcd TLS"`
 	KeyFile      string        `yaml:"key_file" help:"client key for etcd TLS"`
+	FenceRetry   time.Duration `yaml:"fence_retry" help:"how often a shard refused by a fence ahead of etcd (etcd data reset) is claimed again"`
 }
 
 // RingConfig shapes the consistent-hash ring; every keeper of a fleet must
@@ -105,7 +106,7 @@ func defaultConfig() Config {
 		HealthAddr: "127.0.0.1:8080",
 		Redis:      RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis"},
 		Etcd: EtcdConfig{Prefix: "/keeper/", DataDir: "keeper-data/etcd", SessionTTL: 3 * time.Second,
-			DialTimeout: 5 * time.Second},
+			DialTimeout: 5 * time.Second, FenceRetry: 30 * time.Second},
 		Tasks: TasksConfig{Workers: 4, Batch: 1000, MeasureInterval: 10 * time.Second,
 			SweepInterval: 60 * time.Second, CatalogInterval: 30 * time.Second},
 	}
@@ -199,6 +200,9 @@ func (c *Config) validate() error {
 	}
 	if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
 		problems = append(problems, "etcd.cert_file and etcd.key_file go together")
+	}
+	if c.Etcd.FenceRetry < time.Second {
+		problems = append(problems, fmt.Sprintf("etcd.fence_retry %s is below 1s", c.Etcd.FenceRetry))
 	}
 	if !strings.HasSuffix(c.Etcd.Prefix, "/") {
 		problems = append(problems, fmt.Sprintf("etcd.prefix %q must end with /", c.Etcd.Prefix))

@@ -16,7 +16,7 @@ func TestShippedConfigParses(t *testing.T) {
 		t.Fatal(err)
 	}
 	def := defaultConfig()
-	if cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Tasks != def.Tasks || cfg.Redis != def.Redis {
+	if cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Etcd.FenceRetry != def.Etcd.FenceRetry || cfg.Tasks != def.Tasks || cfg.Redis != def.Redis {
 		t.Fatalf("configs/keeper.yaml drifted from the built-in defaults:\n%+v\n%+v", cfg, def)
 	}
 	if q := cfg.Queues["example"]; q.Partitions != 4 || q.TTL.D() != 24*time.Hour {

@@ -46,7 +46,7 @@ func usage() {
 
   run       the daemon (keeper run -h lists its settings)
   status    the fleet as etcd has it: members, ring, owned units and shards
-  queue     create|update|list|inspect|stats|audit|delete queues
+  queue     create|update|list|inspect|stats|audit|delete|reset-fences queues
   bench     benchmark scenarios (keeper bench -h)
   chaos     a fleet of keeper processes under random faults, checked for invariants
   version   print the version`)

@@ -14,13 +14,13 @@ import (
 	"github.com/keeperhq/keeper/queue"
 )
 
-// queueCmd is `keeper queue create|update|list|inspect|stats|audit|delete`.
+// queueCmd is `keeper queue create|update|list|inspect|stats|audit|delete|reset-fences`.
 // It reads the Redis settings of `keeper run` (config file, KEEPER_REDIS_*,
 // password file, TLS), so it reaches every Redis the daemon can; --redis and
 // --prefix override the address and prefix.
 func queueCmd(args []string, environ []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: keeper queue create|update|list|inspect|stats|audit|delete [flags] [name] [id]")
+		return errors.New("usage: keeper queue create|update|list|inspect|stats|audit|delete|reset-fences [flags] [name] [id]")
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("queue "+sub, flag.ContinueOnError)
@@ -42,7 +42,8 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	need := map[string]int{"create": 1, "update": 1, "list": 0, "inspect": 2, "stats": 1, "audit": 1, "delete": 1}
+	need := map[string]int{"create": 1, "update": 1, "list": 0, "inspect": 2, "stats": 1, "audit": 1, "delete": 1,
+		"reset-fences": 1}
 	n, ok := need[sub]
 	if !ok {
 		return fmt.Errorf("unknown queue command %q", sub)
@@ -174,6 +175,25 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 			sort.Strings(names)
 			for _, k := range names {
 				fmt.Fprintf(w, "%s\t%d\n", k, st.Counters[k])
+			}
+		})
+	case "reset-fences":
+		old, err := c.ResetFences(ctx, rest[0])
+		if err != nil {
+			return err
+		}
+		type row struct {
+			Shard string `json:"shard"`
+			Fence int64  `json:"removed_fence"`
+		}
+		rows := make([]row, len(old))
+		for i, f := range old {
+			rows[i] = row{queue.Shard{Queue: rest[0], Partition: i}.String(), f}
+		}
+		return print(rows, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "SHARD\tREMOVED FENCE")
+			for _, r := range rows {
+				fmt.Fprintf(w, "%s\t%d\n", r.Shard, r.Fence)
 			}
 		})
 	case "audit":

@@ -67,6 +67,7 @@ func TestQueueCommand(t *testing.T) {
 	refused(nil, "takes 1 argument", "stats")
 	refused(nil, "unknown queue command", "frobnicate", "orders")
 	refused(queue.ErrUnknownQueue, "nope", "stats", "nope")
+	refused(queue.ErrUnknownQueue, "nope", "reset-fences", "nope")
 
 	var list []struct {
 		Name   string        `json:"name"`

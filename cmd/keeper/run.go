@@ -101,7 +101,7 @@ func (d *daemon) start(ctx context.Context) error {
 	// The coordinator settles the member id (random when none is given);
 	// everything else names this keeper the same way.
 	d.coord = shard.NewCoordinator(d.etcd, shard.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.cfg.MemberID,
-		SessionTTL: d.cfg.Etcd.SessionTTL, Ring: ringCfg, Logger: d.log}, ownership{d})
+		SessionTTL: d.cfg.Etcd.SessionTTL, FenceRetry: d.cfg.Etcd.FenceRetry, Ring: ringCfg, Logger: d.log}, ownership{d})
 	memberID := d.coord.MemberID()
 	d.applyQueues(ctx)
 

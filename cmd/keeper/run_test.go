@@ -17,6 +17,7 @@ import (
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
 	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/otelcol"
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/keeperhq/keeper/internal/testpki"
@@ -408,5 +409,122 @@ func TestRunOnRedisCluster(t *testing.T) {
 	out, err := queueRun(nil, "stats", "spread", "--redis", addrs)
 	if err != nil || !regexp.MustCompile(fmt.Sprintf(`(?m)^total\s+%d\s`, msgs)).MatchString(out) {
 		t.Fatalf("keeper queue stats on the cluster: %v\n%s", err, out)
+	}
+}
+
+// After etcd's data is reset, revisions restart below the fences in Redis
+// and every claim is refused: the keeper keeps the shards dropped (fence
+// refusals counted, nothing housekept), `keeper queue reset-fences` clears
+// the fences, and the keeper resumes by itself within etcd.fence_retry.
+func TestRecoveryAfterEtcdReset(t *testing.T) {
+	rs := redisserver.StartTB(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	client := queue.NewClient(rdb, queue.ClientOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := client.Registry().Create(ctx, "orders", queue.Config{Partitions: 2}); err != nil {
+		t.Fatal(err)
+	}
+	ports, err := loopback.Ports(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthAddr, promAddr, closed := loopback.Addr(ports[0]), loopback.Addr(ports[1]), loopback.Addr(ports[2])
+	config := func(etcd *etcdserver.Server) Config {
+		cfg, err := loadConfig("run", []string{"--redis.addr", rs.Addr, "--etcd.endpoints", etcd.Endpoints()[0],
+			"--health_addr", healthAddr, "--metrics.prometheus_addr", promAddr, "--metrics.endpoint", "http://" + closed,
+			"--etcd.session_ttl", "2s", "--etcd.fence_retry", "1s", "--log_level", "error"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	fences := func() []int64 {
+		st, err := client.Stats(ctx, "orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fs []int64
+		for _, s := range st.Shards {
+			fs = append(fs, s.Fence)
+		}
+		return fs
+	}
+
+	// The old etcd has seen some history, so its tokens are high.
+	old := etcdserver.StartTB(t)
+	oldCli, err := clientv3.New(clientv3.Config{Endpoints: old.Endpoints(), DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 300; i++ {
+		if _, err := oldCli.Put(ctx, "/history", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = oldCli.Close()
+	first := &daemon{cfg: config(old), log: newLogger("error")}
+	stopFirst := sync.OnceFunc(first.shutdown)
+	t.Cleanup(stopFirst)
+	if err := first.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitOwnedShards(t, healthAddr, 2)
+	poll.For(t, 10*time.Second, "both fences set from the old etcd's tokens", func() (bool, string) {
+		fs := fences()
+		return fs[0] > 300 && fs[1] > 300, fmt.Sprint(fs)
+	})
+	before := fences()
+	stopFirst()
+	_ = old.Stop()
+
+	// A new, empty etcd: its revisions start again at 1.
+	fresh := etcdserver.StartTB(t)
+	if _, err := client.Enqueue(ctx, "orders", queue.Message{Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := client.Pull(ctx, "orders", 1, 100*time.Millisecond); err != nil || len(ds) != 1 {
+		t.Fatalf("pull: %v %v", ds, err)
+	}
+	startDaemonTB(t, config(fresh))
+	refusals := func() (float64, string) {
+		resp, err := http.Get("http://" + promAddr + "/metrics")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		ss, err := otelcol.ParseText(resp.Body)
+		if err != nil {
+			return 0, err.Error()
+		}
+		var n float64
+		for _, s := range otelcol.Select(ss, "keeper_fence_refusals_total", map[string]string{"queue": "orders"}) {
+			n += s.Value
+		}
+		return n, fmt.Sprintf("%v refusals", n)
+	}
+	poll.For(t, 30*time.Second, "both shards refused by the fences", func() (bool, string) {
+		n, why := refusals()
+		return n >= 2, why
+	})
+	// Refused writes changed nothing: the fences are the old ones and the
+	// expired lease is still in flight.
+	if fs := fences(); fs[0] != before[0] || fs[1] != before[1] {
+		t.Fatalf("fences moved from %v to %v under refused tokens", before, fs)
+	}
+	if st, err := client.Stats(ctx, "orders"); err != nil || st.Inflight != 1 {
+		t.Fatalf("inflight %d (%v); the refused keeper must not have requeued", st.Inflight, err)
+	}
+
+	out, err := queueRun(nil, "reset-fences", "orders", "--redis", rs.Addr)
+	if err != nil || !strings.Contains(out, fmt.Sprint(before[0])) || !strings.Contains(out, fmt.Sprint(before[1])) {
+		t.Fatalf("reset-fences: %v\n%s", err, out)
+	}
+	reset := time.Now()
+	waitAllReady(t, client, "orders", 1)
+	t.Logf("housekeeping resumed %s after reset-fences (fence_retry 1s)", time.Since(reset).Round(time.Millisecond))
+	if fs := fences(); fs[0] == 0 || fs[0] >= 300 || fs[1] == 0 || fs[1] >= 300 {
+		t.Fatalf("fences after recovery %v; want the new etcd's (low) tokens", fs)
 	}
 }
