@@ -135,7 +135,7 @@ func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueR
 	res, err := nativeScripts.enqueue.Run(ctx, c.rdb,
 		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
 		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), cfg.MaxPayloadBytes, cfg.MaxSize,
-		wakeChannel(c.prefix), s.String()).Int64Slice()
+		k.Wake, s.String()).Int64Slice()
 	if err != nil {
 		return EnqueueResult{}, fmt.Errorf("enqueue to %s: %w", queue, asError(err, s, 0))
 	}
@@ -212,7 +212,7 @@ func (c *Client) pullShard(ctx context.Context, s Shard, cfg Config, n int, leas
 	k := keysFor(c.prefix, s)
 	res, err := nativeScripts.pull.Run(ctx, c.rdb,
 		[]string{k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
-		n, ms(lease), cfg.InFlightShare(s.Partition), wakeChannel(c.prefix), s.String()).Slice()
+		n, ms(lease), cfg.InFlightShare(s.Partition), k.Wake, s.String()).Slice()
 	if err != nil {
 		return nil, false, fmt.Errorf("pull from %s: %w", s.Queue, asError(err, s, 0))
 	}
@@ -234,7 +234,7 @@ func (c *Client) Ack(ctx context.Context, d Delivery) error {
 	k := keysFor(c.prefix, d.Shard)
 	err := nativeScripts.ack.Run(ctx, c.rdb,
 		[]string{k.Inflight, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		d.ID, d.Token, wakeChannel(c.prefix), d.Shard.String()).Err()
+		d.ID, d.Token, k.Wake, d.Shard.String()).Err()
 	if err != nil {
 		return fmt.Errorf("ack %s: %w", d.ID, asError(err, d.Shard, 0))
 	}
@@ -278,7 +278,7 @@ func (c *Client) Nack(ctx context.Context, d Delivery, opt NackOptions) (State, 
 	k := keysFor(c.prefix, d.Shard)
 	st, err := nativeScripts.nack.Run(ctx, c.rdb,
 		[]string{k.Inflight, k.Ready, k.Locked, k.Dead, k.TTL, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, wakeChannel(c.prefix), d.Shard.String()).Int64()
+		d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, k.Wake, d.Shard.String()).Int64()
 	if err != nil {
 		return "", fmt.Errorf("nack %s: %w", d.ID, asError(err, d.Shard, 0))
 	}
@@ -292,7 +292,7 @@ func (c *Client) Extend(ctx context.Context, d Delivery, lease time.Duration) (t
 	}
 	k := keysFor(c.prefix, d.Shard)
 	due, err := nativeScripts.extend.Run(ctx, c.rdb, []string{k.Inflight, k.Tok},
-		d.ID, d.Token, ms(lease), wakeChannel(c.prefix), d.Shard.String()).Int64()
+		d.ID, d.Token, ms(lease), k.Wake, d.Shard.String()).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("extend %s: %w", d.ID, asError(err, d.Shard, 0))
 	}

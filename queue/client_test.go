@@ -228,7 +228,7 @@ func TestBadInputsChangeNothing(t *testing.T) {
 	k := e.keys(Shard{"q", 0})
 	err := nativeScripts.enqueue.Run(e.ctx, e.rdb,
 		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
-		"big", "123456789", "", 0, 0, 8, 0, wakeChannel(e.prefix), "q#0").Err()
+		"big", "123456789", "", 0, 0, 8, 0, k.Wake, "q#0").Err()
 	if !errors.Is(asError(err, Shard{"q", 0}, 0), ErrTooBig) {
 		t.Errorf("script with oversized payload = %v", err)
 	}

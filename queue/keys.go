@@ -1,5 +1,7 @@
 package queue
 
+import "strings"
+
 // DefaultPrefix is the Redis key prefix when none is configured.
 const DefaultPrefix = "keeper"
 
@@ -22,6 +24,9 @@ type shardKeys struct {
 	Stats    string // HASH cumulative counters (enqueued, acked, unlocked, ...)
 	History  string // STREAM of housekeeping passes, only when history is on
 	TrimWake string // STRING set while a trim wake is outstanding
+	// Wake is a pub/sub channel, not a key: clients publish the shard's
+	// deadline hints there, and only the shard's owner subscribes.
+	Wake string
 }
 
 func keysFor(prefix string, s Shard) shardKeys {
@@ -30,7 +35,7 @@ func keysFor(prefix string, s Shard) shardKeys {
 		Ready: b + "ready", Inflight: b + "inflight", Locked: b + "locked", Dead: b + "dead",
 		TTL: b + "ttl", Body: b + "body", Meta: b + "meta", Prio: b + "prio", Dlv: b + "dlv",
 		Tok: b + "tok", Seq: b + "seq", Fence: b + "fence", Clean: b + "clean", Stats: b + "stats",
-		History: b + "history", TrimWake: b + "trimwake",
+		History: b + "history", TrimWake: b + "trimwake", Wake: b + "wake",
 	}
 }
 
@@ -40,6 +45,19 @@ func (k shardKeys) all() []string {
 		k.Dlv, k.Tok, k.Seq, k.Fence, k.Clean, k.Stats, k.History, k.TrimWake}
 }
 
-func registryKey(prefix string) string   { return prefix + ":queues" }
-func wakeChannel(prefix string) string   { return prefix + ":wake" }
+func registryKey(prefix string) string { return prefix + ":queues" }
+
+// shardOfWakeChannel is the shard whose wake channel ch is.
+func shardOfWakeChannel(prefix, ch string) (Shard, bool) {
+	rest, ok := strings.CutPrefix(ch, prefix+":{")
+	if !ok {
+		return Shard{}, false
+	}
+	name, ok := strings.CutSuffix(rest, "}:wake")
+	if !ok {
+		return Shard{}, false
+	}
+	s, err := ParseShard(name)
+	return s, err == nil
+}
 func configChannel(prefix string) string { return prefix + ":queues:changed" }

@@ -29,8 +29,15 @@ type Layout interface {
 	Probe(ctx context.Context, shards []ProbeRequest) ([]ProbeResult, error)
 	// Now is Redis's clock.
 	Now(ctx context.Context) (time.Time, error)
-	// Wakes delivers deadline hints and change notices until ctx ends.
+	// Wakes delivers the deadline hints of the watched shards and queue
+	// config notices until ctx ends.
 	Wakes(ctx context.Context, fn func(Wake)) error
+	// Watch adds (on) or removes shards whose hints Wakes delivers; only an
+	// owner watches a shard, so hint traffic per keeper follows what it
+	// owns. It never blocks on Redis. Each time a shard's subscription is
+	// (re)established, Wakes delivers Wake{Shard: s, Resync: true}: hints
+	// sent before it were not heard.
+	Watch(shards []Shard, on bool)
 }
 
 // DueKind names which deadline of a shard a hint is about.
@@ -141,8 +148,8 @@ type ProbeResult struct {
 type Wake struct {
 	Shard Shard
 	Due   Due
-	// Resync is set when the subscription was (re)established: hints may
-	// have been lost, so everything owned should be probed again.
+	// Resync is set when Shard's subscription was (re)established: hints
+	// may have been lost, so the shard should be probed again.
 	Resync bool
 	// ConfigChanged is set when a queue config was created or changed.
 	ConfigChanged bool

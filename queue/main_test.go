@@ -151,6 +151,34 @@ func (e *env) allKeys(pattern string) []string {
 	return keys
 }
 
+// subscribers counts the clients subscribed to ch over every primary (on a
+// cluster, PUBSUB NUMSUB answers for its own node).
+func (e *env) subscribers(ch string) int64 {
+	e.t.Helper()
+	count := func(ctx context.Context, c redis.Cmdable) (int64, error) {
+		m, err := c.PubSubNumSub(ctx, ch).Result()
+		return m[ch], err
+	}
+	cc, ok := e.rdb.(*redis.ClusterClient)
+	if !ok {
+		n, err := count(e.ctx, e.rdb)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return n
+	}
+	var total atomic.Int64
+	err := cc.ForEachMaster(e.ctx, func(ctx context.Context, node *redis.Client) error {
+		n, err := count(ctx, node)
+		total.Add(n)
+		return err
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return total.Load()
+}
+
 func (e *env) redisNowMs() int64 {
 	e.t.Helper()
 	now, err := e.n.Now(e.ctx)

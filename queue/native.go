@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,7 +17,8 @@ import (
 type Native struct {
 	rdb    redis.UniversalClient
 	prefix string
-	record string // "1": every housekeeping pass is recorded in the shard's history
+	record string    // "1": every housekeeping pass is recorded in the shard's history
+	subs   *wakeSubs // shared by the copies WithHistory makes
 }
 
 var _ Layout = (*Native)(nil)
@@ -26,7 +28,8 @@ func NewNative(rdb redis.UniversalClient, prefix string) *Native {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Native{rdb: rdb, prefix: prefix, record: "0"}
+	return &Native{rdb: rdb, prefix: prefix, record: "0",
+		subs: &wakeSubs{want: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }
 
 // WithHistory returns a layout that records every housekeeping pass,
@@ -177,16 +180,60 @@ func (n *Native) Now(ctx context.Context) (time.Time, error) {
 	return t, nil
 }
 
-// Wakes implements Layout: it subscribes to the wake and config channels and
-// calls fn for each hint. A (re)subscription is reported as a Resync, since
-// pub/sub drops what it sent while the connection was down.
+// wakeSubs is the wake subscription state of a Native: the channels its
+// owner wants, and the PubSub of the running Wakes, if any.
+type wakeSubs struct {
+	mu     sync.Mutex
+	want   map[string]bool // wake channels of watched shards
+	notify chan struct{}   // want changed
+}
+
+// Watch implements Layout.
+func (n *Native) Watch(shards []Shard, on bool) {
+	n.subs.mu.Lock()
+	for _, s := range shards {
+		ch := keysFor(n.prefix, s).Wake
+		if on {
+			n.subs.want[ch] = true
+		} else {
+			delete(n.subs.want, ch)
+		}
+	}
+	n.subs.mu.Unlock()
+	select {
+	case n.subs.notify <- struct{}{}:
+	default:
+	}
+}
+
+// WakeChannel is the pub/sub channel of s's deadline hints.
+func (n *Native) WakeChannel(s Shard) string { return keysFor(n.prefix, s).Wake }
+
+// subscribeBatch bounds the channels of one SUBSCRIBE command, so taking
+// over tens of thousands of shards does not build one huge command.
+const subscribeBatch = 1000
+
+// Wakes implements Layout: it subscribes to the config channel and to the
+// wake channel of every watched shard, following Watch, and calls fn for
+// each hint. A shard's (re)subscription is reported as a Resync for that
+// shard, since pub/sub drops what it sent while nobody listened; go-redis
+// resubscribes every channel by itself after a reconnect.
 func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
-	ps := n.rdb.Subscribe(ctx, wakeChannel(n.prefix), configChannel(n.prefix))
+	ps := n.rdb.Subscribe(ctx, configChannel(n.prefix))
 	// Receive does not watch ctx; closing the subscription is what ends it.
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.followWatch(ctx, ps)
+	}()
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
 	defer func() {
+		cancel()
 		stop()
 		_ = ps.Close()
+		wg.Wait()
 	}()
 	for {
 		msg, err := ps.Receive(ctx)
@@ -205,8 +252,14 @@ func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel == wakeChannel(n.prefix) {
-				fn(Wake{Resync: true})
+			if m.Kind != "subscribe" {
+				continue
+			}
+			if m.Channel == configChannel(n.prefix) {
+				// Notices sent while unsubscribed are lost: read again.
+				fn(Wake{ConfigChanged: true})
+			} else if s, ok := shardOfWakeChannel(n.prefix, m.Channel); ok {
+				fn(Wake{Shard: s, Resync: true})
 			}
 		case *redis.Message:
 			if m.Channel == configChannel(n.prefix) {
@@ -216,6 +269,50 @@ func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
 			if w, ok := parseWake(m.Payload); ok {
 				fn(w)
 			}
+		}
+	}
+}
+
+// followWatch makes ps's shard channels match what Watch wants, whenever it
+// changes, until ctx ends.
+func (n *Native) followWatch(ctx context.Context, ps *redis.PubSub) {
+	have := map[string]bool{}
+	for {
+		n.subs.mu.Lock()
+		var add, drop []string
+		for ch := range n.subs.want {
+			if !have[ch] {
+				add = append(add, ch)
+			}
+		}
+		for ch := range have {
+			if !n.subs.want[ch] {
+				drop = append(drop, ch)
+			}
+		}
+		n.subs.mu.Unlock()
+		for len(add) > 0 {
+			b := add[:min(subscribeBatch, len(add))]
+			add = add[len(b):]
+			// A failed write leaves the channels in ps's own list, and
+			// go-redis subscribes them on its next connection.
+			_ = ps.Subscribe(ctx, b...)
+			for _, ch := range b {
+				have[ch] = true
+			}
+		}
+		for len(drop) > 0 {
+			b := drop[:min(subscribeBatch, len(drop))]
+			drop = drop[len(b):]
+			_ = ps.Unsubscribe(ctx, b...)
+			for _, ch := range b {
+				delete(have, ch)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.subs.notify:
 		}
 	}
 }

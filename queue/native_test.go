@@ -3,10 +3,11 @@ package queue
 import (
 	"context"
 	"errors"
-	"sync"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/redis/go-redis/v9"
 )
@@ -197,14 +198,14 @@ func TestMeasureAndCleanFlag(t *testing.T) {
 	if m.OldestReadyAge() < time.Hour {
 		t.Fatalf("age of a score-1000 head %s", m.OldestReadyAge())
 	}
-	wakes := subscribe(t, e)
+	wakes := subscribe(t, e, s)
 	e.enqueue("m", Message{ID: "c"})
 	e.enqueue("m", Message{ID: "d"})
 	w := wakes.next(t)
 	if w.Due.Kind != DueMeasure || w.Shard != s {
 		t.Fatalf("first change after measure woke %+v", w)
 	}
-	if got := wakes.drain(t, e); len(got) != 0 {
+	if got := wakes.drain(t, e, s); len(got) != 0 {
 		t.Fatalf("second change woke again: %+v", got)
 	}
 	empty, err := e.n.Measure(e.ctx, Shard{"m", 7}, 1)
@@ -224,7 +225,8 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	if _, err := e.n.Measure(e.ctx, s, 1); err != nil {
 		t.Fatal(err)
 	}
-	wakes := subscribe(t, e)
+	s2 := Shard{"w2", 0}
+	wakes := subscribe(t, e, s, s2)
 	// Empty locked set: the first lock wakes.
 	if _, err := e.c.Nack(e.ctx, ds[0], NackOptions{LockFor: time.Minute}); err != nil {
 		t.Fatal(err)
@@ -247,19 +249,19 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 			t.Fatalf("wakes %q, want %q", kinds, want)
 		}
 	}
-	if extra := wakes.drain(t, e); len(extra) != 0 {
+	if extra := wakes.drain(t, e, s); len(extra) != 0 {
 		t.Fatalf("a later lock woke the keeper: %+v", extra)
 	}
 	// Going over max size says so once, until a trim pass runs.
 	e.create("w2", Config{MaxSize: 2})
 	e.enqueue("w2", Message{})
 	e.enqueue("w2", Message{})
-	if got := wakes.drain(t, e); len(got) != 0 {
+	if got := wakes.drain(t, e, s2); len(got) != 0 {
 		t.Fatalf("enqueues within max size woke %+v", got)
 	}
 	e.enqueue("w2", Message{})
 	e.enqueue("w2", Message{})
-	if got := wakes.drain(t, e); len(got) != 1 || got[0].Due.Kind != DueTrim || got[0].Shard.Queue != "w2" {
+	if got := wakes.drain(t, e, s2); len(got) != 1 || got[0].Due.Kind != DueTrim || got[0].Shard.Queue != "w2" {
 		t.Fatalf("crossing max size woke %+v, want one trim", got)
 	}
 }
@@ -302,36 +304,57 @@ func TestClientClockDoesNotMatter(t *testing.T) {
 }
 
 type wakeRecorder struct {
-	ch chan Wake
+	ch      chan Wake
+	resyncs chan Shard
 }
 
-func subscribe(t *testing.T, e *env) *wakeRecorder {
+// subscribe watches shards and runs Wakes, returning once every shard's
+// subscription is confirmed (its Resync arrived). Resyncs are recorded in
+// resyncs, other wakes in ch.
+func subscribe(t *testing.T, e *env, shards ...Shard) *wakeRecorder {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &wakeRecorder{ch: make(chan Wake, 100)}
-	ready := make(chan struct{})
-	var once sync.Once
+	w := &wakeRecorder{ch: make(chan Wake, 100), resyncs: make(chan Shard, 100)}
+	e.n.Watch(shards, true)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		_ = e.n.Wakes(ctx, func(x Wake) {
-			if x.Resync {
-				once.Do(func() { close(ready) })
-				return
+			switch {
+			case x.Resync:
+				w.resyncs <- x.Shard
+			case x.ConfigChanged:
+			default:
+				w.ch <- x
 			}
-			if x.ConfigChanged {
-				return
-			}
-			w.ch <- x
 		})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-ready:
-	case <-time.After(5 * time.Second):
-		t.Fatal("subscription not confirmed")
+	w.confirmed(t, shards...)
+	// On a cluster, hints published on another node just before the
+	// subscription may still be on their way over the cluster bus: flush
+	// them, so tests see only what they cause.
+	for _, s := range shards {
+		w.drain(t, e, s)
 	}
 	return w
+}
+
+// confirmed waits for the Resync of each of shards.
+func (w *wakeRecorder) confirmed(t *testing.T, shards ...Shard) {
+	t.Helper()
+	want := map[Shard]bool{}
+	for _, s := range shards {
+		want[s] = true
+	}
+	for len(want) > 0 {
+		select {
+		case s := <-w.resyncs:
+			delete(want, s)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("subscriptions of %v not confirmed", want)
+		}
+	}
 }
 
 func (w *wakeRecorder) next(t *testing.T) Wake {
@@ -345,12 +368,16 @@ func (w *wakeRecorder) next(t *testing.T) Wake {
 	return Wake{}
 }
 
-// drain returns the wakes that arrived before a marker it publishes itself:
-// Redis delivers one channel's messages in order, so everything published
-// before the marker comes before it.
-func (w *wakeRecorder) drain(t *testing.T, e *env) []Wake {
+// drain returns the wakes of s that arrived before a marker it publishes
+// itself on s's channel: Redis delivers the messages of one origin in order,
+// so everything published there before the marker comes before it.
+func (w *wakeRecorder) drain(t *testing.T, e *env, s Shard) []Wake {
 	t.Helper()
-	if err := e.rdb.Publish(e.ctx, wakeChannel(e.prefix), "z marker#0 0").Err(); err != nil {
+	// Published by a script on one of the shard's keys, so that on a cluster
+	// it leaves from the node where the shard's scripts publish: messages
+	// reach other nodes in order only along one bus link.
+	if err := e.rdb.Eval(e.ctx, "redis.call('PUBLISH', ARGV[1], ARGV[2])", []string{e.keys(s).Ready},
+		e.keys(s).Wake, "z "+s.String()+" 0").Err(); err != nil && err != redis.Nil {
 		t.Fatal(err)
 	}
 	var out []Wake
@@ -390,5 +417,56 @@ func TestHistoryRecordsAcceptedAndRefusedPasses(t *testing.T) {
 	}
 	if last[1].Task != "expire" || last[1].Accepted || last[1].Token != 2 {
 		t.Fatalf("refused pass recorded as %+v", last[1])
+	}
+}
+
+// Wakes carries the hints of watched shards only: a keeper hears the shards
+// it owns, not the fleet's. Watching a shard later confirms it with a Resync
+// before its hints arrive; unwatching stops them.
+func TestWakesOnlyForWatchedShards(t *testing.T) {
+	e := newEnv(t)
+	e.create("x", Config{Partitions: 2})
+	a, b := Shard{"x", 0}, Shard{"x", 1}
+	// Ids that land in each partition.
+	idIn := func(s Shard, tag string) string {
+		for i := 0; ; i++ {
+			if id := fmt.Sprint(tag, i); PartitionOf(id, 2) == s.Partition {
+				return id
+			}
+		}
+	}
+	lockOne := func(s Shard) {
+		t.Helper()
+		// A delayed message is a lock: on an empty locked set it wakes.
+		e.enqueue("x", Message{ID: idIn(s, "first"), Delay: time.Hour})
+	}
+	wakes := subscribe(t, e, a)
+	lockOne(b)
+	lockOne(a)
+	if got := wakes.drain(t, e, a); len(got) != 1 || got[0].Shard != a || got[0].Due.Kind != DueUnlock {
+		t.Fatalf("wakes %+v; want a's unlock hint only", got)
+	}
+	e.n.Watch([]Shard{b}, true)
+	wakes.confirmed(t, b)
+	wakes.drain(t, e, b) // b's first lock, in flight on a cluster's bus
+	if _, err := e.n.Measure(e.ctx, b, 1); err != nil {
+		t.Fatal(err)
+	}
+	e.enqueue("x", Message{ID: idIn(b, "late"), Delay: time.Minute})
+	if got := wakes.drain(t, e, b); len(got) != 2 || got[0].Shard != b || got[1].Shard != b {
+		t.Fatalf("after watching b: wakes %+v; want b's measure and unlock hints", got)
+	}
+
+	e.n.Watch([]Shard{a}, false)
+	poll.For(t, 5*time.Second, "a unsubscribed", func() (bool, string) {
+		n := e.subscribers(e.keys(a).Wake)
+		return n == 0, fmt.Sprint(n, " subscribers")
+	})
+	if _, err := e.n.Measure(e.ctx, a, 1); err != nil {
+		t.Fatal(err)
+	}
+	e.enqueue("x", Message{ID: idIn(a, "unheard"), Delay: time.Second})
+	if got := wakes.drain(t, e, b); len(got) != 0 {
+		t.Fatalf("after unwatching a: wakes %+v", got)
 	}
 }

@@ -240,6 +240,10 @@ func (k *Keeper) Own(s queue.Shard, cfg queue.Config, token int64) {
 	st := &shardState{shard: s, name: name, cfg: cfg, token: token, dirty: true}
 	st.ctx, st.cancel = context.WithCancel(parent)
 	k.shards[name] = st
+	// Probed now and again once the subscription is confirmed (a Resync):
+	// a hint published between this probe and the subscription is covered
+	// by the second.
+	k.layout.Watch([]queue.Shard{s}, true)
 	k.probe = append(k.probe, st)
 	// Spread first measurements over one interval so that taking over
 	// thousands of shards does not measure them all at once.
@@ -296,6 +300,7 @@ func (k *Keeper) dropLocked(name string, cancel bool) *shardState {
 		return nil
 	}
 	delete(k.shards, name)
+	k.layout.Watch([]queue.Shard{st.shard}, false)
 	k.heap.remove(st)
 	st.gone = true
 	st.idle = make(chan struct{})
@@ -614,7 +619,7 @@ func (k *Keeper) onWake(w queue.Wake) {
 	case w.Resync:
 		// Hints sent while we were not subscribed are lost: look again.
 		k.mu.Lock()
-		for _, st := range k.shards {
+		if st, ok := k.shards[w.Shard.String()]; ok {
 			k.probe = append(k.probe, st)
 		}
 		k.mu.Unlock()

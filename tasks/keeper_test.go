@@ -349,6 +349,51 @@ func TestRedisRestartIsSurvived(t *testing.T) {
 	waitFor(t, 10*time.Second, "unlock after redis came back", func() bool { return h.stats("r").Ready == 1 })
 }
 
+// A keeper subscribes to the hint channels of the shards it owns and no
+// others, so hint traffic per keeper follows its share of the fleet; a
+// shard it disowns is unsubscribed.
+func TestKeeperHearsOnlyOwnedShards(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	if err := h.client.Registry().Create(h.ctx, "own", queue.Config{Partitions: 3}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := queue.Config{Partitions: 3}.WithDefaults()
+	s := func(p int) queue.Shard { return queue.Shard{Queue: "own", Partition: p} }
+	h.k.Own(s(0), cfg, 1)
+	h.k.Own(s(1), cfg, 1)
+	subscribers := func(p int) int64 {
+		ch := h.layout.WakeChannel(s(p))
+		n, err := h.rdb.PubSubNumSub(h.ctx, ch).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n[ch]
+	}
+	poll.For(t, 5*time.Second, "owned shards subscribed", func() (bool, string) {
+		got := []int64{subscribers(0), subscribers(1), subscribers(2)}
+		return got[0] == 1 && got[1] == 1 && got[2] == 0, fmt.Sprint("subscribers per partition ", got)
+	})
+	h.k.Disown(s(1))
+	poll.For(t, 5*time.Second, "disowned shard unsubscribed", func() (bool, string) {
+		got := []int64{subscribers(0), subscribers(1), subscribers(2)}
+		return got[0] == 1 && got[1] == 0 && got[2] == 0, fmt.Sprint("subscribers per partition ", got)
+	})
+	// A lock on the owned shard is still returned on time by its hint.
+	if _, err := h.client.Enqueue(h.ctx, "own", queue.Message{ID: idIn(0, 3), Delay: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "owned shard's lock returned", func() bool { return h.stats("own").Ready == 1 })
+}
+
+// idIn is a message id that lands in partition p of n.
+func idIn(p, n int) string {
+	for i := 0; ; i++ {
+		if id := fmt.Sprint("m", i); queue.PartitionOf(id, n) == p {
+			return id
+		}
+	}
+}
+
 // TestWorkloadUnderKeeper runs producers and consumers against a live
 // keeper and audits invariants 1 and 2 at the end.
 func TestWorkloadUnderKeeper(t *testing.T) {
