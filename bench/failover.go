@@ -15,6 +15,9 @@ type FailoverOptions struct {
 	Queues  int           // default 20
 	Parts   int           // partitions per queue; default 10 (200 shards)
 	TTL     time.Duration // session TTL; default 3s
+	// Locks seeded per shard, due one after another over ten minutes;
+	// default 30,000 (one every 20ms). Fewer make room for more shards.
+	Locks int
 	// KeeperBin is the keeper binary; default as chaos.KeeperBinary.
 	KeeperBin string
 	// LogDir keeps the keepers' logs; default a temp dir removed after.
@@ -34,7 +37,7 @@ type FailoverResult struct {
 }
 
 // Failover runs keeper processes over shards that always have a lock due
-// (seeded every 20ms for the next minutes), so an owner's first pass comes
+// (seeded for the next ten minutes), so an owner's first pass comes
 // right after it takes a shard. It kills one keeper with SIGKILL and
 // measures until every shard it owned has been written by a new owner
 // (the shard's fence in Redis rose above the dead owner's token): owned
@@ -53,6 +56,10 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	if o.TTL <= 0 {
 		o.TTL = 3 * time.Second
 	}
+	if o.Locks <= 0 {
+		o.Locks = 30_000
+	}
+	spacing := 10 * time.Minute / time.Duration(o.Locks)
 	c, err := chaos.Start(ctx, chaos.Config{SessionTTL: o.TTL, KeeperBin: o.KeeperBin, NoHistory: true, LogDir: o.LogDir,
 		Args: []string{"--metrics.disabled"}})
 	if err != nil {
@@ -74,8 +81,8 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		for p := 0; p < o.Parts; p++ {
 			s := queue.Shard{Queue: name, Partition: p}
 			shards = append(shards, s)
-			// A lock due every 20ms for ten minutes.
-			if err := n.SeedLocked(ctx, s, "m", 0, 30_000, now.UnixMilli(), 20*time.Millisecond, []byte("x")); err != nil {
+			// Locks due one after another for ten minutes.
+			if err := n.SeedLocked(ctx, s, "m", 0, o.Locks, now.UnixMilli(), spacing, []byte("x")); err != nil {
 				return FailoverResult{}, err
 			}
 		}

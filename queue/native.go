@@ -29,7 +29,7 @@ func NewNative(rdb redis.UniversalClient, prefix string) *Native {
 		prefix = DefaultPrefix
 	}
 	return &Native{rdb: rdb, prefix: prefix, record: "0",
-		subs: &wakeSubs{want: map[string]bool{}, notify: make(chan struct{}, 1)}}
+		subs: &wakeSubs{want: map[string]bool{}, pending: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }
 
 // WithHistory returns a layout that records every housekeeping pass,
@@ -181,11 +181,15 @@ func (n *Native) Now(ctx context.Context) (time.Time, error) {
 }
 
 // wakeSubs is the wake subscription state of a Native: the channels its
-// owner wants, and the PubSub of the running Wakes, if any.
+// owner wants, and the changes the running Wakes has yet to apply.
 type wakeSubs struct {
-	mu     sync.Mutex
-	want   map[string]bool // wake channels of watched shards
-	notify chan struct{}   // want changed
+	mu   sync.Mutex
+	want map[string]bool // wake channels of watched shards
+	// pending are the changes since the running Wakes last applied them
+	// (true: subscribe, false: unsubscribe), so that applying them costs
+	// the changes, not the tens of thousands of channels a keeper may hold.
+	pending map[string]bool
+	notify  chan struct{} // pending grew
 }
 
 // Watch implements Layout.
@@ -198,6 +202,7 @@ func (n *Native) Watch(shards []Shard, on bool) {
 		} else {
 			delete(n.subs.want, ch)
 		}
+		n.subs.pending[ch] = on
 	}
 	n.subs.mu.Unlock()
 	select {
@@ -273,41 +278,40 @@ func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
 	}
 }
 
-// followWatch makes ps's shard channels match what Watch wants, whenever it
-// changes, until ctx ends.
+// followWatch subscribes ps to every watched shard's channel, then applies
+// each change Watch makes, until ctx ends.
 func (n *Native) followWatch(ctx context.Context, ps *redis.PubSub) {
-	have := map[string]bool{}
+	// A new PubSub holds nothing yet: everything wanted is a change.
+	n.subs.mu.Lock()
+	n.subs.pending = make(map[string]bool, len(n.subs.want))
+	for ch := range n.subs.want {
+		n.subs.pending[ch] = true
+	}
+	n.subs.mu.Unlock()
 	for {
 		n.subs.mu.Lock()
+		changes := n.subs.pending
+		n.subs.pending = map[string]bool{}
+		n.subs.mu.Unlock()
 		var add, drop []string
-		for ch := range n.subs.want {
-			if !have[ch] {
+		for ch, on := range changes {
+			if on {
 				add = append(add, ch)
-			}
-		}
-		for ch := range have {
-			if !n.subs.want[ch] {
+			} else {
 				drop = append(drop, ch)
 			}
 		}
-		n.subs.mu.Unlock()
+		// A failed write leaves the channels in ps's own list, and go-redis
+		// subscribes them on its next connection.
 		for len(add) > 0 {
 			b := add[:min(subscribeBatch, len(add))]
 			add = add[len(b):]
-			// A failed write leaves the channels in ps's own list, and
-			// go-redis subscribes them on its next connection.
 			_ = ps.Subscribe(ctx, b...)
-			for _, ch := range b {
-				have[ch] = true
-			}
 		}
 		for len(drop) > 0 {
 			b := drop[:min(subscribeBatch, len(drop))]
 			drop = drop[len(b):]
 			_ = ps.Unsubscribe(ctx, b...)
-			for _, ch := range b {
-				delete(have, ch)
-			}
 		}
 		select {
 		case <-ctx.Done():

@@ -140,6 +140,10 @@ type shardState struct {
 	// claimed: the first probe after Own raised the shard's fence to our
 	// token, shutting a previous owner out.
 	claimed bool
+	// queued: on the probe list and not yet taken into a batch. A queued
+	// probe reads the shard when its batch forms, after whatever asked for
+	// it again, so it is not queued twice.
+	queued bool
 	// overCap: the last trim left excess it could not drop (in-flight and
 	// locked messages alone are over max size); messages that return to
 	// ready must be trimmed next.
@@ -227,7 +231,7 @@ func (k *Keeper) Own(s queue.Shard, cfg queue.Config, token int64) {
 		if token > st.token {
 			st.token = token
 			st.claimed = false
-			k.probe = append(k.probe, st)
+			k.queueProbeLocked(st)
 			k.signal(k.probeCh)
 		}
 		st.cfg = cfg
@@ -244,12 +248,21 @@ func (k *Keeper) Own(s queue.Shard, cfg queue.Config, token int64) {
 	// a hint published between this probe and the subscription is covered
 	// by the second.
 	k.layout.Watch([]queue.Shard{s}, true)
-	k.probe = append(k.probe, st)
+	k.queueProbeLocked(st)
 	// Spread first measurements over one interval so that taking over
 	// thousands of shards does not measure them all at once.
 	k.heap.schedule(st, Measure, time.Now().Add(rand.N(k.cfg.MeasureInterval/4+1)))
 	k.signal(k.probeCh)
 	k.signal(k.kick)
+}
+
+// queueProbeLocked puts st on the probe list unless it is there already.
+func (k *Keeper) queueProbeLocked(st *shardState) {
+	if st.queued {
+		return
+	}
+	st.queued = true
+	k.probe = append(k.probe, st)
 }
 
 // SetConfig updates the config of every owned shard of a queue.
@@ -261,7 +274,7 @@ func (k *Keeper) SetConfig(queueName string, cfg queue.Config) {
 			sizeChanged := st.cfg.MaxSize != cfg.MaxSize
 			st.cfg = cfg
 			if sizeChanged {
-				k.probe = append(k.probe, st)
+				k.queueProbeLocked(st)
 				k.signal(k.probeCh)
 			}
 		}
@@ -620,7 +633,7 @@ func (k *Keeper) onWake(w queue.Wake) {
 		// Hints sent while we were not subscribed are lost: look again.
 		k.mu.Lock()
 		if st, ok := k.shards[w.Shard.String()]; ok {
-			k.probe = append(k.probe, st)
+			k.queueProbeLocked(st)
 		}
 		k.mu.Unlock()
 		k.signal(k.probeCh)

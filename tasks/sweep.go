@@ -40,7 +40,7 @@ func (k *Keeper) sweep() {
 			}
 			credit += float64(len(k.shards)) * time.Second.Seconds() / k.cfg.SweepInterval.Seconds()
 			for credit >= 1 && cursor < len(cycle) {
-				k.probe = append(k.probe, cycle[cursor])
+				k.queueProbeLocked(cycle[cursor])
 				cursor++
 				credit--
 			}
@@ -53,6 +53,9 @@ func (k *Keeper) sweep() {
 			k.mu.Lock()
 			n := min(len(k.probe), probeChunk)
 			batch := append([]*shardState(nil), k.probe[:n]...)
+			for _, st := range batch {
+				st.queued = false
+			}
 			k.probe = k.probe[n:]
 			if len(k.probe) == 0 {
 				k.probe = nil
@@ -94,7 +97,9 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 		// Try again in a second rather than lose these shards' deadlines.
 		time.AfterFunc(time.Second, func() {
 			k.mu.Lock()
-			k.probe = append(k.probe, live...)
+			for _, st := range live {
+				k.queueProbeLocked(st)
+			}
 			k.mu.Unlock()
 			k.signal(k.probeCh)
 		})

@@ -59,6 +59,7 @@ var scenarios = map[string]scenario{
 			fs.IntVar(&o.Queues, "queues", 20, "queues")
 			fs.IntVar(&o.Parts, "partitions", 10, "partitions per queue")
 			fs.DurationVar(&o.TTL, "ttl", 3*time.Second, "session TTL")
+			fs.IntVar(&o.Locks, "locks", 30_000, "locks seeded per shard, due over ten minutes (fewer for many shards)")
 			fs.StringVar(&o.KeeperBin, "keeper-bin", "", "keeper binary (default: this one)")
 			fs.StringVar(&o.LogDir, "log-dir", "", "keep the keepers' logs here")
 			return func(ctx context.Context) (any, error) {
