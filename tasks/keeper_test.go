@@ -135,14 +135,21 @@ func TestUnlockAtDeadlineWithoutPolling(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 5*time.Second, "all three unlocked", func() bool { return h.stats("jobs").Ready == 3 })
+	// A pass records its lags after its script returned, so Redis can show
+	// all three ready a moment before the third lag is recorded.
+	lagsSoFar := func() []time.Duration {
+		h.rec.mu.Lock()
+		defer h.rec.mu.Unlock()
+		return append([]time.Duration(nil), h.rec.lags...)
+	}
+	waitFor(t, 5*time.Second, "all three unlocked and their lags recorded", func() bool {
+		return h.stats("jobs").Ready == 3 && len(lagsSoFar()) >= 3
+	})
 	passes := h.rec.count("unlock") - before
 	if passes < 1 || passes > 4 {
 		t.Fatalf("%d unlock passes for three deadlines; want 1..4 (no polling)", passes)
 	}
-	h.rec.mu.Lock()
-	lags := append([]time.Duration(nil), h.rec.lags...)
-	h.rec.mu.Unlock()
+	lags := lagsSoFar()
 	if len(lags) != 3 {
 		t.Fatalf("recorded %d lags, want 3", len(lags))
 	}
