@@ -284,10 +284,16 @@ func TestKeeperWithSkewedRedisClock(t *testing.T) {
 	if _, err := h.client.Enqueue(h.ctx, "skew", queue.Message{ID: "a", Delay: 100 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "unlock", func() bool { return h.stats("skew").Ready == 1 })
-	h.rec.mu.Lock()
-	lag := h.rec.lags[0]
-	h.rec.mu.Unlock()
+	var lag time.Duration
+	waitFor(t, 10*time.Second, "unlock and its lag recorded", func() bool {
+		h.rec.mu.Lock()
+		defer h.rec.mu.Unlock()
+		if len(h.rec.lags) == 0 {
+			return false
+		}
+		lag = h.rec.lags[0]
+		return true
+	})
 	// A keeper that used its own clock would be an hour late (or early).
 	if lag < 0 || lag > 10*time.Second {
 		t.Fatalf("unlock lag %s with a skewed redis clock", lag)
