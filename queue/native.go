@@ -222,7 +222,9 @@ const subscribeBatch = 1000
 // wake channel of every watched shard, following Watch, and calls fn for
 // each hint. A shard's (re)subscription is reported as a Resync for that
 // shard, since pub/sub drops what it sent while nobody listened; go-redis
-// resubscribes every channel by itself after a reconnect.
+// resubscribes every channel by itself after a reconnect. One Wakes runs at
+// a time per Native (copies from WithHistory included): the watched set is
+// one keeper's.
 func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
 	ps := n.rdb.Subscribe(ctx, configChannel(n.prefix))
 	// Receive does not watch ctx; closing the subscription is what ends it.

@@ -228,7 +228,8 @@ func TestFencedShardIsDroppedAtOnce(t *testing.T) {
 func TestDisownWaitsForRunningPass(t *testing.T) {
 	slow := &slowLayout{}
 	h := newHarness(t, redisserver.Config{}, Config{})
-	slow.Layout = h.layout
+	// Its own Native: a Native's wake subscriptions serve one keeper.
+	slow.Layout = queue.NewNative(h.rdb, "")
 	slow.started = make(chan struct{}, 1)
 	slow.release = make(chan struct{})
 	k := New(slow, Config{})
