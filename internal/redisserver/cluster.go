@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -58,7 +59,11 @@ func StartCluster(ctx context.Context, n int, cfg Config) (_ *Cluster, err error
 		if i == 0 {
 			continue
 		}
-		if err := cl.Do(ctx, "CLUSTER", "MEET", "127.0.0.1", portOf(c.Nodes[0].Addr), c.Nodes[0].BusPort).Err(); err != nil {
+		_, port, err := net.SplitHostPort(c.Nodes[0].Addr)
+		if err != nil {
+			return nil, fmt.Errorf("cluster node %s: %w", c.Nodes[0].Addr, err)
+		}
+		if err := cl.Do(ctx, "CLUSTER", "MEET", "127.0.0.1", port, c.Nodes[0].BusPort).Err(); err != nil {
 			return nil, fmt.Errorf("cluster node %s: meet: %w", c.Nodes[i].Addr, err)
 		}
 	}
@@ -112,9 +117,4 @@ func StartClusterTB(t TB, n int) *Cluster {
 	}
 	t.Cleanup(func() { _ = c.Stop() })
 	return c
-}
-
-func portOf(addr string) string {
-	i := strings.LastIndexByte(addr, ':')
-	return addr[i+1:]
 }
