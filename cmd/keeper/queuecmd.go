@@ -68,10 +68,7 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 		return err
 	}
 	rc := cfg.Redis
-	if rc.Addr == "" {
-		rc.Addr = readDiscovery(rc.DataDir, "addr")
-	}
-	if rc.Addr == "" {
+	if rc.Addr = operatorRedisAddr(rc); rc.Addr == "" {
 		rc.Addr = "127.0.0.1:6379"
 	}
 	// go-redis's own warnings (each retried dial) would bury the one error

@@ -35,6 +35,16 @@ func readDiscovery(dataDir, name string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// operatorRedisAddr is the Redis an operator command talks to: redis.addr,
+// else the local redis-server that `keeper run` noted in its data dir, else
+// "" (none known).
+func operatorRedisAddr(c RedisConfig) string {
+	if c.Addr != "" {
+		return c.Addr
+	}
+	return readDiscovery(c.DataDir, "addr")
+}
+
 // statusCmd is `keeper status [--json]`: the fleet as etcd has it.
 func statusCmd(args []string, out io.Writer) error {
 	asJSON := false
@@ -68,10 +78,7 @@ func statusCmd(args []string, out io.Writer) error {
 		return err
 	}
 	defer d.etcd.Close()
-	redisAddr := cfg.Redis.Addr
-	if redisAddr == "" {
-		redisAddr = readDiscovery(cfg.Redis.DataDir, "addr")
-	}
+	redisAddr := operatorRedisAddr(cfg.Redis)
 	var shards []string
 	if redisAddr != "" {
 		rdb, err := redisClient(cfg.Redis, splitList(redisAddr))
