@@ -124,59 +124,48 @@ func (e *env) sameAs(before map[string]string) {
 	}
 }
 
-// allKeys is KEYS pattern over every primary: on a cluster, KEYS answers
-// for one node only.
-func (e *env) allKeys(pattern string) []string {
+// onEveryPrimary runs fn on the server, or on every primary of a cluster,
+// one at a time: KEYS and PUBSUB NUMSUB answer for their own node only.
+func (e *env) onEveryPrimary(fn func(ctx context.Context, c redis.Cmdable) error) {
 	e.t.Helper()
-	cc, ok := e.rdb.(*redis.ClusterClient)
-	if !ok {
-		keys, err := e.rdb.Keys(e.ctx, pattern).Result()
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		return keys
+	var err error
+	if cc, ok := e.rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err = cc.ForEachMaster(e.ctx, func(ctx context.Context, node *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return fn(ctx, node)
+		})
+	} else {
+		err = fn(e.ctx, e.rdb)
 	}
-	var mu sync.Mutex
-	var keys []string
-	err := cc.ForEachMaster(e.ctx, func(ctx context.Context, node *redis.Client) error {
-		k, err := node.Keys(ctx, pattern).Result()
-		mu.Lock()
-		keys = append(keys, k...)
-		mu.Unlock()
-		return err
-	})
 	if err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+// allKeys is KEYS pattern over every primary.
+func (e *env) allKeys(pattern string) []string {
+	e.t.Helper()
+	var keys []string
+	e.onEveryPrimary(func(ctx context.Context, c redis.Cmdable) error {
+		k, err := c.Keys(ctx, pattern).Result()
+		keys = append(keys, k...)
+		return err
+	})
 	return keys
 }
 
-// subscribers counts the clients subscribed to ch over every primary (on a
-// cluster, PUBSUB NUMSUB answers for its own node).
+// subscribers counts the clients subscribed to ch over every primary.
 func (e *env) subscribers(ch string) int64 {
 	e.t.Helper()
-	count := func(ctx context.Context, c redis.Cmdable) (int64, error) {
+	var total int64
+	e.onEveryPrimary(func(ctx context.Context, c redis.Cmdable) error {
 		m, err := c.PubSubNumSub(ctx, ch).Result()
-		return m[ch], err
-	}
-	cc, ok := e.rdb.(*redis.ClusterClient)
-	if !ok {
-		n, err := count(e.ctx, e.rdb)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		return n
-	}
-	var total atomic.Int64
-	err := cc.ForEachMaster(e.ctx, func(ctx context.Context, node *redis.Client) error {
-		n, err := count(ctx, node)
-		total.Add(n)
+		total += m[ch]
 		return err
 	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return total.Load()
+	return total
 }
 
 func (e *env) redisNowMs() int64 {
