@@ -342,6 +342,20 @@ func (k *Keeper) Owned() map[string]int64 {
 	return out
 }
 
+// EachOwned calls fn for every owned shard, measured yet or not: what the
+// per-shard unlock lags are kept for. It reads memory only.
+func (k *Keeper) EachOwned(fn func(queue.Shard)) {
+	k.mu.Lock()
+	out := make([]queue.Shard, 0, len(k.shards))
+	for _, st := range k.shards {
+		out = append(out, st.shard)
+	}
+	k.mu.Unlock()
+	for _, s := range out {
+		fn(s)
+	}
+}
+
 // ShardMeasurement is the latest measurement of one owned shard.
 type ShardMeasurement struct {
 	Shard queue.Shard

@@ -613,3 +613,34 @@ func TestStartContextDoesNotStopPasses(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "lock returned after the start context ended", func() bool { return h.stats("s").Ready == 1 })
 }
+
+// A shard taken over is owned before its first measurement: EachOwned lists
+// it (its unlock lags are kept for it) while EachMeasurement does not (it
+// has no gauges to report yet).
+func TestEachOwnedListsShardsNotMeasuredYet(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	slow := &slowLayout{Layout: queue.NewNative(h.rdb, ""), started: make(chan struct{}, 1), release: make(chan struct{})}
+	k := New(slow, Config{})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	t.Cleanup(func() { close(slow.release) })
+	if err := h.client.Registry().Create(h.ctx, "m", queue.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	s := queue.Shard{Queue: "m"}
+	k.Own(s, queue.Config{}.WithDefaults(), 1)
+	select {
+	case <-slow.started: // the first measurement is held
+	case <-time.After(10 * time.Second):
+		t.Fatal("no first measurement")
+	}
+	var owned []queue.Shard
+	k.EachOwned(func(x queue.Shard) { owned = append(owned, x) })
+	measured := 0
+	k.EachMeasurement(func(ShardMeasurement) { measured++ })
+	if len(owned) != 1 || owned[0] != s || measured != 0 {
+		t.Fatalf("owned %v, measured %d; want [%v] and 0", owned, measured, s)
+	}
+}

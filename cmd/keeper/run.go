@@ -391,8 +391,15 @@ func (o ownership) Disown(name string) {
 func (o ownership) DisownAll() { o.d.keeper.DisownAll() }
 
 // shardSource feeds the per-shard instruments from the keeper's last
-// measurements: collection costs Redis nothing.
+// measurements: collection costs Redis nothing. It lists the owned shards
+// too, measured or not, so that the lags of a takeover are kept.
 type shardSource struct{ k *tasks.Keeper }
+
+var _ kotel.OwnedSource = shardSource{}
+
+func (s shardSource) EachOwned(fn func(q, shard string)) {
+	s.k.EachOwned(func(sh queue.Shard) { fn(sh.Queue, sh.String()) })
+}
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
