@@ -232,10 +232,13 @@ type limit struct {
 // The bounds, with the reason for each.
 var limits = []limit{
 	// A graceful stop needs a few etcd round trips (leave, delete the
-	// ownership keys, revoke) after the passes; past 10 minutes it is no
-	// longer a bound an orchestrator would wait for.
+	// ownership keys, revoke) after the passes, and a pass stuck on an
+	// unresponsive Redis returns only at the client's read timeout (3s)
+	// after it is cancelled at a quarter of the budget: 10s leaves room for
+	// both. Past 10 minutes it is no longer a bound an orchestrator would
+	// wait for.
 	{path: "shutdown_timeout", get: func(c *Config) int64 { return int64(c.ShutdownTimeout) },
-		min: int64(5 * time.Second), max: int64(10 * time.Minute), duration: true},
+		min: int64(10 * time.Second), max: int64(10 * time.Minute), duration: true},
 	// etcd refuses leases shorter than 2s.
 	{path: "etcd.session_ttl", get: func(c *Config) int64 { return int64(c.Etcd.SessionTTL) },
 		min: int64(2 * time.Second), duration: true},
