@@ -46,7 +46,7 @@ func TestSIGTERMHandsOverWithinBudget(t *testing.T) {
 		before := f.unlocked()
 		f.waitBusy(k, before)
 		termAt := time.Now()
-		err, ok := k.term(budget + 5*time.Second)
+		ok, err := k.term(budget + 5*time.Second)
 		took := time.Since(termAt)
 		left := f.leased()
 		switch {
@@ -100,7 +100,7 @@ func TestSIGTERMWithRedisStuckStaysWithinBudget(t *testing.T) {
 	// Before the server's own cleanup, which must find it running.
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
 	termAt := time.Now()
-	err, ok := k.term(budget + 5*time.Second)
+	ok, err := k.term(budget + 5*time.Second)
 	took := time.Since(termAt)
 	if !ok {
 		t.Fatalf("still running %s after SIGTERM; its goroutines in keeper code:\n%s", took.Round(time.Second), keeperGoroutines(k.logPath))
@@ -263,13 +263,13 @@ func (f *termFixture) waitBusy(k *keeperProc, before int64) {
 // term sends SIGTERM and waits up to wait for the exit. ok is false when the
 // process was still running then; it is then made to dump its goroutines
 // into its log (SIGQUIT) and killed.
-func (k *keeperProc) term(wait time.Duration) (err error, ok bool) {
+func (k *keeperProc) term(wait time.Duration) (ok bool, err error) {
 	if err := k.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return err, true
+		return true, err
 	}
 	select {
 	case err := <-k.exited:
-		return err, true
+		return true, err
 	case <-time.After(wait):
 	}
 	_ = k.cmd.Process.Signal(syscall.SIGQUIT)
@@ -279,7 +279,7 @@ func (k *keeperProc) term(wait time.Duration) (err error, ok bool) {
 		_ = k.cmd.Process.Kill()
 		<-k.exited
 	}
-	return nil, false
+	return false, nil
 }
 
 // keeperGoroutines are the goroutines of a Go traceback (SIGQUIT) in the
