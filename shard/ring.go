@@ -1,7 +1,3 @@
-// Package shard decides which keeper owns which shard: membership in etcd,
-// the consistent-hash ring over the live members, and ownership of ring
-// partitions ("units") with fencing tokens. Shards are opaque strings here;
-// this package knows nothing about Redis.
 package shard
 
 import (
@@ -12,6 +8,8 @@ import (
 
 	"github.com/buraksezer/consistent"
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/keeperhq/keeper/queue"
 )
 
 // Ring defaults, chosen by measurement. bench.Ring over every member count
@@ -22,7 +20,8 @@ import (
 //	max units per member / mean            1.2497  (≤ 1.25 guaranteed, see Load)
 //	units moved per change / ideal 1/N     1.2552  (worst, a join at N=756)
 //
-// What drives the choice: consistent's bounded-load cap is ceil(P/N × Load).
+// P is the unit count (consistent calls units partitions). What drives the
+// choice: consistent's bounded-load cap is ceil(P/N × Load).
 // With few units per member the natural spread of a member's share (about
 // 1/√(P/N)) puts many members at that cap, and every change of the cap
 // between N and N±1 then reassigns one unit of each capped member, in
@@ -31,50 +30,52 @@ import (
 // P=65536 1.36×, P=81920 1.31×, P=98304 1.25× ideal. Fewer vnodes (150) gave
 // 1.31× at P=98304; more (256) did not help at P=65536. Every keeper keeps one
 // etcd key per unit: 98304 keys are small for etcd (20 keepers acquire them
-// all in a few seconds, see bench.Converge) and, unlike the partition count,
-// do not grow with the number of shards. Fleets below ~200 keepers would meet
+// all in a few seconds, see bench.Converge) and, unlike the shard count,
+// they are bounded. Fleets below ~200 keepers would meet
 // both targets with P=16384; changing P later moves every unit once.
 const (
-	DefaultPartitions        = 98304
-	DefaultReplicationFactor = 200
-	DefaultLoad              = 1.2398
+	UnitsDefault             = 98304
+	ReplicationFactorDefault = 200
+	LoadDefault              = 1.2398
 )
 
-// MaxPartitions bounds RingConfig.Partitions. Every keeper recomputes the
-// whole table on each membership change, in time linear in the partitions:
+// MaxUnits bounds RingConfig.Units. Every keeper recomputes the whole table
+// on each membership change, in time linear in the units:
 // measured on the 2-core test machine, 0.15–0.5 s at 98,304, 1.0–2.0 s at
 // 262,144 and 1.8–4.3 s at 1,048,576 (3 and 100 members). A takeover must
 // finish within the session TTL plus a second (invariant 4), so the ring may
 // not be much larger than the default; the bound also caps the ownership
-// keys in etcd, one per partition.
-const MaxPartitions = 131072
+// keys in etcd, one per unit.
+const MaxUnits = 131072
 
 // RingConfig shapes the ring. Zero values take the defaults above. Every
 // keeper of a deployment must use the same values (the coordinator refuses to
 // start otherwise).
 type RingConfig struct {
-	// Partitions is the number of ring partitions, which are also the
-	// ownership units: one etcd key each.
-	Partitions int `json:"partitions"`
+	// Units is the number of ring partitions, which are the ownership
+	// units: one etcd key each. Stored as "partitions", its name before
+	// units had one, so that keepers of both versions agree on the
+	// record at <prefix>ring during a rolling upgrade.
+	Units int `json:"partitions"`
 	// ReplicationFactor is the number of virtual nodes per member.
 	ReplicationFactor int `json:"replication_factor"`
 	// Load is consistent's bounded-load factor: no member owns more than
-	// ceil(Partitions/N × Load) units. Because of the ceiling, the bound
-	// relative to the mean is Load + N/Partitions; the default is
+	// ceil(Units/N × Load) units. Because of the ceiling, the bound
+	// relative to the mean is Load + N/Units; the default is
 	// 1.25 − 1000/98304 rounded down, so no member ever owns more than
 	// 1.25 × the mean for N ≤ 1000 members. Values below 1 are raised to 1.
 	Load float64 `json:"load"`
 }
 
 func (c RingConfig) withDefaults() RingConfig {
-	if c.Partitions <= 0 {
-		c.Partitions = DefaultPartitions
+	if c.Units <= 0 {
+		c.Units = UnitsDefault
 	}
 	if c.ReplicationFactor <= 0 {
-		c.ReplicationFactor = DefaultReplicationFactor
+		c.ReplicationFactor = ReplicationFactorDefault
 	}
 	if c.Load == 0 {
-		c.Load = DefaultLoad
+		c.Load = LoadDefault
 	}
 	if c.Load < 1 {
 		c.Load = 1
@@ -82,14 +83,14 @@ func (c RingConfig) withDefaults() RingConfig {
 	return c
 }
 
-// UnitOf is the ownership unit (ring partition) of a shard. It depends only
-// on the shard name and the partition count, never on the members, so every
-// keeper and every tool agrees on it.
-func UnitOf(shard string, partitions int) int {
-	if partitions <= 0 {
-		partitions = DefaultPartitions
+// UnitOf is the ownership unit (ring partition) of a shard: the xxhash of
+// its name modulo the unit count. It depends only on the shard and the unit
+// count, never on the members, so every keeper and every tool agrees on it.
+func UnitOf(s queue.Shard, units int) int {
+	if units <= 0 {
+		units = UnitsDefault
 	}
-	return int(xxhash.Sum64String(shard) % uint64(partitions))
+	return int(xxhash.Sum64String(s.String()) % uint64(units))
 }
 
 // Ring is an immutable ownership table: unit -> member.
@@ -117,7 +118,7 @@ func NewRing(members []string, cfg RingConfig) *Ring {
 	if len(ms) > 0 {
 		cm := make([]consistent.Member, len(ms))
 		for i, m := range ms {
-			cm[i] = member(m)
+			cm[i] = ringMember(m)
 		}
 		c = consistent.New(cm, consistentConfig(cfg))
 	}
@@ -143,7 +144,7 @@ func (r *Ring) Next(members []string) *Ring {
 	// Add before Remove so the ring never becomes empty in between, which
 	// consistent would answer by resetting its table.
 	for _, m := range add {
-		c.Add(member(m))
+		c.Add(ringMember(m))
 	}
 	for _, m := range del {
 		c.Remove(m)
@@ -157,7 +158,7 @@ func (r *Ring) Next(members []string) *Ring {
 func incrementalCheaper(k, n int, cfg RingConfig) bool {
 	vnodes := float64(n * cfg.ReplicationFactor)
 	sortCost := vnodes * math.Log2(vnodes+2)
-	distCost := float64(cfg.Partitions) * math.Log2(vnodes+2) * 4
+	distCost := float64(cfg.Units) * math.Log2(vnodes+2) * 4
 	incremental := float64(k) * (sortCost + distCost)
 	rebuild := float64(n)/2*sortCost + distCost
 	return incremental <= rebuild
@@ -167,7 +168,7 @@ func newRingFrom(cfg RingConfig, members []string, c *consistent.Consistent) *Ri
 	r := &Ring{
 		cfg:     cfg,
 		members: members,
-		owner:   make([]string, cfg.Partitions),
+		owner:   make([]string, cfg.Units),
 		units:   make(map[string][]int, len(members)),
 		c:       c,
 	}
@@ -188,8 +189,8 @@ func (r *Ring) Config() RingConfig { return r.cfg }
 // Members are the ring's members, sorted.
 func (r *Ring) Members() []string { return slices.Clone(r.members) }
 
-// Partitions is the number of units.
-func (r *Ring) Partitions() int { return r.cfg.Partitions }
+// UnitCount is the number of units.
+func (r *Ring) UnitCount() int { return r.cfg.Units }
 
 // Owner is the member that owns unit, or "" if the ring has no members or
 // unit is out of range.
@@ -249,14 +250,14 @@ func diff(a, b []string) (add, del []string) {
 	return add, del
 }
 
-type member string
+type ringMember string
 
-func (m member) String() string { return string(m) }
+func (m ringMember) String() string { return string(m) }
 
 func consistentConfig(cfg RingConfig) consistent.Config {
 	return consistent.Config{
-		Hasher:            ringHasher{step: math.MaxUint64 / uint64(cfg.Partitions)},
-		PartitionCount:    cfg.Partitions,
+		Hasher:            ringHasher{step: math.MaxUint64 / uint64(cfg.Units)},
+		PartitionCount:    cfg.Units,
 		ReplicationFactor: cfg.ReplicationFactor,
 		Load:              cfg.Load,
 	}

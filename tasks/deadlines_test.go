@@ -71,11 +71,12 @@ func BenchmarkOwnedShardMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		k := New(nil, Config{})
-		cfg := queue.Config{Partitions: shards}.WithDefaults()
+		k := New(queue.NewNative(nil, ""), Config{})
+		k.SetConfig("bench", queue.Config{Partitions: shards}.WithDefaults())
 		for p := 0; p < shards; p++ {
-			k.Own(queue.Shard{Queue: "bench", Partition: p}, cfg, 1)
-			st := k.shards[queue.Shard{Queue: "bench", Partition: p}.String()]
+			s := queue.Shard{Queue: "bench", Partition: p}
+			k.Own([]queue.Shard{s}, 1)
+			st := k.shards[s]
 			k.heap.schedule(st, Unlock, time.Now().Add(time.Minute))
 			k.heap.schedule(st, Requeue, time.Now().Add(time.Minute))
 		}
