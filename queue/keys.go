@@ -39,6 +39,10 @@ func keysFor(prefix string, s Shard) shardKeys {
 	}
 }
 
+// wakeChannel is keysFor(prefix, s).Wake without building the other keys:
+// Watch names thousands of shards at a time.
+func wakeChannel(prefix string, s Shard) string { return prefix + ":{" + s.String() + "}:wake" }
+
 // all lists every key of the shard, for deletion.
 func (k shardKeys) all() []string {
 	return []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.TTL, k.Body, k.Meta, k.Prio,

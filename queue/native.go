@@ -196,7 +196,7 @@ type wakeSubs struct {
 func (n *Native) Watch(shards []Shard, on bool) {
 	n.subs.mu.Lock()
 	for _, s := range shards {
-		ch := keysFor(n.prefix, s).Wake
+		ch := wakeChannel(n.prefix, s)
 		if on {
 			n.subs.want[ch] = true
 		} else {
@@ -212,7 +212,7 @@ func (n *Native) Watch(shards []Shard, on bool) {
 }
 
 // WakeChannel is the pub/sub channel of s's deadline hints.
-func (n *Native) WakeChannel(s Shard) string { return keysFor(n.prefix, s).Wake }
+func (n *Native) WakeChannel(s Shard) string { return wakeChannel(n.prefix, s) }
 
 // subscribeBatch bounds the channels of one SUBSCRIBE command, so taking
 // over tens of thousands of shards does not build one huge command.

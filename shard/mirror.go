@@ -21,16 +21,18 @@ type mirror struct {
 	kick   func()
 	store  mirrorStore
 
-	mu      sync.Mutex
-	rev     int64 // the copy reflects every change up to rev
-	synced  bool
-	changed time.Time // last change of the key set
+	mu     sync.Mutex
+	rev    int64 // the copy reflects every change up to rev
+	synced bool
+	// joined is when a key last joined the set (or the set was listed
+	// again): the coordinator lets the member set settle after joins.
+	joined time.Time
 }
 
 type mirrorStore interface {
 	reset(kvs []*mvccpb.KeyValue)
-	put(kv *mvccpb.KeyValue) (keySetChanged bool)
-	del(key string) (keySetChanged bool)
+	put(kv *mvccpb.KeyValue) (joined bool)
+	del(key string)
 }
 
 func (m *mirror) run(ctx context.Context) {
@@ -57,7 +59,7 @@ func (m *mirror) run(ctx context.Context) {
 		m.store.reset(resp.Kvs)
 		m.rev = resp.Header.Revision
 		m.synced = true
-		m.changed = time.Now()
+		m.joined = time.Now()
 		m.mu.Unlock()
 		m.kick()
 		m.watch(ctx, resp.Header.Revision+1)
@@ -76,21 +78,21 @@ func (m *mirror) watch(ctx context.Context, from int64) {
 			return
 		}
 		m.mu.Lock()
-		changed := false
+		joined := false
 		for _, ev := range wr.Events {
 			switch ev.Type {
 			case mvccpb.PUT:
-				changed = m.store.put(ev.Kv) || changed
+				joined = m.store.put(ev.Kv) || joined
 			case mvccpb.DELETE:
-				changed = m.store.del(string(ev.Kv.Key)) || changed
+				m.store.del(string(ev.Kv.Key))
 			}
 			m.rev = max(m.rev, ev.Kv.ModRevision)
 		}
 		if wr.IsProgressNotify() {
 			m.rev = max(m.rev, wr.Header.Revision)
 		}
-		if changed {
-			m.changed = time.Now()
+		if joined {
+			m.joined = time.Now()
 		}
 		m.mu.Unlock()
 		if len(wr.Events) > 0 {
@@ -99,11 +101,11 @@ func (m *mirror) watch(ctx context.Context, from int64) {
 	}
 }
 
-// sinceChange is how long the key set has been unchanged.
-func (m *mirror) sinceChange() time.Duration {
+// sinceJoin is how long no key has joined the set.
+func (m *mirror) sinceJoin() time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return time.Since(m.changed)
+	return time.Since(m.joined)
 }
 
 // memberStore is the set of live member ids.
@@ -128,14 +130,7 @@ func (s *memberStore) put(kv *mvccpb.KeyValue) bool {
 	return true
 }
 
-func (s *memberStore) del(key string) bool {
-	id := s.keys.MemberID(key)
-	if _, ok := s.ids[id]; !ok {
-		return false
-	}
-	delete(s.ids, id)
-	return true
-}
+func (s *memberStore) del(key string) { delete(s.ids, s.keys.MemberID(key)) }
 
 // ownerEntry is one unit's ownership key as last seen.
 type ownerEntry struct {
@@ -167,15 +162,17 @@ func (s *ownerStore) reset(kvs []*mvccpb.KeyValue) {
 }
 
 func (s *ownerStore) put(kv *mvccpb.KeyValue) bool {
-	if u, ok := s.unit(string(kv.Key)); ok {
-		s.units[u] = ownerEntry{member: string(kv.Value), create: kv.CreateRevision, lease: kv.Lease}
+	u, ok := s.unit(string(kv.Key))
+	if !ok {
+		return false
 	}
-	return true
+	joined := s.units[u].create == 0
+	s.units[u] = ownerEntry{member: string(kv.Value), create: kv.CreateRevision, lease: kv.Lease}
+	return joined
 }
 
-func (s *ownerStore) del(key string) bool {
+func (s *ownerStore) del(key string) {
 	if u, ok := s.unit(key); ok {
 		s.units[u] = ownerEntry{}
 	}
-	return true
 }

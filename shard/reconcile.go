@@ -9,9 +9,12 @@ import (
 	"github.com/keeperhq/keeper/queue"
 )
 
-// settle is how long the member set must stay unchanged before the ring is
+// settle is how long no member may have joined before the ring is
 // recomputed, so that keepers starting together do not hand units around
-// once per arrival; maxSettle bounds the wait under churn.
+// once per arrival; maxSettle bounds the wait under churn. A member that
+// leaves (a handoff, a crash) is not waited for: its units are free, or
+// about to be, and every millisecond until the ring is recomputed is a
+// millisecond of the takeover.
 const (
 	settle    = 50 * time.Millisecond
 	maxSettle = time.Second
@@ -27,9 +30,14 @@ type loopState struct {
 	synced     map[int]uint64                   // catalog generation a unit's shards match
 	dropped    map[queue.Shard]int64            // fenced shards kept dropped, with the token
 	ahead      map[queue.Shard]aheadShard       // dropped because the fence is ahead of etcd
-	ring       *Ring
-	catGen     uint64
-	byUnit     map[int][]queue.Shard
+	// releasing are held units whose shards were disowned for a release
+	// that did not report success: the key may be gone already (the reply
+	// was lost), so they are released again, never owned again, until
+	// etcd shows their key gone or replaced.
+	releasing map[int]bool
+	ring      *Ring
+	catGen    uint64
+	byUnit    map[int][]queue.Shard
 }
 
 // loop reconciles whenever a watch, the catalog, the session or a fence
@@ -58,7 +66,7 @@ func (c *Coordinator) loop(ctx context.Context) {
 func (c *Coordinator) waitSettled(ctx context.Context) {
 	start := time.Now()
 	for {
-		since := c.members.sinceChange()
+		since := c.members.sinceJoin()
 		if since >= settle || time.Since(start) >= maxSettle {
 			return
 		}
@@ -78,6 +86,7 @@ func (c *Coordinator) resetEpoch(epoch uint64) {
 	c.st.synced = map[int]uint64{}
 	c.st.dropped = map[queue.Shard]int64{}
 	c.st.ahead = map[queue.Shard]aheadShard{}
+	c.st.releasing = map[int]bool{}
 }
 
 func (c *Coordinator) memberSnapshot() ([]string, int64, bool) {
@@ -208,9 +217,15 @@ func (c *Coordinator) decide(s *session) (plan, bool) {
 		held := t != 0
 		switch {
 		case held && orev >= t && (e.create != t || e.lease != lease):
+			if c.st.releasing[u] {
+				// Our own release went through after all.
+				delete(c.st.releasing, u)
+				c.dropHeld(u)
+				continue
+			}
 			p.lost = append(p.lost, unitToken{u, t})
 			p.lostTo = append(p.lostTo, *e)
-		case held && !mine:
+		case held && (!mine || c.st.releasing[u]):
 			p.release = append(p.release, unitToken{u, t})
 		case held:
 			if g, ok := c.st.synced[u]; !ok || g != c.st.catGen {
@@ -286,6 +301,7 @@ func (c *Coordinator) runRound(ctx context.Context, s *session, p plan) {
 	if len(p.acquire)+len(p.release)+len(p.lost) == 0 {
 		return
 	}
+	start := time.Now()
 	results := make(chan roundResult)
 	var wg sync.WaitGroup
 	conc := c.cfg.AcquireConcurrency
@@ -308,6 +324,10 @@ func (c *Coordinator) runRound(ctx context.Context, s *session, p plan) {
 		for _, ut := range b {
 			relShards[i] = append(relShards[i], c.takeUnitShards(ut.unit)...)
 		}
+	}
+	for _, ut := range p.release {
+		// Until the release is confirmed, the unit is never owned again.
+		c.st.releasing[ut.unit] = true
 	}
 	c.parallel(&wg, len(relBatches), conc, func(i int) {
 		c.disown(relShards[i])
@@ -342,12 +362,14 @@ func (c *Coordinator) runRound(ctx context.Context, s *session, p plan) {
 		nAcq += len(r.acquired)
 		for _, u := range r.released {
 			c.dropHeld(u)
+			delete(c.st.releasing, u)
 		}
 		nRel += len(r.released)
 		nLost += r.lost
 	}
 	if nAcq+nRel+nLost > 0 {
-		c.log.Debug("round", "acquired", nAcq, "released", nRel, "lost", nLost, "held", c.st.nheld)
+		c.log.Debug("round", "acquired", nAcq, "released", nRel, "lost", nLost, "held", c.st.nheld,
+			"took", time.Since(start).Round(time.Millisecond))
 	}
 }
 
@@ -393,5 +415,6 @@ func (c *Coordinator) takeUnitShards(u int) []queue.Shard {
 func (c *Coordinator) takeUnit(u int) []queue.Shard {
 	shards := c.takeUnitShards(u)
 	c.dropHeld(u)
+	delete(c.st.releasing, u)
 	return shards
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/buraksezer/consistent"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -179,5 +180,71 @@ func TestRingAtPartitionBounds(t *testing.T) {
 			t.Fatalf("P=%d: %d units owned, last owned by %q", p, total, r.Owner(p-1))
 		}
 		sameTable(t, fmt.Sprintf("P=%d after a join", p), r.Next(podNames(4)), NewRing(podNames(4), cfg))
+	}
+}
+
+// ringMember is a member of the reference ring (consistent.Member).
+type ringMember string
+
+func (m ringMember) String() string { return string(m) }
+
+// reference is the table github.com/buraksezer/consistent v1.0.0 computes.
+func reference(members []string, cfg RingConfig) []string {
+	cfg = cfg.withDefaults()
+	ms := normalize(members)
+	cm := make([]consistent.Member, len(ms))
+	for i, m := range ms {
+		cm[i] = ringMember(m)
+	}
+	c := consistent.New(cm, consistent.Config{
+		Hasher:            ringHasher{step: math.MaxUint64 / uint64(cfg.Units)},
+		PartitionCount:    cfg.Units,
+		ReplicationFactor: cfg.ReplicationFactor,
+		Load:              cfg.Load,
+	})
+	out := make([]string, cfg.Units)
+	for u := range out {
+		out[u] = c.GetPartitionOwner(u).String()
+	}
+	return out
+}
+
+func randomIDs(rng *rand.Rand, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%016x", rng.Uint64())
+	}
+	return out
+}
+
+// The ring's table is consistent v1.0.0's, unit for unit, so that keepers
+// that computed it with the library and keepers that compute it here agree
+// during a rollout: pod names and random ids, the default ring and small
+// ones where the bounded load makes units walk far.
+func TestRingMatchesConsistent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	cases := []struct {
+		cfg     RingConfig
+		members []string
+	}{
+		{RingConfig{}, podNames(1)},
+		{RingConfig{}, podNames(2)},
+		{RingConfig{}, podNames(3)},
+		{RingConfig{}, randomIDs(rng, 7)},
+		{RingConfig{}, podNames(64)},
+		{RingConfig{}, randomIDs(rng, 150)},
+		{RingConfig{Units: MaxUnits}, randomIDs(rng, 5)},
+		{RingConfig{Units: 64, ReplicationFactor: 3}, randomIDs(rng, 100)},
+		{RingConfig{Units: 1}, podNames(10)},
+		{RingConfig{Units: 4096, ReplicationFactor: 50, Load: 1}, podNames(33)},
+		{RingConfig{Units: 1000, ReplicationFactor: 1, Load: 1.05}, randomIDs(rng, 997)},
+	}
+	for _, c := range cases {
+		got, want := NewRing(c.members, c.cfg), reference(c.members, c.cfg)
+		for u, m := range want {
+			if got.Owner(u) != m {
+				t.Fatalf("%+v over %d members: unit %d owned by %q, consistent says %q", c.cfg, len(c.members), u, got.Owner(u), m)
+			}
+		}
 	}
 }

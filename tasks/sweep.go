@@ -84,8 +84,10 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 	if len(reqs) == 0 {
 		return
 	}
+	start := time.Now()
 	res, err := k.layout.Probe(ctx, reqs)
 	now := time.Now()
+	k.log.Debug("probed", "shards", len(reqs), "took", now.Sub(start).Round(time.Millisecond))
 	if err != nil {
 		if ctx.Err() != nil {
 			return
