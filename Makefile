@@ -19,7 +19,7 @@ CA_BUNDLE   ?= /etc/ssl/certs/ca-certificates.crt
 # Packages that coordinate goroutines or processes run under the race detector.
 RACE_PKGS   := ./shard/... ./election/... ./tasks/... ./internal/...
 
-.PHONY: all build run test test-unit test-race lint collector tools image bench clean
+.PHONY: all build run test test-unit test-race lint collector tools image manifests bench clean
 
 all: build
 
@@ -65,6 +65,19 @@ $(BIN)/helm:
 
 $(BIN)/promtool:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install $(PROMTOOL_PKG)
+
+# configs/kubernetes/ is the chart's output for the default values of each
+# mode (and the TLS example); TestHelmChart keeps them equal.
+define render-manifest
+	{ printf '# Rendered from configs/helm/keeper by `make manifests`: helm template keeper configs/helm/keeper%s\n# Do not edit; change the chart (a test keeps the two equal).\n' '$(if $(2), $(2))'; \
+	  $(BIN)/helm template keeper configs/helm/keeper $(2); } > configs/kubernetes/$(1)
+endef
+
+manifests: $(BIN)/helm
+	$(call render-manifest,keeper-deployment.yaml,)
+	$(call render-manifest,keeper-daemonset.yaml,--set mode=daemonset)
+	$(call render-manifest,keeper-sidecar.yaml,--set mode=sidecar)
+	$(call render-manifest,keeper-deployment-tls.yaml,-f configs/helm/keeper/examples/values-tls.yaml)
 
 # The container image (Containerfile): the static bin/keeper, the host's CA
 # bundle and a passwd entry for the unprivileged user, on an empty base.
