@@ -178,4 +178,3 @@ func grafanaStrict(data []byte) error {
 	}
 	return err
 }
-
