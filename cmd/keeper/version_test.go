@@ -14,10 +14,12 @@ func TestVersionString(t *testing.T) {
 	if got := versionString(); got != want && got != strings.Replace(want, "0123abcd", "0123abcd+modified", 1) {
 		t.Fatalf("versionString() = %q, want %q", got, want)
 	}
-	// As go build or go test builds it: the build info's module version.
+	// As go build or go test builds it: the build info's module version
+	// ("(devel)", or a pseudo-version where the build stamps VCS data).
 	version, revision = "", ""
 	got := versionString()
-	if !strings.HasPrefix(got, "keeper (devel) commit ") || !strings.HasSuffix(got, runtime.Version()+" "+runtime.GOOS+"/"+runtime.GOARCH) {
+	f := strings.Fields(got)
+	if len(f) != 6 || f[0] != "keeper" || f[1] == "" || f[2] != "commit" || f[4] != runtime.Version() || f[5] != runtime.GOOS+"/"+runtime.GOARCH {
 		t.Fatalf("versionString() = %q without ldflags", got)
 	}
 }
