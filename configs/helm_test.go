@@ -139,21 +139,13 @@ func decodeRendered(t *testing.T, out []byte) rendered {
 		var err error
 		switch meta.APIVersion + " " + meta.Kind {
 		case "v1 ConfigMap":
-			var o corev1.ConfigMap
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			r.configMaps = append(r.configMaps, o)
+			err = appendStrict(&r.configMaps, doc)
 		case "apps/v1 Deployment":
-			var o appsv1.Deployment
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			r.deployments = append(r.deployments, o)
+			err = appendStrict(&r.deployments, doc)
 		case "apps/v1 DaemonSet":
-			var o appsv1.DaemonSet
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			r.daemonSets = append(r.daemonSets, o)
+			err = appendStrict(&r.daemonSets, doc)
 		case "policy/v1 PodDisruptionBudget":
-			var o policyv1.PodDisruptionBudget
-			err = yaml.UnmarshalStrict([]byte(doc), &o)
-			r.pdbs = append(r.pdbs, o)
+			err = appendStrict(&r.pdbs, doc)
 		default:
 			t.Fatalf("document %d: unexpected %s %s", i, meta.APIVersion, meta.Kind)
 		}
@@ -162,6 +154,17 @@ func decodeRendered(t *testing.T, out []byte) rendered {
 		}
 	}
 	return r
+}
+
+// appendStrict decodes doc into a new T, refusing unknown fields and
+// duplicate keys, and appends it.
+func appendStrict[T any](list *[]T, doc string) error {
+	var o T
+	if err := yaml.UnmarshalStrict([]byte(doc), &o); err != nil {
+		return err
+	}
+	*list = append(*list, o)
+	return nil
 }
 
 func stripComments(doc string) string {
@@ -265,8 +268,8 @@ func checkContract(t *testing.T, c renderCase, r rendered, budget time.Duration)
 	}
 
 	// A grace period above keeper's shutdown budget.
-	if spec.TerminationGracePeriodSeconds == nil || time.Duration(*spec.TerminationGracePeriodSeconds)*time.Second <= budget {
-		t.Errorf("terminationGracePeriodSeconds %v is not above keeper's shutdown budget %s", spec.TerminationGracePeriodSeconds, budget)
+	if g := spec.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second <= budget {
+		t.Errorf("terminationGracePeriodSeconds (%s) is not above keeper's shutdown budget %s", fmtPtr(g), budget)
 	}
 
 	// The member id is the pod name; every $(VAR) refers to a variable
@@ -379,6 +382,13 @@ func mountsOf(spec corev1.PodSpec, c *corev1.Container) map[string]corev1.Volume
 		}
 	}
 	return out
+}
+
+func fmtPtr(p *int64) string {
+	if p == nil {
+		return "unset: 30s"
+	}
+	return strconv.FormatInt(*p, 10) + "s"
 }
 
 func namedPort(c *corev1.Container, name string) int {
