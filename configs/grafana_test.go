@@ -170,6 +170,7 @@ func TestGrafanaDashboard(t *testing.T) {
 // its panel and data source plugins.
 func grafanaStrict(data []byte) error {
 	plugins.RegisterDefaultPlugins()
+	//lint:ignore SA1019 the classic JSON model is what Grafana's import takes; dashboardv2 is the newer resource format
 	var d dashboard.Dashboard
 	err := d.UnmarshalJSONStrict(data)
 	// The SDK returns its error list even when it is empty (a typed nil).
