@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // `make image` builds the container image with podman (into a private
@@ -45,8 +46,10 @@ func TestContainerImage(t *testing.T) {
 	image := "localhost/keeper-test:" + hex.EncodeToString(suffix[:])
 	t.Cleanup(func() { _, _ = runErr(podman, pm("rmi", "--force", image)...) })
 
+	start := time.Now()
 	run(t, "make", "-C", root, "image", "BIN="+filepath.Join(dir, "bin"), "IMAGE="+image,
 		"CONTAINER="+podman+" "+strings.Join(store, " "))
+	t.Logf("make image (go build and podman build): %s", time.Since(start).Round(time.Millisecond))
 	oci := filepath.Join(dir, "oci")
 	run(t, podman, pm("save", "--format", "oci-dir", "-o", oci, image)...)
 	cfg, layers := readOCI(t, oci)
