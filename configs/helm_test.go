@@ -51,7 +51,7 @@ var renderCases = []renderCase{
 // keeper's contract checked on each; the manifests in configs/kubernetes/
 // are the chart's output for the default values of each mode.
 func TestHelmChart(t *testing.T) {
-	helm := tool(t, "HELM_BIN", "helm", "HELM_PKG")
+	helm := tool(t, "HELM_BIN", "helm")
 	run(t, helm, "lint", "--strict", chartDir)
 	run(t, helm, "lint", "--strict", chartDir, "-f", chartDir+"/examples/values-tls.yaml")
 	budget := shutdownBudget(t)
@@ -77,7 +77,7 @@ func TestHelmChart(t *testing.T) {
 
 // The chart refuses bad values with a message naming them.
 func TestHelmChartRefusesBadValues(t *testing.T) {
-	helm := tool(t, "HELM_BIN", "helm", "HELM_PKG")
+	helm := tool(t, "HELM_BIN", "helm")
 	for _, c := range []struct {
 		args []string
 		want string

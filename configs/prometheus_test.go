@@ -20,7 +20,7 @@ const (
 // The alerting rules through the real promtool: check rules (lint fatal),
 // and the unit tests, in which every alert both fires and stays quiet.
 func TestPrometheusRules(t *testing.T) {
-	promtool := tool(t, "PROMTOOL_BIN", "promtool", "PROMTOOL_PKG")
+	promtool := tool(t, "PROMTOOL_BIN", "promtool")
 	run(t, promtool, "check", "rules", "--lint-fatal", rulesFile)
 	run(t, promtool, "test", "rules", rulesTestFile)
 
@@ -68,7 +68,7 @@ func TestPrometheusRules(t *testing.T) {
 // autoscaling examples) parses with promtool's PromQL parser, and names at
 // least one metric.
 func TestShippedQueriesParse(t *testing.T) {
-	promtool := tool(t, "PROMTOOL_BIN", "promtool", "PROMTOOL_PKG")
+	promtool := tool(t, "PROMTOOL_BIN", "promtool")
 	qs, err := promexpr.Shipped(root)
 	if err != nil {
 		t.Fatal(err)
