@@ -14,6 +14,7 @@ import (
 
 	yamlv3 "gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
@@ -458,4 +459,54 @@ func shutdownBudget(t *testing.T) time.Duration {
 	secs, _ := strconv.Atoi(string(m[1]))
 	t.Logf("keeper's shutdown budget: %ds (cmd/keeper/run.go daemon.shutdown; no setting in configs/keeper.yaml yet)", secs)
 	return time.Duration(secs) * time.Second
+}
+
+// The HPA example decodes strictly into autoscaling/v2 and scales on the
+// external metric its prometheus-adapter rule serves. (KEDA's ScaledObject
+// has no API types here; its query is checked with the others by
+// TestShippedQueriesParse and chaos's scrape test.)
+func TestHPAExample(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(chartDir, "examples/hpa-external.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hpas []autoscalingv2.HorizontalPodAutoscaler
+	var cms []corev1.ConfigMap
+	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(data), -1) {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		switch meta.Kind {
+		case "HorizontalPodAutoscaler":
+			err = appendStrict(&hpas, doc)
+		case "ConfigMap":
+			err = appendStrict(&cms, doc)
+		default:
+			t.Fatalf("document %d: unexpected kind %q", i, meta.Kind)
+		}
+		if err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+	}
+	if len(hpas) != 1 || len(cms) != 1 {
+		t.Fatalf("want one HPA and one ConfigMap, got %d and %d", len(hpas), len(cms))
+	}
+	ms := hpas[0].Spec.Metrics
+	if len(ms) != 1 || ms[0].External == nil {
+		t.Fatalf("want one external metric: %+v", ms)
+	}
+	var adapter struct {
+		ExternalRules []struct {
+			Name struct {
+				As string `json:"as"`
+			} `json:"name"`
+		} `json:"externalRules"`
+	}
+	if err := yaml.Unmarshal([]byte(cms[0].Data["config.yaml"]), &adapter); err != nil {
+		t.Fatalf("adapter config: %v", err)
+	}
+	if len(adapter.ExternalRules) != 1 || adapter.ExternalRules[0].Name.As != ms[0].External.Metric.Name {
+		t.Errorf("the HPA scales on %q, the adapter serves %+v", ms[0].External.Metric.Name, adapter.ExternalRules)
+	}
 }
