@@ -397,7 +397,9 @@ func (c *Client) ResetFences(ctx context.Context, queue string) ([]int64, error)
 	cmds := make([]*redis.StringCmd, cfg.Partitions)
 	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range cmds {
-			cmds[i] = p.GetDel(ctx, keysFor(c.prefix, Shard{queue, i}).Fence)
+			k := keysFor(c.prefix, Shard{queue, i})
+			cmds[i] = p.GetDel(ctx, k.Fence)
+			p.Del(ctx, k.FenceOwner)
 		}
 		return nil
 	})
