@@ -25,6 +25,7 @@ type shardKeys struct {
 	Stats      string // HASH cumulative counters (enqueued, acked, unlocked, ...)
 	History    string // STREAM of housekeeping passes, only when history is on
 	TrimWake   string // STRING set while a trim wake is outstanding
+	Deleted    string // STRING tombstone: the queue was deleted (see lua/drop.lua)
 	// Wake is a pub/sub channel, not a key: clients publish the shard's
 	// deadline hints there, and only the shard's owner subscribes.
 	Wake string
@@ -36,15 +37,21 @@ func keysFor(prefix string, s Shard) shardKeys {
 		Ready: b + "ready", Inflight: b + "inflight", Locked: b + "locked", Dead: b + "dead",
 		TTL: b + "ttl", Body: b + "body", Meta: b + "meta", Prio: b + "prio", Dlv: b + "dlv",
 		Tok: b + "tok", Seq: b + "seq", Fence: b + "fence", FenceOwner: b + "owner", Clean: b + "clean", Stats: b + "stats",
-		History: b + "history", TrimWake: b + "trimwake", Wake: b + "wake",
+		History: b + "history", TrimWake: b + "trimwake", Deleted: b + "deleted", Wake: b + "wake",
 	}
 }
 
-// all lists every key of the shard, for deletion.
-func (k shardKeys) all() []string {
+// messages lists the keys a queue delete removes: all but control.
+func (k shardKeys) messages() []string {
 	return []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.TTL, k.Body, k.Meta, k.Prio,
-		k.Dlv, k.Tok, k.Seq, k.Fence, k.FenceOwner, k.Clean, k.Stats, k.History, k.TrimWake}
+		k.Dlv, k.Tok, k.Seq, k.Clean, k.Stats, k.History, k.TrimWake}
 }
+
+// control lists the keys a queue delete keeps: the fence, its owner and
+// the tombstone.
+func (k shardKeys) control() []string { return []string{k.Fence, k.FenceOwner, k.Deleted} }
+
+func (k shardKeys) all() []string { return append(k.messages(), k.control()...) }
 
 func registryKey(prefix string) string { return prefix + ":queues" }
 

@@ -58,7 +58,7 @@ func (n *Native) WithOwner(owner string) *Native {
 // head is the keys and arguments every housekeeping script begins with
 // (see lua/lib.lua), followed by the script's own.
 func (n *Native) head(k shardKeys, token int64, keys []string, args ...any) ([]string, []any) {
-	return append([]string{k.Fence, k.FenceOwner, k.History}, keys...),
+	return append([]string{k.Fence, k.FenceOwner, k.History, k.Deleted}, keys...),
 		append([]any{token, n.owner, n.record}, args...)
 }
 
@@ -382,7 +382,7 @@ func parseWake(p string) (Wake, bool) {
 }
 
 // maxSeed is the most messages one call of the seed script writes.
-const maxSeed = 100_000
+const maxSeed = 50_000
 
 // SeedLocked writes count locked messages into s, for benchmarks and load
 // tests: ids idPrefix+index for index in [first, first+count), message i
@@ -392,7 +392,7 @@ func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first
 	k := keysFor(n.prefix, s)
 	for done := 0; done < count; done += maxSeed {
 		c := min(maxSeed, count-done)
-		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
+		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
 			idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).Err()
 		if err != nil {
 			return fmt.Errorf("seed %s: %w", s, asError(err, s, 0))

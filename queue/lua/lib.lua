@@ -20,14 +20,26 @@ local function check_types(spec)
   return nil
 end
 
+-- A deleted queue leaves a tombstone in each of its shards (with the fence,
+-- so that a queue created again under the same name keeps refusing old
+-- tokens). Every script checks it before anything else, so that neither a
+-- pass still running nor a client holding the deleted queue's config can
+-- write a key there again.
+local function check_live(deleted)
+  if redis.call('EXISTS', deleted) == 1 then
+    return redis.error_reply('KEEPER_DELETED the queue of ' .. deleted .. ' was deleted')
+  end
+  return nil
+end
+
 -- Every housekeeping script (unlock, requeue, expire, trim, measure, probe)
 -- begins with the same keys and arguments, which the helpers below read:
 --   KEYS[1] fence: the highest ownership token accepted
 --   KEYS[2] fence owner: the identity of the owner that presented it
---   KEYS[3] history stream
+--   KEYS[3] history stream  KEYS[4] tombstone of a deleted queue
 --   ARGV[1] ownership token  ARGV[2] owner identity (member id and a
 --   per-process nonce)  ARGV[3] "1" to record the pass in the history
--- Their own keys and arguments follow, from KEYS[4] and ARGV[4].
+-- Their own keys and arguments follow, from KEYS[5] and ARGV[4].
 
 -- History, off unless the keeper asks for it (chaos runs): one stream entry
 -- per housekeeping pass, accepted or refused, with its token, owner and how
@@ -40,8 +52,8 @@ local function record(task, accepted, moved)
   end
 end
 
--- Check the types of the shared keys and the pass's token against the
--- shard's fence, without writing. Refused: a token below the fence, and a
+-- Check the tombstone, the types of the shared keys and the pass's token
+-- against the shard's fence, without writing. Refused: a token below the fence, and a
 -- token equal to it from another owner (after etcd is restored from a
 -- backup, two keepers can hold equal tokens). A fence without an owner (set
 -- before owners were recorded) accepts an equal token. A refusal is
@@ -49,6 +61,8 @@ end
 -- and raise the fence (fence_raise) with their other writes, so a refused
 -- or failing pass changes nothing.
 local function fence_check(task)
+  local err = check_live(KEYS[4])
+  if err then return err end
   for _, kt in ipairs({{KEYS[1], 'string'}, {KEYS[2], 'string'}, {KEYS[3], 'stream'}}) do
     local t = redis.call('TYPE', kt[1])['ok']
     if t ~= 'none' and t ~= kt[2] then

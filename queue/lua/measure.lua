@@ -1,16 +1,16 @@
 -- measure (housekeeping): the counts, the head of ready and the cumulative
 -- counters of one shard, then mark it clean so that it is measured again only
 -- after something changes (see mark_dirty in lib.lua).
--- KEYS[1..3], ARGV[1..3]: fence, fence owner, history; token, owner, record
--- (see lib.lua)
--- KEYS[4] ready  KEYS[5] inflight  KEYS[6] locked  KEYS[7] dead  KEYS[8] stats
--- KEYS[9] clean
+-- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
+-- owner, record (see lib.lua)
+-- KEYS[5] ready  KEYS[6] inflight  KEYS[7] locked  KEYS[8] dead  KEYS[9] stats
+-- KEYS[10] clean
 -- Returns {now_us, ready, inflight, locked, dead, ready_head_score (nil = none;
 -- priorities may be negative, so no number can stand for "none"),
 -- field1, value1, field2, value2, ...} (the stats hash).
--- Errors: KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
-local READY, INFLIGHT, LOCKED, DEAD, STATS, CLEAN = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local READY, INFLIGHT, LOCKED, DEAD, STATS, CLEAN = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local err = fence_check('measure')
 if err then return err end
 err = check_types({READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', DEAD, 'zset', STATS, 'hash', CLEAN, 'string'})

@@ -4,17 +4,19 @@
 -- fence to the new token at once, so a previous owner that is paused or cut
 -- off is refused from that moment, not only from the new owner's first
 -- housekeeping pass.
--- KEYS[1..3], ARGV[1..3]: fence, fence owner, history; token, owner, record
--- (see lib.lua; read only for a claim)
--- KEYS[4] locked  KEYS[5] inflight  KEYS[6] ttl  KEYS[7] ready
+-- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
+-- owner, record (see lib.lua; the fence is read only for a claim)
+-- KEYS[5] locked  KEYS[6] inflight  KEYS[7] ttl  KEYS[8] ready
 -- ARGV[4] max size (0 = unbounded: the size is not read)  ARGV[5] "1" to
 -- claim (fence) the shard
 -- Returns {locked_head_ms, inflight_head_ms, ttl_head_ms, excess}; -1 = none.
--- Errors: KEEPER_FENCED <fence> <owner> (claims only), KEEPER_WRONGTYPE.
+-- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner> (claims only),
+-- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
-local LOCKED, INFLIGHT, TTL, READY = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local LOCKED, INFLIGHT, TTL, READY = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local claim = ARGV[5] == '1'
-local err
+local err = check_live(KEYS[4])
+if err then return err end
 if claim then
   err = fence_check('claim')
   if err then return err end

@@ -2,18 +2,18 @@
 -- message goes back to ready with its score; to dead when it has been
 -- delivered max-deliveries times already; or is dropped when its TTL passed.
 -- Deliveries are counted at pull, so the requeued copy already carries +1.
--- KEYS[1..3], ARGV[1..3]: fence, fence owner, history; token, owner, record
--- (see lib.lua)
--- KEYS[4] inflight  KEYS[5] ready  KEYS[6] dead  KEYS[7] ttl  KEYS[8] tok
--- KEYS[9] dlv  KEYS[10] prio  KEYS[11] meta  KEYS[12] body  KEYS[13] stats
--- KEYS[14] clean
+-- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
+-- owner, record (see lib.lua)
+-- KEYS[5] inflight  KEYS[6] ready  KEYS[7] dead  KEYS[8] ttl  KEYS[9] tok
+-- KEYS[10] dlv  KEYS[11] prio  KEYS[12] meta  KEYS[13] body  KEYS[14] stats
+-- KEYS[15] clean
 -- ARGV[4] batch size  ARGV[5] max deliveries (0 = unlimited)
 -- Returns {handled, next_due_ms, now_us, requeued, dead_lettered, expired,
 -- ttl_head_ms}; -1 for none.
--- Errors: KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
-local INFLIGHT, READY, DEAD, TTL, TOK = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local DLV, PRIO, META, BODY, STATS, CLEAN = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local INFLIGHT, READY, DEAD, TTL, TOK = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local DLV, PRIO, META, BODY, STATS, CLEAN = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local err = fence_check('requeue')
 if err then return err end
 err = check_types({INFLIGHT, 'zset', READY, 'zset', DEAD, 'zset', TTL, 'zset', TOK, 'hash',

@@ -1,14 +1,14 @@
 -- unlock (housekeeping): move locked messages whose unlock time has come back
 -- to ready, oldest due first, with the score they are to be served at.
--- KEYS[1..3], ARGV[1..3]: fence, fence owner, history; token, owner, record
--- (see lib.lua)
--- KEYS[4] locked  KEYS[5] ready  KEYS[6] prio  KEYS[7] stats  KEYS[8] clean
+-- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
+-- owner, record (see lib.lua)
+-- KEYS[5] locked  KEYS[6] ready  KEYS[7] prio  KEYS[8] stats  KEYS[9] clean
 -- ARGV[4] batch size
 -- Returns {moved, next_due_ms (-1 = none), now_us, lag_us_1, ..., lag_us_n}
 -- where lag = moved time - unlock time.
--- Errors: KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
-local LOCKED, READY, PRIO, STATS, CLEAN = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local LOCKED, READY, PRIO, STATS, CLEAN = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local err = fence_check('unlock')
 if err then return err end
 err = check_types({LOCKED, 'zset', READY, 'zset', PRIO, 'hash', STATS, 'hash', CLEAN, 'string'})
