@@ -204,13 +204,15 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 		}
 	}
 	if len(reads) > 0 {
+		var results func() []int
 		_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			n.probeCmds(ctx, p, reqs, reads, out)
+			results = n.probeCmds(ctx, p, reqs, reads, out)
 			return nil
 		})
 		if err != nil && !isScriptError(err) {
 			return nil, fmt.Errorf("probe %d shards: %w", len(reads), err)
 		}
+		results()
 	}
 	for node, idx := range n.byNode(ctx, reqs, claims, out) {
 		n.claimOn(ctx, node, reqs, idx, out)
