@@ -17,8 +17,13 @@ import (
 type Native struct {
 	rdb    redis.UniversalClient
 	prefix string
-	record string    // "1": every housekeeping pass is recorded in the shard's history
-	subs   *wakeSubs // shared by the copies WithHistory makes
+	record string // "1": every housekeeping pass is recorded in the shard's history
+	// owner identifies this keeper process to the fences (see WithOwner).
+	owner string
+	// claimWait bounds how long a claim waits for a replica's
+	// acknowledgement (see WithClaimWait).
+	claimWait time.Duration
+	subs      *wakeSubs // shared by the copies WithHistory and WithOwner make
 }
 
 var _ Layout = (*Native)(nil)
@@ -28,7 +33,7 @@ func NewNative(rdb redis.UniversalClient, prefix string) *Native {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Native{rdb: rdb, prefix: prefix, record: "0",
+	return &Native{rdb: rdb, prefix: prefix, record: "0", claimWait: DefaultClaimWait,
 		subs: &wakeSubs{want: map[string]bool{}, pending: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }
 
@@ -41,11 +46,45 @@ func (n *Native) WithHistory() *Native {
 	return &c
 }
 
+// WithOwner returns a layout whose housekeeping writes carry owner, the
+// identity of this keeper process (its member id and a random per-process
+// nonce), beside the token. The fence keeps the owner of the token it holds
+// and refuses an equal token from another owner: after etcd is restored
+// from a backup, two keepers can hold equal tokens. Without it the owner is
+// empty, which is one identity like any other.
+func (n *Native) WithOwner(owner string) *Native {
+	c := *n
+	c.owner = owner
+	return &c
+}
+
+// DefaultClaimWait is how long a claim waits for a replica's
+// acknowledgement unless WithClaimWait says otherwise.
+const DefaultClaimWait = time.Second
+
+// WithClaimWait returns a layout whose claims wait up to d for a replica to
+// acknowledge them, when the shard's node has replicas (see Probe).
+func (n *Native) WithClaimWait(d time.Duration) *Native {
+	c := *n
+	c.claimWait = d
+	return &c
+}
+
+// head is the keys and arguments every housekeeping script begins with
+// (see lua/lib.lua), followed by the script's own.
+func (n *Native) head(k shardKeys, token int64, keys []string, args ...any) ([]string, []any) {
+	return append([]string{k.Fence, k.FenceOwner, k.History, k.Deleted}, keys...),
+		append([]any{token, n.owner, n.record}, args...)
+}
+
 // Unlock implements Layout.
 func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.unlock.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Locked, k.Ready, k.Prio, k.Stats, k.Clean, k.History}, token, batch, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.Locked, k.Ready, k.Prio, k.Stats, k.Clean}, batch)
+	res, err := nativeScripts.unlock.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -60,10 +99,13 @@ func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (P
 
 // Requeue implements Layout.
 func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.requeue.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean, k.History},
-		token, batch, cfg.MaxDeliveries, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body,
+		k.Stats, k.Clean}, batch, cfg.MaxDeliveries)
+	res, err := nativeScripts.requeue.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -78,10 +120,13 @@ func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, 
 
 // Expire implements Layout.
 func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.expire.Run(ctx, n.rdb,
-		[]string{k.Fence, k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History},
-		token, batch, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv,
+		k.Stats, k.Clean}, batch)
+	res, err := nativeScripts.expire.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -93,10 +138,13 @@ func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (P
 // Trim implements Layout. NextMs is always -1: trim is due only when a
 // shard goes over its cap, which the enqueue script announces.
 func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.trim.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History, k.TrimWake},
-		token, batch, cfg.MaxSize, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv,
+		k.Stats, k.Clean, k.TrimWake}, batch, cfg.MaxSize)
+	res, err := nativeScripts.trim.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -104,11 +152,19 @@ func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, bat
 		Excess: res[1]}, nil
 }
 
+// checkBatch refuses a batch the scripts were not tested at.
+func checkBatch(batch int) error {
+	if batch < 1 || batch > MaxBatch {
+		return fmt.Errorf("%w: batch %d not in 1..%d", ErrBadConfig, batch, MaxBatch)
+	}
+	return nil
+}
+
 // Measure implements Layout.
 func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement, error) {
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.measure.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean, k.History}, token, n.record).Slice()
+	keys, args := n.head(k, token, []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean})
+	res, err := nativeScripts.measure.Run(ctx, n.rdb, keys, args...).Slice()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return Measurement{}, asError(err, s, token)
 	}
@@ -127,41 +183,152 @@ func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement
 	return m, nil
 }
 
-// Probe implements Layout with one pipeline for all shards.
+// Probe implements Layout: one pipeline for the shards only read, and one
+// per Redis node for the claims, on one connection, so that a claim can be
+// confirmed by a replica (see claimOn).
 func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
 	out := make([]ProbeResult, len(reqs))
 	if len(reqs) == 0 {
 		return out, nil
 	}
-	// Make sure the script is loaded, so the pipeline can use EVALSHA.
+	// Make sure the script is loaded, so the pipelines can use EVALSHA.
 	if err := nativeScripts.probe.Load(ctx, n.rdb).Err(); err != nil {
 		return nil, fmt.Errorf("load probe script: %w", err)
 	}
-	cmds := make([]*redis.Cmd, len(reqs))
-	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, r := range reqs {
-			k := keysFor(n.prefix, r.Shard)
-			claim := "0"
-			if r.Claim {
-				claim = "1"
-			}
-			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, []string{k.Locked, k.Inflight, k.TTL, k.Ready, k.Fence, k.History},
-				r.MaxSize, r.Token, claim, n.record)
+	var reads, claims []int
+	for i, r := range reqs {
+		if r.Claim {
+			claims = append(claims, i)
+		} else {
+			reads = append(reads, i)
 		}
+	}
+	if len(reads) > 0 {
+		var results func() []int
+		_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			results = n.probeCmds(ctx, p, reqs, reads, out)
+			return nil
+		})
+		if err != nil && !isScriptError(err) {
+			return nil, fmt.Errorf("probe %d shards: %w", len(reads), err)
+		}
+		results()
+	}
+	for node, idx := range n.byNode(ctx, reqs, claims, out) {
+		n.claimOn(ctx, node, reqs, idx, out)
+	}
+	return out, nil
+}
+
+// probeCmds queues the probe script of reqs[i] for each i in idx on p; the
+// results land in out once p has run.
+func (n *Native) probeCmds(ctx context.Context, p redis.Pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) func() []int {
+	cmds := make([]*redis.Cmd, len(idx))
+	for j, i := range idx {
+		r := reqs[i]
+		k := keysFor(n.prefix, r.Shard)
+		claim := "0"
+		if r.Claim {
+			claim = "1"
+		}
+		keys, args := n.head(k, r.Token, []string{k.Locked, k.Inflight, k.TTL, k.Ready}, r.MaxSize, claim)
+		cmds[j] = nativeScripts.probe.EvalSha(ctx, p, keys, args...)
+	}
+	// Reading the results waits for the pipeline.
+	return func() []int {
+		var ok []int
+		for j, c := range cmds {
+			i := idx[j]
+			v, err := c.Int64Slice()
+			if err != nil {
+				out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
+				continue
+			}
+			out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}
+			ok = append(ok, i)
+		}
+		return ok
+	}
+}
+
+// byNode groups the claims by the Redis node that holds their shard: the
+// node itself for a single server, its primary for each slot on a cluster.
+// A shard whose node is unknown gets the error in out.
+func (n *Native) byNode(ctx context.Context, reqs []ProbeRequest, idx []int, out []ProbeResult) map[*redis.Client][]int {
+	groups := map[*redis.Client][]int{}
+	if len(idx) == 0 {
+		return groups
+	}
+	switch c := n.rdb.(type) {
+	case *redis.Client:
+		groups[c] = idx
+	case *redis.ClusterClient:
+		for _, i := range idx {
+			node, err := c.MasterForKey(ctx, keysFor(n.prefix, reqs[i].Shard).Fence)
+			if err != nil {
+				out[i].Err = fmt.Errorf("claim %s: find its node: %w", reqs[i].Shard, err)
+				continue
+			}
+			groups[node] = append(groups[node], i)
+		}
+	default:
+		for _, i := range idx {
+			out[i].Err = fmt.Errorf("claim %s: unsupported redis client %T", reqs[i].Shard, n.rdb)
+		}
+	}
+	return groups
+}
+
+// claimOn runs the claims idx on node over one connection. When the node
+// has replicas attached, the claims are trusted only once one replica
+// acknowledged them (WAIT 1): a failover to a replica that never saw a
+// fence would let the previous owner write again. A claim not acknowledged
+// within the wait gets ErrClaimNotReplicated: the keeper does not count the
+// shard as claimed, and claims it again.
+func (n *Native) claimOn(ctx context.Context, node *redis.Client, reqs []ProbeRequest, idx []int, out []ProbeResult) {
+	conn := node.Conn()
+	defer conn.Close()
+	var (
+		results func() []int
+		info    *redis.StringCmd
+	)
+	_, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
+		results = n.probeCmds(ctx, p, reqs, idx, out)
+		info = p.Info(ctx, "replication")
 		return nil
 	})
 	if err != nil && !isScriptError(err) {
-		return nil, fmt.Errorf("probe %d shards: %w", len(reqs), err)
-	}
-	for i, c := range cmds {
-		v, err := c.Int64Slice()
-		if err != nil {
-			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
-			continue
+		for _, i := range idx {
+			out[i].Err = fmt.Errorf("claim %s: %w", reqs[i].Shard, err)
 		}
-		out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}
+		return
 	}
-	return out, nil
+	ok := results()
+	if len(ok) == 0 || connectedReplicas(info.Val()) == 0 {
+		return
+	}
+	acked, err := conn.Wait(ctx, 1, n.claimWait).Result()
+	if err == nil && acked >= 1 {
+		return
+	}
+	why := fmt.Sprintf("no replica acknowledged it within %s", n.claimWait)
+	if err != nil {
+		why = err.Error()
+	}
+	for _, i := range ok {
+		out[i] = ProbeResult{Err: fmt.Errorf("%w: shard %s, token %d: %s", ErrClaimNotReplicated, reqs[i].Shard, reqs[i].Token, why)}
+	}
+}
+
+// connectedReplicas reads connected_slaves from INFO replication.
+func connectedReplicas(info string) int {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:"); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
 }
 
 // isScriptError tells a per-shard failure inside a pipeline (reported per
@@ -340,16 +507,18 @@ func parseWake(p string) (Wake, bool) {
 	return Wake{Shard: s, Due: Due{Kind: DueKind(f[0][0]), AtMs: at}}, true
 }
 
+// maxSeed is the most messages one call of the seed script writes.
+const maxSeed = 50_000
+
 // SeedLocked writes count locked messages into s, for benchmarks and load
 // tests: ids idPrefix+index for index in [first, first+count), message i
 // unlocking at firstDueMs + i*step (Redis ms). It bypasses the wake channel
 // on purpose: the keeper under test must learn of them by probing.
 func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first, count int, firstDueMs int64, step time.Duration, payload []byte) error {
 	k := keysFor(n.prefix, s)
-	const chunk = 50_000
-	for done := 0; done < count; done += chunk {
-		c := min(chunk, count-done)
-		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
+	for done := 0; done < count; done += maxSeed {
+		c := min(maxSeed, count-done)
+		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
 			idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).Err()
 		if err != nil {
 			return fmt.Errorf("seed %s: %w", s, asError(err, s, 0))
@@ -363,6 +532,7 @@ type HistoryEntry struct {
 	ID       string // stream id: Redis ms time and sequence
 	Task     string
 	Token    int64
+	Owner    string // the identity that presented Token (see WithOwner)
 	Accepted bool
 	Moved    int
 }
@@ -376,6 +546,9 @@ func (n *Native) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
 	out := make([]HistoryEntry, 0, len(msgs))
 	for _, m := range msgs {
 		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
+		if o, ok := m.Values["owner"].(string); ok {
+			e.Owner = o
+		}
 		e.Token, _ = strconv.ParseInt(fmt.Sprint(m.Values["token"]), 10, 64)
 		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
 		out = append(out, e)

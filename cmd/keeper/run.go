@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -140,7 +142,11 @@ func (d *daemon) start(ctx context.Context) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 
-	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix)
+	// The fences know this process by its member id and a random nonce, so
+	// that an equal token held by another keeper (etcd restored from a
+	// backup) is refused.
+	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix).WithOwner(memberID + "/" + processNonce()).
+		WithClaimWait(d.cfg.Redis.ReplicaWait)
 	if d.cfg.Tasks.RecordHistory {
 		layout = layout.WithHistory()
 	}
@@ -301,12 +307,18 @@ func (d *daemon) startRedis(ctx context.Context) error {
 		}
 		d.log.Info("started a local redis-server", "addr", srv.Addr, "dir", c.DataDir)
 	}
-	rdb, err := redisClient(c, addrs)
+	opt, err := redisOptions(c, addrs)
 	if err != nil {
 		return err
 	}
-	d.rdb = rdb
-	if err := d.rdb.Ping(ctx).Err(); err != nil {
+	// keeper needs maxmemory-policy noeviction: checked on every new
+	// connection, so at start and on every reconnect.
+	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn"}).onConnect
+	d.rdb = redis.NewUniversalClient(opt)
+	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, queue.ErrEvictionPolicy) {
+		return fmt.Errorf("redis %s: %w; set maxmemory-policy noeviction, or redis.allow_eviction: warn to run anyway",
+			strings.Join(addrs, ","), err)
+	} else if err != nil {
 		// Keep going: every component retries, and a keeper that cannot
 		// reach Redis still holds its place in the fleet.
 		d.log.Error("redis unreachable at start; retrying in the background", "addr", strings.Join(addrs, ","), "err", err)
@@ -407,6 +419,14 @@ func (d *daemon) healthAddr() string {
 		return ""
 	}
 	return d.health.addr
+}
+
+// processNonce tells this process from an earlier or later one with the
+// same member id.
+func processNonce() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func splitList(s string) []string {
