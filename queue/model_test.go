@@ -93,23 +93,7 @@ func (m *model) expired(x *modelMsg) bool { return x.exp > 0 && x.exp <= m.nowMs
 // score first and ties by id (bytewise), at most n of them: the order of a
 // Redis sorted set.
 func (m *model) first(s msgState, maxScore float64, n int) []string {
-	var ids []string
-	for id, x := range m.msgs {
-		if x.state == s && x.score <= maxScore {
-			ids = append(ids, id)
-		}
-	}
-	sort.Slice(ids, func(i, j int) bool {
-		a, b := m.msgs[ids[i]], m.msgs[ids[j]]
-		if a.score != b.score {
-			return a.score < b.score
-		}
-		return ids[i] < ids[j]
-	})
-	if len(ids) > n {
-		ids = ids[:n]
-	}
-	return ids
+	return m.lowest(n, func(x *modelMsg) (float64, bool) { return x.score, x.state == s && x.score <= maxScore })
 }
 
 // head is the lowest score of state s, or -1 for none.
@@ -121,36 +105,46 @@ func (m *model) head(s msgState) int64 {
 	return int64(m.msgs[ids[0]].score)
 }
 
-// ttlHead is the earliest expiry in the TTL index, or -1. The index holds
-// every message with an expiry that is not in flight (an in-flight one is
-// checked when its lease ends instead).
+// The TTL index holds every message with an expiry that is not in flight
+// (an in-flight one is checked when its lease ends instead), by expiry.
+func inTTLIndex(x *modelMsg) bool { return x.exp > 0 && x.state != stInflight }
+
+// ttlHead is the earliest expiry in the TTL index, or -1.
 func (m *model) ttlHead() int64 {
-	h := int64(-1)
-	for _, x := range m.msgs {
-		if x.exp > 0 && x.state != stInflight && (h < 0 || x.exp < h) {
-			h = x.exp
-		}
+	ids := m.lowest(1, func(x *modelMsg) (float64, bool) { return float64(x.exp), inTTLIndex(x) })
+	if len(ids) == 0 {
+		return -1
 	}
-	return h
+	return m.msgs[ids[0]].exp
 }
 
 // dueTTL is the TTL index's due ids, earliest expiry first, at most n.
 func (m *model) dueTTL(n int) []string {
-	var ids []string
+	return m.lowest(n, func(x *modelMsg) (float64, bool) { return float64(x.exp), inTTLIndex(x) && m.expired(x) })
+}
+
+// lowest returns at most n ids of the messages that score selects, by
+// their score and then id (bytewise), as Redis orders a sorted set.
+func (m *model) lowest(n int, score func(*modelMsg) (float64, bool)) []string {
+	type entry struct {
+		id    string
+		score float64
+	}
+	var es []entry
 	for id, x := range m.msgs {
-		if x.exp > 0 && x.state != stInflight && x.exp <= m.nowMs() {
-			ids = append(ids, id)
+		if sc, ok := score(x); ok {
+			es = append(es, entry{id, sc})
 		}
 	}
-	sort.Slice(ids, func(i, j int) bool {
-		a, b := m.msgs[ids[i]], m.msgs[ids[j]]
-		if a.exp != b.exp {
-			return a.exp < b.exp
+	sort.Slice(es, func(i, j int) bool {
+		if es[i].score != es[j].score {
+			return es[i].score < es[j].score
 		}
-		return ids[i] < ids[j]
+		return es[i].id < es[j].id
 	})
-	if len(ids) > n {
-		ids = ids[:n]
+	ids := make([]string, 0, min(n, len(es)))
+	for _, e := range es[:min(n, len(es))] {
+		ids = append(ids, e.id)
 	}
 	return ids
 }
@@ -511,7 +505,7 @@ func (m *model) keys() map[string]keyState {
 	}
 	for id, x := range m.msgs {
 		z[stateKey[x.state]][id] = x.score
-		if x.exp > 0 && x.state != stInflight {
+		if inTTLIndex(x) {
 			z["ttl"][id] = float64(x.exp)
 		}
 		h["body"][id] = x.body
