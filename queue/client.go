@@ -87,7 +87,9 @@ type Message struct {
 	Priority *int64
 	// Delay keeps the message locked (invisible) this long first.
 	Delay time.Duration
-	// TTL overrides the queue's TTL for this message when positive.
+	// TTL overrides the queue's TTL for this message when positive: 1ms to
+	// a year, counted in whole milliseconds (rounded down). A TTL under 1ms
+	// is refused (ErrBadMessage): it cannot be told from "none".
 	TTL time.Duration
 }
 
@@ -121,6 +123,11 @@ func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueR
 	}
 	if m.Delay < 0 || m.TTL < 0 {
 		return EnqueueResult{}, fmt.Errorf("%w: negative delay or ttl", ErrBadMessage)
+	}
+	// Deadlines count whole milliseconds; a TTL under one would become 0,
+	// which means "never expires": refused rather than silently inverted.
+	if m.TTL != 0 && (m.TTL < time.Millisecond || m.TTL > maxTTL) {
+		return EnqueueResult{}, fmt.Errorf("%w: ttl %s not in %s..%s", ErrBadMessage, m.TTL, time.Millisecond, maxTTL)
 	}
 	ttl := cfg.TTL.D()
 	if m.TTL > 0 {

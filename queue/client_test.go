@@ -309,3 +309,27 @@ func errString[T any](_ T, err error) string {
 	}
 	return err.Error()
 }
+
+// A per-message TTL under 1ms used to become 0 ms, which means "never
+// expires"; it is refused and changes nothing. 1ms is the shortest TTL and
+// expires.
+func TestSubMillisecondTTLIsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.create("ttl", Config{})
+	before := e.snapshot()
+	for _, ttl := range []time.Duration{time.Nanosecond, 500 * time.Microsecond, 999 * time.Microsecond, 366 * 24 * time.Hour} {
+		if _, err := e.c.Enqueue(e.ctx, "ttl", Message{ID: "m", TTL: ttl}); !errors.Is(err, ErrBadMessage) || !strings.Contains(err.Error(), "ttl") {
+			t.Errorf("enqueue with ttl %s = %v, want ErrBadMessage about the ttl", ttl, err)
+		}
+	}
+	e.sameAs(before)
+	e.enqueue("ttl", Message{ID: "m", TTL: time.Millisecond})
+	info, err := e.c.Inspect(e.ctx, "ttl", "m")
+	if err != nil || info.ExpiresAt.Sub(info.EnqueuedAt) != time.Millisecond {
+		t.Fatalf("1ms ttl stored as %+v, %v", info, err)
+	}
+	waitUntil(t, 5*time.Second, "the 1ms ttl expires", func() bool {
+		r, err := e.n.Expire(e.ctx, Shard{"ttl", 0}, 1, 10)
+		return err == nil && r.Moved == 1
+	})
+}

@@ -58,6 +58,8 @@ func asError(err error, s Shard, token int64) error {
 		return fmt.Errorf("%w: shard %s: %s", ErrTooBig, s, rest)
 	case "KEEPER_WRONGTYPE":
 		return fmt.Errorf("%w: shard %s: %s", ErrWrongType, s, rest)
+	case "KEEPER_BADARG":
+		return fmt.Errorf("%w: shard %s: %s", ErrBadMessage, s, rest)
 	case "KEEPER_NOTFOUND":
 		return fmt.Errorf("%w: shard %s: %s", ErrNotFound, s, rest)
 	}

@@ -43,6 +43,9 @@ func (n *Native) WithHistory() *Native {
 
 // Unlock implements Layout.
 func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.unlock.Run(ctx, n.rdb,
 		[]string{k.Fence, k.Locked, k.Ready, k.Prio, k.Stats, k.Clean, k.History}, token, batch, n.record).Int64Slice()
@@ -60,6 +63,9 @@ func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (P
 
 // Requeue implements Layout.
 func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.requeue.Run(ctx, n.rdb,
 		[]string{k.Fence, k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean, k.History},
@@ -78,6 +84,9 @@ func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, 
 
 // Expire implements Layout.
 func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.expire.Run(ctx, n.rdb,
 		[]string{k.Fence, k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History},
@@ -93,6 +102,9 @@ func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (P
 // Trim implements Layout. NextMs is always -1: trim is due only when a
 // shard goes over its cap, which the enqueue script announces.
 func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
 	res, err := nativeScripts.trim.Run(ctx, n.rdb,
 		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History, k.TrimWake},
@@ -102,6 +114,14 @@ func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, bat
 	}
 	return PassResult{Moved: int(res[0]), Full: res[0] > 0 && res[1] > 0 && res[3] > 0, NextMs: -1, NowUs: res[2],
 		Excess: res[1]}, nil
+}
+
+// checkBatch refuses a batch the scripts were not tested at.
+func checkBatch(batch int) error {
+	if batch < 1 || batch > MaxBatch {
+		return fmt.Errorf("%w: batch %d not in 1..%d", ErrBadConfig, batch, MaxBatch)
+	}
+	return nil
 }
 
 // Measure implements Layout.
@@ -340,15 +360,17 @@ func parseWake(p string) (Wake, bool) {
 	return Wake{Shard: s, Due: Due{Kind: DueKind(f[0][0]), AtMs: at}}, true
 }
 
+// maxSeed is the most messages one call of the seed script writes.
+const maxSeed = 100_000
+
 // SeedLocked writes count locked messages into s, for benchmarks and load
 // tests: ids idPrefix+index for index in [first, first+count), message i
 // unlocking at firstDueMs + i*step (Redis ms). It bypasses the wake channel
 // on purpose: the keeper under test must learn of them by probing.
 func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first, count int, firstDueMs int64, step time.Duration, payload []byte) error {
 	k := keysFor(n.prefix, s)
-	const chunk = 50_000
-	for done := 0; done < count; done += chunk {
-		c := min(chunk, count-done)
+	for done := 0; done < count; done += maxSeed {
+		c := min(maxSeed, count-done)
 		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
 			idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).Err()
 		if err != nil {

@@ -5,6 +5,7 @@
 -- Returns 1.
 -- Errors: KEEPER_STALE when the message is not in flight under this token
 -- (its lease was recovered, or it is gone); nothing changes then.
+-- Every read and check comes before the first write.
 local err = check_types({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash',
   KEYS[5], 'hash', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'string'})
 if err then return err end
@@ -12,6 +13,9 @@ local id = ARGV[1]
 if redis.call('HGET', KEYS[2], id) ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1], id) then
   return redis.error_reply('KEEPER_STALE message ' .. id .. ' is not in flight under token ' .. ARGV[2])
 end
+err = check_counters(KEYS[7], {'acked'})
+if err then return err end
+
 redis.call('ZREM', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
 forget({id}, KEYS[3], KEYS[4], KEYS[5], KEYS[6])

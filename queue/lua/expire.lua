@@ -8,14 +8,19 @@
 -- Returns {expired, next_due_ms, now_us}; -1 for none.
 -- KEYS[12] history stream  ARGV[3] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence>.
+-- Every read and check comes before the first write.
 local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
   KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
   KEYS[10], 'hash', KEYS[11], 'string', KEYS[12], 'stream'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1], KEYS[12], ARGV[3], 'expire')
+err = fence_check(KEYS[1], ARGV[1], KEYS[12], ARGV[3], 'expire')
+if err then return err end
+err = check_counters(KEYS[10], {'expired'})
 if err then return err end
 local now = now_us()
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', math.floor(now / 1000), 'LIMIT', 0, tonumber(ARGV[2]))
+
+fence_raise(KEYS[1], ARGV[1])
 if #ids > 0 then
   bulk('ZREM', KEYS[2], ids)
   bulk('ZREM', KEYS[3], ids)

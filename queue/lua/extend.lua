@@ -12,6 +12,6 @@ if redis.call('HGET', KEYS[2], id) ~= ARGV[2] or not redis.call('ZSCORE', KEYS[1
   return redis.error_reply('KEEPER_STALE message ' .. id .. ' is not in flight under token ' .. ARGV[2])
 end
 local due = math.floor(now_us() / 1000) + tonumber(ARGV[3])
-wake_if_earlier(KEYS[1], due, 'r', ARGV[4], ARGV[5])
+if earlier(KEYS[1], due) then wake('r', due, ARGV[4], ARGV[5]) end
 redis.call('ZADD', KEYS[1], 'XX', due, id)
 return due

@@ -31,10 +31,12 @@ local function record(hist, on, task, token, accepted, moved)
   end
 end
 
--- Accept a housekeeping write under token_str only if it is not below the
--- shard's fence, and raise the fence to it: accepted tokens never decrease.
--- A refusal is recorded (when history is on) before it is returned.
-local function fence(key, token_str, hist, on, task)
+-- Check a housekeeping token against the shard's fence, without writing:
+-- a token below the fence is refused (the refusal is recorded when history
+-- is on). Every script checks before its first write and raises the fence
+-- (fence_raise) with its other writes, so a refused or failing pass changes
+-- nothing.
+local function fence_check(key, token_str, hist, on, task)
   local token = tonumber(token_str)
   local cur = redis.call('GET', key)
   local f = tonumber(cur or '0') or 0
@@ -42,10 +44,15 @@ local function fence(key, token_str, hist, on, task)
     record(hist, on, task, token_str, 0, 0)
     return redis.error_reply('KEEPER_FENCED ' .. (cur or '0'))
   end
-  if token > f then
+  return nil
+end
+
+-- Raise the fence to an accepted token: accepted tokens never decrease.
+local function fence_raise(key, token_str)
+  local f = tonumber(redis.call('GET', key) or '0') or 0
+  if tonumber(token_str) > f then
     redis.call('SET', key, token_str)
   end
-  return nil
 end
 
 local function head_score(zkey)
@@ -57,13 +64,16 @@ local function head_score(zkey)
 end
 
 -- Tell the keeper about a deadline earlier than the set's current earliest
--- (or the first one), so it never has to poll to be precise. Call before
--- adding the member.
-local function wake_if_earlier(zkey, due, kind, chan, shard)
+-- (or the first one), so it never has to poll to be precise. earlier reads
+-- (before a script's first write, and before the member is added); wake
+-- publishes.
+local function earlier(zkey, due)
   local h = head_score(zkey)
-  if h < 0 or due < h then
-    redis.call('PUBLISH', chan, kind .. ' ' .. shard .. ' ' .. string.format('%d', due))
-  end
+  return h < 0 or due < h
+end
+
+local function wake(kind, due, chan, shard)
+  redis.call('PUBLISH', chan, kind .. ' ' .. shard .. ' ' .. string.format('%d', due))
 end
 
 -- The keeper measures only shards that changed. The first change after a
@@ -83,11 +93,32 @@ local function parse_meta(m)
   return tonumber(a) or 0, tonumber(b) or 0
 end
 
--- Append each id (or score, id pair) to a list for one bulk call.
+-- Redis 7's Lua refuses to unpack more than LUAI_MAXCSTACK (8000) values,
+-- and a script that fails half-way is not rolled back: the writes before
+-- the error stay. So every variadic call takes at most CHUNK values: a
+-- quarter of the limit, far below it whatever else is on the Lua stack at
+-- the call, while a pass at the default batch (1000) still moves each set
+-- in one call. CHUNK is even, so a (score, member) pair is never split.
+local CHUNK = 2000
+
+-- Run cmd on key with args (ids, or score, id pairs) in chunks.
 local function bulk(cmd, key, args)
-  if #args > 0 then
-    redis.call(cmd, key, unpack(args))
+  for i = 1, #args, CHUNK do
+    redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
   end
+end
+
+-- HMGET of any number of fields, in chunks; one list in field order (false
+-- for a missing field).
+local function hmget(key, fields)
+  local out = {}
+  for i = 1, #fields, CHUNK do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    for j = 1, #part do
+      out[#out + 1] = part[j]
+    end
+  end
+  return out
 end
 
 -- Forget every per-message field of the given ids.
@@ -96,4 +127,37 @@ local function forget(ids, body, meta, prio, dlv)
   bulk('HDEL', meta, ids)
   bulk('HDEL', prio, ids)
   bulk('HDEL', dlv, ids)
+end
+
+local function is_int(v)
+  return type(v) == 'string' and #v <= 18 and string.find(v, '^-?%d+$') ~= nil
+end
+
+-- A score read back from a hash (a message's priority), as ZADD takes it.
+-- The scripts write integers there; anything else (a hand edit) falls back
+-- to def rather than make ZADD fail half-way through a move.
+local function score_of(v, def)
+  if type(v) == 'string' then
+    if string.find(v, '^-?%d+$') then
+      return v
+    end
+    local n = tonumber(v)
+    if n and n == n then
+      return string.format('%.17g', n)
+    end
+  end
+  return def
+end
+
+-- HINCRBY fails on a field that is not an integer. Scripts check the
+-- counters they will raise before their first write, so that a hand-edited
+-- counter refuses the script instead of failing it half-way.
+local function check_counters(stats, fields)
+  local vals = redis.call('HMGET', stats, unpack(fields))
+  for i = 1, #fields do
+    if vals[i] and not is_int(vals[i]) then
+      return redis.error_reply('KEEPER_WRONGTYPE ' .. stats .. ' field ' .. fields[i] .. ' is ' .. vals[i] .. ', want an integer')
+    end
+  end
+  return nil
 end

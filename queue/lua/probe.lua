@@ -11,16 +11,24 @@
 -- claim in the history
 -- Returns {locked_head_ms, inflight_head_ms, ttl_head_ms, excess}; -1 = none.
 -- Errors: KEEPER_FENCED <fence> (claims only), KEEPER_WRONGTYPE.
-if ARGV[3] == '1' then
-  local err = check_types({KEYS[5], 'string', KEYS[6], 'stream'})
+-- Every read and check comes before the first write.
+local claim = ARGV[3] == '1'
+local err = check_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
+  KEYS[5], 'string', KEYS[6], 'stream'})
+if err then return err end
+if claim then
+  err = fence_check(KEYS[5], ARGV[2], KEYS[6], ARGV[4], 'claim')
   if err then return err end
-  err = fence(KEYS[5], ARGV[2], KEYS[6], ARGV[4], 'claim')
-  if err then return err end
-  record(KEYS[6], ARGV[4], 'claim', ARGV[2], 1, 0)
 end
 local excess = 0
 local maxsize = tonumber(ARGV[1])
 if maxsize > 0 then
   excess = redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[1]) - maxsize
 end
-return {head_score(KEYS[1]), head_score(KEYS[2]), head_score(KEYS[3]), excess}
+local out = {head_score(KEYS[1]), head_score(KEYS[2]), head_score(KEYS[3]), excess}
+
+if claim then
+  fence_raise(KEYS[5], ARGV[2])
+  record(KEYS[6], ARGV[4], 'claim', ARGV[2], 1, 0)
+end
+return out

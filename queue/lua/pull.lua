@@ -8,6 +8,7 @@
 -- Returns {capped, deadline_ms, id1, token1, deliveries1, body1, id2, ...};
 -- capped is 1 when the in-flight cap limited the pull.
 -- Messages whose TTL passed are dropped (and counted) instead of delivered.
+-- Every read and check comes before the first write.
 local err = check_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'hash',
   KEYS[5], 'hash', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'string',
   KEYS[10], 'hash', KEYS[11], 'string'})
@@ -33,8 +34,14 @@ local ids = redis.call('ZRANGE', KEYS[1], 0, n - 1)
 if #ids == 0 then
   return {capped, 0}
 end
+err = check_counters(KEYS[10], {'pulled', 'expired'})
+if err then return err end
+local seq = redis.call('GET', KEYS[9])
+if seq and not is_int(seq) then
+  return redis.error_reply('KEEPER_WRONGTYPE ' .. KEYS[9] .. ' is ' .. seq .. ', want an integer')
+end
 local now = math.floor(now_us() / 1000)
-local metas = redis.call('HMGET', KEYS[5], unpack(ids))
+local metas = hmget(KEYS[5], ids)
 local take, gone = {}, {}
 for i, id in ipairs(ids) do
   local _, exp = parse_meta(metas[i])
@@ -44,21 +51,16 @@ for i, id in ipairs(ids) do
     take[#take + 1] = id
   end
 end
-bulk('ZREM', KEYS[1], ids)
-bulk('ZREM', KEYS[3], ids)
-if #gone > 0 then
-  forget(gone, KEYS[4], KEYS[5], KEYS[6], KEYS[7])
-  redis.call('HINCRBY', KEYS[10], 'expired', #gone)
-end
 local out = {capped, 0}
+local deadline = now + lease
+local zargs, dargs, targs = {}, {}, {}
+local wake_r = false
 if #take > 0 then
-  local deadline = now + lease
   out[2] = deadline
-  wake_if_earlier(KEYS[2], deadline, 'r', chan, shard)
-  local zargs, dargs, targs = {}, {}, {}
-  local dl = redis.call('HMGET', KEYS[7], unpack(take))
-  local bodies = redis.call('HMGET', KEYS[4], unpack(take))
-  local last = redis.call('INCRBY', KEYS[9], #take)
+  wake_r = earlier(KEYS[2], deadline)
+  local dl = hmget(KEYS[7], take)
+  local bodies = hmget(KEYS[4], take)
+  local last = (tonumber(seq) or 0) + #take
   for i, id in ipairs(take) do
     local d = (tonumber(dl[i]) or 0) + 1
     local t = last - #take + i
@@ -67,15 +69,27 @@ if #take > 0 then
     dargs[#dargs + 1] = id
     dargs[#dargs + 1] = d
     targs[#targs + 1] = id
-    targs[#targs + 1] = t
+    -- as a string: Lua would print a number above 1e14 in exponent form
+    targs[#targs + 1] = string.format('%d', t)
     out[#out + 1] = id
     out[#out + 1] = t
     out[#out + 1] = d
     out[#out + 1] = bodies[i] or ''
   end
-  redis.call('ZADD', KEYS[2], unpack(zargs))
-  redis.call('HSET', KEYS[7], unpack(dargs))
-  redis.call('HSET', KEYS[8], unpack(targs))
+end
+
+bulk('ZREM', KEYS[1], ids)
+bulk('ZREM', KEYS[3], ids)
+if #gone > 0 then
+  forget(gone, KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+  redis.call('HINCRBY', KEYS[10], 'expired', #gone)
+end
+if #take > 0 then
+  redis.call('INCRBY', KEYS[9], #take)
+  if wake_r then wake('r', deadline, chan, shard) end
+  bulk('ZADD', KEYS[2], zargs)
+  bulk('HSET', KEYS[7], dargs)
+  bulk('HSET', KEYS[8], targs)
   redis.call('HINCRBY', KEYS[10], 'pulled', #take)
 end
 mark_dirty(KEYS[11], chan, shard)

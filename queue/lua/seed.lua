@@ -7,18 +7,19 @@
 -- ARGV[4] unlock time of index 0, ms  ARGV[5] step between unlock times, µs
 -- ARGV[6] payload
 -- Returns the count written.
+-- Errors: KEEPER_BADARG, KEEPER_WRONGTYPE; every check comes before the
+-- first write.
+local err = check_types({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'hash'})
+if err then return err end
+err = check_counters(KEYS[5], {'enqueued'})
+if err then return err end
 local first, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local t0, step = tonumber(ARGV[4]), tonumber(ARGV[5])
-local z, b, m, p = {}, {}, {}, {}
-local function flush()
-  if #z > 0 then
-    redis.call('ZADD', KEYS[1], unpack(z))
-    redis.call('HSET', KEYS[2], unpack(b))
-    redis.call('HSET', KEYS[3], unpack(m))
-    redis.call('HSET', KEYS[4], unpack(p))
-    z, b, m, p = {}, {}, {}, {}
-  end
+if not (first and n and t0 and step) or n < 0 or n > 100000 then
+  return redis.error_reply('KEEPER_BADARG seed takes a count in 0..100000 and numeric times, got ' .. ARGV[3])
 end
+local z, b, m, p = {}, {}, {}, {}
+local meta, prio = string.format('%d|0', t0), string.format('%d', t0)
 for i = 0, n - 1 do
   local idx = first + i
   local id = ARGV[1] .. idx
@@ -27,12 +28,13 @@ for i = 0, n - 1 do
   b[#b + 1] = id
   b[#b + 1] = ARGV[6]
   m[#m + 1] = id
-  m[#m + 1] = string.format('%d|0', t0)
+  m[#m + 1] = meta
   p[#p + 1] = id
-  p[#p + 1] = string.format('%d', t0)
-  -- unpack is bounded by Lua's C stack (about 8000 values)
-  if #z >= 2000 then flush() end
+  p[#p + 1] = prio
 end
-flush()
+bulk('ZADD', KEYS[1], z)
+bulk('HSET', KEYS[2], b)
+bulk('HSET', KEYS[3], m)
+bulk('HSET', KEYS[4], p)
 redis.call('HINCRBY', KEYS[5], 'enqueued', n)
 return n

@@ -11,31 +11,35 @@
 -- positive when in-flight and locked messages alone exceed the cap.
 -- KEYS[12] history stream  ARGV[4] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence>.
+-- Every read and check comes before the first write.
 local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
   KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
   KEYS[10], 'hash', KEYS[11], 'string', KEYS[12], 'stream', KEYS[13], 'string'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1], KEYS[12], ARGV[4], 'trim')
+err = fence_check(KEYS[1], ARGV[1], KEYS[12], ARGV[4], 'trim')
 if err then return err end
-redis.call('DEL', KEYS[13])
+err = check_counters(KEYS[10], {'trimmed'})
+if err then return err end
 local now = now_us()
 local maxsize = tonumber(ARGV[3])
-if maxsize <= 0 then
-  record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, 0)
-  return {0, 0, now, 0}
+local ready, excess, ids = 0, 0, {}
+if maxsize > 0 then
+  ready = redis.call('ZCARD', KEYS[2])
+  excess = ready + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) - maxsize
+  local n = math.min(excess, ready, tonumber(ARGV[2]))
+  if n > 0 then
+    ids = redis.call('ZRANGE', KEYS[2], 0, n - 1)
+  end
 end
-local ready = redis.call('ZCARD', KEYS[2])
-local excess = ready + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) - maxsize
-local n = math.min(excess, ready, tonumber(ARGV[2]))
-if n <= 0 then
-  record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, 0)
-  return {0, math.max(excess, 0), now, ready}
+
+fence_raise(KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[13])
+if #ids > 0 then
+  bulk('ZREM', KEYS[2], ids)
+  bulk('ZREM', KEYS[5], ids)
+  forget(ids, KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+  redis.call('HINCRBY', KEYS[10], 'trimmed', #ids)
+  redis.call('DEL', KEYS[11])
 end
-local ids = redis.call('ZRANGE', KEYS[2], 0, n - 1)
-bulk('ZREM', KEYS[2], ids)
-bulk('ZREM', KEYS[5], ids)
-forget(ids, KEYS[6], KEYS[7], KEYS[8], KEYS[9])
-redis.call('HINCRBY', KEYS[10], 'trimmed', #ids)
-redis.call('DEL', KEYS[11])
 record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, #ids)
-return {#ids, excess - #ids, now, ready - #ids}
+return {#ids, math.max(excess - #ids, 0), now, ready - #ids}

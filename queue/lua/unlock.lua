@@ -7,29 +7,35 @@
 -- where lag = moved time - unlock time.
 -- KEYS[7] history stream  ARGV[3] "1" to record this pass in it
 -- Errors: KEEPER_FENCED <fence> when a higher token already wrote here.
+-- Every read and check comes before the first write.
 local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'hash',
   KEYS[5], 'hash', KEYS[6], 'string', KEYS[7], 'stream'})
 if err then return err end
-err = fence(KEYS[1], ARGV[1], KEYS[7], ARGV[3], 'unlock')
+err = fence_check(KEYS[1], ARGV[1], KEYS[7], ARGV[3], 'unlock')
+if err then return err end
+err = check_counters(KEYS[5], {'unlocked'})
 if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {0, -1, now}
-if #due > 0 then
-  local ids = {}
-  for i = 1, #due, 2 do
-    ids[#ids + 1] = due[i]
-  end
-  local prios = redis.call('HMGET', KEYS[4], unpack(ids))
-  local zargs = {}
+local ids, zargs = {}, {}
+for i = 1, #due, 2 do
+  ids[#ids + 1] = due[i]
+end
+if #ids > 0 then
+  local prios = hmget(KEYS[4], ids)
   for i, id in ipairs(ids) do
-    zargs[#zargs + 1] = prios[i] or now_ms
+    zargs[#zargs + 1] = score_of(prios[i], now_ms)
     zargs[#zargs + 1] = id
     out[#out + 1] = now - tonumber(due[2 * i]) * 1000
   end
+end
+
+fence_raise(KEYS[1], ARGV[1])
+if #ids > 0 then
   bulk('ZREM', KEYS[2], ids)
-  redis.call('ZADD', KEYS[3], unpack(zargs))
+  bulk('ZADD', KEYS[3], zargs)
   redis.call('HINCRBY', KEYS[5], 'unlocked', #ids)
   redis.call('DEL', KEYS[6])
   out[1] = #ids
