@@ -192,7 +192,7 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 			msg.Delay = time.Duration(c) * 250 * time.Microsecond
 		}
 		if b&4 != 0 {
-			msg.TTL = time.Duration(c%64+1) * time.Millisecond
+			msg.TTL = time.Duration(c%64) * 250 * time.Microsecond // under 1ms: refused
 		}
 		desc = fmt.Sprintf("enqueue %s prio=%v delay=%s ttl=%s body=%dB", msg.ID, deref(msg.Priority), msg.Delay, msg.TTL, len(msg.Payload))
 		res, err := r.c.Enqueue(r.ctx, fuzzShard.Queue, msg)
@@ -716,7 +716,8 @@ func fuzzSeeds() map[string][]byte {
 		// TTLs, max_deliveries 1: dead letters, expiry at pull, requeue,
 		// nack and expire.
 		"ttl-deliveries": seedInput(false, 1|4<<2, 0, 0,
-			op(opEnqueue, 1, 0, 0), op(opEnqueue, 2, 0, 0), op(opEnqueue, 3, 4, 2),
+			op(opEnqueue, 1, 0, 0), op(opEnqueue, 2, 0, 0), op(opEnqueue, 3, 4, 12), op(opEnqueue, 4, 4, 2),
+			op(opEnqueue, 4, 4, 5),
 			op(opPull, 2, 0, 0), op(opAdvance, 2, 5, 0), op(opRequeue, 0, bMax, 1),
 			op(opAdvance, 2, 9, 0), op(opExpire, 0, bMax, 1), op(opEnqueue, 5, 0, 0),
 			op(opPull, 0, 0, 0), op(opNack, 0, 0, own), op(opEnqueue, 6, 0, 0), op(opAdvance, 2, 20, 0),
@@ -756,6 +757,12 @@ func fuzzSeeds() map[string][]byte {
 			op(opSeed, 0, countMax, 0xf0), op(opUnlock, 0, bMax, 1), op(opPull, 0, bMax, 2),
 			op(opPull, 0, bMax, 2), op(opPull, 0, bMax, 2), op(opPull, 0, bMax, 2), op(opPull, 0, bMax, 2),
 			op(opAdvance, 2, 1, 0), op(opRequeue, 0, bMax, 1), op(opMeasure, 0, 0, 1)),
+		// 5,000: past where an unbounded unpack failed after the first
+		// write (the lost messages of issue 9).
+		"medium-batches": seedInput(false, 0, 0, 2<<3,
+			op(opSeed, 0x87, 0xf3, 0xf0), op(opUnlock, 0x87, 0x53, 1), op(opPull, 0, bMax, 2),
+			op(opPull, 0, bMax, 2), op(opPull, 0, bMax, 2), op(opPull, 0, bMax, 2), op(opPull, 0, bMax, 2),
+			op(opAdvance, 2, 1, 0), op(opRequeue, 0x87, 0x53, 1), op(opMeasure, 0, 0, 1)),
 		// 10,000 leases recovered in one pass.
 		"large-requeue": seedInput(false, 0, 0, 2<<3,
 			op(opEnqueueMany, 0, countMax, 0), op(opPull, 0, bMax, 2), op(opPull, 0, bMax, 2),

@@ -194,6 +194,11 @@ func (m *model) enqueue(msg Message) (EnqueueResult, error) {
 	if len(msg.Payload) > m.cfg.MaxPayloadBytes {
 		return EnqueueResult{}, ErrTooBig
 	}
+	// Deadlines are whole ms (rounded down): a TTL under 1ms would read as
+	// "none", so it is refused.
+	if msg.TTL != 0 && (msg.TTL < time.Millisecond || msg.TTL > maxTTL) {
+		return EnqueueResult{}, ErrBadMessage
+	}
 	res := EnqueueResult{ID: msg.ID, Shard: fuzzShard}
 	if x, ok := m.msgs[msg.ID]; ok {
 		m.stats["deduplicated"]++
