@@ -457,12 +457,9 @@ func (m *model) measure(token int64) (Measurement, error) {
 		return Measurement{}, err
 	}
 	r := Measurement{NowUs: m.now, Ready: int64(m.count(stReady)), Inflight: int64(m.count(stInflight)),
-		Locked: int64(m.count(stLocked)), Dead: int64(m.count(stDead)), Counters: map[string]int64{}}
+		Locked: int64(m.count(stLocked)), Dead: int64(m.count(stDead)), Counters: m.counters()}
 	if ids := m.first(stReady, inf, 1); len(ids) > 0 {
 		r.HasReady, r.ReadyHead = true, m.msgs[ids[0]].score
-	}
-	for k, v := range m.stats {
-		r.Counters[k] = v
 	}
 	m.clean = true
 	m.log("measure", token, true, 0)
@@ -482,6 +479,48 @@ func (m *model) probe(claim bool, token int64) ProbeResult {
 		r.Excess = int64(m.size() - m.cfg.MaxSize)
 	}
 	return r
+}
+
+// --- reading ---------------------------------------------------------------------
+
+func (m *model) inspect(id string) (MessageInfo, error) {
+	x, ok := m.msgs[id]
+	if !ok {
+		return MessageInfo{}, ErrNotFound
+	}
+	info := MessageInfo{ID: id, Shard: fuzzShard.String(), State: State(stateKey[x.state]), Score: x.score,
+		Deliveries: int(x.dlv), EnqueuedAt: time.UnixMilli(x.enq), PayloadBytes: len(x.body)}
+	info.Priority, _ = strconv.ParseInt(x.prio, 10, 64)
+	if x.exp > 0 {
+		info.ExpiresAt = time.UnixMilli(x.exp)
+	}
+	return info, nil
+}
+
+// audit is what Client.Audit finds in a consistent shard: no problems.
+func (m *model) audit() Audit {
+	a := Audit{Queue: fuzzShard.Queue, Counters: m.counters(), Members: map[string]State{}}
+	for id, x := range m.msgs {
+		a.Members[id] = State(stateKey[x.state])
+	}
+	a.Ready, a.Inflight = int64(m.count(stReady)), int64(m.count(stInflight))
+	a.Locked, a.Dead = int64(m.count(stLocked)), int64(m.count(stDead))
+	return a
+}
+
+func (m *model) queueStats() QueueStats {
+	ss := ShardStats{Shard: fuzzShard.String(), Ready: int64(m.count(stReady)), Inflight: int64(m.count(stInflight)),
+		Locked: int64(m.count(stLocked)), Dead: int64(m.count(stDead)), Fence: m.fence, Counters: m.counters()}
+	return QueueStats{Queue: fuzzShard.Queue, Config: m.cfg, Ready: ss.Ready, Inflight: ss.Inflight,
+		Locked: ss.Locked, Dead: ss.Dead, Counters: m.counters(), Shards: []ShardStats{ss}}
+}
+
+func (m *model) counters() map[string]int64 {
+	c := make(map[string]int64, len(m.stats))
+	for k, v := range m.stats {
+		c[k] = v
+	}
+	return c
 }
 
 // --- the shard as Redis keys ----------------------------------------------------
