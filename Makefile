@@ -29,15 +29,16 @@ test: build collector
 		$(GO) test -count=1 -timeout 30m ./...
 	KEEPER_TEST_REDIS_CLUSTER=3 $(GO) test -count=1 -timeout 10m ./queue/
 	$(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
-	$(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzztime=$(FUZZ_SHORT) ./queue/
+	$(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzztime=$(FUZZ_SHORT) -fuzzminimizetime=10s ./queue/
 
 # The scripts fuzzed against their reference model (queue/fuzz_test.go,
 # queue/model_test.go) for FUZZTIME. A failing input is saved under
 # queue/testdata/fuzz/FuzzScripts and replays in every later `go test`.
+# Minimizing is capped at 10 s per input: an input can take seconds.
 FUZZTIME   ?= 5m
 FUZZ_SHORT ?= 30s
 fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzztime=$(FUZZTIME) -timeout 0 ./queue/
+	$(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=10s -timeout 0 ./queue/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
