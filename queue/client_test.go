@@ -225,11 +225,12 @@ func TestBadInputsChangeNothing(t *testing.T) {
 
 	// The oversized payload is refused by the script too, for writers that
 	// skip the client's check.
-	k := e.keys(Shard{"q", 0})
-	err := nativeScripts.enqueue.Run(e.ctx, e.rdb,
-		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
-		"big", "123456789", "", 0, 0, 8, 0, k.Wake, "q#0").Err()
-	if !errors.Is(asError(err, Shard{"q", 0}, 0), ErrTooBig) {
+	cfg, err := e.c.Registry().Get(e.ctx, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.c.enqueueShard(e.ctx, Shard{"q", 0}, cfg, Message{ID: "big", Payload: []byte("123456789")}, "", 0)
+	if !errors.Is(err, ErrTooBig) {
 		t.Errorf("script with oversized payload = %v", err)
 	}
 	e.sameAs(before)

@@ -316,14 +316,14 @@ func TestSeedAtMaxCount(t *testing.T) {
 	e.create("seed", Config{})
 	s := Shard{"seed", 0}
 	k := e.keys(s)
-	err := nativeScripts.seed.Run(e.ctx, e.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
+	err := nativeScripts.seed.Run(e.ctx, e.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
 		"m", 0, maxSeed, e.redisNowMs(), 0, "x").Err()
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.wantCounts("seed", 0, 0, maxSeed, 0)
 	before := e.snapshot()
-	err = nativeScripts.seed.Run(e.ctx, e.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
+	err = nativeScripts.seed.Run(e.ctx, e.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
 		"n", 0, maxSeed+1, e.redisNowMs(), 0, "x").Err()
 	if err == nil {
 		t.Fatal("seed over its maximum accepted")

@@ -20,38 +20,75 @@ local function check_types(spec)
   return nil
 end
 
--- History, off unless the keeper asks for it (chaos runs): one stream entry
--- per housekeeping pass, accepted or refused, with its token and how many
--- messages it moved, so a checker can replay who wrote what under which
--- token. The stream is capped, so it cannot grow without bound.
-local function record(hist, on, task, token, accepted, moved)
-  if on == '1' then
-    redis.call('XADD', hist, 'MAXLEN', '~', 1000000, '*', 'task', task, 'token', token,
-      'ok', accepted, 'moved', moved)
-  end
-end
-
--- Check a housekeeping token against the shard's fence, without writing:
--- a token below the fence is refused (the refusal is recorded when history
--- is on). Every script checks before its first write and raises the fence
--- (fence_raise) with its other writes, so a refused or failing pass changes
--- nothing.
-local function fence_check(key, token_str, hist, on, task)
-  local token = tonumber(token_str)
-  local cur = redis.call('GET', key)
-  local f = tonumber(cur or '0') or 0
-  if token == nil or token < f then
-    record(hist, on, task, token_str, 0, 0)
-    return redis.error_reply('KEEPER_FENCED ' .. (cur or '0'))
+-- A deleted queue leaves a tombstone in each of its shards (with the fence,
+-- so that a queue created again under the same name keeps refusing old
+-- tokens). Every script checks it before anything else, so that neither a
+-- pass still running nor a client holding the deleted queue's config can
+-- write a key there again.
+local function check_live(deleted)
+  if redis.call('EXISTS', deleted) == 1 then
+    return redis.error_reply('KEEPER_DELETED the queue of ' .. deleted .. ' was deleted')
   end
   return nil
 end
 
--- Raise the fence to an accepted token: accepted tokens never decrease.
-local function fence_raise(key, token_str)
-  local f = tonumber(redis.call('GET', key) or '0') or 0
-  if tonumber(token_str) > f then
-    redis.call('SET', key, token_str)
+-- Every housekeeping script (unlock, requeue, expire, trim, measure, probe)
+-- begins with the same keys and arguments, which the helpers below read:
+--   KEYS[1] fence: the highest ownership token accepted
+--   KEYS[2] fence owner: the identity of the owner that presented it
+--   KEYS[3] history stream  KEYS[4] tombstone of a deleted queue
+--   ARGV[1] ownership token  ARGV[2] owner identity (member id and a
+--   per-process nonce)  ARGV[3] "1" to record the pass in the history
+-- Their own keys and arguments follow, from KEYS[5] and ARGV[4].
+
+-- History, off unless the keeper asks for it (chaos runs): one stream entry
+-- per housekeeping pass, accepted or refused, with its token, owner and how
+-- many messages it moved, so a checker can replay who wrote what under
+-- which token. The stream is capped, so it cannot grow without bound.
+local function record(task, accepted, moved)
+  if ARGV[3] == '1' then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000000, '*', 'task', task, 'token', ARGV[1],
+      'owner', ARGV[2], 'ok', accepted, 'moved', moved)
+  end
+end
+
+-- Check the tombstone, the types of the shared keys and the pass's token
+-- against the shard's fence, without writing. Refused: a token below the fence, and a
+-- token equal to it from another owner (after etcd is restored from a
+-- backup, two keepers can hold equal tokens). A fence without an owner (set
+-- before owners were recorded) accepts an equal token. A refusal is
+-- recorded when history is on. Scripts call this before their first write
+-- and raise the fence (fence_raise) with their other writes, so a refused
+-- or failing pass changes nothing.
+local function fence_check(task)
+  local err = check_live(KEYS[4])
+  if err then return err end
+  for _, kt in ipairs({{KEYS[1], 'string'}, {KEYS[2], 'string'}, {KEYS[3], 'stream'}}) do
+    local t = redis.call('TYPE', kt[1])['ok']
+    if t ~= 'none' and t ~= kt[2] then
+      return redis.error_reply('KEEPER_WRONGTYPE ' .. kt[1] .. ' is a ' .. t .. ', want ' .. kt[2])
+    end
+  end
+  local token = tonumber(ARGV[1])
+  local cur = redis.call('GET', KEYS[1])
+  local f = tonumber(cur or '0') or 0
+  local holder = redis.call('GET', KEYS[2])
+  if token == nil or token < f or (token == f and cur and holder and holder ~= ARGV[2]) then
+    record(task, 0, 0)
+    return redis.error_reply('KEEPER_FENCED ' .. (cur or '0') .. ' ' .. (holder or ''))
+  end
+  return nil
+end
+
+-- Raise the fence to an accepted token, with its owner: accepted tokens
+-- never decrease.
+local function fence_raise()
+  local f = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  if tonumber(ARGV[1]) > f then
+    redis.call('SET', KEYS[1], ARGV[1])
+    redis.call('SET', KEYS[2], ARGV[2])
+  elseif redis.call('GET', KEYS[2]) ~= ARGV[2] then
+    redis.call('SET', KEYS[2], ARGV[2])
   end
 end
 
