@@ -68,6 +68,9 @@ const (
 
 var fuzzShard = Shard{Queue: "fz", Partition: 0}
 
+// fuzzOwners are the keeper identities housekeeping passes present.
+var fuzzOwners = [3]string{"", "k1", "k2"}
+
 // The operations: the first byte of each, modulo opCount.
 const (
 	opEnqueue     = iota // a: id; b: flags and payload length; c: priority, delay or ttl
@@ -87,11 +90,12 @@ const (
 	opConfig  // a, b, c: as the header
 	opInspect // a: id; b bit 0: a seeded id
 	opAudit   // b bit 0: Stats instead
+	opDelete  // a bit 0: create the queue again instead
 	opCount
 )
 
 var opNames = [opCount]string{"enqueue", "enqueueMany", "seed", "pull", "ack", "nack", "extend",
-	"unlock", "requeue", "expire", "trim", "probe", "measure", "advance", "config", "inspect", "audit"}
+	"unlock", "requeue", "expire", "trim", "probe", "measure", "advance", "config", "inspect", "audit", "delete"}
 
 var (
 	cfgTTLs      = [8]time.Duration{0, 0, time.Millisecond, 2 * time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond, 5 * time.Second, time.Hour}
@@ -156,7 +160,7 @@ func runScripts(t *testing.T, srv *redisserver.Server, rdb *redis.Client, in []b
 		t.Fatalf("redis TIME is %v (%v), want the manual clock's %d µs: is the clock shim in effect?", now, err, fuzzStartUs)
 	}
 	cfg := fuzzConfig(head[1], head[2], head[3])
-	r.c = NewClient(rdb, ClientOptions{Prefix: fuzzPrefix})
+	r.c = newFuzzClient(rdb)
 	if err := r.c.Registry().Create(r.ctx, fuzzShard.Queue, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +190,8 @@ func runScripts(t *testing.T, srv *redisserver.Server, rdb *redis.Client, in []b
 // their results differ, and describes what it did.
 func (r *fuzzRun) step(kind, a, b, c byte) string {
 	var desc, got, want string
-	token := int64(c % 8)
+	k := keeperPass{token: int64(c % 8), owner: fuzzOwners[(c>>3)%3]}
+	hk := r.n.WithOwner(k.owner) // the housekeeping side, as keeper k
 	cfg := r.m.cfg
 	switch kind % opCount {
 	case opEnqueue:
@@ -232,8 +237,7 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		stepBy := time.Duration(c%8) * 100 * time.Microsecond
 		desc = fmt.Sprintf("seed s%d..s%d due=%d step=%s", first, first+n-1, due, stepBy)
 		got = outcome(nil, r.n.SeedLocked(r.ctx, fuzzShard, "s", first, n, due, stepBy, []byte("seed")))
-		r.m.seedLocked("s", first, n, due, stepBy, "seed")
-		want = outcome(nil, nil)
+		want = outcome(nil, r.m.seedLocked("s", first, n, due, stepBy, "seed"))
 	case opPull:
 		n, lease, times := batch(a, b, MaxPull), leases[c%8], 1
 		if c&0x80 != 0 {
@@ -273,37 +277,37 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		want = outcome(r.m.extend(d, lease))
 	case opUnlock, opRequeue, opExpire, opTrim:
 		n := batch(a, b, fuzzMaxBatch)
-		desc = fmt.Sprintf("%s token=%d batch=%d", opNames[kind%opCount], token, n)
+		desc = fmt.Sprintf("%s %+v batch=%d", opNames[kind%opCount], k, n)
 		var res PassResult
 		var err error
 		switch kind % opCount {
 		case opUnlock:
-			res, err = r.n.Unlock(r.ctx, fuzzShard, token, n)
-			want = outcome(r.m.unlock(token, n))
+			res, err = hk.Unlock(r.ctx, fuzzShard, k.token, n)
+			want = outcome(r.m.unlock(k, n))
 		case opRequeue:
-			res, err = r.n.Requeue(r.ctx, fuzzShard, cfg, token, n)
-			want = outcome(r.m.requeue(token, n))
+			res, err = hk.Requeue(r.ctx, fuzzShard, cfg, k.token, n)
+			want = outcome(r.m.requeue(k, n))
 		case opExpire:
-			res, err = r.n.Expire(r.ctx, fuzzShard, token, n)
-			want = outcome(r.m.expire(token, n))
+			res, err = hk.Expire(r.ctx, fuzzShard, k.token, n)
+			want = outcome(r.m.expire(k, n))
 		case opTrim:
-			res, err = r.n.Trim(r.ctx, fuzzShard, cfg, token, n)
-			want = outcome(r.m.trim(token, n))
+			res, err = hk.Trim(r.ctx, fuzzShard, cfg, k.token, n)
+			want = outcome(r.m.trim(k, n))
 		}
 		got = outcome(res, err)
 	case opProbe:
 		claim := b&1 == 0
-		desc = fmt.Sprintf("probe claim=%v token=%d", claim, token)
-		res, err := r.n.Probe(r.ctx, []ProbeRequest{{Shard: fuzzShard, MaxSize: cfg.MaxSize, Claim: claim, Token: token}})
+		desc = fmt.Sprintf("probe claim=%v %+v", claim, k)
+		res, err := hk.Probe(r.ctx, []ProbeRequest{{Shard: fuzzShard, MaxSize: cfg.MaxSize, Claim: claim, Token: k.token}})
 		if err != nil {
 			r.fatalf("%s: %v", desc, err)
 		}
-		got, want = probeOutcome(res[0]), probeOutcome(r.m.probe(claim, token))
+		got, want = probeOutcome(res[0]), probeOutcome(r.m.probe(claim, k))
 	case opMeasure:
-		desc = fmt.Sprintf("measure token=%d", token)
-		res, err := r.n.Measure(r.ctx, fuzzShard, token)
+		desc = fmt.Sprintf("measure %+v", k)
+		res, err := hk.Measure(r.ctx, fuzzShard, k.token)
 		got = outcome(res, err)
-		want = outcome(r.m.measure(token))
+		want = outcome(r.m.measure(k))
 	case opAdvance:
 		dt := advanceUnits[a%8] * time.Duration(1+int(b))
 		desc = fmt.Sprintf("advance %s", dt)
@@ -313,10 +317,24 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		next := fuzzConfig(a, b, c)
 		desc = fmt.Sprintf("config %+v", next)
 		got = outcome(nil, r.c.Registry().Update(r.ctx, fuzzShard.Queue, next))
-		want = outcome(nil, nil)
-		// A new client: the old one may hold the old config for its TTL.
-		r.c = NewClient(r.rdb, ClientOptions{Prefix: fuzzPrefix})
-		r.m.cfg = next.WithDefaults()
+		if r.m.deleted {
+			want = outcome(nil, ErrUnknownQueue)
+		} else {
+			want = outcome(nil, nil)
+			r.m.cfg = next.WithDefaults()
+		}
+		// A new client, which reads the new config.
+		r.c, r.m.cached = newFuzzClient(r.rdb), false
+	case opDelete:
+		if a&1 == 0 {
+			desc = "delete the queue"
+			got = outcome(nil, r.c.Registry().Delete(r.ctx, fuzzShard.Queue))
+			want = outcome(nil, r.m.deleteQueue())
+		} else {
+			desc = "create the queue again"
+			got = outcome(nil, r.c.Registry().Create(r.ctx, fuzzShard.Queue, r.m.cfg))
+			want = outcome(nil, r.m.createQueue())
+		}
 	case opInspect:
 		id := "m" + strconv.Itoa(int(a))
 		if b&1 != 0 {
@@ -331,12 +349,12 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 			desc = "stats"
 			st, err := r.c.Stats(r.ctx, fuzzShard.Queue)
 			got = outcome(st, err)
-			want = outcome(r.m.queueStats(), nil)
+			want = outcome(r.m.queueStats())
 		} else {
 			desc = "audit"
 			a, err := r.c.Audit(r.ctx, fuzzShard.Queue)
 			got = outcome(a, err)
-			want = outcome(r.m.audit(), nil)
+			want = outcome(r.m.audit())
 		}
 	}
 	r.log = append(r.log, desc+" → "+clip(got, 0, 160))
@@ -350,6 +368,14 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 			desc, i, clip(got, i, 600), clip(want, i, 600), state)
 	}
 	return desc
+}
+
+// newFuzzClient is a client whose cached config never expires during a run,
+// so that whether it reads the registry or its cache (which matters once
+// the queue is deleted) follows from the operations alone, as the model has
+// it.
+func newFuzzClient(rdb *redis.Client) *Client {
+	return NewClient(rdb, ClientOptions{Prefix: fuzzPrefix, ConfigTTL: time.Hour})
 }
 
 // enqueueMany enqueues msgs from fuzzEnqueuers concurrent producers. All
@@ -444,7 +470,11 @@ func errKind(err error) string {
 	var fe *FencedError
 	switch {
 	case errors.As(err, &fe):
-		return fmt.Sprintf("fenced: token %d, fence %d", fe.Token, fe.Fence)
+		return fmt.Sprintf("fenced: token %d, fence %d of %q", fe.Token, fe.Fence, fe.Owner)
+	case errors.Is(err, ErrUnknownQueue):
+		return "unknown queue"
+	case errors.Is(err, ErrQueueExists):
+		return "queue exists"
 	case errors.Is(err, ErrStale):
 		return "stale"
 	case errors.Is(err, ErrCapped):
@@ -507,8 +537,9 @@ func fuzzKeys() [][3]string {
 		{"dead", k.Dead, "zset"}, {"ttl", k.TTL, "zset"},
 		{"body", k.Body, "hash"}, {"meta", k.Meta, "hash"}, {"prio", k.Prio, "hash"}, {"dlv", k.Dlv, "hash"},
 		{"tok", k.Tok, "hash"}, {"stats", k.Stats, "hash"},
-		{"seq", k.Seq, "string"}, {"fence", k.Fence, "string"}, {"clean", k.Clean, "string"},
-		{"trimwake", k.TrimWake, "string"}, {"history", k.History, "stream"},
+		{"seq", k.Seq, "string"}, {"fence", k.Fence, "string"}, {"owner", k.FenceOwner, "string"},
+		{"clean", k.Clean, "string"}, {"trimwake", k.TrimWake, "string"}, {"deleted", k.Deleted, "string"},
+		{"history", k.History, "stream"},
 	}
 }
 
@@ -562,8 +593,8 @@ func (r *fuzzRun) redisKeys() map[string]keyState {
 			ks.s = v.Val()
 		case *redis.XMessageSliceCmd:
 			for _, x := range v.Val() {
-				ks.x = append(ks.x, fmt.Sprintf("%s task=%v token=%v ok=%v moved=%v", x.ID,
-					x.Values["task"], x.Values["token"], x.Values["ok"], x.Values["moved"]))
+				ks.x = append(ks.x, fmt.Sprintf("%s task=%v token=%v owner=%v ok=%v moved=%v", x.ID,
+					x.Values["task"], x.Values["token"], x.Values["owner"], x.Values["ok"], x.Values["moved"]))
 			}
 		}
 		out[k[0]] = ks
@@ -778,6 +809,23 @@ func fuzzSeeds() map[string][]byte {
 			op(opRequeue, 0, bMax, 5), op(opExpire, 0, bMax, 6), op(opTrim, 0, bMax, 4),
 			op(opTrim, 0, 0, 6), op(opMeasure, 0, 0, 7), op(opProbe, 0, 0, 6), op(opProbe, 0, 1, 0),
 			op(opMeasure, 0, 0, 0)),
+		// Owners: an equal token from another owner is refused, a higher
+		// one takes the fence over; a fresh fence accepts token 0.
+		"fence-owners": seedInput(true, 0, 0, 0,
+			op(opMeasure, 0, 0, 0), op(opUnlock, 0, 0, 1<<3), op(opProbe, 0, 0, 3|1<<3),
+			op(opUnlock, 0, bMax, 3|2<<3), op(opUnlock, 0, bMax, 3|1<<3), op(opUnlock, 0, bMax, 4|2<<3),
+			op(opMeasure, 0, 0, 4|1<<3), op(opProbe, 0, 0, 4|2<<3), op(opTrim, 0, bMax, 4),
+			op(opMeasure, 0, 0, 5), op(opRequeue, 0, bMax, 5|1<<3), op(opExpire, 0, bMax, 5),
+			op(opAudit, 0, 1, 0)),
+		// Delete and create again: everything refused in between, the
+		// fence, its owner and the delivery tokens not reused after.
+		"delete-recreate": seedInput(true, 0, 0, 2<<3,
+			op(opEnqueue, 1, 0, 0), op(opPull, 0, 0, 0), op(opProbe, 0, 0, 2|1<<3), op(opMeasure, 0, 0, 2|1<<3),
+			op(opDelete, 0, 0, 0), op(opEnqueue, 2, 0, 0), op(opPull, 0, 0, 0), op(opAck, 0, 0, own),
+			op(opUnlock, 0, bMax, 2|1<<3), op(opProbe, 0, 1, 0), op(opSeed, 3, 0, 0), op(opAudit, 0, 0, 0),
+			op(opInspect, 1, 0, 0), op(opConfig, 1, 0, 2<<3), op(opDelete, 0, 0, 0), op(opDelete, 1, 0, 0),
+			op(opDelete, 1, 0, 0), op(opEnqueue, 1, 0, 0), op(opPull, 0, 0, 0), op(opAck, 1, 0, own),
+			op(opUnlock, 0, bMax, 1|2<<3), op(opAck, 0, 0, own), op(opAudit, 0, 1, 0)),
 		// Scores: huge and negative priorities, ties broken by id, the
 		// priority a nack sets kept through a lock.
 		"priorities": seedInput(false, 0, 0, 2<<3,

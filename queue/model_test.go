@@ -24,11 +24,26 @@ type model struct {
 
 	msgs     map[string]*modelMsg
 	seq      int64 // the last delivery token minted
-	fence    int64 // the highest ownership token accepted; 0: none yet
-	clean    bool  // measured, and nothing changed since
-	trimWake bool  // a trim wake is outstanding
+	fence    int64 // the highest ownership token accepted; 0 when unset
+	fenceSet bool
+	owner    string // who presented the fence's token
+	ownerSet bool
+	clean    bool // measured, and nothing changed since
+	trimWake bool // a trim wake is outstanding
+	deleted  bool // the queue was deleted: a tombstone refuses every script
 	stats    map[string]int64
 	history  []modelPass
+
+	// cached: the Go client holds the queue's config, so it reaches the
+	// scripts (and their tombstone check) without reading the registry.
+	cached bool
+}
+
+// keeperPass is who presents a housekeeping write: an ownership token and
+// the owner's identity.
+type keeperPass struct {
+	token int64
+	owner string
 }
 
 type msgState int
@@ -59,7 +74,7 @@ type modelMsg struct {
 type modelPass struct {
 	ms, seq int64 // its stream id
 	task    string
-	token   int64
+	by      keeperPass
 	ok      bool
 	moved   int
 }
@@ -165,32 +180,93 @@ func (m *model) count1(counter string, n int) {
 	}
 }
 
-// fenced admits a housekeeping write under token: refused (and nothing
-// changes but the history) when a higher token wrote first; else the fence
-// rises to token.
-func (m *model) fenced(task string, token int64) error {
-	if token < m.fence {
-		m.log(task, token, false, 0)
-		return &FencedError{Shard: fuzzShard, Token: token, Fence: m.fence}
+// admit lets a housekeeping pass of task by k write, or refuses it and
+// changes nothing but the history: on a deleted queue; with a token below
+// the fence; with the fence's own token from another owner (after an etcd
+// restore two keepers can hold equal tokens; a fence set before owners
+// were recorded accepts its token from anyone). Admitted, the fence rises
+// to k's token (accepted tokens never decrease) and names k's owner.
+func (m *model) admit(task string, k keeperPass) error {
+	if m.deleted {
+		return ErrUnknownQueue
 	}
-	m.fence = token
+	if k.token < m.fence || (k.token == m.fence && m.fenceSet && m.ownerSet && k.owner != m.owner) {
+		m.log(task, k, false, 0)
+		fe := &FencedError{Shard: fuzzShard, Token: k.token, Fence: m.fence}
+		if m.ownerSet {
+			fe.Owner = m.owner
+		}
+		return fe
+	}
+	if k.token > m.fence {
+		m.fence, m.fenceSet = k.token, true
+	}
+	m.owner, m.ownerSet = k.owner, true
 	return nil
 }
 
-func (m *model) log(task string, token int64, ok bool, moved int) {
+func (m *model) log(task string, k keeperPass, ok bool, moved int) {
 	if !m.record {
 		return
 	}
-	p := modelPass{ms: m.nowMs(), task: task, token: token, ok: ok, moved: moved}
+	p := modelPass{ms: m.nowMs(), task: task, by: k, ok: ok, moved: moved}
 	if n := len(m.history); n > 0 && m.history[n-1].ms >= p.ms {
 		p.ms, p.seq = m.history[n-1].ms, m.history[n-1].seq+1
 	}
 	m.history = append(m.history, p)
 }
 
+// clientConfig is the Go client reading the queue's config: from its cache,
+// else from the registry, which has none for a deleted queue.
+func (m *model) clientConfig() error {
+	if m.cached {
+		return nil
+	}
+	if m.deleted {
+		return ErrUnknownQueue
+	}
+	m.cached = true
+	return nil
+}
+
+// clientScript is a client's script call meeting the tombstone of a
+// deleted queue: refused, and the client forgets the config.
+func (m *model) clientScript() error {
+	if m.deleted {
+		m.cached = false
+		return ErrUnknownQueue
+	}
+	return nil
+}
+
+// deleteQueue is Registry.Delete: the messages and everything about them
+// go; the fence, its owner and the token sequence stay with a tombstone, so
+// that neither an old keeper's token nor an old consumer's delivery token
+// is accepted by a queue created again under the same name.
+func (m *model) deleteQueue() error {
+	if m.deleted {
+		return ErrUnknownQueue
+	}
+	m.msgs, m.stats, m.history = map[string]*modelMsg{}, map[string]int64{}, nil
+	m.clean, m.trimWake, m.deleted = false, false, true
+	return nil
+}
+
+// createQueue is Registry.Create of the deleted queue again.
+func (m *model) createQueue() error {
+	if !m.deleted {
+		return ErrQueueExists
+	}
+	m.deleted = false
+	return nil
+}
+
 // --- producers and consumers ------------------------------------------------
 
 func (m *model) enqueue(msg Message) (EnqueueResult, error) {
+	if err := m.clientConfig(); err != nil {
+		return EnqueueResult{}, err
+	}
 	if len(msg.Payload) > m.cfg.MaxPayloadBytes {
 		return EnqueueResult{}, ErrTooBig
 	}
@@ -198,6 +274,9 @@ func (m *model) enqueue(msg Message) (EnqueueResult, error) {
 	// "none", so it is refused.
 	if msg.TTL != 0 && (msg.TTL < time.Millisecond || msg.TTL > maxTTL) {
 		return EnqueueResult{}, ErrBadMessage
+	}
+	if err := m.clientScript(); err != nil {
+		return EnqueueResult{}, err
 	}
 	res := EnqueueResult{ID: msg.ID, Shard: fuzzShard}
 	if x, ok := m.msgs[msg.ID]; ok {
@@ -233,11 +312,17 @@ func (m *model) enqueue(msg Message) (EnqueueResult, error) {
 }
 
 func (m *model) pull(n int, lease time.Duration) ([]Delivery, error) {
+	if err := m.clientConfig(); err != nil {
+		return nil, err
+	}
 	if lease == 0 {
 		lease = m.cfg.Lease.D()
 	}
 	if n <= 0 || n > MaxPull || lease < time.Millisecond || lease > MaxLease {
 		return nil, ErrBadMessage
+	}
+	if err := m.clientScript(); err != nil {
+		return nil, err
 	}
 	capped := false
 	if share := m.cfg.InFlightShare(0); share < 0 {
@@ -276,6 +361,9 @@ func (m *model) pull(n int, lease time.Duration) ([]Delivery, error) {
 
 // leased is the in-flight message d names, if d's token is still its lease.
 func (m *model) leased(d Delivery) (*modelMsg, error) {
+	if err := m.clientScript(); err != nil {
+		return nil, err
+	}
 	x, ok := m.msgs[d.ID]
 	if !ok || x.state != stInflight || strconv.FormatInt(x.tok, 10) != d.Token {
 		return nil, ErrStale
@@ -294,6 +382,9 @@ func (m *model) ack(d Delivery) error {
 }
 
 func (m *model) nack(d Delivery, opt NackOptions) (State, error) {
+	if err := m.clientConfig(); err != nil {
+		return "", err
+	}
 	x, err := m.leased(d)
 	if err != nil {
 		return "", err
@@ -336,19 +427,23 @@ func (m *model) extend(d Delivery, lease time.Duration) (time.Time, error) {
 }
 
 // seedLocked is Native.SeedLocked, for fresh ids only (it overwrites).
-func (m *model) seedLocked(prefix string, first, count int, firstDueMs int64, step time.Duration, payload string) {
+func (m *model) seedLocked(prefix string, first, count int, firstDueMs int64, step time.Duration, payload string) error {
+	if m.deleted {
+		return ErrUnknownQueue
+	}
 	for idx := first; idx < first+count; idx++ {
 		x := &modelMsg{body: payload, enq: firstDueMs, prio: strconv.FormatInt(firstDueMs, 10)}
 		m.move(x, stLocked, float64(firstDueMs+int64(idx)*step.Microseconds()/1000))
 		m.msgs[prefix+strconv.Itoa(idx)] = x
 	}
 	m.stats["enqueued"] += int64(count)
+	return nil
 }
 
 // --- housekeeping -------------------------------------------------------------
 
-func (m *model) unlock(token int64, batch int) (PassResult, error) {
-	if err := m.fenced("unlock", token); err != nil {
+func (m *model) unlock(k keeperPass, batch int) (PassResult, error) {
+	if err := m.admit("unlock", k); err != nil {
 		return PassResult{}, err
 	}
 	ids := m.first(stLocked, float64(m.nowMs()), batch)
@@ -360,15 +455,15 @@ func (m *model) unlock(token int64, batch int) (PassResult, error) {
 	}
 	m.count1("unlocked", len(ids))
 	m.moved(len(ids))
-	m.log("unlock", token, true, len(ids))
+	m.log("unlock", k, true, len(ids))
 	r.NextMs = m.head(stLocked)
 	return r, nil
 }
 
 // requeue recovers expired leases: to dead when the message was delivered
 // max_deliveries times, dropped when its TTL passed, else back to ready.
-func (m *model) requeue(token int64, batch int) (PassResult, error) {
-	if err := m.fenced("requeue", token); err != nil {
+func (m *model) requeue(k keeperPass, batch int) (PassResult, error) {
+	if err := m.admit("requeue", k); err != nil {
 		return PassResult{}, err
 	}
 	ids := m.first(stInflight, float64(m.nowMs()), batch)
@@ -391,7 +486,7 @@ func (m *model) requeue(token int64, batch int) (PassResult, error) {
 	m.count1("dead_lettered", r.DeadLettered)
 	m.count1("expired", r.Expired)
 	m.moved(len(ids))
-	m.log("requeue", token, true, len(ids))
+	m.log("requeue", k, true, len(ids))
 	r.NextMs = m.head(stInflight)
 	if h := m.ttlHead(); h >= 0 {
 		r.Hints = []Due{{Kind: DueExpire, AtMs: h}}
@@ -399,8 +494,8 @@ func (m *model) requeue(token int64, batch int) (PassResult, error) {
 	return r, nil
 }
 
-func (m *model) expire(token int64, batch int) (PassResult, error) {
-	if err := m.fenced("expire", token); err != nil {
+func (m *model) expire(k keeperPass, batch int) (PassResult, error) {
+	if err := m.admit("expire", k); err != nil {
 		return PassResult{}, err
 	}
 	ids := m.dueTTL(batch)
@@ -409,28 +504,28 @@ func (m *model) expire(token int64, batch int) (PassResult, error) {
 	}
 	m.count1("expired", len(ids))
 	m.moved(len(ids))
-	m.log("expire", token, true, len(ids))
+	m.log("expire", k, true, len(ids))
 	return PassResult{Moved: len(ids), Full: len(ids) >= batch, NextMs: m.ttlHead(), NowUs: m.now,
 		Expired: len(ids)}, nil
 }
 
 // trim drops the lowest-score ready messages while the shard is over
 // max_size; in-flight and locked ones count but stay.
-func (m *model) trim(token int64, batch int) (PassResult, error) {
-	if err := m.fenced("trim", token); err != nil {
+func (m *model) trim(k keeperPass, batch int) (PassResult, error) {
+	if err := m.admit("trim", k); err != nil {
 		return PassResult{}, err
 	}
 	m.trimWake = false
 	r := PassResult{NextMs: -1, NowUs: m.now}
 	if m.cfg.MaxSize <= 0 {
-		m.log("trim", token, true, 0)
+		m.log("trim", k, true, 0)
 		return r, nil
 	}
 	ready := m.count(stReady)
 	excess := m.size() - m.cfg.MaxSize
 	n := min(excess, ready, batch)
 	if n <= 0 {
-		m.log("trim", token, true, 0)
+		m.log("trim", k, true, 0)
 		r.Excess = int64(max(excess, 0))
 		return r, nil
 	}
@@ -439,7 +534,7 @@ func (m *model) trim(token int64, batch int) (PassResult, error) {
 	}
 	m.count1("trimmed", n)
 	m.moved(n)
-	m.log("trim", token, true, n)
+	m.log("trim", k, true, n)
 	r.Moved, r.Excess = n, int64(excess-n)
 	r.Full = r.Excess > 0 && ready-n > 0
 	return r, nil
@@ -452,8 +547,8 @@ func (m *model) moved(n int) {
 	}
 }
 
-func (m *model) measure(token int64) (Measurement, error) {
-	if err := m.fenced("measure", token); err != nil {
+func (m *model) measure(k keeperPass) (Measurement, error) {
+	if err := m.admit("measure", k); err != nil {
 		return Measurement{}, err
 	}
 	r := Measurement{NowUs: m.now, Ready: int64(m.count(stReady)), Inflight: int64(m.count(stInflight)),
@@ -462,17 +557,22 @@ func (m *model) measure(token int64) (Measurement, error) {
 		r.HasReady, r.ReadyHead = true, m.msgs[ids[0]].score
 	}
 	m.clean = true
-	m.log("measure", token, true, 0)
+	m.log("measure", k, true, 0)
 	return r, nil
 }
 
-// probe reads the heads; with claim it first raises the fence to token.
-func (m *model) probe(claim bool, token int64) ProbeResult {
+// probe reads the heads; with claim it first sets the fence to k's token
+// and owner (equal ones written again).
+func (m *model) probe(claim bool, k keeperPass) ProbeResult {
+	if m.deleted {
+		return ProbeResult{Err: ErrUnknownQueue}
+	}
 	if claim {
-		if err := m.fenced("claim", token); err != nil {
+		if err := m.admit("claim", k); err != nil {
 			return ProbeResult{Err: err}
 		}
-		m.log("claim", token, true, 0)
+		m.fence, m.fenceSet = k.token, true
+		m.log("claim", k, true, 0)
 	}
 	r := ProbeResult{LockedHead: m.head(stLocked), InflightHead: m.head(stInflight), TTLHead: m.ttlHead()}
 	if m.cfg.MaxSize > 0 {
@@ -484,6 +584,12 @@ func (m *model) probe(claim bool, token int64) ProbeResult {
 // --- reading ---------------------------------------------------------------------
 
 func (m *model) inspect(id string) (MessageInfo, error) {
+	if err := m.clientConfig(); err != nil {
+		return MessageInfo{}, err
+	}
+	if err := m.clientScript(); err != nil {
+		return MessageInfo{}, err
+	}
 	x, ok := m.msgs[id]
 	if !ok {
 		return MessageInfo{}, ErrNotFound
@@ -498,21 +604,27 @@ func (m *model) inspect(id string) (MessageInfo, error) {
 }
 
 // audit is what Client.Audit finds in a consistent shard: no problems.
-func (m *model) audit() Audit {
+func (m *model) audit() (Audit, error) {
+	if m.deleted {
+		return Audit{}, ErrUnknownQueue
+	}
 	a := Audit{Queue: fuzzShard.Queue, Counters: m.counters(), Members: map[string]State{}}
 	for id, x := range m.msgs {
 		a.Members[id] = State(stateKey[x.state])
 	}
 	a.Ready, a.Inflight = int64(m.count(stReady)), int64(m.count(stInflight))
 	a.Locked, a.Dead = int64(m.count(stLocked)), int64(m.count(stDead))
-	return a
+	return a, nil
 }
 
-func (m *model) queueStats() QueueStats {
+func (m *model) queueStats() (QueueStats, error) {
+	if m.deleted {
+		return QueueStats{}, ErrUnknownQueue
+	}
 	ss := ShardStats{Shard: fuzzShard.String(), Ready: int64(m.count(stReady)), Inflight: int64(m.count(stInflight)),
 		Locked: int64(m.count(stLocked)), Dead: int64(m.count(stDead)), Fence: m.fence, Counters: m.counters()}
 	return QueueStats{Queue: fuzzShard.Queue, Config: m.cfg, Ready: ss.Ready, Inflight: ss.Inflight,
-		Locked: ss.Locked, Dead: ss.Dead, Counters: m.counters(), Shards: []ShardStats{ss}}
+		Locked: ss.Locked, Dead: ss.Dead, Counters: m.counters(), Shards: []ShardStats{ss}}, nil
 }
 
 func (m *model) counters() map[string]int64 {
@@ -579,8 +691,14 @@ func (m *model) keys() map[string]keyState {
 	if m.seq > 0 {
 		str("seq", strconv.FormatInt(m.seq, 10))
 	}
-	if m.fence > 0 {
+	if m.fenceSet {
 		str("fence", strconv.FormatInt(m.fence, 10))
+	}
+	if m.ownerSet {
+		str("owner", m.owner)
+	}
+	if m.deleted {
+		str("deleted", "1")
 	}
 	if m.clean {
 		str("clean", "1")
@@ -595,7 +713,8 @@ func (m *model) keys() map[string]keyState {
 			if p.ok {
 				ok = 1
 			}
-			k.x = append(k.x, fmt.Sprintf("%d-%d task=%s token=%d ok=%d moved=%d", p.ms, p.seq, p.task, p.token, ok, p.moved))
+			k.x = append(k.x, fmt.Sprintf("%d-%d task=%s token=%d owner=%s ok=%d moved=%d", p.ms, p.seq, p.task,
+				p.by.token, p.by.owner, ok, p.moved))
 		}
 		out["history"] = k
 	}
