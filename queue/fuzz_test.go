@@ -35,12 +35,14 @@ import (
 // operations of four bytes each: the kind (byte % opCount) and three
 // arguments, decoded in step. Batch sizes reach tasks.batch's maximum
 // (10,000) half the time; enqueueMany and seed write up to 10,000 messages in
-// one step, within a budget per input.
+// one step.
 //
-// Go's fuzzing gives up on an input that runs for 10 s, so an input's cost
-// is bounded, deterministically: enqueueMany and seed write at most
-// fuzzBudget messages, and the input ends early once its checks have read
-// fuzzWork messages in all (six steps on a 10,000-message shard).
+// Go's fuzzing gives up on an input that runs for 10 s, so each input has a
+// cost budget, spent deterministically (fuzzCost): a message written by
+// enqueueMany costs 8 (a script call each), one seeded or pulled costs 1,
+// and every check costs the messages in the shard. Counts are cut to what
+// is left, and the input ends when nothing is; so the largest shards are
+// about 10,000 messages seeded, or 5,000 enqueued.
 //
 // One redis-server serves the whole run (each fuzz worker process starts
 // its own); every input starts from FLUSHALL and the same virtual time. The
@@ -59,8 +61,7 @@ const (
 	fuzzPrefix    = "fz"
 	fuzzMaxOps    = 64
 	fuzzMaxBatch  = 10_000                // the largest tasks.batch cmd/keeper accepts
-	fuzzBudget    = 12_000                // messages enqueueMany and seed may write per input
-	fuzzWork      = 60_000                // messages the checks of one input may read, summed
+	fuzzCost      = 80_000                // what one input may spend; about 5 s on a 2-core machine at load 20
 	fuzzStartUs   = 1_900_000_000_000_250 // the virtual clock when an input starts
 	fuzzEnqueuers = 8                     // concurrent producers of enqueueMany
 	fuzzMaxBody   = 24                    // the queue's max_payload_bytes
@@ -143,7 +144,7 @@ type fuzzRun struct {
 	n        *Native
 	m        *model
 	dels     []Delivery // every delivery pulled, stale ones included
-	budget   int
+	cost     int        // spent of fuzzCost
 	seedNext int
 	log      []string
 }
@@ -151,7 +152,7 @@ type fuzzRun struct {
 func runScripts(t *testing.T, srv *redisserver.Server, rdb *redis.Client, in []byte) {
 	head := make([]byte, 4)
 	copy(head, in)
-	r := &fuzzRun{t: t, ctx: context.Background(), srv: srv, rdb: rdb, budget: fuzzBudget}
+	r := &fuzzRun{t: t, ctx: context.Background(), srv: srv, rdb: rdb}
 	if err := rdb.FlushAll(r.ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -173,13 +174,12 @@ func runScripts(t *testing.T, srv *redisserver.Server, rdb *redis.Client, in []b
 	r.log = append(r.log, fmt.Sprintf("config %+v history=%v", cfg, record))
 	r.check("the start")
 	trace := os.Getenv("KEEPER_FUZZ_TRACE") != "" // log every operation, its result and timings
-	work := 0
-	for i, p := 0, 4; i < fuzzMaxOps && p+4 <= len(in) && work < fuzzWork; i, p = i+1, p+4 {
+	for i, p := 0, 4; i < fuzzMaxOps && p+4 <= len(in) && r.cost < fuzzCost; i, p = i+1, p+4 {
 		t0 := time.Now()
 		op := fmt.Sprintf("#%d %s", i, r.step(in[p], in[p+1], in[p+2], in[p+3]))
 		t1 := time.Now()
 		r.check(op)
-		work += len(r.m.msgs) + 100
+		r.cost += len(r.m.msgs) + 50
 		if trace {
 			t.Logf("%s (%s, check %s)", r.log[len(r.log)-1], t1.Sub(t0), time.Since(t1))
 		}
@@ -214,7 +214,11 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		got = outcome(res, err)
 		want = outcome(r.m.enqueue(msg))
 	case opEnqueueMany:
-		n := r.count(a, b)
+		n := r.count(a, b, 8)
+		if n == 0 {
+			desc = "enqueueMany skipped: the input's cost is spent"
+			break
+		}
 		first := int(c>>2) * 40
 		var ttl, delay time.Duration
 		if c&1 != 0 {
@@ -230,7 +234,11 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		}
 		got, want = r.enqueueMany(msgs)
 	case opSeed:
-		n := r.count(a, b)
+		n := r.count(a, b, 1)
+		if n == 0 {
+			desc = "seed skipped: the input's cost is spent"
+			break
+		}
 		first := r.seedNext
 		r.seedNext += n
 		due := r.m.nowMs() + int64(int8(c))
@@ -249,6 +257,7 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		for i := 0; i < times && got == want; i++ {
 			ds, err := r.c.Pull(r.ctx, fuzzShard.Queue, n, lease)
 			r.dels = append(r.dels, ds...)
+			r.cost += len(ds)
 			got = outcome(ds, err)
 			want = outcome(r.m.pull(n, lease))
 		}
@@ -403,10 +412,10 @@ func (r *fuzzRun) enqueueMany(msgs []Message) (got, want string) {
 	return fmt.Sprintf("%d enqueued", len(msgs)), fmt.Sprintf("%d enqueued", len(msgs))
 }
 
-// count decodes how many messages enqueueMany or seed writes: up to 32
-// mostly, up to 8,192 one time in eight, 10,000 for b = 0xff; within the
-// input's budget, as a large shard makes every later step slower.
-func (r *fuzzRun) count(a, b byte) int {
+// count decodes how many messages enqueueMany or seed writes, at unit cost
+// each: up to 32 mostly, up to 8,192 one time in eight, 10,000 for b =
+// 0xff; cut to what the input can still spend (0: the step is skipped).
+func (r *fuzzRun) count(a, b byte, unit int) int {
 	n := 1 + int(a)%32
 	switch {
 	case b == 0xff:
@@ -414,8 +423,8 @@ func (r *fuzzRun) count(a, b byte) int {
 	case b >= 0xe0:
 		n = 1 + (int(a) | int(b&0x1f)<<8)
 	}
-	n = min(n, r.budget)
-	r.budget -= n
+	n = max(0, min(n, (fuzzCost-r.cost)/unit))
+	r.cost += n * unit
 	return n
 }
 
@@ -855,9 +864,10 @@ func fuzzSeeds() map[string][]byte {
 		"large-trim": seedInput(false, 0, 4, 2<<3,
 			op(opSeed, 0, countMax, 0xf0), op(opUnlock, 0, bMax, 1), op(opTrim, 0, bMax, 1),
 			op(opTrim, 0, bMax, 1), op(opMeasure, 0, 0, 1)),
-		// 10,000 TTLs expired in one pass.
+		// 5,000 TTLs expired in one pass (10,000 enqueued one by one would
+		// cost more than an input may spend).
 		"large-expire": seedInput(false, 4<<2, 0, 2<<3,
-			op(opEnqueueMany, 0, countMax, 0), op(opAdvance, 2, 10, 0), op(opExpire, 0, bMax, 1),
+			op(opEnqueueMany, 0x87, 0xf3, 0), op(opAdvance, 2, 10, 0), op(opExpire, 0, bMax, 1),
 			op(opMeasure, 0, 0, 1)),
 	}
 }
