@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,8 +39,8 @@ type Client struct {
 }
 
 type cachedConfig struct {
-	cfg Config
-	at  time.Time
+	st stored
+	at time.Time
 }
 
 // NewClient returns a client over rdb (a single node, a failover client or a
@@ -60,21 +61,27 @@ func NewClient(rdb redis.UniversalClient, opt ClientOptions) *Client {
 // Registry gives access to queue configs.
 func (c *Client) Registry() *Registry { return c.reg }
 
-func (c *Client) config(ctx context.Context, queue string) (Config, error) {
+func (c *Client) config(ctx context.Context, queue string) (stored, error) {
 	c.mu.Lock()
 	e, ok := c.cache[queue]
 	c.mu.Unlock()
 	if ok && time.Since(e.at) < c.ttl {
-		return e.cfg, nil
+		return e.st, nil
 	}
-	cfg, err := c.reg.Get(ctx, queue)
+	st, err := c.reg.getStored(ctx, c.reg.rdb, queue)
 	if err != nil {
-		return Config{}, err
+		return stored{}, err
 	}
 	c.mu.Lock()
-	c.cache[queue] = cachedConfig{cfg: cfg, at: time.Now()}
+	c.cache[queue] = cachedConfig{st: st, at: time.Now()}
 	c.mu.Unlock()
-	return cfg, nil
+	return st, nil
+}
+
+func (c *Client) forget(queue string) {
+	c.mu.Lock()
+	delete(c.cache, queue)
+	c.mu.Unlock()
 }
 
 // scriptError maps a script's error; a deleted queue's config is dropped
@@ -82,11 +89,45 @@ func (c *Client) config(ctx context.Context, queue string) (Config, error) {
 func (c *Client) scriptError(err error, s Shard) error {
 	err = asError(err, s, 0)
 	if errors.Is(err, ErrUnknownQueue) {
-		c.mu.Lock()
-		delete(c.cache, s.Queue)
-		c.mu.Unlock()
+		c.forget(s.Queue)
 	}
 	return err
+}
+
+// maxConfigReloads bounds how often one call reads a config again because
+// a shard refused it as stale: the waits between add up to about a second,
+// time for a config update in flight to publish.
+const maxConfigReloads = 8
+
+// withConfig runs fn with queue's config, and again with a fresh one when
+// a shard refuses it as older than the one the shard was set to (a config
+// update, a partition growth included, was published since it was read).
+func (c *Client) withConfig(ctx context.Context, queue string, fn func(st stored) error) error {
+	for attempt := 0; ; attempt++ {
+		st, err := c.config(ctx, queue)
+		if err != nil {
+			return err
+		}
+		err = fn(st)
+		var se *staleConfigError
+		if !errors.As(err, &se) {
+			return err
+		}
+		c.forget(queue)
+		if attempt == maxConfigReloads {
+			return fmt.Errorf("queue %s: %w (the published config is at generation %d): a config update did not finish; run `keeper queue update %s` again",
+				queue, err, st.Generation, queue)
+		}
+		if attempt > 0 {
+			// Still refused after a reload: an update is between setting
+			// the shards and publishing.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(min(20*time.Millisecond<<(attempt-1), 200*time.Millisecond)):
+			}
+		}
+	}
 }
 
 // Message is what a producer enqueues.
@@ -118,21 +159,16 @@ type EnqueueResult struct {
 	EnqueuedAt time.Time
 }
 
-// Enqueue adds a message to queue. The partition is chosen by the id, so a
-// duplicate always lands where its original is.
+// Enqueue adds a message to queue, unless a message with its id is in the
+// queue (Duplicate). The partition is chosen by the id; for a queue whose
+// partitions grew, the id's homes under the earlier counts are searched
+// first, so the id is never in two partitions at once.
 func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueResult, error) {
-	cfg, err := c.config(ctx, queue)
-	if err != nil {
-		return EnqueueResult{}, err
-	}
 	if m.ID == "" {
 		m.ID = newID()
 	}
 	if err := ValidateID(m.ID); err != nil {
 		return EnqueueResult{}, err
-	}
-	if len(m.Payload) > cfg.MaxPayloadBytes {
-		return EnqueueResult{}, fmt.Errorf("%w: %d bytes, queue %s allows %d", ErrTooBig, len(m.Payload), queue, cfg.MaxPayloadBytes)
 	}
 	if m.Delay < 0 || m.TTL < 0 {
 		return EnqueueResult{}, fmt.Errorf("%w: negative delay or ttl", ErrBadMessage)
@@ -142,30 +178,108 @@ func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueR
 	if m.TTL != 0 && (m.TTL < time.Millisecond || m.TTL > maxTTL) {
 		return EnqueueResult{}, fmt.Errorf("%w: ttl %s not in %s..%s", ErrBadMessage, m.TTL, time.Millisecond, maxTTL)
 	}
-	ttl := cfg.TTL.D()
-	if m.TTL > 0 {
-		ttl = m.TTL
-	}
 	prio := ""
 	if m.Priority != nil {
 		prio = strconv.FormatInt(*m.Priority, 10)
 	}
-	s := Shard{Queue: queue, Partition: PartitionOf(m.ID, cfg.Partitions)}
-	res, err := c.enqueueShard(ctx, s, cfg, m, prio, ttl)
+	var res EnqueueResult
+	err := c.withConfig(ctx, queue, func(st stored) error {
+		if len(m.Payload) > st.MaxPayloadBytes {
+			return fmt.Errorf("%w: %d bytes, queue %s allows %d", ErrTooBig, len(m.Payload), queue, st.MaxPayloadBytes)
+		}
+		home := PartitionOf(m.ID, st.Partitions)
+		found, err := c.findEarlier(ctx, queue, st, m.ID, home)
+		if err != nil || found.Duplicate {
+			res = found
+			return err
+		}
+		res, err = c.enqueueShard(ctx, Shard{Queue: queue, Partition: home}, st, m, prio)
+		return err
+	})
 	if err != nil {
 		return EnqueueResult{}, fmt.Errorf("enqueue to %s: %w", queue, err)
 	}
 	return res, nil
 }
 
+// findEarlier looks for id in its homes under the queue's earlier
+// partition counts other than home, in one pipeline. No client with the
+// current config writes there, and older ones are refused, so the id
+// cannot be added there between this check and the enqueue.
+func (c *Client) findEarlier(ctx context.Context, queue string, st stored, id string, home int) (EnqueueResult, error) {
+	var homes []Shard
+	for _, n := range st.GrownFrom {
+		s := Shard{Queue: queue, Partition: PartitionOf(id, n)}
+		if s.Partition != home && !slices.Contains(homes, s) {
+			homes = append(homes, s)
+		}
+	}
+	if len(homes) == 0 {
+		return EnqueueResult{}, nil
+	}
+	run := func(p redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, len(homes))
+		for i, s := range homes {
+			k := keysFor(c.prefix, s)
+			cmds[i] = nativeScripts.holds.EvalSha(ctx, p, []string{k.Deleted, k.Gen, k.Meta, k.Stats}, id, st.Generation)
+		}
+		return cmds
+	}
+	cmds, err := pipelineScripts(ctx, c.rdb, nativeScripts.holds, run)
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	for i, cmd := range cmds {
+		enq, err := cmd.Int64()
+		if err != nil {
+			return EnqueueResult{}, c.scriptError(err, homes[i])
+		}
+		if enq >= 0 {
+			return EnqueueResult{ID: id, Shard: homes[i], Duplicate: true, EnqueuedAt: time.UnixMilli(enq)}, nil
+		}
+	}
+	return EnqueueResult{}, nil
+}
+
+// pipelineScripts runs the EVALSHAs that run queues in one pipeline, and
+// again after loading script if a server did not know it (a restarted or
+// new node).
+func pipelineScripts(ctx context.Context, rdb redis.UniversalClient, script *redis.Script,
+	run func(p redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
+	for attempt := 0; ; attempt++ {
+		var cmds []*redis.Cmd
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			cmds = run(p)
+			return nil
+		})
+		if err != nil && !isScriptError(err) {
+			return nil, err
+		}
+		noScript := false
+		for _, c := range cmds {
+			noScript = noScript || redis.HasErrorPrefix(c.Err(), "NOSCRIPT")
+		}
+		if !noScript || attempt == 1 {
+			return cmds, nil
+		}
+		if err := script.Load(ctx, rdb).Err(); err != nil {
+			return nil, fmt.Errorf("load script: %w", err)
+		}
+	}
+}
+
 // enqueueShard runs the enqueue script on s with m, whose payload the
 // script checks again.
-func (c *Client) enqueueShard(ctx context.Context, s Shard, cfg Config, m Message, prio string, ttl time.Duration) (EnqueueResult, error) {
+func (c *Client) enqueueShard(ctx context.Context, s Shard, st stored, m Message, prio string) (EnqueueResult, error) {
+	ttl := st.TTL.D()
+	if m.TTL > 0 {
+		ttl = m.TTL
+	}
 	k := keysFor(c.prefix, s)
 	res, err := nativeScripts.enqueue.Run(ctx, c.rdb,
-		[]string{k.Deleted, k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
-		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), cfg.MaxPayloadBytes, cfg.MaxSize,
-		k.Wake, s.String()).Int64Slice()
+		[]string{k.Deleted, k.Gen, k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
+		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), st.MaxPayloadBytes, st.MaxSize,
+		k.Wake, s.String(), st.Generation).Int64Slice()
 	if err != nil {
 		return EnqueueResult{}, c.scriptError(err, s)
 	}
@@ -196,33 +310,38 @@ var ErrCapped = fmt.Errorf("queue at its max in-flight")
 // consumers drain all partitions evenly. When the in-flight cap held it back
 // and nothing was leased, the error is ErrCapped.
 func (c *Client) Pull(ctx context.Context, queue string, n int, lease time.Duration) ([]Delivery, error) {
-	cfg, err := c.config(ctx, queue)
-	if err != nil {
-		return nil, err
-	}
 	if n <= 0 || n > MaxPull {
 		return nil, fmt.Errorf("%w: pull count %d not in 1..%d", ErrBadMessage, n, MaxPull)
 	}
-	if lease == 0 {
-		lease = cfg.Lease.D()
-	}
-	if lease < time.Millisecond || lease > MaxLease {
-		return nil, fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, lease, MaxLease)
-	}
-	start := int(c.nextStart(queue) % uint64(cfg.Partitions))
 	var out []Delivery
 	capped := false
-	for i := 0; i < cfg.Partitions && len(out) < n; i++ {
-		s := Shard{Queue: queue, Partition: (start + i) % cfg.Partitions}
-		got, wasCapped, err := c.pullShard(ctx, s, cfg, n-len(out), lease)
-		if err != nil {
-			return out, err
+	maxInFlight := 0
+	err := c.withConfig(ctx, queue, func(st stored) error {
+		maxInFlight = st.MaxInFlight
+		l := lease
+		if l == 0 {
+			l = st.Lease.D()
 		}
-		capped = capped || wasCapped
-		out = append(out, got...)
+		if l < time.Millisecond || l > MaxLease {
+			return fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, l, MaxLease)
+		}
+		start := int(c.nextStart(queue) % uint64(st.Partitions))
+		for i := 0; i < st.Partitions && len(out) < n; i++ {
+			s := Shard{Queue: queue, Partition: (start + i) % st.Partitions}
+			got, wasCapped, err := c.pullShard(ctx, s, st, n-len(out), l)
+			if err != nil {
+				return err
+			}
+			capped = capped || wasCapped
+			out = append(out, got...)
+		}
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("pull from %s: %w", queue, err)
 	}
 	if len(out) == 0 && capped {
-		return nil, fmt.Errorf("%w: %s (max_inflight %d)", ErrCapped, queue, cfg.MaxInFlight)
+		return nil, fmt.Errorf("%w: %s (max_inflight %d)", ErrCapped, queue, maxInFlight)
 	}
 	return out, nil
 }
@@ -238,13 +357,13 @@ func (c *Client) nextStart(queue string) uint64 {
 	return ctr.Add(1) - 1
 }
 
-func (c *Client) pullShard(ctx context.Context, s Shard, cfg Config, n int, lease time.Duration) ([]Delivery, bool, error) {
+func (c *Client) pullShard(ctx context.Context, s Shard, st stored, n int, lease time.Duration) ([]Delivery, bool, error) {
 	k := keysFor(c.prefix, s)
 	res, err := nativeScripts.pull.Run(ctx, c.rdb,
-		[]string{k.Deleted, k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
-		n, ms(lease), cfg.InFlightShare(s.Partition), k.Wake, s.String()).Slice()
+		[]string{k.Deleted, k.Gen, k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
+		n, ms(lease), st.InFlightShare(s.Partition), k.Wake, s.String(), st.Generation).Slice()
 	if err != nil {
-		return nil, false, fmt.Errorf("pull from %s: %w", s.Queue, c.scriptError(err, s))
+		return nil, false, c.scriptError(err, s)
 	}
 	capped := toInt64(res[0]) == 1
 	deadline := time.UnixMilli(toInt64(res[1]))

@@ -225,11 +225,11 @@ func TestBadInputsChangeNothing(t *testing.T) {
 
 	// The oversized payload is refused by the script too, for writers that
 	// skip the client's check.
-	cfg, err := e.c.Registry().Get(e.ctx, "q")
+	st, err := e.c.config(e.ctx, "q")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.c.enqueueShard(e.ctx, Shard{"q", 0}, cfg, Message{ID: "big", Payload: []byte("123456789")}, "", 0)
+	_, err = e.c.enqueueShard(e.ctx, Shard{"q", 0}, st, Message{ID: "big", Payload: []byte("123456789")}, "")
 	if !errors.Is(err, ErrTooBig) {
 		t.Errorf("script with oversized payload = %v", err)
 	}

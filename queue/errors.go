@@ -26,7 +26,25 @@ var (
 	// ErrWrongType: a key of the shard holds a value of another type
 	// (someone else wrote there). The script refused before writing.
 	ErrWrongType = errors.New("wrong-typed redis key")
+	// ErrStaleConfig: the queue's shards were set to a newer config than
+	// the client could read, even after reloading it for about a second: a
+	// config update set the shards and did not publish. Running the update
+	// again repairs it. Nothing was changed.
+	ErrStaleConfig = errors.New("queue config older than its shards")
 )
+
+// staleConfigError is a shard refusing a client's config as older than the
+// generation the shard was set to; the client reloads the config.
+type staleConfigError struct {
+	Shard      Shard
+	Generation int64 // the shard's
+}
+
+func (e *staleConfigError) Error() string {
+	return fmt.Sprintf("shard %s is at config generation %d", e.Shard, e.Generation)
+}
+
+func (e *staleConfigError) Is(target error) bool { return target == ErrStaleConfig }
 
 // FencedError reports that Redis refused a housekeeping write because a
 // higher ownership token has already written to the shard, or the same
@@ -67,6 +85,9 @@ func asError(err error, s Shard, token int64) error {
 		return fmt.Errorf("%w: shard %s: %s", ErrTooBig, s, rest)
 	case "KEEPER_WRONGTYPE":
 		return fmt.Errorf("%w: shard %s: %s", ErrWrongType, s, rest)
+	case "KEEPER_STALECONFIG":
+		g, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+		return &staleConfigError{Shard: s, Generation: g}
 	case "KEEPER_DELETED":
 		return fmt.Errorf("%w: shard %s: %s", ErrUnknownQueue, s, rest)
 	case "KEEPER_BADARG":

@@ -171,6 +171,7 @@ func runScripts(t *testing.T, srv *redisserver.Server, rdb *redis.Client, in []b
 		r.n = r.n.WithHistory()
 	}
 	r.m = newModel(cfg, record, fuzzStartUs)
+	r.m.configWritten()
 	r.log = append(r.log, fmt.Sprintf("config %+v history=%v", cfg, record))
 	r.check("the start")
 	trace := os.Getenv("KEEPER_FUZZ_TRACE") != "" // log every operation, its result and timings
@@ -331,6 +332,7 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		} else {
 			want = outcome(nil, nil)
 			r.m.cfg = next.WithDefaults()
+			r.m.configWritten()
 		}
 		// A new client, which reads the new config.
 		r.c, r.m.cached = newFuzzClient(r.rdb), false
@@ -548,6 +550,7 @@ func fuzzKeys() [][3]string {
 		{"tok", k.Tok, "hash"}, {"stats", k.Stats, "hash"},
 		{"seq", k.Seq, "string"}, {"fence", k.Fence, "string"}, {"owner", k.FenceOwner, "string"},
 		{"clean", k.Clean, "string"}, {"trimwake", k.TrimWake, "string"}, {"deleted", k.Deleted, "string"},
+		{"gen", k.Gen, "string"},
 		{"history", k.History, "stream"},
 	}
 }
@@ -609,8 +612,8 @@ func (r *fuzzRun) redisKeys() map[string]keyState {
 		out[k[0]] = ks
 	}
 	for _, key := range all.Val() {
-		if key == registryKey(fuzzPrefix) {
-			continue
+		if key == registryKey(fuzzPrefix) || key == generationKey(fuzzPrefix) {
+			continue // the registry's, not the shard's
 		}
 		found := false
 		for _, k := range known {

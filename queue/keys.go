@@ -26,6 +26,7 @@ type shardKeys struct {
 	History    string // STREAM of housekeeping passes, only when history is on
 	TrimWake   string // STRING set while a trim wake is outstanding
 	Deleted    string // STRING tombstone: the queue was deleted (see lua/drop.lua)
+	Gen        string // STRING generation of the queue's config the shard was last set to (see lua/bump.lua)
 	// Wake is a pub/sub channel, not a key: clients publish the shard's
 	// deadline hints there, and only the shard's owner subscribes.
 	Wake string
@@ -37,7 +38,7 @@ func keysFor(prefix string, s Shard) shardKeys {
 		Ready: b + "ready", Inflight: b + "inflight", Locked: b + "locked", Dead: b + "dead",
 		TTL: b + "ttl", Body: b + "body", Meta: b + "meta", Prio: b + "prio", Dlv: b + "dlv",
 		Tok: b + "tok", Seq: b + "seq", Fence: b + "fence", FenceOwner: b + "owner", Clean: b + "clean", Stats: b + "stats",
-		History: b + "history", TrimWake: b + "trimwake", Deleted: b + "deleted", Wake: b + "wake",
+		History: b + "history", TrimWake: b + "trimwake", Deleted: b + "deleted", Gen: b + "gen", Wake: b + "wake",
 	}
 }
 
@@ -48,14 +49,21 @@ func (k shardKeys) messages() []string {
 }
 
 // control lists the keys a queue delete keeps: the fence, its owner, the
-// tombstone, and the delivery token counter, so that a queue created again
-// never hands out a token that a consumer of the deleted one still holds
-// (that consumer's ack would take the new delivery of the same id).
-func (k shardKeys) control() []string { return []string{k.Fence, k.FenceOwner, k.Deleted, k.Seq} }
+// tombstone, the config generation, and the delivery token counter, so
+// that a queue created again never hands out a token that a consumer of the
+// deleted one still holds (that consumer's ack would take the new delivery
+// of the same id).
+func (k shardKeys) control() []string {
+	return []string{k.Fence, k.FenceOwner, k.Deleted, k.Gen, k.Seq}
+}
 
 func (k shardKeys) all() []string { return append(k.messages(), k.control()...) }
 
 func registryKey(prefix string) string { return prefix + ":queues" }
+
+// generationKey is the counter that mints config generations, for every
+// queue under prefix: a queue deleted and created again continues it.
+func generationKey(prefix string) string { return prefix + ":queues:generation" }
 
 // shardOfWakeChannel is the shard whose wake channel ch is.
 func shardOfWakeChannel(prefix, ch string) (Shard, bool) {

@@ -28,9 +28,10 @@ type model struct {
 	fenceSet bool
 	owner    string // who presented the fence's token
 	ownerSet bool
-	clean    bool // measured, and nothing changed since
-	trimWake bool // a trim wake is outstanding
-	deleted  bool // the queue was deleted: a tombstone refuses every script
+	clean    bool  // measured, and nothing changed since
+	trimWake bool  // a trim wake is outstanding
+	deleted  bool  // the queue was deleted: a tombstone refuses every script
+	gen      int64 // the generation of the last config written (create, update)
 	stats    map[string]int64
 	history  []modelPass
 
@@ -216,6 +217,12 @@ func (m *model) log(task string, k keeperPass, ok bool, moved int) {
 	m.history = append(m.history, p)
 }
 
+// configWritten: a create or update of the queue's config gave it a new
+// generation, set in the shard first. A client holding an older config is
+// refused by enqueue and pull and reloads it: a retry the model need not
+// show.
+func (m *model) configWritten() { m.gen++ }
+
 // clientConfig is the Go client reading the queue's config: from its cache,
 // else from the registry, which has none for a deleted queue.
 func (m *model) clientConfig() error {
@@ -240,7 +247,8 @@ func (m *model) clientScript() error {
 }
 
 // deleteQueue is Registry.Delete: the messages and everything about them
-// go; the fence, its owner and the token sequence stay with a tombstone, so
+// go; the fence, its owner, the config generation and the token sequence
+// stay with a tombstone, so
 // that neither an old keeper's token nor an old consumer's delivery token
 // is accepted by a queue created again under the same name.
 func (m *model) deleteQueue() error {
@@ -258,22 +266,23 @@ func (m *model) createQueue() error {
 		return ErrQueueExists
 	}
 	m.deleted = false
+	m.configWritten()
 	return nil
 }
 
 // --- producers and consumers ------------------------------------------------
 
 func (m *model) enqueue(msg Message) (EnqueueResult, error) {
+	// Deadlines are whole ms (rounded down): a TTL under 1ms would read as
+	// "none", so it is refused.
+	if msg.TTL != 0 && (msg.TTL < time.Millisecond || msg.TTL > maxTTL) {
+		return EnqueueResult{}, ErrBadMessage
+	}
 	if err := m.clientConfig(); err != nil {
 		return EnqueueResult{}, err
 	}
 	if len(msg.Payload) > m.cfg.MaxPayloadBytes {
 		return EnqueueResult{}, ErrTooBig
-	}
-	// Deadlines are whole ms (rounded down): a TTL under 1ms would read as
-	// "none", so it is refused.
-	if msg.TTL != 0 && (msg.TTL < time.Millisecond || msg.TTL > maxTTL) {
-		return EnqueueResult{}, ErrBadMessage
 	}
 	if err := m.clientScript(); err != nil {
 		return EnqueueResult{}, err
@@ -312,13 +321,16 @@ func (m *model) enqueue(msg Message) (EnqueueResult, error) {
 }
 
 func (m *model) pull(n int, lease time.Duration) ([]Delivery, error) {
+	if n <= 0 || n > MaxPull {
+		return nil, ErrBadMessage
+	}
 	if err := m.clientConfig(); err != nil {
 		return nil, err
 	}
 	if lease == 0 {
 		lease = m.cfg.Lease.D()
 	}
-	if n <= 0 || n > MaxPull || lease < time.Millisecond || lease > MaxLease {
+	if lease < time.Millisecond || lease > MaxLease {
 		return nil, ErrBadMessage
 	}
 	if err := m.clientScript(); err != nil {
@@ -699,6 +711,9 @@ func (m *model) keys() map[string]keyState {
 	}
 	if m.deleted {
 		str("deleted", "1")
+	}
+	if m.gen > 0 {
+		str("gen", strconv.FormatInt(m.gen, 10))
 	}
 	if m.clean {
 		str("clean", "1")

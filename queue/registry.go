@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/redis/go-redis/v9"
@@ -26,17 +27,16 @@ func NewRegistry(rdb redis.UniversalClient, prefix string) *Registry {
 	return &Registry{rdb: rdb, prefix: prefix}
 }
 
-// Create stores a new queue's config; it refuses an existing name. The
-// tombstones an earlier queue of that name left in its shards are removed
-// first (their fences stay, so the old owners' tokens stay refused), then
-// the config is published.
+// Create stores a new queue's config; it refuses an existing name. Every
+// shard is set to the config's generation first, and the tombstones an
+// earlier queue of that name left are removed (their fences stay, so the
+// old owners' tokens stay refused); then the config is published.
 func (r *Registry) Create(ctx context.Context, name string, cfg Config) error {
-	data, err := encodeConfig(name, cfg)
-	if err != nil {
+	if _, err := encodeConfig(name, stored{Config: cfg}); err != nil {
 		return err
 	}
 	key := registryKey(r.prefix)
-	err = r.watch(ctx, func(tx *redis.Tx) error {
+	err := r.watch(ctx, func(tx *redis.Tx) error {
 		exists, err := tx.HExists(ctx, key, name).Result()
 		if err != nil {
 			return err
@@ -44,14 +44,7 @@ func (r *Registry) Create(ctx context.Context, name string, cfg Config) error {
 		if exists {
 			return fmt.Errorf("%w: %s", ErrQueueExists, name)
 		}
-		if err := r.revive(ctx, name, 0, cfg.WithDefaults().Partitions); err != nil {
-			return err
-		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.HSet(ctx, key, name, data)
-			return nil
-		})
-		return err
+		return r.publish(ctx, tx, name, stored{Config: cfg.WithDefaults()}, 0)
 	})
 	if err != nil {
 		return fmt.Errorf("create queue %s: %w", name, err)
@@ -61,38 +54,100 @@ func (r *Registry) Create(ctx context.Context, name string, cfg Config) error {
 }
 
 // Update replaces a queue's config. Partitions may grow, never shrink.
+// Every shard is set to the new config's generation before it is
+// published, so that no client goes on with the old partition count (see
+// lua/bump.lua); the old count is kept in the config's history, where
+// enqueues look for ids enqueued before the growth.
 func (r *Registry) Update(ctx context.Context, name string, cfg Config) error {
-	data, err := encodeConfig(name, cfg)
-	if err != nil {
+	if _, err := encodeConfig(name, stored{Config: cfg}); err != nil {
 		return err
 	}
-	key := registryKey(r.prefix)
 	// Under WATCH, so that two operators raising partitions at once cannot
 	// lower them by racing, and a delete is not undone.
-	err = r.watch(ctx, func(tx *redis.Tx) error {
-		old, err := r.get(ctx, tx, name)
+	err := r.watch(ctx, func(tx *redis.Tx) error {
+		old, err := r.getStored(ctx, tx, name)
 		if err != nil {
 			return err
 		}
-		from, to := old.WithDefaults().Partitions, cfg.WithDefaults().Partitions
+		from, to := old.Partitions, cfg.WithDefaults().Partitions
 		if to < from {
 			return fmt.Errorf("%w: partitions of %s cannot go down from %d to %d (messages of the removed partitions would be stranded)",
 				ErrBadConfig, name, from, to)
 		}
-		if err := r.revive(ctx, name, from, to); err != nil {
-			return err
+		next := stored{Config: cfg.WithDefaults(), GrownFrom: old.GrownFrom}
+		if to > from {
+			next.GrownFrom = append(slices.Clone(old.GrownFrom), from)
 		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.HSet(ctx, key, name, data)
-			return nil
-		})
-		return err
+		return r.publish(ctx, tx, name, next, from)
 	})
 	if err != nil {
 		return fmt.Errorf("update queue %s: %w", name, err)
 	}
 	r.notify(ctx, name)
 	return nil
+}
+
+// publish gives st a new generation, sets it in every shard (partitions
+// from on are new: their tombstones go), then writes st in tx.
+func (r *Registry) publish(ctx context.Context, tx *redis.Tx, name string, st stored, from int) error {
+	for {
+		gen, err := r.rdb.Incr(ctx, generationKey(r.prefix)).Result()
+		if err != nil {
+			return fmt.Errorf("new config generation: %w", err)
+		}
+		top, err := r.bump(ctx, name, st.Partitions, from, gen)
+		if err != nil {
+			return err
+		}
+		if top > gen {
+			// A shard is ahead of the counter (it was reset): move the
+			// counter past it and mint again.
+			if err := r.rdb.IncrBy(ctx, generationKey(r.prefix), top-gen).Err(); err != nil {
+				return fmt.Errorf("raise the config generation: %w", err)
+			}
+			continue
+		}
+		st.Generation = gen
+		data, err := encodeConfig(name, st)
+		if err != nil {
+			return err
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, registryKey(r.prefix), name, data)
+			return nil
+		})
+		return err
+	}
+}
+
+// bump sets every shard of queue name to generation gen (see lua/bump.lua)
+// and returns the highest generation a shard holds after.
+func (r *Registry) bump(ctx context.Context, name string, partitions, from int, gen int64) (int64, error) {
+	run := func(p redis.Pipeliner) []*redis.Cmd {
+		cmds := make([]*redis.Cmd, partitions)
+		for i := range cmds {
+			k := keysFor(r.prefix, Shard{name, i})
+			added := "0"
+			if i >= from {
+				added = "1"
+			}
+			cmds[i] = nativeScripts.bump.EvalSha(ctx, p, []string{k.Deleted, k.Gen}, gen, added)
+		}
+		return cmds
+	}
+	cmds, err := pipelineScripts(ctx, r.rdb, nativeScripts.bump, run)
+	if err != nil {
+		return 0, fmt.Errorf("set the config generation of %s: %w", name, err)
+	}
+	top := gen
+	for i, c := range cmds {
+		g, err := c.Int64()
+		if err != nil {
+			return 0, fmt.Errorf("set the config generation of %s: %w", Shard{name, i}, asError(err, Shard{name, i}, 0))
+		}
+		top = max(top, g)
+	}
+	return top, nil
 }
 
 // watch runs fn under WATCH of the registry hash, again while another
@@ -107,49 +162,29 @@ func (r *Registry) watch(ctx context.Context, fn func(tx *redis.Tx) error) error
 	}
 }
 
-// revive removes the tombstones of partitions [from, to) of queue name: a
-// queue deleted earlier under the same name may have left them.
-func (r *Registry) revive(ctx context.Context, name string, from, to int) error {
-	if from >= to {
-		return nil
-	}
-	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := from; i < to; i++ {
-			p.Del(ctx, keysFor(r.prefix, Shard{name, i}).Deleted)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("clear the tombstones of %s: %w", name, err)
-	}
-	return nil
-}
-
 // Get returns a queue's config (with defaults applied).
 func (r *Registry) Get(ctx context.Context, name string) (Config, error) {
-	if err := ValidateName(name); err != nil {
-		return Config{}, err
-	}
-	cfg, err := r.get(ctx, r.rdb, name)
-	if err != nil {
-		return Config{}, err
-	}
-	return cfg.WithDefaults(), nil
+	st, err := r.getStored(ctx, r.rdb, name)
+	return st.Config, err
 }
 
-func (r *Registry) get(ctx context.Context, c redis.Cmdable, name string) (Config, error) {
+// getStored reads a queue's registry entry (defaults applied).
+func (r *Registry) getStored(ctx context.Context, c redis.Cmdable, name string) (stored, error) {
+	if err := ValidateName(name); err != nil {
+		return stored{}, err
+	}
 	data, err := c.HGet(ctx, registryKey(r.prefix), name).Bytes()
 	if errors.Is(err, redis.Nil) {
-		return Config{}, fmt.Errorf("%w: %s", ErrUnknownQueue, name)
+		return stored{}, fmt.Errorf("%w: %s", ErrUnknownQueue, name)
 	}
 	if err != nil {
-		return Config{}, fmt.Errorf("read config of %s: %w", name, err)
+		return stored{}, fmt.Errorf("read config of %s: %w", name, err)
 	}
-	cfg, err := ParseConfig(data)
+	st, err := parseStored(data)
 	if err != nil {
-		return Config{}, fmt.Errorf("stored config of %s: %w", name, err)
+		return stored{}, fmt.Errorf("stored config of %s: %w", name, err)
 	}
-	return cfg, nil
+	return st, nil
 }
 
 // Entry is one registry row: a valid config, or the reason it is not.
@@ -172,10 +207,10 @@ func (r *Registry) List(ctx context.Context) ([]Entry, error) {
 		e := Entry{Name: name}
 		if err := ValidateName(name); err != nil {
 			e.Err = err
-		} else if cfg, err := ParseConfig([]byte(data)); err != nil {
+		} else if st, err := parseStored([]byte(data)); err != nil {
 			e.Err = err
 		} else {
-			e.Config = cfg.WithDefaults()
+			e.Config = st.Config
 		}
 		out = append(out, e)
 	}
@@ -197,11 +232,11 @@ func (r *Registry) Delete(ctx context.Context, name string) error {
 	// Under WATCH: a partition added while the shards are dropped is
 	// dropped too, on the next attempt.
 	err := r.watch(ctx, func(tx *redis.Tx) error {
-		cfg, err := r.get(ctx, tx, name)
+		st, err := r.getStored(ctx, tx, name)
 		if err != nil {
 			return err
 		}
-		if err := r.drop(ctx, name, cfg.WithDefaults().Partitions); err != nil {
+		if err := r.drop(ctx, name, st.Partitions); err != nil {
 			return err
 		}
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -245,12 +280,13 @@ func (r *Registry) notify(ctx context.Context, name string) {
 	_ = r.rdb.Publish(ctx, configChannel(r.prefix), name).Err()
 }
 
-func encodeConfig(name string, cfg Config) ([]byte, error) {
+func encodeConfig(name string, st stored) ([]byte, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := st.Config.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(cfg.WithDefaults())
+	st.Config = st.Config.WithDefaults()
+	return json.Marshal(st)
 }

@@ -15,7 +15,7 @@ var luaFS embed.FS
 type scripts struct {
 	enqueue, pull, ack, nack, extend, inspect *redis.Script
 	unlock, requeue, expire, trim, measure    *redis.Script
-	probe, seed, drop                         *redis.Script
+	probe, seed, drop, bump, holds            *redis.Script
 }
 
 var nativeScripts = loadScripts()
@@ -30,6 +30,7 @@ func loadScripts() *scripts {
 		extend: load("extend"), inspect: load("inspect"), unlock: load("unlock"),
 		requeue: load("requeue"), expire: load("expire"), trim: load("trim"),
 		measure: load("measure"), probe: load("probe"), seed: load("seed"), drop: load("drop"),
+		bump: load("bump"), holds: load("holds"),
 	}
 }
 

@@ -32,6 +32,21 @@ local function check_live(deleted)
   return nil
 end
 
+-- Each shard carries the generation of its queue's config: every config
+-- published (a partition growth included) is given a new, higher one, and
+-- every shard of the queue is set to it before the config is published.
+-- Enqueue and pull refuse a client whose config is older, which then
+-- reloads it: no client with a stale partition count writes anywhere once
+-- a newer config is out. A shard behind the client (never told, as before
+-- generations existed) accepts it.
+local function check_gen(genkey, client_gen)
+  local g = tonumber(redis.call('GET', genkey) or '0') or 0
+  if (tonumber(client_gen) or 0) < g then
+    return redis.error_reply('KEEPER_STALECONFIG ' .. string.format('%d', g))
+  end
+  return nil
+end
+
 -- Every housekeeping script (unlock, requeue, expire, trim, measure, probe)
 -- begins with the same keys and arguments, which the helpers below read:
 --   KEYS[1] fence: the highest ownership token accepted
