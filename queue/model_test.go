@@ -175,7 +175,8 @@ func (m *model) toReady(x *modelMsg) {
 	m.move(x, stReady, p)
 }
 
-func (m *model) count1(counter string, n int) {
+// tally adds n to a counter; a counter appears with its first increment.
+func (m *model) tally(counter string, n int) {
 	if n > 0 {
 		m.stats[counter] += int64(n)
 	}
@@ -360,7 +361,7 @@ func (m *model) pull(n int, lease time.Duration) ([]Delivery, error) {
 			out = append(out, Delivery{Shard: fuzzShard, ID: id, Token: strconv.FormatInt(x.tok, 10),
 				Deliveries: int(x.dlv), Payload: []byte(x.body), LeaseDeadline: time.UnixMilli(deadline)})
 		}
-		m.count1("pulled", len(out))
+		m.tally("pulled", len(out))
 		if len(ids) > 0 {
 			m.clean = false
 		}
@@ -465,7 +466,7 @@ func (m *model) unlock(k keeperPass, batch int) (PassResult, error) {
 		r.Lags = append(r.Lags, time.Duration(m.now-int64(x.score)*1000)*time.Microsecond)
 		m.toReady(x)
 	}
-	m.count1("unlocked", len(ids))
+	m.tally("unlocked", len(ids))
 	m.moved(len(ids))
 	m.log("unlock", k, true, len(ids))
 	r.NextMs = m.head(stLocked)
@@ -494,9 +495,9 @@ func (m *model) requeue(k keeperPass, batch int) (PassResult, error) {
 			r.Requeued++
 		}
 	}
-	m.count1("requeued", r.Requeued)
-	m.count1("dead_lettered", r.DeadLettered)
-	m.count1("expired", r.Expired)
+	m.tally("requeued", r.Requeued)
+	m.tally("dead_lettered", r.DeadLettered)
+	m.tally("expired", r.Expired)
 	m.moved(len(ids))
 	m.log("requeue", k, true, len(ids))
 	r.NextMs = m.head(stInflight)
@@ -514,7 +515,7 @@ func (m *model) expire(k keeperPass, batch int) (PassResult, error) {
 	for _, id := range ids {
 		delete(m.msgs, id)
 	}
-	m.count1("expired", len(ids))
+	m.tally("expired", len(ids))
 	m.moved(len(ids))
 	m.log("expire", k, true, len(ids))
 	return PassResult{Moved: len(ids), Full: len(ids) >= batch, NextMs: m.ttlHead(), NowUs: m.now,
@@ -544,7 +545,7 @@ func (m *model) trim(k keeperPass, batch int) (PassResult, error) {
 	for _, id := range m.first(stReady, inf, n) {
 		delete(m.msgs, id)
 	}
-	m.count1("trimmed", n)
+	m.tally("trimmed", n)
 	m.moved(n)
 	m.log("trim", k, true, n)
 	r.Moved, r.Excess = n, int64(excess-n)
