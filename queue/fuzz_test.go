@@ -19,10 +19,14 @@ import (
 )
 
 // FuzzScripts drives the native scripts, through Client and Native as keeper
-// and its users call them, with random sequences of operations against a
-// real redis-server, and after every operation compares what it returned and
-// the whole shard (every key: set members and scores, hashes, counters,
-// fence, flags, history) with the reference model in model_test.go.
+// and its users call them, with random sequences of operations (enqueue one
+// or many, seed, pull, ack, nack, extend with delivery tokens old and new;
+// unlock, requeue, expire, trim, claim, measure with ownership tokens of
+// three owners; inspect, audit, stats; config updates, queue delete and
+// create; the clock moved) against a real redis-server, and after every
+// operation compares what it returned and the whole shard (every key: set
+// members and scores, hashes, counters, fence and owner, flags, history)
+// with the reference model in model_test.go.
 //
 // Time. The scripts read Redis TIME, so the server runs with a manual clock
 // (redisserver.Config.ManualClock: the LD_PRELOAD clock shim reads the time
@@ -48,7 +52,7 @@ import (
 // fuzzWall of real time: under heavy load that cuts a costly input short
 // (its checks up to then stand) rather than have the fuzzer report it as
 // hung. Plain `go test` runs every seed to its end.
-
+//
 // One redis-server serves the whole run (each fuzz worker process starts
 // its own); every input starts from FLUSHALL and the same virtual time. The
 // seed corpus is in testdata/fuzz/FuzzScripts (see fuzzSeeds); plain
