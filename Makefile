@@ -7,7 +7,7 @@ OTELCOL_BUILDER := go.opentelemetry.io/collector/cmd/builder@v0.150.0
 # Packages that coordinate goroutines or processes run under the race detector.
 RACE_PKGS   := ./shard/... ./election/... ./tasks/... ./internal/...
 
-.PHONY: all build run test test-unit test-race lint collector bench fuzz clean
+.PHONY: all build run test test-unit test-race lint collector bench clean
 
 all: build
 
@@ -22,28 +22,33 @@ run: build
 # The whole suite: every package (end-to-end tests against real redis-server,
 # etcd and an OpenTelemetry Collector included), the queue package again on a
 # three-node Redis Cluster, then the coordination packages again under the
-# race detector, then the scripts fuzzed against their model for a short
-# fixed time (the seed corpus already ran as part of ./queue/).
+# race detector.
 test: build collector
 	KEEPER_BIN=$(CURDIR)/$(BIN)/keeper OTELCOL_BIN=$(CURDIR)/$(BIN)/otelcol-keeper \
 		$(GO) test -count=1 -timeout 30m ./...
 	KEEPER_TEST_REDIS_CLUSTER=3 $(GO) test -count=1 -timeout 10m ./queue/
 	$(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
-	$(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzztime=$(FUZZ_SHORT) -fuzzminimizetime=10s ./queue/
-
-# The scripts fuzzed against their reference model (queue/fuzz_test.go,
-# queue/model_test.go) for FUZZTIME. A failing input is saved under
-# queue/testdata/fuzz/FuzzScripts and replays in every later `go test`.
-# Minimizing is capped at 10 s per input: an input can take seconds.
-FUZZTIME   ?= 5m
-FUZZ_SHORT ?= 30s
-fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=10s -timeout 0 ./queue/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
+
+# The scripts fuzzed against their reference model (queue/fuzz_test.go,
+# queue/model_test.go): `make fuzz` for FUZZTIME; `make test` for FUZZ_SHORT
+# too (its seed corpus also runs in every plain `go test ./queue/`). A
+# failing input is saved under queue/testdata/fuzz/FuzzScripts and replays in
+# every later `go test`. Minimizing is capped at 10 s per input: an input can
+# take seconds.
+.PHONY: fuzz fuzz-short
+FUZZTIME   ?= 5m
+FUZZ_SHORT ?= 30s
+FUZZ        = $(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzzminimizetime=10s -timeout 0
+fuzz:
+	$(FUZZ) -fuzztime=$(FUZZTIME) ./queue/
+fuzz-short:
+	$(FUZZ) -fuzztime=$(FUZZ_SHORT) ./queue/
+test: fuzz-short
 
 # A real OpenTelemetry Collector (otlp receiver, batch, debug and prometheus
 # exporters) built from configs/otelcol/builder.yaml.

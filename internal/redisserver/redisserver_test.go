@@ -68,6 +68,28 @@ func redisTime(t *testing.T, c net.Conn) int64 {
 	return secs*1_000_000 + us
 }
 
+// With ManualClock, Redis TIME answers exactly the time last set, and stands
+// still in between.
+func TestManualClock(t *testing.T) {
+	s := StartConfigTB(t, Config{ManualClock: true})
+	c, err := net.Dial("tcp", s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, want := range []int64{2_000_000_000_123_456, 1_000_000_000_000_001, 1_000_000_000_000_001 + 86_400_000_000} {
+		if err := s.SetClock(time.UnixMicro(want)); err != nil {
+			t.Fatal(err)
+		}
+		if got, again := redisTime(t, c), redisTime(t, c); got != want || again != want {
+			t.Fatalf("TIME after SetClock(%d µs) = %d, then %d", want, got, again)
+		}
+	}
+	if err := StartTB(t).SetClock(time.Now()); err == nil {
+		t.Fatal("SetClock on a server without ManualClock did not fail")
+	}
+}
+
 // With TLS set the server answers PING over TLS on TLSAddr to a client with
 // a certificate from the CA, and refuses one without when AuthClients is on.
 // --requirepass among ExtraArgs still counts as up (NOAUTH is an answer).
@@ -111,27 +133,5 @@ func TestTLSAndPassword(t *testing.T) {
 	}
 	if got, err := send(&tls.Config{RootCAs: roots}); err == nil {
 		t.Fatalf("TLS PING without a client certificate answered %q", got)
-	}
-}
-
-// With ManualClock, Redis TIME answers exactly the time last set, and stands
-// still in between.
-func TestManualClock(t *testing.T) {
-	s := StartConfigTB(t, Config{ManualClock: true})
-	c, err := net.Dial("tcp", s.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for _, want := range []int64{2_000_000_000_123_456, 1_000_000_000_000_001, 1_000_000_000_000_001 + 86_400_000_000} {
-		if err := s.SetClock(time.UnixMicro(want)); err != nil {
-			t.Fatal(err)
-		}
-		if got, again := redisTime(t, c), redisTime(t, c); got != want || again != want {
-			t.Fatalf("TIME after SetClock(%d µs) = %d, then %d", want, got, again)
-		}
-	}
-	if err := StartTB(t).SetClock(time.Now()); err == nil {
-		t.Fatal("SetClock on a server without ManualClock did not fail")
 	}
 }
