@@ -31,6 +31,11 @@ var (
 	// config update set the shards and did not publish. Running the update
 	// again repairs it. Nothing was changed.
 	ErrStaleConfig = errors.New("queue config older than its shards")
+	// ErrClaimNotReplicated: a claim (the first probe of a shard a keeper
+	// takes) raised the fence on a primary that has replicas, and no
+	// replica acknowledged it in time; a failover could lose the fence, so
+	// the claim is not trusted and is made again.
+	ErrClaimNotReplicated = errors.New("claim not acknowledged by a replica")
 )
 
 // staleConfigError is a shard refusing a client's config as older than the

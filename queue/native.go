@@ -20,7 +20,10 @@ type Native struct {
 	record string // "1": every housekeeping pass is recorded in the shard's history
 	// owner identifies this keeper process to the fences (see WithOwner).
 	owner string
-	subs  *wakeSubs // shared by the copies WithHistory and WithOwner make
+	// claimWait bounds how long a claim waits for a replica's
+	// acknowledgement (see WithClaimWait).
+	claimWait time.Duration
+	subs      *wakeSubs // shared by the copies WithHistory and WithOwner make
 }
 
 var _ Layout = (*Native)(nil)
@@ -30,7 +33,7 @@ func NewNative(rdb redis.UniversalClient, prefix string) *Native {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return &Native{rdb: rdb, prefix: prefix, record: "0",
+	return &Native{rdb: rdb, prefix: prefix, record: "0", claimWait: DefaultClaimWait,
 		subs: &wakeSubs{want: map[string]bool{}, pending: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }
 
@@ -52,6 +55,18 @@ func (n *Native) WithHistory() *Native {
 func (n *Native) WithOwner(owner string) *Native {
 	c := *n
 	c.owner = owner
+	return &c
+}
+
+// DefaultClaimWait is how long a claim waits for a replica's
+// acknowledgement unless WithClaimWait says otherwise.
+const DefaultClaimWait = time.Second
+
+// WithClaimWait returns a layout whose claims wait up to d for a replica to
+// acknowledge them, when the shard's node has replicas (see Probe).
+func (n *Native) WithClaimWait(d time.Duration) *Native {
+	c := *n
+	c.claimWait = d
 	return &c
 }
 
@@ -168,41 +183,152 @@ func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement
 	return m, nil
 }
 
-// Probe implements Layout with one pipeline for all shards.
+// Probe implements Layout: one pipeline for the shards only read, and one
+// per Redis node for the claims, on one connection, so that a claim can be
+// confirmed by a replica (see claimOn).
 func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
 	out := make([]ProbeResult, len(reqs))
 	if len(reqs) == 0 {
 		return out, nil
 	}
-	// Make sure the script is loaded, so the pipeline can use EVALSHA.
+	// Make sure the script is loaded, so the pipelines can use EVALSHA.
 	if err := nativeScripts.probe.Load(ctx, n.rdb).Err(); err != nil {
 		return nil, fmt.Errorf("load probe script: %w", err)
 	}
-	cmds := make([]*redis.Cmd, len(reqs))
-	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, r := range reqs {
-			k := keysFor(n.prefix, r.Shard)
-			claim := "0"
-			if r.Claim {
-				claim = "1"
-			}
-			keys, args := n.head(k, r.Token, []string{k.Locked, k.Inflight, k.TTL, k.Ready}, r.MaxSize, claim)
-			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, keys, args...)
+	var reads, claims []int
+	for i, r := range reqs {
+		if r.Claim {
+			claims = append(claims, i)
+		} else {
+			reads = append(reads, i)
 		}
+	}
+	if len(reads) > 0 {
+		var results func() []int
+		_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			results = n.probeCmds(ctx, p, reqs, reads, out)
+			return nil
+		})
+		if err != nil && !isScriptError(err) {
+			return nil, fmt.Errorf("probe %d shards: %w", len(reads), err)
+		}
+		results()
+	}
+	for node, idx := range n.byNode(ctx, reqs, claims, out) {
+		n.claimOn(ctx, node, reqs, idx, out)
+	}
+	return out, nil
+}
+
+// probeCmds queues the probe script of reqs[i] for each i in idx on p; the
+// results land in out once p has run.
+func (n *Native) probeCmds(ctx context.Context, p redis.Pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) func() []int {
+	cmds := make([]*redis.Cmd, len(idx))
+	for j, i := range idx {
+		r := reqs[i]
+		k := keysFor(n.prefix, r.Shard)
+		claim := "0"
+		if r.Claim {
+			claim = "1"
+		}
+		keys, args := n.head(k, r.Token, []string{k.Locked, k.Inflight, k.TTL, k.Ready}, r.MaxSize, claim)
+		cmds[j] = nativeScripts.probe.EvalSha(ctx, p, keys, args...)
+	}
+	// Reading the results waits for the pipeline.
+	return func() []int {
+		var ok []int
+		for j, c := range cmds {
+			i := idx[j]
+			v, err := c.Int64Slice()
+			if err != nil {
+				out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
+				continue
+			}
+			out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}
+			ok = append(ok, i)
+		}
+		return ok
+	}
+}
+
+// byNode groups the claims by the Redis node that holds their shard: the
+// node itself for a single server, its primary for each slot on a cluster.
+// A shard whose node is unknown gets the error in out.
+func (n *Native) byNode(ctx context.Context, reqs []ProbeRequest, idx []int, out []ProbeResult) map[*redis.Client][]int {
+	groups := map[*redis.Client][]int{}
+	if len(idx) == 0 {
+		return groups
+	}
+	switch c := n.rdb.(type) {
+	case *redis.Client:
+		groups[c] = idx
+	case *redis.ClusterClient:
+		for _, i := range idx {
+			node, err := c.MasterForKey(ctx, keysFor(n.prefix, reqs[i].Shard).Fence)
+			if err != nil {
+				out[i].Err = fmt.Errorf("claim %s: find its node: %w", reqs[i].Shard, err)
+				continue
+			}
+			groups[node] = append(groups[node], i)
+		}
+	default:
+		for _, i := range idx {
+			out[i].Err = fmt.Errorf("claim %s: unsupported redis client %T", reqs[i].Shard, n.rdb)
+		}
+	}
+	return groups
+}
+
+// claimOn runs the claims idx on node over one connection. When the node
+// has replicas attached, the claims are trusted only once one replica
+// acknowledged them (WAIT 1): a failover to a replica that never saw a
+// fence would let the previous owner write again. A claim not acknowledged
+// within the wait gets ErrClaimNotReplicated: the keeper does not count the
+// shard as claimed, and claims it again.
+func (n *Native) claimOn(ctx context.Context, node *redis.Client, reqs []ProbeRequest, idx []int, out []ProbeResult) {
+	conn := node.Conn()
+	defer conn.Close()
+	var (
+		results func() []int
+		info    *redis.StringCmd
+	)
+	_, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
+		results = n.probeCmds(ctx, p, reqs, idx, out)
+		info = p.Info(ctx, "replication")
 		return nil
 	})
 	if err != nil && !isScriptError(err) {
-		return nil, fmt.Errorf("probe %d shards: %w", len(reqs), err)
-	}
-	for i, c := range cmds {
-		v, err := c.Int64Slice()
-		if err != nil {
-			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
-			continue
+		for _, i := range idx {
+			out[i].Err = fmt.Errorf("claim %s: %w", reqs[i].Shard, err)
 		}
-		out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}
+		return
 	}
-	return out, nil
+	ok := results()
+	if len(ok) == 0 || connectedReplicas(info.Val()) == 0 {
+		return
+	}
+	acked, err := conn.Wait(ctx, 1, n.claimWait).Result()
+	if err == nil && acked >= 1 {
+		return
+	}
+	why := fmt.Sprintf("no replica acknowledged it within %s", n.claimWait)
+	if err != nil {
+		why = err.Error()
+	}
+	for _, i := range ok {
+		out[i] = ProbeResult{Err: fmt.Errorf("%w: shard %s, token %d: %s", ErrClaimNotReplicated, reqs[i].Shard, reqs[i].Token, why)}
+	}
+}
+
+// connectedReplicas reads connected_slaves from INFO replication.
+func connectedReplicas(info string) int {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:"); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
 }
 
 // isScriptError tells a per-shard failure inside a pipeline (reported per

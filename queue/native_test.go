@@ -555,3 +555,61 @@ func TestFenceRefusesAnEqualTokenFromAnotherOwner(t *testing.T) {
 		t.Fatalf("equal token of another owner after the first was recorded: %v", err)
 	}
 }
+
+// One Probe call with shards read and shards claimed, in one order: each
+// result is its own shard's heads (Redis ms), -1 where a set is empty, and
+// its excess over the size given; claims raise the fence, reads do not.
+func TestProbeMixesReadsAndClaims(t *testing.T) {
+	e := newEnv(t)
+	e.create("p", Config{Partitions: 3})
+	idIn := func(p, skip int) string {
+		for i := 0; ; i++ {
+			if id := fmt.Sprint("p", i); PartitionOf(id, 3) == p {
+				if skip == 0 {
+					return id
+				}
+				skip--
+			}
+		}
+	}
+	now := e.redisNowMs()
+	e.enqueue("p", Message{ID: idIn(0, 0), Delay: time.Hour, TTL: 2 * time.Hour})
+	e.enqueue("p", Message{ID: idIn(1, 0)})
+	e.enqueue("p", Message{ID: idIn(1, 1)})
+	if ds := e.pull("p", 3, time.Minute); len(ds) != 2 {
+		t.Fatalf("pulled %d, want p#1's two", len(ds))
+	}
+	reqs := []ProbeRequest{
+		{Shard: Shard{"p", 0}, Token: 4},
+		{Shard: Shard{"p", 1}, Claim: true, Token: 5, MaxSize: 1},
+		{Shard: Shard{"p", 2}, Token: 6},
+		{Shard: Shard{"p", 0}, Claim: true, Token: 7},
+	}
+	res, err := e.n.Probe(e.ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	near := func(got, want int64) bool { return got >= want-50 && got <= want+1000 }
+	hour := int64(time.Hour / time.Millisecond)
+	for _, r := range res {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	if r := res[0]; !near(r.LockedHead, now+hour) || r.InflightHead != -1 || !near(r.TTLHead, now+2*hour) || r.Excess != 0 {
+		t.Errorf("read of p#0: %+v", r)
+	}
+	if r := res[3]; r.LockedHead != res[0].LockedHead || r.TTLHead != res[0].TTLHead {
+		t.Errorf("claim of p#0: %+v, want the heads of the read", r)
+	}
+	if r := res[1]; r.LockedHead != -1 || !near(r.InflightHead, now+60_000) || r.TTLHead != -1 || r.Excess != 1 {
+		t.Errorf("claim of p#1: %+v", r)
+	}
+	if r := res[2]; r.LockedHead != -1 || r.InflightHead != -1 || r.TTLHead != -1 {
+		t.Errorf("read of the empty p#2: %+v", r)
+	}
+	fences, _ := e.n.Fences(e.ctx, []Shard{{"p", 0}, {"p", 1}, {"p", 2}})
+	if fences[0] != 7 || fences[1] != 5 || fences[2] != 0 {
+		t.Errorf("fences %v; want [7 5 0]: claims raise them, reads do not", fences)
+	}
+}

@@ -170,3 +170,29 @@ func TestDeleteRacesPassesAndCachedClients(t *testing.T) {
 		t.Fatalf("enqueue to the queue created again: %+v, %v", r, err)
 	}
 }
+
+// A queue at the most partitions a config accepts goes through create,
+// growth, audit and delete: each sets or drops every shard in one pipeline.
+func TestMaxPartitionsLifecycle(t *testing.T) {
+	e := newEnv(t)
+	e.create("wide", Config{Partitions: MaxPartitions / 2})
+	for i := 0; i < 100; i++ {
+		e.enqueue("wide", Message{})
+	}
+	if err := e.c.Registry().Update(e.ctx, "wide", Config{Partitions: MaxPartitions}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		e.enqueue("wide", Message{})
+	}
+	e.wantCounts("wide", 200, 0, 0, 0)
+	if err := e.c.Registry().Delete(e.ctx, "wide"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.allKeys(e.prefix + ":{wide#*}:deleted")); n != MaxPartitions {
+		t.Fatalf("%d tombstones, want %d", n, MaxPartitions)
+	}
+	if n := len(e.allKeys(e.prefix + ":{wide#*}:ready")); n != 0 {
+		t.Fatalf("%d ready sets left", n)
+	}
+}

@@ -55,6 +55,10 @@ type RedisConfig struct {
 	CertFile     string `yaml:"cert_file" help:"client certificate for redis TLS (redis-server's tls-auth-clients)"`
 	KeyFile      string `yaml:"key_file" help:"client key for redis TLS"`
 	DataDir      string `yaml:"data_dir" help:"data dir of the local redis-server started when addr is empty"`
+	// AllowEviction is "no" (refuse a Redis whose maxmemory-policy is not
+	// noeviction) or "warn" (log a warning at start and go on).
+	AllowEviction string        `yaml:"allow_eviction" help:"no: refuse a redis whose maxmemory-policy may evict keys (checked at start and on every new connection); warn: log a warning instead"`
+	ReplicaWait   time.Duration `yaml:"replica_wait" help:"how long a shard claim waits for a replica's acknowledgement (WAIT) when the redis primary has replicas; unacknowledged claims are made again"`
 }
 
 // EtcdConfig says where the coordination lives.
@@ -104,7 +108,8 @@ func defaultConfig() Config {
 	return Config{
 		LogLevel:   "info",
 		HealthAddr: "127.0.0.1:8080",
-		Redis:      RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis"},
+		Redis: RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis", AllowEviction: "no",
+			ReplicaWait: queue.DefaultClaimWait},
 		Etcd: EtcdConfig{Prefix: "/keeper/", DataDir: "keeper-data/etcd", SessionTTL: 3 * time.Second,
 			DialTimeout: 5 * time.Second, FenceRetry: 30 * time.Second},
 		Tasks: TasksConfig{Workers: 4, Batch: 1000, MeasureInterval: 10 * time.Second,
@@ -185,6 +190,12 @@ func (c *Config) validate() error {
 	}
 	if c.Tasks.Workers < 1 || c.Tasks.Batch < 1 || c.Tasks.Batch > queue.MaxBatch {
 		problems = append(problems, fmt.Sprintf("tasks.workers must be ≥ 1 and tasks.batch in 1..%d", queue.MaxBatch))
+	}
+	if c.Redis.AllowEviction != "no" && c.Redis.AllowEviction != "warn" {
+		problems = append(problems, fmt.Sprintf("redis.allow_eviction %q is not no or warn", c.Redis.AllowEviction))
+	}
+	if c.Redis.ReplicaWait < 10*time.Millisecond || c.Redis.ReplicaWait > time.Minute {
+		problems = append(problems, fmt.Sprintf("redis.replica_wait %s not in 10ms..1m", c.Redis.ReplicaWait))
 	}
 	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
 		problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))

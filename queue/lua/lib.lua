@@ -68,13 +68,13 @@ local function record(task, accepted, moved)
 end
 
 -- Check the tombstone, the types of the shared keys and the pass's token
--- against the shard's fence, without writing. Refused: a token below the fence, and a
--- token equal to it from another owner (after etcd is restored from a
--- backup, two keepers can hold equal tokens). A fence without an owner (set
--- before owners were recorded) accepts an equal token. A refusal is
--- recorded when history is on. Scripts call this before their first write
--- and raise the fence (fence_raise) with their other writes, so a refused
--- or failing pass changes nothing.
+-- against the shard's fence, without writing. Refused: a token below the
+-- fence, and a token equal to it from another owner (after etcd is
+-- restored from a backup, two keepers can hold equal tokens). A fence
+-- without an owner (set before owners were recorded) accepts an equal
+-- token. A refusal is recorded when history is on. Scripts call this before
+-- their first write and raise the fence (fence_raise) with their other
+-- writes, so a refused or failing pass changes nothing.
 local function fence_check(task)
   local err = check_live(KEYS[4])
   if err then return err end
