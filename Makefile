@@ -52,6 +52,22 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# The scripts fuzzed against their reference model (queue/fuzz_test.go,
+# queue/model_test.go): `make fuzz` for FUZZTIME; `make test` for FUZZ_SHORT
+# too (its seed corpus also runs in every plain `go test ./queue/`). A
+# failing input is saved under queue/testdata/fuzz/FuzzScripts and replays in
+# every later `go test`. Minimizing is capped at 10 s per input: an input can
+# take seconds.
+.PHONY: fuzz fuzz-short
+FUZZTIME   ?= 5m
+FUZZ_SHORT ?= 30s
+FUZZ        = $(GO) test -run='^$$' -fuzz='^FuzzScripts$$' -fuzzminimizetime=10s -timeout 0
+fuzz:
+	$(FUZZ) -fuzztime=$(FUZZTIME) ./queue/
+fuzz-short:
+	$(FUZZ) -fuzztime=$(FUZZ_SHORT) ./queue/
+test: fuzz-short
+
 # A real OpenTelemetry Collector (otlp receiver, batch, debug and prometheus
 # exporters) built from configs/otelcol/builder.yaml.
 collector: $(BIN)/otelcol-keeper

@@ -45,12 +45,17 @@ func keysFor(prefix string, s Shard) shardKeys {
 // messages lists the keys a queue delete removes: all but control.
 func (k shardKeys) messages() []string {
 	return []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.TTL, k.Body, k.Meta, k.Prio,
-		k.Dlv, k.Tok, k.Seq, k.Clean, k.Stats, k.History, k.TrimWake}
+		k.Dlv, k.Tok, k.Clean, k.Stats, k.History, k.TrimWake}
 }
 
 // control lists the keys a queue delete keeps: the fence, its owner, the
-// tombstone and the config generation.
-func (k shardKeys) control() []string { return []string{k.Fence, k.FenceOwner, k.Deleted, k.Gen} }
+// tombstone, the config generation, and the delivery token counter, so
+// that a queue created again never hands out a token that a consumer of the
+// deleted one still holds (that consumer's ack would take the new delivery
+// of the same id).
+func (k shardKeys) control() []string {
+	return []string{k.Fence, k.FenceOwner, k.Deleted, k.Gen, k.Seq}
+}
 
 func (k shardKeys) all() []string { return append(k.messages(), k.control()...) }
 

@@ -16,9 +16,10 @@ import (
 // its config in cache enqueues, pulls and acks. Once Delete has returned,
 // nothing is written there again: every pass and every client call started
 // after it is refused with ErrUnknownQueue, and each shard holds only its
-// fence, the fence's owner, its config generation and the tombstone. A queue created again under
-// the same name keeps the fences, so an older owner's lower token stays
-// refused; the shards beyond its partitions stay tombstoned.
+// fence, the fence's owner, its config generation, the token counter and
+// the tombstone. A queue created again under the same name keeps the
+// fences, so an older owner's lower token stays refused; the shards beyond
+// its partitions stay tombstoned.
 func TestDeleteRacesPassesAndCachedClients(t *testing.T) {
 	e := newEnv(t)
 	const parts, token = 4, 7

@@ -150,14 +150,15 @@ func TestQueueCommand(t *testing.T) {
 		t.Fatalf("delete printed %q", out)
 	}
 	// Each shard keeps its tombstone and config generation (and its fence,
-	// had a keeper claimed it), nothing else.
+	// had a keeper claimed it, and its token counter, had it been pulled
+	// from), nothing else.
 	left, _ := rdb.Keys(ctx, queue.DefaultPrefix+":{orders#*").Result()
 	tombs := 0
 	for _, k := range left {
 		switch k[strings.LastIndexByte(k, ':'):] {
 		case ":deleted":
 			tombs++
-		case ":gen", ":fence", ":owner":
+		case ":gen", ":fence", ":owner", ":seq":
 		default:
 			t.Fatalf("delete left %s (all: %v)", k, left)
 		}

@@ -38,6 +38,15 @@ func TestClockOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	skew := time.Until(time.UnixMicro(redisTime(t, c)))
+	if skew < 59*time.Minute || skew > 61*time.Minute {
+		t.Fatalf("redis clock is %s off, want about +1h", skew)
+	}
+}
+
+// redisTime asks the server on c for its TIME, in µs since the epoch.
+func redisTime(t *testing.T, c net.Conn) int64 {
+	t.Helper()
 	if _, err := c.Write([]byte("TIME\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -46,15 +55,38 @@ func TestClockOffset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// *2\r\n$10\r\n<secs>\r\n...
+	// *2\r\n$10\r\n<secs>\r\n$<n>\r\n<µs>\r\n
 	parts := strings.Split(string(buf[:n]), "\r\n")
-	secs, err := strconv.ParseInt(parts[2], 10, 64)
-	if err != nil {
-		t.Fatalf("TIME reply %q: %v", buf[:n], err)
+	if len(parts) < 5 {
+		t.Fatalf("TIME reply %q", buf[:n])
 	}
-	skew := time.Until(time.Unix(secs, 0))
-	if skew < 59*time.Minute || skew > 61*time.Minute {
-		t.Fatalf("redis clock is %s off, want about +1h", skew)
+	secs, err1 := strconv.ParseInt(parts[2], 10, 64)
+	us, err2 := strconv.ParseInt(parts[4], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("TIME reply %q", buf[:n])
+	}
+	return secs*1_000_000 + us
+}
+
+// With ManualClock, Redis TIME answers exactly the time last set, and stands
+// still in between.
+func TestManualClock(t *testing.T) {
+	s := StartConfigTB(t, Config{ManualClock: true})
+	c, err := net.Dial("tcp", s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, want := range []int64{2_000_000_000_123_456, 1_000_000_000_000_001, 1_000_000_000_000_001 + 86_400_000_000} {
+		if err := s.SetClock(time.UnixMicro(want)); err != nil {
+			t.Fatal(err)
+		}
+		if got, again := redisTime(t, c), redisTime(t, c); got != want || again != want {
+			t.Fatalf("TIME after SetClock(%d µs) = %d, then %d", want, got, again)
+		}
+	}
+	if err := StartTB(t).SetClock(time.Now()); err == nil {
+		t.Fatal("SetClock on a server without ManualClock did not fail")
 	}
 }
 
