@@ -40,12 +40,12 @@ func (c *Cluster) CheckMessages(ctx context.Context, queues []string, w *Workloa
 		r.Problems = append(r.Problems, a.Problems...)
 		r.Present += a.Present()
 		r.Dead += a.Dead
-		r.Expired += a.Counters["expired"]
-		r.Trimmed += a.Counters["trimmed"]
-		r.Unlocked += a.Counters["unlocked"]
-		r.Requeued += a.Counters["requeued"]
-		r.Acked += a.Counters["acked"]
-		r.Enqueued += a.Counters["enqueued"]
+		r.Expired += a.Counters.Expired
+		r.Trimmed += a.Counters.Trimmed
+		r.Unlocked += a.Counters.Unlocked
+		r.Requeued += a.Counters.Requeued
+		r.Acked += a.Counters.Acked
+		r.Enqueued += a.Counters.Enqueued
 		for id, st := range a.Members {
 			members[id] = st
 		}
@@ -97,7 +97,7 @@ type FenceReport struct {
 // decrease, so no write was accepted under a token after a higher one had
 // written (at most one token per shard at a time).
 func (c *Cluster) CheckFencing(ctx context.Context, shards []queue.Shard) (FenceReport, error) {
-	n := queue.NewNative(c.RDB, "")
+	n := queue.NewInspector(c.RDB, "")
 	r := FenceReport{Shards: len(shards)}
 	for _, s := range shards {
 		h, err := n.History(ctx, s)
@@ -125,7 +125,7 @@ func (c *Cluster) CheckFencing(ctx context.Context, shards []queue.Shard) (Fence
 
 // RefusedTokens lists, per shard, the tokens whose writes the fence refused.
 func (c *Cluster) RefusedTokens(ctx context.Context, shards []queue.Shard) (map[string][]int64, error) {
-	n := queue.NewNative(c.RDB, "")
+	n := queue.NewInspector(c.RDB, "")
 	out := map[string][]int64{}
 	for _, s := range shards {
 		h, err := n.History(ctx, s)

@@ -29,7 +29,7 @@ func TestUnlockRestoresPriorityOldestFirst(t *testing.T) {
 	}
 	due := e.redisNowMs() + 30
 	waitUntil(t, 5*time.Second, "both short locks due", func() bool { return e.redisNowMs() > due })
-	r, err := e.n.Unlock(e.ctx, s, 1, 1)
+	r, err := unlockPass(e.n, e.ctx, s, 1, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestUnlockRestoresPriorityOldestFirst(t *testing.T) {
 	if got, _ := e.rdb.ZRange(e.ctx, e.keys(s).Ready, 0, -1).Result(); len(got) != 1 || got[0] != "b" {
 		t.Fatalf("oldest due first: ready = %v, want [b]", got)
 	}
-	r, err = e.n.Unlock(e.ctx, s, 1, 100)
+	r, err = unlockPass(e.n, e.ctx, s, 1, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestRequeueAndDeadLetter(t *testing.T) {
 	e.enqueue("r", Message{ID: "m"})
 	d1 := e.pull("r", 1, 20*time.Millisecond)[0]
 	waitUntil(t, 5*time.Second, "lease expiry", func() bool { return e.redisNowMs() > d1.LeaseDeadline.UnixMilli() })
-	r, err := e.n.Requeue(e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
+	r, err := requeuePass(e.n, e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
 	if err != nil || r.Requeued != 1 || r.DeadLettered != 0 {
 		t.Fatalf("requeue = %+v, %v", r, err)
 	}
@@ -78,7 +78,7 @@ func TestRequeueAndDeadLetter(t *testing.T) {
 		t.Fatalf("old token acked the new delivery: %v", err)
 	}
 	waitUntil(t, 5*time.Second, "lease expiry", func() bool { return e.redisNowMs() > d2.LeaseDeadline.UnixMilli() })
-	r, err = e.n.Requeue(e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
+	r, err = requeuePass(e.n, e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
 	if err != nil || r.DeadLettered != 1 || r.NextMs != -1 {
 		t.Fatalf("requeue at max deliveries = %+v, %v", r, err)
 	}
@@ -102,7 +102,7 @@ func TestExpireAndTTLOfInflight(t *testing.T) {
 	}
 	now := e.redisNowMs()
 	waitUntil(t, 5*time.Second, "ttl", func() bool { return e.redisNowMs() > now+40 })
-	r, err := e.n.Expire(e.ctx, s, 1, 100)
+	r, err := expirePass(e.n, e.ctx, s, 1, 100)
 	if err != nil || r.Moved != 2 || r.NextMs != -1 {
 		t.Fatalf("expire = %+v, %v", r, err)
 	}
@@ -111,12 +111,12 @@ func TestExpireAndTTLOfInflight(t *testing.T) {
 	if _, err := e.c.Inspect(e.ctx, "e", "busy"); err != nil {
 		t.Fatalf("in-flight message dropped by expire: %v", err)
 	}
-	rq, err := e.n.Requeue(e.ctx, s, Config{}, 1, 100)
+	rq, err := requeuePass(e.n, e.ctx, s, Config{}, 1, 100)
 	if err != nil || rq.Expired != 1 {
 		t.Fatalf("requeue of an expired lease = %+v, %v", rq, err)
 	}
 	st, _ := e.c.Stats(e.ctx, "e")
-	if st.Ready != 1 || st.Inflight+st.Locked+st.Dead != 0 || st.Counters["expired"] != 3 {
+	if st.Ready != 1 || st.Inflight+st.Locked+st.Dead != 0 || st.Counters.Expired != 3 {
 		t.Fatalf("stats %+v", st)
 	}
 	if n, _ := e.rdb.HLen(e.ctx, e.keys(s).Body).Result(); n != 1 {
@@ -133,11 +133,11 @@ func TestTrimDropsOldestReady(t *testing.T) {
 		e.enqueue("t", Message{ID: string(rune('a' + i)), Priority: ptr(int64(i))})
 	}
 	e.pull("t", 1, time.Hour) // "a" in flight counts but is never trimmed
-	r, err := e.n.Trim(e.ctx, s, cfg, 1, 2)
+	r, err := trimPass(e.n, e.ctx, s, cfg, 1, 2)
 	if err != nil || r.Moved != 2 || !r.Full {
 		t.Fatalf("trim = %+v, %v", r, err)
 	}
-	r, err = e.n.Trim(e.ctx, s, cfg, 1, 2)
+	r, err = trimPass(e.n, e.ctx, s, cfg, 1, 2)
 	if err != nil || r.Moved != 1 || r.Full {
 		t.Fatalf("second trim = %+v, %v", r, err)
 	}
@@ -146,8 +146,8 @@ func TestTrimDropsOldestReady(t *testing.T) {
 		t.Fatalf("ready after trim %v, want [e f]", ready)
 	}
 	st, _ := e.c.Stats(e.ctx, "t")
-	if st.Counters["trimmed"] != 3 {
-		t.Fatalf("trimmed counter %d", st.Counters["trimmed"])
+	if st.Counters.Trimmed != 3 {
+		t.Fatalf("trimmed counter %d", st.Counters.Trimmed)
 	}
 }
 
@@ -156,16 +156,16 @@ func TestFenceRefusesLowerTokens(t *testing.T) {
 	e.create("f", Config{})
 	s := Shard{"f", 0}
 	e.enqueue("f", Message{ID: "x", Delay: time.Millisecond})
-	if _, err := e.n.Unlock(e.ctx, s, 10, 100); err != nil {
+	if _, err := unlockPass(e.n, e.ctx, s, 10, 100); err != nil {
 		t.Fatal(err)
 	}
 	before := e.snapshot()
 	for name, call := range map[string]func() error{
-		"unlock":  func() error { _, err := e.n.Unlock(e.ctx, s, 9, 100); return err },
-		"requeue": func() error { _, err := e.n.Requeue(e.ctx, s, Config{}, 9, 100); return err },
-		"expire":  func() error { _, err := e.n.Expire(e.ctx, s, 9, 100); return err },
-		"trim":    func() error { _, err := e.n.Trim(e.ctx, s, Config{MaxSize: 1}, 9, 100); return err },
-		"measure": func() error { _, err := e.n.Measure(e.ctx, s, 9); return err },
+		"unlock":  func() error { _, err := unlockPass(e.n, e.ctx, s, 9, 100); return err },
+		"requeue": func() error { _, err := requeuePass(e.n, e.ctx, s, Config{}, 9, 100); return err },
+		"expire":  func() error { _, err := expirePass(e.n, e.ctx, s, 9, 100); return err },
+		"trim":    func() error { _, err := trimPass(e.n, e.ctx, s, Config{MaxSize: 1}, 9, 100); return err },
+		"measure": func() error { _, err := measurePass(e.n, e.ctx, s, 9); return err },
 	} {
 		err := call()
 		var fe *FencedError
@@ -174,7 +174,7 @@ func TestFenceRefusesLowerTokens(t *testing.T) {
 		}
 	}
 	e.sameAs(before)
-	if _, err := e.n.Unlock(e.ctx, s, 11, 100); err != nil {
+	if _, err := unlockPass(e.n, e.ctx, s, 11, 100); err != nil {
 		t.Fatal(err)
 	}
 	if f, _ := e.rdb.Get(e.ctx, e.keys(s).Fence).Int64(); f != 11 {
@@ -188,11 +188,11 @@ func TestMeasureAndCleanFlag(t *testing.T) {
 	s := Shard{"m", 0}
 	e.enqueue("m", Message{ID: "a", Priority: ptr(int64(1000))})
 	e.enqueue("m", Message{ID: "b", Delay: time.Hour})
-	m, err := e.n.Measure(e.ctx, s, 1)
+	m, err := measurePass(e.n, e.ctx, s, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Ready != 1 || m.Locked != 1 || !m.HasReady || m.ReadyHead != 1000 || m.Counters["enqueued"] != 2 {
+	if m.Ready != 1 || m.Locked != 1 || !m.HasReady || m.ReadyHead != 1000 || m.Counters.Enqueued != 2 {
 		t.Fatalf("measure %+v", m)
 	}
 	if m.OldestReadyAge() < time.Hour {
@@ -202,13 +202,13 @@ func TestMeasureAndCleanFlag(t *testing.T) {
 	e.enqueue("m", Message{ID: "c"})
 	e.enqueue("m", Message{ID: "d"})
 	w := wakes.next(t)
-	if w.Due.Kind != DueMeasure || w.Shard != s {
+	if w.Due.Task != TaskMeasure || w.Shard != s {
 		t.Fatalf("first change after measure woke %+v", w)
 	}
 	if got := wakes.drain(t, e, s); len(got) != 0 {
 		t.Fatalf("second change woke again: %+v", got)
 	}
-	empty, err := e.n.Measure(e.ctx, Shard{"m", 7}, 1)
+	empty, err := measurePass(e.n, e.ctx, Shard{"m", 7}, 1)
 	if err != nil || empty.HasReady || empty.Ready != 0 {
 		t.Fatalf("measure of an empty shard %+v, %v", empty, err)
 	}
@@ -222,7 +222,7 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	e.enqueue("w", Message{ID: "b"})
 	e.enqueue("w", Message{ID: "c"})
 	ds := e.pull("w", 3, time.Minute)
-	if _, err := e.n.Measure(e.ctx, s, 1); err != nil {
+	if _, err := measurePass(e.n, e.ctx, s, 1); err != nil {
 		t.Fatal(err)
 	}
 	s2 := Shard{"w2", 0}
@@ -238,12 +238,12 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	if _, err := e.c.Nack(e.ctx, ds[2], NackOptions{LockFor: time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	var kinds []DueKind
+	var kinds []Task
 	deadline := time.Now().Add(2 * time.Second)
 	for len(kinds) < 3 && time.Now().Before(deadline) {
-		kinds = append(kinds, wakes.next(t).Due.Kind)
+		kinds = append(kinds, wakes.next(t).Due.Task)
 	}
-	want := []DueKind{DueMeasure, DueUnlock, DueUnlock}
+	want := []Task{TaskMeasure, TaskUnlock, TaskUnlock}
 	for i := range want {
 		if i >= len(kinds) || kinds[i] != want[i] {
 			t.Fatalf("wakes %q, want %q", kinds, want)
@@ -261,7 +261,7 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	}
 	e.enqueue("w2", Message{})
 	e.enqueue("w2", Message{})
-	if got := wakes.drain(t, e, s2); len(got) != 1 || got[0].Due.Kind != DueTrim || got[0].Shard.Queue != "w2" {
+	if got := wakes.drain(t, e, s2); len(got) != 1 || got[0].Due.Task != TaskTrim || got[0].Shard.Queue != "w2" {
 		t.Fatalf("crossing max size woke %+v, want one trim", got)
 	}
 }
@@ -298,7 +298,7 @@ func TestClientClockDoesNotMatter(t *testing.T) {
 		t.Fatalf("lock ends at redis-now+%dms, want within 50ms", got)
 	}
 	waitUntil(t, 5*time.Second, "unlock", func() bool {
-		r, err := n.Unlock(ctx, Shard{"skew", 0}, 1, 10)
+		r, err := unlockPass(n, ctx, Shard{"skew", 0}, 1, 10)
 		return err == nil && r.Moved == 1 && r.Lags[0] >= 0 && r.Lags[0] < time.Second
 	})
 }
@@ -368,6 +368,10 @@ func (w *wakeRecorder) next(t *testing.T) Wake {
 	return Wake{}
 }
 
+// drainMarker is the deadline of drain's marker: a measure hint, which no
+// script sends with a deadline.
+const drainMarker = -7
+
 // drain returns the wakes of s that arrived before a marker it publishes
 // itself on s's channel: Redis delivers the messages of one origin in order,
 // so everything published there before the marker comes before it.
@@ -377,13 +381,13 @@ func (w *wakeRecorder) drain(t *testing.T, e *env, s Shard) []Wake {
 	// it leaves from the node where the shard's scripts publish: messages
 	// reach other nodes in order only along one bus link.
 	if err := e.rdb.Eval(e.ctx, "redis.call('PUBLISH', ARGV[1], ARGV[2])", []string{e.keys(s).Ready},
-		e.keys(s).Wake, "z "+s.String()+" 0").Err(); err != nil && err != redis.Nil {
+		e.keys(s).Wake, fmt.Sprintf("%c %s %d", wakeCodes[TaskMeasure], s, drainMarker)).Err(); err != nil && err != redis.Nil {
 		t.Fatal(err)
 	}
 	var out []Wake
 	for {
 		x := w.next(t)
-		if x.Due.Kind == 'z' {
+		if x.Due == (Due{Task: TaskMeasure, AtMs: drainMarker}) {
 			return out
 		}
 		out = append(out, x)
@@ -397,17 +401,17 @@ func TestHistoryRecordsAcceptedAndRefusedPasses(t *testing.T) {
 	n := e.n.WithHistory()
 	e.enqueue("h", Message{ID: "a", Delay: time.Millisecond})
 	waitUntil(t, 5*time.Second, "lock due", func() bool {
-		r, err := n.Unlock(e.ctx, s, 3, 10)
+		r, err := unlockPass(n, e.ctx, s, 3, 10)
 		return err == nil && r.Moved == 1
 	})
 	var fe *FencedError
-	if _, err := n.Expire(e.ctx, s, 2, 10); !errors.As(err, &fe) {
+	if _, err := expirePass(n, e.ctx, s, 2, 10); !errors.As(err, &fe) {
 		t.Fatalf("lower token accepted: %v", err)
 	}
-	if _, err := e.n.Expire(e.ctx, s, 3, 10); err != nil { // history off: not recorded
+	if _, err := expirePass(e.n, e.ctx, s, 3, 10); err != nil { // history off: not recorded
 		t.Fatal(err)
 	}
-	h, err := n.History(e.ctx, s)
+	h, err := e.in.History(e.ctx, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,13 +447,13 @@ func TestWakesOnlyForWatchedShards(t *testing.T) {
 	wakes := subscribe(t, e, a)
 	lockOne(b)
 	lockOne(a)
-	if got := wakes.drain(t, e, a); len(got) != 1 || got[0].Shard != a || got[0].Due.Kind != DueUnlock {
+	if got := wakes.drain(t, e, a); len(got) != 1 || got[0].Shard != a || got[0].Due.Task != TaskUnlock {
 		t.Fatalf("wakes %+v; want a's unlock hint only", got)
 	}
 	e.n.Watch([]Shard{b}, true)
 	wakes.confirmed(t, b)
 	wakes.drain(t, e, b) // b's first lock, in flight on a cluster's bus
-	if _, err := e.n.Measure(e.ctx, b, 1); err != nil {
+	if _, err := measurePass(e.n, e.ctx, b, 1); err != nil {
 		t.Fatal(err)
 	}
 	e.enqueue("x", Message{ID: idIn(b, "late"), Delay: time.Minute})
@@ -462,7 +466,7 @@ func TestWakesOnlyForWatchedShards(t *testing.T) {
 		n := e.subscribers(e.keys(a).Wake)
 		return n == 0, fmt.Sprint(n, " subscribers")
 	})
-	if _, err := e.n.Measure(e.ctx, a, 1); err != nil {
+	if _, err := measurePass(e.n, e.ctx, a, 1); err != nil {
 		t.Fatal(err)
 	}
 	e.enqueue("x", Message{ID: idIn(a, "unheard"), Delay: time.Second})
@@ -492,11 +496,11 @@ func TestFenceRefusesAnEqualTokenFromAnotherOwner(t *testing.T) {
 	before := e.snapshot()
 	calls := func(n *Native, token int64) map[string]func() error {
 		return map[string]func() error{
-			"unlock":  func() error { _, err := n.Unlock(e.ctx, s, token, 100); return err },
-			"requeue": func() error { _, err := n.Requeue(e.ctx, s, Config{}, token, 100); return err },
-			"expire":  func() error { _, err := n.Expire(e.ctx, s, token, 100); return err },
-			"trim":    func() error { _, err := n.Trim(e.ctx, s, Config{MaxSize: 1}, token, 100); return err },
-			"measure": func() error { _, err := n.Measure(e.ctx, s, token); return err },
+			"unlock":  func() error { _, err := unlockPass(n, e.ctx, s, token, 100); return err },
+			"requeue": func() error { _, err := requeuePass(n, e.ctx, s, Config{}, token, 100); return err },
+			"expire":  func() error { _, err := expirePass(n, e.ctx, s, token, 100); return err },
+			"trim":    func() error { _, err := trimPass(n, e.ctx, s, Config{MaxSize: 1}, token, 100); return err },
+			"measure": func() error { _, err := measurePass(n, e.ctx, s, token); return err },
 			"claim": func() error {
 				r, err := n.Probe(e.ctx, []ProbeRequest{{Shard: s, Claim: true, Token: token}})
 				if err != nil {
@@ -514,7 +518,7 @@ func TestFenceRefusesAnEqualTokenFromAnotherOwner(t *testing.T) {
 		}
 	}
 	// Only the refusals were recorded, each with the owner refused.
-	h, err := b.History(e.ctx, s)
+	h, err := e.in.History(e.ctx, s)
 	if err != nil || len(h) != 6 {
 		t.Fatalf("history of the refusals: %+v, %v", h, err)
 	}
@@ -540,7 +544,7 @@ func TestFenceRefusesAnEqualTokenFromAnotherOwner(t *testing.T) {
 	if o, _ := e.rdb.Get(e.ctx, e.keys(s).FenceOwner).Result(); o != "keeper-b/9c3d" {
 		t.Fatalf("fence owner %q after keeper-b's higher token", o)
 	}
-	h, err = b.History(e.ctx, s)
+	h, err = e.in.History(e.ctx, s)
 	if err != nil || len(h) == 0 || h[len(h)-1].Owner != "keeper-b/9c3d" || h[len(h)-1].Token != 11 {
 		t.Fatalf("history %+v, %v", h, err)
 	}
@@ -548,10 +552,10 @@ func TestFenceRefusesAnEqualTokenFromAnotherOwner(t *testing.T) {
 	// token is accepted once, and its owner recorded.
 	e.rdb.Set(e.ctx, e.keys(s).Fence, "20", 0)
 	e.rdb.Del(e.ctx, e.keys(s).FenceOwner)
-	if _, err := a.Measure(e.ctx, s, 20); err != nil {
+	if _, err := measurePass(a, e.ctx, s, 20); err != nil {
 		t.Fatalf("equal token on a fence without owner: %v", err)
 	}
-	if _, err := b.Measure(e.ctx, s, 20); !errors.As(err, new(*FencedError)) {
+	if _, err := measurePass(b, e.ctx, s, 20); !errors.As(err, new(*FencedError)) {
 		t.Fatalf("equal token of another owner after the first was recorded: %v", err)
 	}
 }
@@ -608,7 +612,7 @@ func TestProbeMixesReadsAndClaims(t *testing.T) {
 	if r := res[2]; r.LockedHead != -1 || r.InflightHead != -1 || r.TTLHead != -1 {
 		t.Errorf("read of the empty p#2: %+v", r)
 	}
-	fences, _ := e.n.Fences(e.ctx, []Shard{{"p", 0}, {"p", 1}, {"p", 2}})
+	fences, _ := e.in.Fences(e.ctx, []Shard{{"p", 0}, {"p", 1}, {"p", 2}})
 	if fences[0] != 7 || fences[1] != 5 || fences[2] != 0 {
 		t.Errorf("fences %v; want [7 5 0]: claims raise them, reads do not", fences)
 	}
