@@ -36,6 +36,10 @@ type Client struct {
 	mu    sync.Mutex
 	cache map[string]cachedConfig
 	rr    map[string]*atomic.Uint64 // per-queue start partition for fair pulls
+	// deleting holds, per queue, the config generation that one of its
+	// shards refused as deleted: until the registry holds a newer one, the
+	// queue is being deleted (see config).
+	deleting map[string]int64
 }
 
 type cachedConfig struct {
@@ -54,7 +58,7 @@ func NewClient(rdb redis.UniversalClient, opt ClientOptions) *Client {
 	}
 	return &Client{
 		rdb: rdb, prefix: opt.Prefix, reg: NewRegistry(rdb, opt.Prefix), ttl: opt.ConfigTTL,
-		cache: map[string]cachedConfig{}, rr: map[string]*atomic.Uint64{},
+		cache: map[string]cachedConfig{}, rr: map[string]*atomic.Uint64{}, deleting: map[string]int64{},
 	}
 }
 
@@ -73,8 +77,18 @@ func (c *Client) config(ctx context.Context, queue string) (stored, error) {
 		return stored{}, err
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	// A delete tombstones the shards before it removes the config, and on
+	// a cluster the shards one after another: the config still listed may
+	// be one a shard already refused, and another shard of it not reached
+	// yet must not be written.
+	if g, ok := c.deleting[queue]; ok {
+		if st.Generation <= g {
+			return stored{}, fmt.Errorf("%w: %s is being deleted", ErrUnknownQueue, queue)
+		}
+		delete(c.deleting, queue)
+	}
 	c.cache[queue] = cachedConfig{st: st, at: time.Now()}
-	c.mu.Unlock()
 	return st, nil
 }
 
@@ -109,6 +123,12 @@ func (c *Client) withConfig(ctx context.Context, queue string, fn func(st stored
 			return err
 		}
 		err = fn(st)
+		if errors.Is(err, ErrUnknownQueue) {
+			// One of st's shards holds a tombstone: st is being deleted.
+			c.mu.Lock()
+			c.deleting[queue] = max(c.deleting[queue], st.Generation)
+			c.mu.Unlock()
+		}
 		var se *staleConfigError
 		if !errors.As(err, &se) {
 			return err

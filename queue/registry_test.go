@@ -196,3 +196,39 @@ func TestMaxPartitionsLifecycle(t *testing.T) {
 		t.Fatalf("%d ready sets left", n)
 	}
 }
+
+// A client refused by one shard's tombstone, while the delete has not yet
+// reached the queue's other shards nor the registry, refuses the whole
+// queue: reading the config again finds it still listed, and the message
+// must not go to a shard the delete is about to drop. Once the queue is
+// created again (a newer config generation), the client serves it.
+func TestClientRefusesAQueueBeingDeleted(t *testing.T) {
+	e := newEnv(t)
+	e.create("mid", Config{Partitions: 2})
+	// The delete has tombstoned partition 0 only.
+	if err := dropScript.on(e.keys(Shard{"mid", 0})).run(e.ctx, e.rdb).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(e.rdb, ClientOptions{Prefix: e.prefix, ConfigTTL: time.Hour})
+	id := "a"
+	for i := 0; PartitionOf(id, 2) != 1; i++ {
+		id = fmt.Sprint("a", i)
+	}
+	// A new client's first pull starts at partition 0.
+	if _, err := c.Pull(e.ctx, "mid", 1, time.Minute); !errors.Is(err, ErrUnknownQueue) {
+		t.Fatalf("pull from a tombstoned shard: %v", err)
+	}
+	if _, err := c.Enqueue(e.ctx, "mid", Message{ID: id}); !errors.Is(err, ErrUnknownQueue) {
+		t.Fatalf("enqueue to partition 1 of a queue being deleted: %v", err)
+	}
+	if n, err := e.rdb.HLen(e.ctx, e.keys(Shard{"mid", 1}).Meta).Result(); err != nil || n != 0 {
+		t.Fatalf("partition 1 holds %d messages (%v)", n, err)
+	}
+	if err := e.c.Registry().Delete(e.ctx, "mid"); err != nil {
+		t.Fatal(err)
+	}
+	e.create("mid", Config{Partitions: 2})
+	if _, err := c.Enqueue(e.ctx, "mid", Message{ID: id}); err != nil {
+		t.Fatalf("enqueue once the queue was created again: %v", err)
+	}
+}
