@@ -617,3 +617,73 @@ func TestProbeMixesReadsAndClaims(t *testing.T) {
 		t.Errorf("fences %v; want [7 5 0]: claims raise them, reads do not", fences)
 	}
 }
+
+// Many passes in one call, over shards spread across slots (and nodes, on a
+// cluster): each has its own outcome in request order. A refused token, a
+// bad batch and a wrong-typed key fail their own pass only; the others move
+// their messages. A server that lost its scripts (SCRIPT FLUSH) is sent
+// them again within the call.
+func TestPassesKeepEachOutcome(t *testing.T) {
+	e := newEnv(t)
+	const parts = 8
+	e.create("many", Config{Partitions: parts, MaxSize: 3})
+	now := e.redisNowMs()
+	for p := 0; p < parts; p++ {
+		e.seedLocked(Shard{"many", p}, fmt.Sprint("m", p, "-"), 5, now-10)
+	}
+	// Partition 1's fence is above our token (a pass under it moved one
+	// message); partition 2's clean flag is a hash.
+	if _, err := unlockPass(e.n, e.ctx, Shard{"many", 1}, 9, 1); err != nil {
+		t.Fatal(err)
+	}
+	clean := e.keys(Shard{"many", 2}).Clean
+	if err := e.rdb.HSet(e.ctx, clean, "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.onEveryPrimary(func(ctx context.Context, c redis.Cmdable) error { return c.ScriptFlush(ctx).Err() })
+	var reqs []PassRequest
+	for p := 0; p < parts; p++ {
+		reqs = append(reqs, PassRequest{Shard: Shard{"many", p}, Task: TaskUnlock, Token: 5, Batch: 100})
+	}
+	reqs[3].Batch = MaxBatch + 1
+	reqs = append(reqs, PassRequest{Shard: Shard{"many", 4}, Task: TaskMeasure, Token: 5},
+		PassRequest{Shard: Shard{"many", 5}, Task: TaskTrim, Token: 5, Batch: 100, Config: Config{MaxSize: 3}})
+	out := e.n.Passes(e.ctx, reqs)
+	if len(out) != len(reqs) {
+		t.Fatalf("%d outcomes for %d requests", len(out), len(reqs))
+	}
+	for i, o := range out[:parts] {
+		switch i {
+		case 1:
+			var fe *FencedError
+			if !errors.As(o.Err, &fe) || fe.Fence != 9 || fe.Shard != reqs[i].Shard {
+				t.Errorf("pass %d under a lower token: %v", i, o.Err)
+			}
+		case 2:
+			if !errors.Is(o.Err, ErrWrongType) {
+				t.Errorf("pass %d on a wrong-typed key: %v", i, o.Err)
+			}
+		case 3:
+			if !errors.Is(o.Err, ErrBadConfig) {
+				t.Errorf("pass %d over the batch cap: %v", i, o.Err)
+			}
+		default:
+			if o.Err != nil || o.Result.Moved != 5 || len(o.Result.Lags) != 5 {
+				t.Errorf("pass %d: %+v", i, o)
+			}
+		}
+	}
+	if m := out[parts]; m.Err != nil || m.Measurement.Ready != 5 || m.Measurement.Counters.Unlocked != 5 ||
+		m.Result.NowUs != m.Measurement.NowUs || m.Result.NextMs != -1 {
+		t.Errorf("measure after its shard's unlock in the same call: %+v", m)
+	}
+	if tr := out[parts+1]; tr.Err != nil || tr.Result.Moved != 2 || tr.Result.Excess != 0 {
+		t.Errorf("trim after its shard's unlock in the same call: %+v", tr)
+	}
+	if err := e.rdb.Del(e.ctx, clean).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Ready: 5 in each of the five shards unlocked, one in partition 1, and
+	// partition 5 trimmed to 3.
+	e.wantCounts("many", 5*5+1-2, 0, 4+5+5, 0)
+}
