@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -50,9 +51,7 @@ type cachedConfig struct {
 // NewClient returns a client over rdb (a single node, a failover client or a
 // cluster client).
 func NewClient(rdb redis.UniversalClient, opt ClientOptions) *Client {
-	if opt.Prefix == "" {
-		opt.Prefix = DefaultPrefix
-	}
+	opt.Prefix = cmp.Or(opt.Prefix, DefaultPrefix)
 	if opt.ConfigTTL <= 0 {
 		opt.ConfigTTL = 5 * time.Second
 	}

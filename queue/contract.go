@@ -107,13 +107,10 @@ func decodePass(r PassRequest, c *redis.Cmd) (PassOutcome, error) {
 		m, err := decodeMeasure(c)
 		return PassOutcome{Result: PassResult{NowUs: m.NowUs, NextMs: -1}, Measurement: m}, err
 	}
-	v, err := c.Int64Slice()
+	want := [NumTasks]int{TaskUnlock: 3, TaskRequeue: 7, TaskExpire: 3, TaskTrim: 4}[r.Task]
+	v, err := ints(c, r.Task.String(), want)
 	if err != nil {
 		return PassOutcome{}, err
-	}
-	want := [NumTasks]int{TaskUnlock: 3, TaskRequeue: 7, TaskExpire: 3, TaskTrim: 4}[r.Task]
-	if len(v) < want {
-		return PassOutcome{}, fmt.Errorf("%s returned %d fields, want %d", r.Task, len(v), want)
 	}
 	res := PassResult{Moved: int(v[0]), NextMs: v[1], NowUs: v[2]}
 	res.Full = res.Moved >= r.Batch
@@ -143,12 +140,9 @@ func decodePass(r PassRequest, c *redis.Cmd) (PassOutcome, error) {
 // decodeMeasure reads {now_us, ready, inflight, locked, dead,
 // ready_head_score or nil, field1, value1, ...} (the stats hash).
 func decodeMeasure(c *redis.Cmd) (Measurement, error) {
-	v, err := c.Slice()
+	v, err := fields(c, "measure", 6)
 	if err != nil {
 		return Measurement{}, err
-	}
-	if len(v) < 6 {
-		return Measurement{}, fmt.Errorf("measure returned %d fields", len(v))
 	}
 	m := Measurement{NowUs: toInt64(v[0]), Ready: toInt64(v[1]), Inflight: toInt64(v[2]),
 		Locked: toInt64(v[3]), Dead: toInt64(v[4])}
@@ -164,12 +158,9 @@ func decodeMeasure(c *redis.Cmd) (Measurement, error) {
 
 // decodeProbe reads {locked_head_ms, inflight_head_ms, ttl_head_ms, excess}.
 func decodeProbe(c *redis.Cmd) (ProbeResult, error) {
-	v, err := c.Int64Slice()
+	v, err := ints(c, "probe", 4)
 	if err != nil {
 		return ProbeResult{}, err
-	}
-	if len(v) < 4 {
-		return ProbeResult{}, fmt.Errorf("probe returned %d fields", len(v))
 	}
 	return ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}, nil
 }
@@ -181,12 +172,9 @@ type enqueueReply struct {
 }
 
 func decodeEnqueue(c *redis.Cmd) (enqueueReply, error) {
-	v, err := c.Int64Slice()
+	v, err := ints(c, "enqueue", 2)
 	if err != nil {
 		return enqueueReply{}, err
-	}
-	if len(v) < 2 {
-		return enqueueReply{}, fmt.Errorf("enqueue returned %d fields", len(v))
 	}
 	return enqueueReply{Added: v[0] == 1, EnqueuedMs: v[1]}, nil
 }
@@ -206,12 +194,9 @@ type pulledMessage struct {
 }
 
 func decodePull(c *redis.Cmd) (pullReply, error) {
-	v, err := c.Slice()
+	v, err := fields(c, "pull", 2)
 	if err != nil {
 		return pullReply{}, err
-	}
-	if len(v) < 2 {
-		return pullReply{}, fmt.Errorf("pull returned %d fields", len(v))
 	}
 	r := pullReply{Capped: toInt64(v[0]) == 1, DeadlineMs: toInt64(v[1]), Messages: make([]pulledMessage, 0, (len(v)-2)/4)}
 	for i := 2; i+3 < len(v); i += 4 {
@@ -247,15 +232,30 @@ type inspectReply struct {
 }
 
 func decodeInspect(c *redis.Cmd) (inspectReply, error) {
-	v, err := c.Slice()
+	v, err := fields(c, "inspect", 6)
 	if err != nil {
 		return inspectReply{}, err
 	}
-	if len(v) < 6 {
-		return inspectReply{}, fmt.Errorf("inspect returned %d fields", len(v))
-	}
 	return inspectReply{State: State(toString(v[0])), Score: toString(v[1]), Meta: toString(v[2]),
 		Priority: toString(v[3]), Deliveries: toString(v[4]), PayloadBytes: toInt64(v[5])}, nil
+}
+
+// ints reads a reply of at least n integers from script name.
+func ints(c *redis.Cmd, name string, n int) ([]int64, error) {
+	v, err := c.Int64Slice()
+	if err == nil && len(v) < n {
+		err = fmt.Errorf("%s returned %d fields, want %d", name, len(v), n)
+	}
+	return v, err
+}
+
+// fields reads a reply of at least n values from script name.
+func fields(c *redis.Cmd, name string, n int) ([]any, error) {
+	v, err := c.Slice()
+	if err == nil && len(v) < n {
+		err = fmt.Errorf("%s returned %d fields, want %d", name, len(v), n)
+	}
+	return v, err
 }
 
 func toInt64(v any) int64 {

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,9 +22,7 @@ type Inspector struct {
 // NewInspector returns an inspector of the native layout under prefix
 // (DefaultPrefix when empty).
 func NewInspector(rdb redis.UniversalClient, prefix string) *Inspector {
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
+	prefix = cmp.Or(prefix, DefaultPrefix)
 	return &Inspector{rdb: rdb, prefix: prefix}
 }
 

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strconv"
@@ -29,9 +30,7 @@ var _ Layout = (*Native)(nil)
 
 // NewNative returns the native layout under prefix (DefaultPrefix when empty).
 func NewNative(rdb redis.UniversalClient, prefix string) *Native {
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
+	prefix = cmp.Or(prefix, DefaultPrefix)
 	return &Native{rdb: rdb, prefix: prefix, record: "0", claimWait: DefaultClaimWait,
 		subs: &wakeSubs{want: map[string]bool{}, pending: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }

@@ -687,3 +687,33 @@ func TestPassesKeepEachOutcome(t *testing.T) {
 	// partition 5 trimmed to 3.
 	e.wantCounts("many", 5*5+1-2, 0, 4+5+5, 0)
 }
+
+// The cost of a housekeeping pass with nothing due (a round trip and a
+// script that reads the fence and the set's head), by how many passes one
+// Passes call carries: what pipelining the due passes of many shards saves.
+func BenchmarkPasses(b *testing.B) {
+	for _, per := range []int{1, 16, 256} {
+		b.Run(fmt.Sprintf("per_call=%d", per), func(b *testing.B) {
+			rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: testAddrs})
+			defer rdb.Close()
+			prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
+			ctx, n := context.Background(), NewNative(rdb, prefix)
+			if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: per}); err != nil {
+				b.Fatal(err)
+			}
+			reqs := make([]PassRequest, per)
+			for p := range reqs {
+				reqs[p] = PassRequest{Shard: Shard{"bench", p}, Task: TaskUnlock, Token: 1, Batch: 1000}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i += per {
+				for _, o := range n.Passes(ctx, reqs) {
+					if o.Err != nil {
+						b.Fatal(o.Err)
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,9 +22,7 @@ type Registry struct {
 
 // NewRegistry returns the registry under prefix (DefaultPrefix when empty).
 func NewRegistry(rdb redis.UniversalClient, prefix string) *Registry {
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
+	prefix = cmp.Or(prefix, DefaultPrefix)
 	return &Registry{rdb: rdb, prefix: prefix}
 }
 

