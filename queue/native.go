@@ -3,6 +3,7 @@ package queue
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -126,7 +127,11 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 		}
 	}
 	if len(reads) > 0 {
-		n.probeOn(ctx, n.rdb, reqs, reads, out)
+		// A failure to reach Redis fails the whole probe, so that the
+		// caller probes again rather than take it for the shards'.
+		if _, err := n.probeOn(ctx, n.rdb, reqs, reads, out); err != nil {
+			return nil, fmt.Errorf("probe %d shards: %w", len(reads), err)
+		}
 	}
 	for node, idx := range n.byNode(ctx, reqs, claims, out) {
 		n.claimOn(ctx, node, reqs, idx, out)
@@ -135,8 +140,9 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 }
 
 // probeOn runs the probe of reqs[i] for each i in idx on rdb, in one
-// pipeline, into out; it returns the indexes that succeeded.
-func (n *Native) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) []int {
+// pipeline, into out; it returns the indexes that succeeded, and the first
+// error that is not Redis's reply to one script (Redis was not reached).
+func (n *Native) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) ([]int, error) {
 	calls := make([]call, len(idx))
 	for j, i := range idx {
 		r := reqs[i]
@@ -146,9 +152,16 @@ func (n *Native) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest
 		}
 		calls[j] = n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claim)
 	}
-	var ok []int
+	var (
+		ok      []int
+		reached error
+		re      redis.Error
+	)
 	for j, cmd := range runAll(ctx, rdb, calls) {
 		i := idx[j]
+		if err := cmd.Err(); err != nil && !errors.As(err, &re) && reached == nil {
+			reached = err
+		}
 		res, err := decodeProbe(cmd)
 		if err != nil {
 			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
@@ -157,7 +170,7 @@ func (n *Native) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest
 		out[i] = res
 		ok = append(ok, i)
 	}
-	return ok
+	return ok, reached
 }
 
 // byNode groups the claims by the Redis node that holds their shard: the
@@ -197,7 +210,7 @@ func (n *Native) byNode(ctx context.Context, reqs []ProbeRequest, idx []int, out
 func (n *Native) claimOn(ctx context.Context, node *redis.Client, reqs []ProbeRequest, idx []int, out []ProbeResult) {
 	conn := node.Conn()
 	defer conn.Close()
-	ok := n.probeOn(ctx, conn, reqs, idx, out)
+	ok, _ := n.probeOn(ctx, conn, reqs, idx, out)
 	if len(ok) == 0 {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/redis/go-redis/v9"
@@ -715,5 +716,20 @@ func BenchmarkPasses(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A probe that cannot reach Redis fails as a whole, so that the keeper
+// probes again, rather than reporting each shard as failed.
+func TestProbeFailsWholeWithoutRedis(t *testing.T) {
+	port, err := loopback.Port() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: loopback.Addr(port), MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	res, err := NewNative(rdb, "").Probe(context.Background(), []ProbeRequest{{Shard: Shard{"q", 0}}, {Shard: Shard{"q", 1}}})
+	if err == nil {
+		t.Fatalf("probe without redis: no error, results %+v", res)
 	}
 }
