@@ -69,7 +69,7 @@ func FuzzScripts(f *testing.F) {
 const (
 	fuzzPrefix    = "fz"
 	fuzzMaxOps    = 64
-	fuzzMaxBatch  = 10_000                // the largest tasks.batch cmd/keeper accepts
+	fuzzMaxBatch  = MaxBatch              // the largest tasks.batch cmd/keeper accepts
 	fuzzCost      = 100_000               // what one input may spend: a few seconds on a loaded 2-core machine
 	fuzzWall      = 5 * time.Second       // and the real time it may take
 	fuzzStartUs   = 1_900_000_000_000_250 // the virtual clock when an input starts
