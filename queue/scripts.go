@@ -68,9 +68,8 @@ var fenceArgv = []string{"token", "owner", "record"}
 // newFencedScript is a housekeeping script: the fence head, then keys and
 // argv.
 func newFencedScript(name string, keys func(shardKeys) []string, argv ...string) *script {
-	s := newScript(name, func(k shardKeys) []string { return append(fenceKeys(k), keys(k)...) },
+	return newScript(name, func(k shardKeys) []string { return append(fenceKeys(k), keys(k)...) },
 		append(append([]string{}, fenceArgv...), argv...)...)
-	return s
 }
 
 func mustRead(name string) string {
