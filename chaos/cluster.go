@@ -59,8 +59,16 @@ type Config struct {
 	// NoHistory turns off the per-shard history the checker replays (on by
 	// default).
 	NoHistory bool
-	// LogDir keeps each keeper's log; default a temp dir removed by Stop.
+	// LogDir keeps each keeper's log (and, at Stop, each etcd member's);
+	// default a temp dir removed by Stop.
 	LogDir string
+	// DataDir holds etcd's and Redis's data; default a new directory on
+	// the tmpfs /dev/shm when there is one (else the temp dir), removed by
+	// Stop. A tmpfs survives the process crashes the harness injects, as a
+	// disk would, and keeps fsync (etcd's WAL, Redis's appendfsync always)
+	// from stalling a busy machine's disk: what is tested is keeper under
+	// process and network faults, not the machine losing power.
+	DataDir string
 }
 
 // Cluster is an etcd cluster, a Redis primary (and replica), the fault
@@ -82,6 +90,8 @@ type Cluster struct {
 	keepers map[string]*Keeper
 	logDir  string
 	ownLogs bool
+	dataDir string
+	ownData bool
 }
 
 // Start brings up etcd, Redis and the proxies on free loopback ports.
@@ -109,13 +119,26 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	} else if err := os.MkdirAll(c.logDir, 0o755); err != nil {
 		return nil, err
 	}
+	c.dataDir = cfg.DataDir
+	if c.dataDir == "" {
+		base := ""
+		if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+			base = "/dev/shm"
+		}
+		d, err := os.MkdirTemp(base, "keeper-chaos-data-")
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
+		c.dataDir, c.ownData = d, true
+	}
 	var err error
 	if c.Etcd, err = etcdserver.StartProcesses(ctx, etcdserver.ProcessConfig{Members: cfg.EtcdMembers,
-		Binary: cfg.EtcdBin, Dir: filepath.Join(c.logDir, "etcd")}); err != nil {
+		Binary: cfg.EtcdBin, Dir: filepath.Join(c.dataDir, "etcd")}); err != nil {
 		c.Stop()
 		return nil, fmt.Errorf("etcd: %w", err)
 	}
-	if c.Redis, err = StartRedis(ctx, cfg.RedisReplica); err != nil {
+	if c.Redis, err = StartRedis(ctx, cfg.RedisReplica, c.dataDir); err != nil {
 		c.Stop()
 		return nil, fmt.Errorf("redis: %w", err)
 	}
@@ -162,7 +185,16 @@ func (c *Cluster) Stop() {
 		c.Redis.Stop()
 	}
 	if c.Etcd != nil {
+		_ = c.Etcd.Kill()
+		if !c.ownLogs {
+			for _, m := range c.Etcd.Members() {
+				_ = os.WriteFile(filepath.Join(c.logDir, m.Name+".log"), []byte(m.LogTail(1<<30)), 0o644)
+			}
+		}
 		_ = c.Etcd.Stop()
+	}
+	if c.ownData {
+		_ = os.RemoveAll(c.dataDir)
 	}
 	if c.ownLogs {
 		_ = os.RemoveAll(c.logDir)

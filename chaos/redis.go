@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,16 +36,21 @@ type RedisPair struct {
 	primary int
 }
 
-// StartRedis starts the primary and, with replica, its replica, and waits
-// until the replica is in sync.
-func StartRedis(ctx context.Context, replica bool) (*RedisPair, error) {
+// StartRedis starts the primary and, with replica, its replica, with their
+// files under dir, and waits until the replica is in sync.
+func StartRedis(ctx context.Context, replica bool, dir string) (*RedisPair, error) {
 	r := &RedisPair{}
 	n := 1
 	if replica {
 		n = 2
 	}
 	for i := 0; i < n; i++ {
-		s, err := redisserver.Start(ctx, redisserver.Config{ExtraArgs: redisArgs})
+		d := filepath.Join(dir, fmt.Sprintf("redis%d", i+1))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			r.Stop()
+			return nil, err
+		}
+		s, err := redisserver.Start(ctx, redisserver.Config{ExtraArgs: redisArgs, Dir: d})
 		if err != nil {
 			r.Stop()
 			return nil, err

@@ -451,7 +451,7 @@ func (r *runner) observe(ctx context.Context, from time.Time) *observation {
 	o := &observation{from: from, done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
-		t := time.NewTicker(20 * time.Millisecond)
+		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		var last string
 		for {

@@ -35,8 +35,9 @@ var kindColor = map[string]string{
 	FaultRedisKill: "#d62728", FaultRedisFailover: "#1f77b4",
 }
 
+// keeperColors has no red: red marks shards without an owner.
 var keeperColors = []string{"#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f",
-	"#bab0ac", "#e15759", "#ff9da7"}
+	"#bab0ac", "#86bcb6", "#8cd17d", "#499894", "#d4a6c8"}
 
 var lanes = []string{"keeper", "etcd", "network", "redis"}
 
@@ -164,7 +165,7 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 	ly += 6 + len(kinds)*17 + 14
 	p(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black" stroke-width="2"/><text x="%d" y="%d" font-size="11">one owner per shard again</text>`+"\n", lx+6, ly-10, lx+6, ly+2, lx+17, ly)
 	ly += 18
-	p(`<rect x="%d" y="%d" width="12" height="12" fill="#d62728" opacity="0.6"/><text x="%d" y="%d" font-size="11">shards without an owner</text>`+"\n", lx, ly-10, lx+17, ly)
+	p(`<rect x="%d" y="%d" width="12" height="12" fill="#d62728" opacity="0.85"/><text x="%d" y="%d" font-size="11">shards without an owner</text>`+"\n", lx, ly-10, lx+17, ly)
 	ly += 18
 	p(`<rect x="%d" y="%d" width="12" height="12" fill="#6a0dad" opacity="0.8"/><text x="%d" y="%d" font-size="11">shards with two owners</text>`+"\n", lx, ly-10, lx+17, ly)
 	ly += 24
@@ -239,7 +240,7 @@ func drawOwnership(p func(string, ...any), tl Timeline, x, y func(float64) float
 			x1 = math.Max(x1, x(tl.Samples[i+1].At))
 		}
 		if s.Unowned > 0 {
-			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#d62728" opacity="0.6"/>`+"\n", x0, y(total), x1-x0, y(total-float64(s.Unowned))-y(total))
+			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#d62728" opacity="0.85"/>`+"\n", x0, y(total), x1-x0, y(total-float64(s.Unowned))-y(total))
 		}
 		if s.Multi > 0 {
 			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="#6a0dad" opacity="0.8"/>`+"\n", x0, y(total+float64(s.Multi)), x1-x0, y(total)-y(total+float64(s.Multi)))

@@ -250,6 +250,11 @@ func (w *Workload) enqueue(ctx context.Context, qi int, m queue.Message) (queue.
 	res, err := w.client.Enqueue(ctx, w.names[qi], m)
 	if err != nil {
 		w.fail(ctx, "enqueue "+m.ID, err)
+		// Redis is down or failing over: do not pile up uncertain writes.
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
 		return res, false
 	}
 	if res.Duplicate {

@@ -235,6 +235,12 @@ func (c *ProcessCluster) Restart(ctx context.Context) error {
 	return c.WaitHealthy(ctx)
 }
 
+// Kill kills every member by its pid and keeps their data and logs.
+func (c *ProcessCluster) Kill() error {
+	c.killAll()
+	return nil
+}
+
 // Stop kills every member by its pid and removes the directory if Start
 // created it.
 func (c *ProcessCluster) Stop() error {
