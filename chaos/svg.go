@@ -6,6 +6,7 @@ import (
 	"html"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -14,14 +15,14 @@ import (
 const (
 	svgW      = 1500
 	svgLeft   = 80
-	svgRight  = 330 // the legend
+	svgRight  = 250 // the legend
 	faultTop  = 78
 	laneH     = 22
 	ownTop    = 200
 	ownH      = 250
 	lagTop    = 490
 	lagH      = 150
-	svgH      = 700
+	svgH      = 790
 	plotRight = svgW - svgRight
 )
 
@@ -54,6 +55,9 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 		dur = max(dur, f.At+f.HeldS, f.At+f.SettleS)
 	}
 	dur = math.Max(dur, 1)
+	// What was sampled while the run was checked afterwards is not drawn.
+	tl.Samples = slices.DeleteFunc(slices.Clone(tl.Samples), func(s OwnSample) bool { return s.At > dur })
+	tl.Lags = slices.DeleteFunc(slices.Clone(tl.Lags), func(l LagSample) bool { return l.At > dur })
 	x := func(t float64) float64 { return svgLeft + (plotRight-svgLeft)*t/dur }
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 
@@ -61,7 +65,7 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	verdict, vcol := "PASS", "#2ca02c"
 	if rep.Violations > 0 {
-		verdict, vcol = fmt.Sprintf("FAIL: %d violations", rep.Violations), "#d62728"
+		verdict, vcol = fmt.Sprintf("FAIL: %d violation(s)", rep.Violations), "#d62728"
 	}
 	p(`<text x="%d" y="26" font-size="18" font-weight="bold">keeper chaos · seed %d · %d faults of %d kinds over %.0fs · <tspan fill="%s">%s</tspan></text>`+"\n",
 		svgLeft, rep.Seed, len(rep.Faults), rep.FaultKinds, rep.DurationS, vcol, html.EscapeString(verdict))
@@ -140,7 +144,7 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 	}
 	drawLag(p, tl.Lags, x, yl)
 	p(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#d62728" stroke-dasharray="6,4"/>`+"\n", svgLeft, yl(bound), plotRight, yl(bound))
-	p(`<text x="%d" y="%.1f" fill="#d62728">TTL+1s</text>`+"\n", plotRight+4, yl(bound)+4)
+	p(`<text x="%d" y="%.1f" fill="#d62728" text-anchor="end">TTL + 1s</text>`+"\n", plotRight-4, yl(bound)-4)
 
 	// Legend: the kinds seen, with counts and settle figures.
 	lx, ly := plotRight+16, faultTop
@@ -168,14 +172,17 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 	p(`<rect x="%d" y="%d" width="12" height="12" fill="#d62728" opacity="0.85"/><text x="%d" y="%d" font-size="11">shards without an owner</text>`+"\n", lx, ly-10, lx+17, ly)
 	ly += 18
 	p(`<rect x="%d" y="%d" width="12" height="12" fill="#6a0dad" opacity="0.8"/><text x="%d" y="%d" font-size="11">shards with two owners</text>`+"\n", lx, ly-10, lx+17, ly)
-	ly += 24
+	// The invariants under the time axis, two columns.
+	iy := lagTop + lagH + 46
+	p(`<text x="%d" y="%d" font-weight="bold">invariants</text>`+"\n", 10, iy)
 	for i, inv := range rep.Invariants {
 		mark, col := "✔", "#2ca02c"
 		if !inv.OK {
 			mark, col = "✘", "#d62728"
 		}
-		p(`<text x="%d" y="%d" font-size="10" fill="%s">%s %s</text>`+"\n", lx, ly+i*28, col, mark, html.EscapeString(shorten(inv.Name, 56)))
-		p(`<text x="%d" y="%d" font-size="9" fill="#555">%s</text>`+"\n", lx+12, ly+i*28+12, html.EscapeString(shorten(inv.Detail, 62)))
+		cx, cy := svgLeft+(i%2)*((svgW-svgLeft)/2), iy+(i/2)*30
+		p(`<text x="%d" y="%d" font-size="12" fill="%s">%s %s</text>`+"\n", cx, cy, col, mark, html.EscapeString(inv.Name))
+		p(`<text x="%d" y="%d" font-size="10" fill="#555">%s</text>`+"\n", cx+14, cy+13, html.EscapeString(shorten(inv.Detail, 110)))
 	}
 	p("</svg>\n")
 	return w.Flush()
@@ -198,18 +205,26 @@ func drawOwnership(p func(string, ...any), tl Timeline, x, y func(float64) float
 			last[k] = i
 		}
 	}
-	sort.SliceStable(order, func(a, b int) bool { return first[order[a]] < first[order[b]] })
+	sort.Slice(order, func(a, b int) bool {
+		if first[order[a]] != first[order[b]] {
+			return first[order[a]] < first[order[b]]
+		}
+		return order[a] < order[b]
+	})
 	base := make([]float64, len(tl.Samples))
 	for ci, k := range order {
 		from, to := max(0, first[k]-1), min(len(tl.Samples)-1, last[k]+1)
 		var upper, lower []string
-		bestI, bestH := -1, 0.0
+		// The label goes where the band is thickest, nearest the middle of
+		// the keeper's life.
+		bestI, bestH, mid := -1, 0.0, (first[k]+last[k])/2
 		for i := from; i <= to; i++ {
 			s := tl.Samples[i]
 			v := float64(s.Owned[k])
 			upper = append(upper, fmt.Sprintf("%.1f,%.1f", x(s.At), y(base[i]+v)))
 			lower = append(lower, fmt.Sprintf("%.1f,%.1f", x(s.At), y(base[i])))
-			if h := y(base[i]) - y(base[i]+v); h > bestH {
+			h := y(base[i]) - y(base[i]+v)
+			if h > bestH+0.5 || (math.Abs(h-bestH) <= 0.5 && abs(i-mid) < abs(bestI-mid)) {
 				bestI, bestH = i, h
 			}
 		}
@@ -269,6 +284,13 @@ func drawLag(p func(string, ...any), lags []LagSample, x, y func(float64) float6
 	}
 	pts = append(pts, fmt.Sprintf("%d,%.1f", keys[len(keys)-1], y(1)))
 	p(`<polygon points="%s" fill="#f28e2b" opacity="0.5" stroke="#c05f00" stroke-width="0.8"/>`+"\n", strings.Join(pts, " "))
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
 }
 
 func tickStep(dur float64) float64 {
