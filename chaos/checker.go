@@ -167,9 +167,12 @@ type FenceReport struct {
 	Late []string `json:"late_writers"`
 	// LostInFailover counts recorded passes a failover dropped with the old
 	// primary (writes that were not yet replicated; Lost says when).
-	LostInFailover int      `json:"lost_in_failover"`
-	Lost           []string `json:"lost,omitempty"`
-	ReadErrors     int      `json:"read_errors,omitempty"`
+	// LargestPass is the most messages one accepted pass moved, per task:
+	// the bursts are there to make passes run at full batch.
+	LargestPass    map[string]int `json:"largest_pass"`
+	LostInFailover int            `json:"lost_in_failover"`
+	Lost           []string       `json:"lost,omitempty"`
+	ReadErrors     int            `json:"read_errors,omitempty"`
 }
 
 // ProblemCount is the number of fencing violations.

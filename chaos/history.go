@@ -18,6 +18,7 @@ type histEntry struct {
 	ms, seq int64 // stream id: Redis time in ms, sequence
 	token   int64
 	epoch   int32 // which Redis primary it was read from (counts failovers and restarts)
+	moved   int32
 	ok      bool
 	lost    bool // not on the primary that followed: a failover dropped it
 	task    string
@@ -122,7 +123,7 @@ func (h *History) Collect(ctx context.Context) error {
 					h.tasks[e.Task], task = e.Task, e.Task
 				}
 				h.entries[i] = append(h.entries[i], histEntry{ms: ms, seq: seq, token: e.Token, epoch: h.epoch,
-					ok: e.Accepted, task: task})
+					ok: e.Accepted, task: task, moved: int32(e.Moved)})
 			}
 			if len(msgs) > 0 {
 				h.cursor[i] = msgs[len(msgs)-1].ID
@@ -195,7 +196,8 @@ func (h *History) NewEpoch(ctx context.Context, why string) (lost int, err error
 func (h *History) fenceCheck(frozen map[int64]bool, owner map[int64]string, since time.Time) FenceReport {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	r := FenceReport{Shards: len(h.shards), LostInFailover: h.nLost, Lost: h.lost, ReadErrors: h.errs}
+	r := FenceReport{Shards: len(h.shards), LostInFailover: h.nLost, Lost: h.lost, ReadErrors: h.errs,
+		LargestPass: map[string]int{}}
 	at := func(ms int64) string { return fmt.Sprintf("%.3fs", float64(ms-since.UnixMilli())/1000) }
 	who := func(tok int64) string {
 		if k := owner[tok]; k != "" {
@@ -219,6 +221,9 @@ func (h *History) fenceCheck(frozen map[int64]bool, owner map[int64]string, sinc
 					r.Problems = append(r.Problems, fmt.Sprintf("%s: %s accepted under %s at %s after token %d had written", s, e.task, who(e.token), at(e.ms), high))
 				}
 				high = max(high, e.token)
+			}
+			if e.ok {
+				r.LargestPass[e.task] = max(r.LargestPass[e.task], int(e.moved))
 			}
 			if e.token < started && !e.ok && !frozen[e.token] {
 				r.Late = append(r.Late, fmt.Sprintf("%s: %s tried %s at %s, after %s started at %s", s, who(e.token), e.task, at(e.ms), who(started), at(startedAt)))

@@ -126,7 +126,7 @@ type WorkloadSummary struct {
 // WorkloadReport counts what the workload did.
 type WorkloadReport struct {
 	Enqueued, Acked, Nacked, Abandoned, Extended, Stale, Pulled int64
-	Bursts                                                      int64
+	Bursts                                                      []string `json:"bursts"`
 	TransientErrors                                             int      `json:"transient_errors"`
 	Errors                                                      []string `json:"errors,omitempty"`
 	ErrorCount                                                  int      `json:"error_count"`
@@ -375,7 +375,7 @@ func (r *runner) setup(ctx context.Context) error {
 	wc := WorkloadConfig{Queues: r.queues, ProbeQueue: "chaos-probe", Seed: rng.Uint64(),
 		Producers: 1 + rng.IntN(3), Consumers: 1 + rng.IntN(3), Rate: o.Rate,
 		Lease:     r.uniform(100*time.Millisecond, 500*time.Millisecond).Round(time.Millisecond),
-		DelayFrac: 0.1, TTLFrac: 0.1, BurstEvery: r.uniform(15*time.Second, 40*time.Second).Round(time.Second)}
+		DelayFrac: 0.1, TTLFrac: 0.1, BurstEvery: r.uniform(10*time.Second, 25*time.Second).Round(time.Second)}
 	if wc.Rate <= 0 {
 		wc.Rate = 200 + rng.IntN(400)
 	}
@@ -715,8 +715,9 @@ func (r *runner) summarize() {
 		fmt.Sprintf("%d enqueued, %d acked, %d present (%d dead), %d expired, %d trimmed; %d enqueues and %d acks uncertain; %d problems",
 			m.Enqueued, m.Acked, m.Present, m.Dead, m.Expired, m.Trimmed, m.UncertainEnqueues, m.UncertainAcks, m.ProblemCnt), m.Problems)
 	add("no write accepted under a stale token", len(fe.Problems) == 0,
-		fmt.Sprintf("%d accepted and %d refused writes over %d shards; %d recorded passes lost with failed-over primaries",
-			fe.Accepted, fe.Refused, fe.Shards, fe.LostInFailover), fe.Problems)
+		fmt.Sprintf("%d accepted and %d refused writes over %d shards; %d recorded passes lost with failed-over primaries; largest passes: unlock %d, requeue %d, expire %d, trim %d",
+			fe.Accepted, fe.Refused, fe.Shards, fe.LostInFailover, fe.LargestPass["unlock"], fe.LargestPass["requeue"],
+			fe.LargestPass["expire"], fe.LargestPass["trim"]), fe.Problems)
 	add("a keeper stops writing before its successor starts (unless frozen)", len(fe.Late) == 0,
 		fmt.Sprintf("%d late tries", len(fe.Late)), fe.Late)
 	add("deliveries never exceed max_deliveries + 1", m.MaxDeliveriesOver <= 1,

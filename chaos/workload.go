@@ -88,7 +88,7 @@ type Workload struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	start   time.Time
-	bursts  atomic.Int64
+	bursts  []string // what each burst was
 
 	mu        sync.Mutex
 	msgs      map[string]*msgRec
@@ -234,8 +234,18 @@ func (w *Workload) Lags() []LagSample {
 	return append([]LagSample(nil), w.lags...)
 }
 
-// Bursts counts the bursts sent.
-func (w *Workload) Bursts() int64 { return w.bursts.Load() }
+// Bursts says what each burst was and when.
+func (w *Workload) Bursts() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.bursts...)
+}
+
+func (w *Workload) noteBurst(format string, args ...any) {
+	w.mu.Lock()
+	w.bursts = append(w.bursts, fmt.Sprintf("%.1fs ", time.Since(w.start).Seconds())+fmt.Sprintf(format, args...))
+	w.mu.Unlock()
+}
 
 func (w *Workload) enqueue(ctx context.Context, qi int, m queue.Message) (queue.EnqueueResult, bool) {
 	ttl := m.TTL
@@ -412,7 +422,12 @@ func (w *Workload) burst(ctx context.Context, rng *rand.Rand) {
 			return
 		case <-time.After(wait):
 		}
-		kinds := []string{"locked", "expire", "requeue"}
+		// locked: due in one millisecond, one unlock pass moves them all
+		// (up to the batch); expire: their TTLs end in one millisecond;
+		// trim: locked into a capped queue, so that once unlocked they
+		// are over the cap at once and one trim pass drops the excess;
+		// requeue: a few thousand leases lapse together.
+		kinds := []string{"locked", "locked", "expire", "requeue"}
 		var capped []int
 		for i, qc := range w.configs[:len(w.cfg.Queues)] {
 			if qc.MaxSize > 0 {
@@ -420,7 +435,7 @@ func (w *Workload) burst(ctx context.Context, rng *rand.Rand) {
 			}
 		}
 		if len(capped) > 0 {
-			kinds = append(kinds, "trim")
+			kinds = append(kinds, "trim", "trim")
 		}
 		kind := kinds[rng.IntN(len(kinds))]
 		qi := rng.IntN(len(w.cfg.Queues))
@@ -429,15 +444,13 @@ func (w *Workload) burst(ctx context.Context, rng *rand.Rand) {
 		}
 		qc := w.configs[qi]
 		n := 2000 + rng.IntN(max(1, w.cfg.BurstMax-2000))
-		if kind == "trim" {
-			n = min(w.cfg.BurstMax, qc.MaxSize+1000+rng.IntN(w.cfg.BurstMax))
-		}
-		w.bursts.Add(1)
 		if kind == "requeue" {
 			w.abandonMany(ctx, qi, rng)
 			continue
 		}
-		ids := idsIn(fmt.Sprintf("b%d", b), rng.IntN(qc.Partitions), qc.Partitions, n)
+		p := rng.IntN(qc.Partitions)
+		w.noteBurst("%s: %d messages in %s#%d", kind, n, w.names[qi], p)
+		ids := idsIn(fmt.Sprintf("b%d", b), p, qc.Partitions, n)
 		// All fall due at one instant, after the last is enqueued.
 		due := time.Now().Add(time.Second + time.Duration(n)*300*time.Microsecond)
 		for _, id := range ids {
@@ -447,7 +460,7 @@ func (w *Workload) burst(ctx context.Context, rng *rand.Rand) {
 			m := queue.Message{ID: id, Payload: []byte(id)}
 			left := max(2*time.Millisecond, time.Until(due))
 			switch kind {
-			case "locked":
+			case "locked", "trim":
 				m.Delay = left
 			case "expire":
 				m.TTL = left
@@ -461,6 +474,8 @@ func (w *Workload) burst(ctx context.Context, rng *rand.Rand) {
 // and lets the leases lapse together.
 func (w *Workload) abandonMany(ctx context.Context, qi int, rng *rand.Rand) {
 	lease := time.Duration(300+rng.IntN(700)) * time.Millisecond
+	pulled := 0
+	defer func() { w.noteBurst("requeue: %d leases of %s left to lapse", pulled, w.names[qi]) }()
 	for i := 0; i < 2+rng.IntN(4); i++ {
 		ds, err := w.client.Pull(ctx, w.cfg.Queues[qi], queue.MaxPull, lease)
 		if err != nil && !errors.Is(err, queue.ErrCapped) {
@@ -470,6 +485,7 @@ func (w *Workload) abandonMany(ctx context.Context, qi int, rng *rand.Rand) {
 		for _, d := range ds {
 			w.delivered(qi, d)
 		}
+		pulled += len(ds)
 		w.Pulled.Add(int64(len(ds)))
 		w.Abandoned.Add(int64(len(ds)))
 	}
