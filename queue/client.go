@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -76,6 +77,18 @@ func (c *Client) config(ctx context.Context, queue string) (Config, error) {
 	return cfg, nil
 }
 
+// scriptError maps a script's error; a deleted queue's config is dropped
+// from the cache, so that a queue created again is read afresh.
+func (c *Client) scriptError(err error, s Shard) error {
+	err = asError(err, s, 0)
+	if errors.Is(err, ErrUnknownQueue) {
+		c.mu.Lock()
+		delete(c.cache, s.Queue)
+		c.mu.Unlock()
+	}
+	return err
+}
+
 // Message is what a producer enqueues.
 type Message struct {
 	// ID de-duplicates: while a message with this id is in the queue, another
@@ -87,7 +100,9 @@ type Message struct {
 	Priority *int64
 	// Delay keeps the message locked (invisible) this long first.
 	Delay time.Duration
-	// TTL overrides the queue's TTL for this message when positive.
+	// TTL overrides the queue's TTL for this message when positive: 1ms to
+	// a year, counted in whole milliseconds (rounded down). A TTL under 1ms
+	// is refused (ErrBadMessage): it cannot be told from "none".
 	TTL time.Duration
 }
 
@@ -122,6 +137,11 @@ func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueR
 	if m.Delay < 0 || m.TTL < 0 {
 		return EnqueueResult{}, fmt.Errorf("%w: negative delay or ttl", ErrBadMessage)
 	}
+	// Deadlines count whole milliseconds; a TTL under one would become 0,
+	// which means "never expires": refused rather than silently inverted.
+	if m.TTL != 0 && (m.TTL < time.Millisecond || m.TTL > maxTTL) {
+		return EnqueueResult{}, fmt.Errorf("%w: ttl %s not in %s..%s", ErrBadMessage, m.TTL, time.Millisecond, maxTTL)
+	}
 	ttl := cfg.TTL.D()
 	if m.TTL > 0 {
 		ttl = m.TTL
@@ -131,13 +151,23 @@ func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueR
 		prio = strconv.FormatInt(*m.Priority, 10)
 	}
 	s := Shard{Queue: queue, Partition: PartitionOf(m.ID, cfg.Partitions)}
+	res, err := c.enqueueShard(ctx, s, cfg, m, prio, ttl)
+	if err != nil {
+		return EnqueueResult{}, fmt.Errorf("enqueue to %s: %w", queue, err)
+	}
+	return res, nil
+}
+
+// enqueueShard runs the enqueue script on s with m, whose payload the
+// script checks again.
+func (c *Client) enqueueShard(ctx context.Context, s Shard, cfg Config, m Message, prio string, ttl time.Duration) (EnqueueResult, error) {
 	k := keysFor(c.prefix, s)
 	res, err := nativeScripts.enqueue.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
+		[]string{k.Deleted, k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
 		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), cfg.MaxPayloadBytes, cfg.MaxSize,
 		k.Wake, s.String()).Int64Slice()
 	if err != nil {
-		return EnqueueResult{}, fmt.Errorf("enqueue to %s: %w", queue, asError(err, s, 0))
+		return EnqueueResult{}, c.scriptError(err, s)
 	}
 	return EnqueueResult{ID: m.ID, Shard: s, Duplicate: res[0] == 0, EnqueuedAt: time.UnixMilli(res[1])}, nil
 }
@@ -211,10 +241,10 @@ func (c *Client) nextStart(queue string) uint64 {
 func (c *Client) pullShard(ctx context.Context, s Shard, cfg Config, n int, lease time.Duration) ([]Delivery, bool, error) {
 	k := keysFor(c.prefix, s)
 	res, err := nativeScripts.pull.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
+		[]string{k.Deleted, k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
 		n, ms(lease), cfg.InFlightShare(s.Partition), k.Wake, s.String()).Slice()
 	if err != nil {
-		return nil, false, fmt.Errorf("pull from %s: %w", s.Queue, asError(err, s, 0))
+		return nil, false, fmt.Errorf("pull from %s: %w", s.Queue, c.scriptError(err, s))
 	}
 	capped := toInt64(res[0]) == 1
 	deadline := time.UnixMilli(toInt64(res[1]))
@@ -233,10 +263,10 @@ func (c *Client) pullShard(ctx context.Context, s Shard, cfg Config, n int, leas
 func (c *Client) Ack(ctx context.Context, d Delivery) error {
 	k := keysFor(c.prefix, d.Shard)
 	err := nativeScripts.ack.Run(ctx, c.rdb,
-		[]string{k.Inflight, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		[]string{k.Deleted, k.Inflight, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
 		d.ID, d.Token, k.Wake, d.Shard.String()).Err()
 	if err != nil {
-		return fmt.Errorf("ack %s: %w", d.ID, asError(err, d.Shard, 0))
+		return fmt.Errorf("ack %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
 	return nil
 }
@@ -277,10 +307,10 @@ func (c *Client) Nack(ctx context.Context, d Delivery, opt NackOptions) (State, 
 	}
 	k := keysFor(c.prefix, d.Shard)
 	st, err := nativeScripts.nack.Run(ctx, c.rdb,
-		[]string{k.Inflight, k.Ready, k.Locked, k.Dead, k.TTL, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
+		[]string{k.Deleted, k.Inflight, k.Ready, k.Locked, k.Dead, k.TTL, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
 		d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, k.Wake, d.Shard.String()).Int64()
 	if err != nil {
-		return "", fmt.Errorf("nack %s: %w", d.ID, asError(err, d.Shard, 0))
+		return "", fmt.Errorf("nack %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
 	return [...]State{"", StateReady, StateLocked, StateDead, StateExpired}[st], nil
 }
@@ -291,10 +321,10 @@ func (c *Client) Extend(ctx context.Context, d Delivery, lease time.Duration) (t
 		return time.Time{}, fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, lease, MaxLease)
 	}
 	k := keysFor(c.prefix, d.Shard)
-	due, err := nativeScripts.extend.Run(ctx, c.rdb, []string{k.Inflight, k.Tok},
+	due, err := nativeScripts.extend.Run(ctx, c.rdb, []string{k.Deleted, k.Inflight, k.Tok},
 		d.ID, d.Token, ms(lease), k.Wake, d.Shard.String()).Int64()
 	if err != nil {
-		return time.Time{}, fmt.Errorf("extend %s: %w", d.ID, asError(err, d.Shard, 0))
+		return time.Time{}, fmt.Errorf("extend %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
 	return time.UnixMilli(due), nil
 }
@@ -327,9 +357,9 @@ func (c *Client) Inspect(ctx context.Context, queue, id string) (MessageInfo, er
 		s := Shard{Queue: queue, Partition: (home + i) % cfg.Partitions}
 		k := keysFor(c.prefix, s)
 		res, err := nativeScripts.inspect.Run(ctx, c.rdb,
-			[]string{k.Ready, k.Inflight, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv}, id).Slice()
+			[]string{k.Deleted, k.Ready, k.Inflight, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv}, id).Slice()
 		if err != nil {
-			return MessageInfo{}, fmt.Errorf("inspect %s: %w", id, asError(err, s, 0))
+			return MessageInfo{}, fmt.Errorf("inspect %s: %w", id, c.scriptError(err, s))
 		}
 		if toString(res[0]) == "" && toString(res[2]) == "" {
 			continue
@@ -390,7 +420,9 @@ func (c *Client) ResetFences(ctx context.Context, queue string) ([]int64, error)
 	cmds := make([]*redis.StringCmd, cfg.Partitions)
 	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range cmds {
-			cmds[i] = p.GetDel(ctx, keysFor(c.prefix, Shard{queue, i}).Fence)
+			k := keysFor(c.prefix, Shard{queue, i})
+			cmds[i] = p.GetDel(ctx, k.Fence)
+			p.Del(ctx, k.FenceOwner)
 		}
 		return nil
 	})

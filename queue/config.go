@@ -19,6 +19,9 @@ const (
 	minLease           = time.Millisecond
 	maxTTL             = 365 * 24 * time.Hour
 	maxDeliveriesLimit = 1_000_000
+	// MaxBatch is the most messages one housekeeping pass may handle
+	// (tasks.batch). Every script is tested at it.
+	MaxBatch = 10_000
 )
 
 // Config is a queue's configuration. It is stored as JSON in the registry

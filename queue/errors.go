@@ -29,14 +29,22 @@ var (
 )
 
 // FencedError reports that Redis refused a housekeeping write because a
-// higher ownership token has already written to the shard.
+// higher ownership token has already written to the shard, or the same
+// token from another owner.
 type FencedError struct {
 	Shard Shard
 	Token int64 // the token we presented
 	Fence int64 // the shard's fence in Redis
+	// Owner is the identity that holds the fence ("" when none is
+	// recorded, or the owner was anonymous).
+	Owner string
 }
 
 func (e *FencedError) Error() string {
+	if e.Token == e.Fence {
+		return fmt.Sprintf("shard %s: token %d refused, the fence holds the same token for another owner (%q)",
+			e.Shard, e.Token, e.Owner)
+	}
 	return fmt.Sprintf("shard %s: token %d refused, fence is %d", e.Shard, e.Token, e.Fence)
 }
 
@@ -50,14 +58,19 @@ func asError(err error, s Shard, token int64) error {
 	code, rest, _ := strings.Cut(msg, " ")
 	switch code {
 	case "KEEPER_FENCED":
-		f, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
-		return &FencedError{Shard: s, Token: token, Fence: f}
+		fence, owner, _ := strings.Cut(rest, " ")
+		f, _ := strconv.ParseInt(strings.TrimSpace(fence), 10, 64)
+		return &FencedError{Shard: s, Token: token, Fence: f, Owner: owner}
 	case "KEEPER_STALE":
 		return fmt.Errorf("%w: shard %s: %s", ErrStale, s, rest)
 	case "KEEPER_TOOBIG":
 		return fmt.Errorf("%w: shard %s: %s", ErrTooBig, s, rest)
 	case "KEEPER_WRONGTYPE":
 		return fmt.Errorf("%w: shard %s: %s", ErrWrongType, s, rest)
+	case "KEEPER_DELETED":
+		return fmt.Errorf("%w: shard %s: %s", ErrUnknownQueue, s, rest)
+	case "KEEPER_BADARG":
+		return fmt.Errorf("%w: shard %s: %s", ErrBadMessage, s, rest)
 	case "KEEPER_NOTFOUND":
 		return fmt.Errorf("%w: shard %s: %s", ErrNotFound, s, rest)
 	}

@@ -17,8 +17,10 @@ import (
 type Native struct {
 	rdb    redis.UniversalClient
 	prefix string
-	record string    // "1": every housekeeping pass is recorded in the shard's history
-	subs   *wakeSubs // shared by the copies WithHistory makes
+	record string // "1": every housekeeping pass is recorded in the shard's history
+	// owner identifies this keeper process to the fences (see WithOwner).
+	owner string
+	subs  *wakeSubs // shared by the copies WithHistory and WithOwner make
 }
 
 var _ Layout = (*Native)(nil)
@@ -41,11 +43,33 @@ func (n *Native) WithHistory() *Native {
 	return &c
 }
 
+// WithOwner returns a layout whose housekeeping writes carry owner, the
+// identity of this keeper process (its member id and a random per-process
+// nonce), beside the token. The fence keeps the owner of the token it holds
+// and refuses an equal token from another owner: after etcd is restored
+// from a backup, two keepers can hold equal tokens. Without it the owner is
+// empty, which is one identity like any other.
+func (n *Native) WithOwner(owner string) *Native {
+	c := *n
+	c.owner = owner
+	return &c
+}
+
+// head is the keys and arguments every housekeeping script begins with
+// (see lua/lib.lua), followed by the script's own.
+func (n *Native) head(k shardKeys, token int64, keys []string, args ...any) ([]string, []any) {
+	return append([]string{k.Fence, k.FenceOwner, k.History, k.Deleted}, keys...),
+		append([]any{token, n.owner, n.record}, args...)
+}
+
 // Unlock implements Layout.
 func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.unlock.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Locked, k.Ready, k.Prio, k.Stats, k.Clean, k.History}, token, batch, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.Locked, k.Ready, k.Prio, k.Stats, k.Clean}, batch)
+	res, err := nativeScripts.unlock.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -60,10 +84,13 @@ func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (P
 
 // Requeue implements Layout.
 func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.requeue.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean, k.History},
-		token, batch, cfg.MaxDeliveries, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body,
+		k.Stats, k.Clean}, batch, cfg.MaxDeliveries)
+	res, err := nativeScripts.requeue.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -78,10 +105,13 @@ func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, 
 
 // Expire implements Layout.
 func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.expire.Run(ctx, n.rdb,
-		[]string{k.Fence, k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History},
-		token, batch, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv,
+		k.Stats, k.Clean}, batch)
+	res, err := nativeScripts.expire.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -93,10 +123,13 @@ func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (P
 // Trim implements Layout. NextMs is always -1: trim is due only when a
 // shard goes over its cap, which the enqueue script announces.
 func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	if err := checkBatch(batch); err != nil {
+		return PassResult{}, err
+	}
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.trim.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History, k.TrimWake},
-		token, batch, cfg.MaxSize, n.record).Int64Slice()
+	keys, args := n.head(k, token, []string{k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv,
+		k.Stats, k.Clean, k.TrimWake}, batch, cfg.MaxSize)
+	res, err := nativeScripts.trim.Run(ctx, n.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return PassResult{}, asError(err, s, token)
 	}
@@ -104,11 +137,19 @@ func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, bat
 		Excess: res[1]}, nil
 }
 
+// checkBatch refuses a batch the scripts were not tested at.
+func checkBatch(batch int) error {
+	if batch < 1 || batch > MaxBatch {
+		return fmt.Errorf("%w: batch %d not in 1..%d", ErrBadConfig, batch, MaxBatch)
+	}
+	return nil
+}
+
 // Measure implements Layout.
 func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement, error) {
 	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.measure.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean, k.History}, token, n.record).Slice()
+	keys, args := n.head(k, token, []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean})
+	res, err := nativeScripts.measure.Run(ctx, n.rdb, keys, args...).Slice()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return Measurement{}, asError(err, s, token)
 	}
@@ -145,8 +186,8 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 			if r.Claim {
 				claim = "1"
 			}
-			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, []string{k.Locked, k.Inflight, k.TTL, k.Ready, k.Fence, k.History},
-				r.MaxSize, r.Token, claim, n.record)
+			keys, args := n.head(k, r.Token, []string{k.Locked, k.Inflight, k.TTL, k.Ready}, r.MaxSize, claim)
+			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, keys, args...)
 		}
 		return nil
 	})
@@ -340,16 +381,18 @@ func parseWake(p string) (Wake, bool) {
 	return Wake{Shard: s, Due: Due{Kind: DueKind(f[0][0]), AtMs: at}}, true
 }
 
+// maxSeed is the most messages one call of the seed script writes.
+const maxSeed = 50_000
+
 // SeedLocked writes count locked messages into s, for benchmarks and load
 // tests: ids idPrefix+index for index in [first, first+count), message i
 // unlocking at firstDueMs + i*step (Redis ms). It bypasses the wake channel
 // on purpose: the keeper under test must learn of them by probing.
 func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first, count int, firstDueMs int64, step time.Duration, payload []byte) error {
 	k := keysFor(n.prefix, s)
-	const chunk = 50_000
-	for done := 0; done < count; done += chunk {
-		c := min(chunk, count-done)
-		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
+	for done := 0; done < count; done += maxSeed {
+		c := min(maxSeed, count-done)
+		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
 			idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).Err()
 		if err != nil {
 			return fmt.Errorf("seed %s: %w", s, asError(err, s, 0))
@@ -363,6 +406,7 @@ type HistoryEntry struct {
 	ID       string // stream id: Redis ms time and sequence
 	Task     string
 	Token    int64
+	Owner    string // the identity that presented Token (see WithOwner)
 	Accepted bool
 	Moved    int
 }
@@ -385,6 +429,9 @@ func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
 	out := make([]HistoryEntry, 0, len(msgs))
 	for _, m := range msgs {
 		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
+		if o, ok := m.Values["owner"].(string); ok {
+			e.Owner = o
+		}
 		e.Token, _ = strconv.ParseInt(fmt.Sprint(m.Values["token"]), 10, 64)
 		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
 		out = append(out, e)

@@ -470,3 +470,88 @@ func TestWakesOnlyForWatchedShards(t *testing.T) {
 		t.Fatalf("after unwatching a: wakes %+v", got)
 	}
 }
+
+// After etcd is restored from a backup, two keepers can hold an equal
+// token for a shard. The fence keeps the owner of its token: an equal token
+// from another owner is refused by every housekeeping script and by a
+// claim, and changes nothing; the same owner re-presenting its token is
+// accepted, and a strictly higher token from anyone is accepted as before.
+func TestFenceRefusesAnEqualTokenFromAnotherOwner(t *testing.T) {
+	e := newEnv(t)
+	e.create("eq", Config{})
+	s := Shard{"eq", 0}
+	e.enqueue("eq", Message{ID: "x", Delay: time.Millisecond})
+	a := e.n.WithOwner("keeper-a/1f2e").WithHistory()
+	b := e.n.WithOwner("keeper-b/9c3d").WithHistory()
+	if _, err := a.Probe(e.ctx, []ProbeRequest{{Shard: s, Claim: true, Token: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Del(e.ctx, e.keys(s).History).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := e.snapshot()
+	calls := func(n *Native, token int64) map[string]func() error {
+		return map[string]func() error{
+			"unlock":  func() error { _, err := n.Unlock(e.ctx, s, token, 100); return err },
+			"requeue": func() error { _, err := n.Requeue(e.ctx, s, Config{}, token, 100); return err },
+			"expire":  func() error { _, err := n.Expire(e.ctx, s, token, 100); return err },
+			"trim":    func() error { _, err := n.Trim(e.ctx, s, Config{MaxSize: 1}, token, 100); return err },
+			"measure": func() error { _, err := n.Measure(e.ctx, s, token); return err },
+			"claim": func() error {
+				r, err := n.Probe(e.ctx, []ProbeRequest{{Shard: s, Claim: true, Token: token}})
+				if err != nil {
+					return err
+				}
+				return r[0].Err
+			},
+		}
+	}
+	for name, call := range calls(b, 10) {
+		err := call()
+		var fe *FencedError
+		if !errors.As(err, &fe) || fe.Fence != 10 || fe.Token != 10 || fe.Owner != "keeper-a/1f2e" {
+			t.Errorf("%s with an equal token from another owner = %v, want FencedError held by keeper-a", name, err)
+		}
+	}
+	// Only the refusals were recorded, each with the owner refused.
+	h, err := b.History(e.ctx, s)
+	if err != nil || len(h) != 6 {
+		t.Fatalf("history of the refusals: %+v, %v", h, err)
+	}
+	for _, x := range h {
+		if x.Accepted || x.Owner != "keeper-b/9c3d" || x.Token != 10 {
+			t.Fatalf("refusal recorded as %+v", x)
+		}
+	}
+	if err := e.rdb.Del(e.ctx, e.keys(s).History).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.sameAs(before)
+	for name, call := range calls(a, 10) {
+		if err := call(); err != nil {
+			t.Errorf("%s re-presented by the fence's owner: %v", name, err)
+		}
+	}
+	for name, call := range calls(b, 11) {
+		if err := call(); err != nil {
+			t.Errorf("%s with a higher token: %v", name, err)
+		}
+	}
+	if o, _ := e.rdb.Get(e.ctx, e.keys(s).FenceOwner).Result(); o != "keeper-b/9c3d" {
+		t.Fatalf("fence owner %q after keeper-b's higher token", o)
+	}
+	h, err = b.History(e.ctx, s)
+	if err != nil || len(h) == 0 || h[len(h)-1].Owner != "keeper-b/9c3d" || h[len(h)-1].Token != 11 {
+		t.Fatalf("history %+v, %v", h, err)
+	}
+	// A fence set before owners were recorded holds no owner: an equal
+	// token is accepted once, and its owner recorded.
+	e.rdb.Set(e.ctx, e.keys(s).Fence, "20", 0)
+	e.rdb.Del(e.ctx, e.keys(s).FenceOwner)
+	if _, err := a.Measure(e.ctx, s, 20); err != nil {
+		t.Fatalf("equal token on a fence without owner: %v", err)
+	}
+	if _, err := b.Measure(e.ctx, s, 20); !errors.As(err, new(*FencedError)) {
+		t.Fatalf("equal token of another owner after the first was recorded: %v", err)
+	}
+}

@@ -26,18 +26,35 @@ func NewRegistry(rdb redis.UniversalClient, prefix string) *Registry {
 	return &Registry{rdb: rdb, prefix: prefix}
 }
 
-// Create stores a new queue's config; it refuses an existing name.
+// Create stores a new queue's config; it refuses an existing name. The
+// tombstones an earlier queue of that name left in its shards are removed
+// first (their fences stay, so the old owners' tokens stay refused), then
+// the config is published.
 func (r *Registry) Create(ctx context.Context, name string, cfg Config) error {
 	data, err := encodeConfig(name, cfg)
 	if err != nil {
 		return err
 	}
-	ok, err := r.rdb.HSetNX(ctx, registryKey(r.prefix), name, data).Result()
+	key := registryKey(r.prefix)
+	err = r.watch(ctx, func(tx *redis.Tx) error {
+		exists, err := tx.HExists(ctx, key, name).Result()
+		if err != nil {
+			return err
+		}
+		if exists {
+			return fmt.Errorf("%w: %s", ErrQueueExists, name)
+		}
+		if err := r.revive(ctx, name, 0, cfg.WithDefaults().Partitions); err != nil {
+			return err
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, key, name, data)
+			return nil
+		})
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("create queue %s: %w", name, err)
-	}
-	if !ok {
-		return fmt.Errorf("%w: %s", ErrQueueExists, name)
 	}
 	r.notify(ctx, name)
 	return nil
@@ -50,27 +67,61 @@ func (r *Registry) Update(ctx context.Context, name string, cfg Config) error {
 		return err
 	}
 	key := registryKey(r.prefix)
-	// WATCH so that two operators raising partitions at once cannot lower
-	// them by racing.
-	err = r.rdb.Watch(ctx, func(tx *redis.Tx) error {
+	// Under WATCH, so that two operators raising partitions at once cannot
+	// lower them by racing, and a delete is not undone.
+	err = r.watch(ctx, func(tx *redis.Tx) error {
 		old, err := r.get(ctx, tx, name)
 		if err != nil {
 			return err
 		}
-		if cfg.WithDefaults().Partitions < old.WithDefaults().Partitions {
+		from, to := old.WithDefaults().Partitions, cfg.WithDefaults().Partitions
+		if to < from {
 			return fmt.Errorf("%w: partitions of %s cannot go down from %d to %d (messages of the removed partitions would be stranded)",
-				ErrBadConfig, name, old.WithDefaults().Partitions, cfg.WithDefaults().Partitions)
+				ErrBadConfig, name, from, to)
+		}
+		if err := r.revive(ctx, name, from, to); err != nil {
+			return err
 		}
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.HSet(ctx, key, name, data)
 			return nil
 		})
 		return err
-	}, key)
+	})
 	if err != nil {
 		return fmt.Errorf("update queue %s: %w", name, err)
 	}
 	r.notify(ctx, name)
+	return nil
+}
+
+// watch runs fn under WATCH of the registry hash, again while another
+// writer changed the hash before fn's transaction ran.
+func (r *Registry) watch(ctx context.Context, fn func(tx *redis.Tx) error) error {
+	key := registryKey(r.prefix)
+	for attempt := 0; ; attempt++ {
+		err := r.rdb.Watch(ctx, fn, key)
+		if !errors.Is(err, redis.TxFailedErr) || attempt == 50 {
+			return err
+		}
+	}
+}
+
+// revive removes the tombstones of partitions [from, to) of queue name: a
+// queue deleted earlier under the same name may have left them.
+func (r *Registry) revive(ctx context.Context, name string, from, to int) error {
+	if from >= to {
+		return nil
+	}
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := from; i < to; i++ {
+			p.Del(ctx, keysFor(r.prefix, Shard{name, i}).Deleted)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("clear the tombstones of %s: %w", name, err)
+	}
 	return nil
 }
 
@@ -132,23 +183,56 @@ func (r *Registry) List(ctx context.Context) ([]Entry, error) {
 	return out, nil
 }
 
-// Delete removes a queue's config and every key of its shards.
+// Delete removes a queue's config and the messages of its shards. Each
+// shard keeps a tombstone, its fence and the fence's owner: every script
+// checks the tombstone first, so a housekeeping pass still running and a
+// client holding the config in its cache are refused (ErrUnknownQueue)
+// instead of writing keys again, and a queue created again under the same
+// name keeps refusing the old owners' tokens.
 func (r *Registry) Delete(ctx context.Context, name string) error {
-	cfg, err := r.Get(ctx, name)
-	if err != nil {
+	if err := ValidateName(name); err != nil {
 		return err
 	}
-	for p := 0; p < cfg.Partitions; p++ {
-		// UNLINK frees big sets off the main thread; per shard so the keys
-		// of one call share a slot on a cluster.
-		if err := r.rdb.Unlink(ctx, keysFor(r.prefix, Shard{name, p}).all()...).Err(); err != nil {
-			return fmt.Errorf("delete shard %s#%d: %w", name, p, err)
+	key := registryKey(r.prefix)
+	// Under WATCH: a partition added while the shards are dropped is
+	// dropped too, on the next attempt.
+	err := r.watch(ctx, func(tx *redis.Tx) error {
+		cfg, err := r.get(ctx, tx, name)
+		if err != nil {
+			return err
 		}
-	}
-	if err := r.rdb.HDel(ctx, registryKey(r.prefix), name).Err(); err != nil {
+		if err := r.drop(ctx, name, cfg.WithDefaults().Partitions); err != nil {
+			return err
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HDel(ctx, key, name)
+			return nil
+		})
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("delete queue %s: %w", name, err)
 	}
 	r.notify(ctx, name)
+	return nil
+}
+
+// drop tombstones every shard of queue name and deletes its messages, one
+// script per shard (its keys share a slot), in one pipeline.
+func (r *Registry) drop(ctx context.Context, name string, partitions int) error {
+	if err := nativeScripts.drop.Load(ctx, r.rdb).Err(); err != nil {
+		return fmt.Errorf("load drop script: %w", err)
+	}
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := 0; i < partitions; i++ {
+			k := keysFor(r.prefix, Shard{name, i})
+			nativeScripts.drop.EvalSha(ctx, p, append([]string{k.Deleted}, k.messages()...))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("drop the shards of %s: %w", name, err)
+	}
 	return nil
 }
 

@@ -15,7 +15,7 @@ var luaFS embed.FS
 type scripts struct {
 	enqueue, pull, ack, nack, extend, inspect *redis.Script
 	unlock, requeue, expire, trim, measure    *redis.Script
-	probe, seed                               *redis.Script
+	probe, seed, drop                         *redis.Script
 }
 
 var nativeScripts = loadScripts()
@@ -29,7 +29,7 @@ func loadScripts() *scripts {
 		enqueue: load("enqueue"), pull: load("pull"), ack: load("ack"), nack: load("nack"),
 		extend: load("extend"), inspect: load("inspect"), unlock: load("unlock"),
 		requeue: load("requeue"), expire: load("expire"), trim: load("trim"),
-		measure: load("measure"), probe: load("probe"), seed: load("seed"),
+		measure: load("measure"), probe: load("probe"), seed: load("seed"), drop: load("drop"),
 	}
 }
 

@@ -183,8 +183,8 @@ func (c *Config) validate() error {
 	if c.Etcd.SessionTTL < 2*time.Second {
 		problems = append(problems, fmt.Sprintf("etcd.session_ttl %s is below etcd's minimum lease TTL of 2s", c.Etcd.SessionTTL))
 	}
-	if c.Tasks.Workers < 1 || c.Tasks.Batch < 1 || c.Tasks.Batch > 10000 {
-		problems = append(problems, "tasks.workers must be ≥ 1 and tasks.batch in 1..10000")
+	if c.Tasks.Workers < 1 || c.Tasks.Batch < 1 || c.Tasks.Batch > queue.MaxBatch {
+		problems = append(problems, fmt.Sprintf("tasks.workers must be ≥ 1 and tasks.batch in 1..%d", queue.MaxBatch))
 	}
 	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
 		problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))

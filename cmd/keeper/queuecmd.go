@@ -108,7 +108,7 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 		if err := reg.Delete(ctx, rest[0]); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "deleted queue %s and all its messages\n", rest[0])
+		fmt.Fprintf(out, "deleted queue %s and all its messages (each shard keeps its fence and a tombstone)\n", rest[0])
 	case "list":
 		entries, err := reg.List(ctx)
 		if err != nil {

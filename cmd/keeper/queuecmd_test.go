@@ -138,9 +138,18 @@ func TestQueueCommand(t *testing.T) {
 	if out := must("delete", "orders"); !strings.Contains(out, "deleted queue orders") {
 		t.Fatalf("delete printed %q", out)
 	}
-	if n, _ := rdb.Keys(ctx, queue.DefaultPrefix+":{orders#*").Result(); len(n) != 0 {
-		t.Fatalf("delete left keys %v", n)
+	// Each shard keeps its tombstone (and its fence, had a keeper claimed
+	// it), nothing else.
+	left, _ := rdb.Keys(ctx, queue.DefaultPrefix+":{orders#*").Result()
+	for _, k := range left {
+		if !strings.HasSuffix(k, ":deleted") && !strings.HasSuffix(k, ":fence") && !strings.HasSuffix(k, ":owner") {
+			t.Fatalf("delete left %s (all: %v)", k, left)
+		}
 	}
+	if len(left) != 3 {
+		t.Fatalf("after delete: %v; want the 3 tombstones", left)
+	}
+	refused(queue.ErrUnknownQueue, "orders", "stats", "orders")
 }
 
 // `keeper queue` reaches a Redis that wants TLS with a client certificate

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -112,7 +114,10 @@ func (d *daemon) start(ctx context.Context) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 
-	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix)
+	// The fences know this process by its member id and a random nonce, so
+	// that an equal token held by another keeper (etcd restored from a
+	// backup) is refused.
+	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix).WithOwner(memberID + "/" + processNonce())
 	if d.cfg.Tasks.RecordHistory {
 		layout = layout.WithHistory()
 	}
@@ -354,6 +359,14 @@ func (d *daemon) healthAddr() string {
 		return ""
 	}
 	return d.health.addr
+}
+
+// processNonce tells this process from an earlier or later one with the
+// same member id.
+func processNonce() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func splitList(s string) []string {
