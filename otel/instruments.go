@@ -124,6 +124,16 @@ type ShardSnapshot struct {
 // the tasks, do not go to Redis.
 type ShardSource interface{ EachShard(func(ShardSnapshot)) }
 
+// OwnedSource lists every shard this keeper owns, measured yet or not. A
+// ShardSource that lists only measured shards must implement it too: the
+// unlock-lag histogram keeps a shard's samples while the shard is owned, and
+// a shard just taken over records lags (the takeover's backlog, the ones
+// that matter most) before its first measurement. Called at every
+// collection, so it must be as cheap as EachShard.
+type OwnedSource interface {
+	EachOwned(func(queue, shard string))
+}
+
 // QueueTotals is one queue summed over all its shards.
 type QueueTotals struct {
 	Queue                         string
@@ -173,7 +183,9 @@ type Instruments struct {
 // which leaves its metrics out.
 //
 // With a meter from (*Provider).Meter, the unlock-lag histogram is kept per
-// owned shard and dropped when the shard leaves (see ownedHistograms); with
+// owned shard and dropped when the shard leaves (see ownedHistograms; owned
+// means listed by shards' EachOwned when it is an OwnedSource, else by
+// EachShard); with
 // any other meter it falls back to a plain SDK histogram, whose series stay
 // with this keeper after a shard moves.
 func RegisterInstruments(m metric.Meter, shards ShardSource, global GlobalSource, self SelfSource) (*Instruments, error) {
@@ -463,7 +475,9 @@ func (i *Instruments) RecordFenceRefusal(ctx context.Context, queue, shard strin
 // breaking "one writer per series" (invariant 5). It is exported through the
 // readers as an sdkmetric.Producer. If the shard comes back, its histogram
 // restarts with a new start time, which Prometheus reads as a counter reset.
-// Without a ShardSource every shard that has data is reported.
+// Without a ShardSource every shard that has data is reported. Ownership is
+// read from OwnedSource when the ShardSource implements it, so that samples
+// of a shard owned but not measured yet are kept.
 type ownedHistograms struct {
 	scope  instrumentation.Scope
 	name   string
@@ -522,7 +536,10 @@ func (h *ownedHistograms) record(queue, shard string, v float64) {
 // Produce implements sdkmetric.Producer.
 func (h *ownedHistograms) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
 	var owned map[shardKey]bool
-	if h.shards != nil {
+	if o, ok := h.shards.(OwnedSource); ok {
+		owned = map[shardKey]bool{}
+		o.EachOwned(func(queue, shard string) { owned[shardKey{queue, shard}] = true })
+	} else if h.shards != nil {
 		owned = map[shardKey]bool{}
 		h.shards.EachShard(func(s ShardSnapshot) { owned[shardKey{s.Queue, s.Shard}] = true })
 	}

@@ -428,3 +428,68 @@ func TestNilAndNoopInstruments(t *testing.T) {
 	inst.RecordUnlockLag(ctx, "q", "q#0", time.Millisecond)
 	inst.RecordPass(ctx, "t", time.Millisecond, errors.New("x"))
 }
+
+// ownedShards is a ShardSource whose owned set is wider than its measured
+// one, as a keeper's is right after it takes shards over.
+type ownedShards struct {
+	*shards
+	mu    sync.Mutex
+	owned map[string]string // shard -> queue
+}
+
+func (o *ownedShards) own(queue, shard string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.owned[shard] = queue
+}
+
+func (o *ownedShards) disown(shard string) {
+	o.mu.Lock()
+	delete(o.owned, shard)
+	o.mu.Unlock()
+	o.drop(shard)
+}
+
+func (o *ownedShards) EachOwned(f func(queue, shard string)) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for sh, q := range o.owned {
+		f(q, sh)
+	}
+}
+
+// The unlock lags of a shard just taken over, recorded before its first
+// measurement, are exported and kept across collections while it is owned
+// (they used to be dropped at the next collection, because only measured
+// shards counted as owned), and go when it leaves.
+func TestUnlockLagOfShardOwnedButNotMeasuredYet(t *testing.T) {
+	r, m := providerMeterForTest()
+	src := &ownedShards{shards: newShards(snapshot("q", "q#0", 0)), owned: map[string]string{"q#0": "q"}}
+	inst, err := RegisterInstruments(m, src, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	src.own("q", "q#1") // taken over; not measured yet
+	for i := 0; i < 3; i++ {
+		inst.RecordUnlockLag(ctx, "q", "q#1", 2*time.Second)
+	}
+	lagCount := func() map[string]float64 { return pointsOf(collectPoints(t, r), MetricUnlockLag) }
+	for round := 0; round < 2; round++ {
+		if got := lagCount()["queue=q,shard=q#1"]; got != 3 {
+			t.Fatalf("collection %d: takeover lags of the unmeasured shard: count %v, want 3", round, got)
+		}
+	}
+	if got := pointsOf(collectPoints(t, r), MetricQueueMessages)["queue=q,shard=q#1,state=ready"]; got != 0 {
+		t.Fatalf("an unmeasured shard must have no gauges; ready = %v", got)
+	}
+	src.put(snapshot("q", "q#1", 0)) // first measurement
+	inst.RecordUnlockLag(ctx, "q", "q#1", time.Millisecond)
+	if got := lagCount()["queue=q,shard=q#1"]; got != 4 {
+		t.Fatalf("after the first measurement: count %v, want 4 (the series continues)", got)
+	}
+	src.disown("q#1")
+	if got, ok := lagCount()["queue=q,shard=q#1"]; ok {
+		t.Fatalf("lags of a shard that left still reported: count %v", got)
+	}
+}

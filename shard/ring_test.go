@@ -161,3 +161,20 @@ func TestRingHasherSeparatesKeys(t *testing.T) {
 		t.Fatalf("virtual node key hashed like a partition: %d", got)
 	}
 }
+
+// The ring works at both ends of the partitions keeper run accepts: every
+// unit has an owner, and Next after a join gives the table NewRing does.
+func TestRingAtPartitionBounds(t *testing.T) {
+	for _, p := range []int{1, MaxPartitions} {
+		cfg := RingConfig{Partitions: p}
+		r := NewRing(podNames(3), cfg)
+		total := 0
+		for _, n := range r.Loads() {
+			total += n
+		}
+		if total != p || r.Owner(p-1) == "" {
+			t.Fatalf("P=%d: %d units owned, last owned by %q", p, total, r.Owner(p-1))
+		}
+		sameTable(t, fmt.Sprintf("P=%d after a join", p), r.Next(podNames(4)), NewRing(podNames(4), cfg))
+	}
+}

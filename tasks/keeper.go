@@ -190,9 +190,12 @@ func New(layout queue.Layout, cfg Config) *Keeper {
 }
 
 // Start launches the dispatcher, the workers, the sweeper and the wake
-// subscription. It returns at once; Stop ends them.
+// subscription. It returns at once; Stop ends them. ctx bounds the start
+// only (and lends its values): a caller that starts under a signal context
+// must still be able to let running passes finish while it hands its shards
+// over, so ending ctx stops nothing.
 func (k *Keeper) Start(ctx context.Context) error {
-	k.ctx, k.cancel = context.WithCancel(ctx)
+	k.ctx, k.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if now, err := k.layout.Now(k.ctx); err == nil {
 		k.offsetUs.Store(now.UnixMicro() - time.Now().UnixMicro())
 	} else {
@@ -210,9 +213,11 @@ func (k *Keeper) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops starting passes, waits for the running ones and returns. The
-// shards stay owned as far as the keeper knows; callers release them first
-// (Disown) for a graceful handoff.
+// Stop stops starting passes, cancels the running ones, waits for them to
+// return and returns. The shards stay owned as far as the keeper knows;
+// callers release them first (Disown) for a graceful handoff. Disown and
+// DisownAll still return after Stop. Stop may be called more than once, and
+// while a Disown waits: it is how a bounded shutdown cuts a pass short.
 func (k *Keeper) Stop() {
 	if k.cancel == nil {
 		return
@@ -337,6 +342,20 @@ func (k *Keeper) Owned() map[string]int64 {
 	return out
 }
 
+// EachOwned calls fn for every owned shard, measured yet or not: what the
+// per-shard unlock lags are kept for. It reads memory only.
+func (k *Keeper) EachOwned(fn func(queue.Shard)) {
+	k.mu.Lock()
+	out := make([]queue.Shard, 0, len(k.shards))
+	for _, st := range k.shards {
+		out = append(out, st.shard)
+	}
+	k.mu.Unlock()
+	for _, s := range out {
+		fn(s)
+	}
+}
+
 // ShardMeasurement is the latest measurement of one owned shard.
 type ShardMeasurement struct {
 	Shard queue.Shard
@@ -405,6 +424,14 @@ func (k *Keeper) dispatch() {
 			select {
 			case k.jobs <- e:
 			case <-k.ctx.Done():
+				// No worker took the pass: it never ran, so it must not
+				// stay counted, or Disown would wait for it forever.
+				k.mu.Lock()
+				if !e.st.gone {
+					k.heap.schedule(e.st, e.task, e.due)
+				}
+				k.passEndedLocked(e.st, e.task)
+				k.mu.Unlock()
 				return
 			}
 			k.mu.Lock()
@@ -476,9 +503,7 @@ func (k *Keeper) run(e *entry) {
 
 	var fenced *queue.FencedError
 	k.mu.Lock()
-	st.running[task] = false
-	st.busy--
-	k.busy--
+	k.passEndedLocked(st, task)
 	switch {
 	case st.gone:
 		// Disowned while running: drop the result.
@@ -489,6 +514,26 @@ func (k *Keeper) run(e *entry) {
 	default:
 		k.doneLocked(st, task, res, m, end)
 	}
+	k.releaseIfIdleLocked(st)
+	k.mu.Unlock()
+	k.signal(k.kick)
+
+	if fenced != nil {
+		k.reportFenced(st, fenced, task.String())
+	}
+}
+
+// passEndedLocked undoes what the dispatcher counted when it handed a pass
+// out: the pass ran and returned, or no worker ever took it.
+func (k *Keeper) passEndedLocked(st *shardState, task Task) {
+	st.running[task] = false
+	st.busy--
+	k.busy--
+	k.releaseIfIdleLocked(st)
+}
+
+// releaseIfIdleLocked lets a Disown of st return once its last pass ended.
+func (k *Keeper) releaseIfIdleLocked(st *shardState) {
 	if st.gone && st.busy == 0 && st.idle != nil {
 		select {
 		case <-st.idle:
@@ -496,12 +541,6 @@ func (k *Keeper) run(e *entry) {
 			st.cancel()
 			close(st.idle)
 		}
-	}
-	k.mu.Unlock()
-	k.signal(k.kick)
-
-	if fenced != nil {
-		k.reportFenced(st, fenced, task.String())
 	}
 }
 

@@ -526,3 +526,121 @@ func TestOwnClaimsTheShardAtOnce(t *testing.T) {
 		t.Fatal("a claim below the fence was not reported")
 	}
 }
+
+// A keeper stopped while its dispatcher is handing a pass to a worker that
+// cannot take it yet must not leave that pass counted as running: Disown
+// would then wait for it forever, and so would a SIGTERM's handoff (issue 9,
+// defect 2). The one worker is held in OnFenced, after it has counted its
+// own pass as done, so the dispatcher hands the next pass and blocks.
+func TestStopWhileHandingAPassLetsDisownReturn(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	inFenced := make(chan struct{}, 1)
+	release := make(chan struct{})
+	releaseWorker := sync.OnceFunc(func() { close(release) })
+	k := New(queue.NewNative(h.rdb, ""), Config{Workers: 1, MeasureInterval: 40 * time.Millisecond,
+		OnFenced: func(queue.Shard, int64) {
+			inFenced <- struct{}{}
+			<-release
+		}})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { releaseWorker(); k.Stop() })
+	for _, q := range []string{"a", "b"} {
+		if err := h.client.Registry().Create(h.ctx, q, queue.Config{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := queue.Config{}.WithDefaults()
+	a, b := queue.Shard{Queue: "a"}, queue.Shard{Queue: "b"}
+
+	// Take a and wait for its claim; probes after the claim only read, so
+	// the refusal below comes from a worker's pass.
+	k.Own(a, cfg, 5)
+	waitFor(t, 10*time.Second, "a claimed", func() bool {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		st := k.shards[a.String()]
+		return st != nil && st.claimed
+	})
+	if _, err := h.layout.Unlock(h.ctx, a, 6, 10); err != nil { // a successor
+		t.Fatal(err)
+	}
+	if _, err := h.client.Enqueue(h.ctx, "a", queue.Message{ID: "x", Delay: 10 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inFenced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no pass on a was refused")
+	}
+
+	// The worker is stuck in OnFenced; b's first measurement comes due and
+	// the dispatcher blocks handing it over.
+	k.Own(b, cfg, 5)
+	waitFor(t, 10*time.Second, "dispatcher handing b's pass", func() bool {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		st := k.shards[b.String()]
+		return st != nil && st.busy == 1 && k.busy == 1
+	})
+	go k.Stop()
+	waitFor(t, 10*time.Second, "keeper stopping", func() bool { return k.ctx.Err() != nil })
+	var disowned atomic.Bool
+	go func() { k.Disown(b); disowned.Store(true) }()
+	waitFor(t, 10*time.Second, "Disown(b) to return after Stop", disowned.Load)
+	releaseWorker()
+}
+
+// The context given to Start bounds the start only. The daemon starts its
+// keeper under the signal context, and a SIGTERM must not stop the passes
+// before the shards are handed over: only Stop ends them.
+func TestStartContextDoesNotStopPasses(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	k := New(queue.NewNative(h.rdb, ""), Config{})
+	if err := k.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	cancel()
+	if err := h.client.Registry().Create(h.ctx, "s", queue.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	k.Own(queue.Shard{Queue: "s"}, queue.Config{}.WithDefaults(), 1)
+	if _, err := h.client.Enqueue(h.ctx, "s", queue.Message{ID: "x", Delay: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "lock returned after the start context ended", func() bool { return h.stats("s").Ready == 1 })
+}
+
+// A shard taken over is owned before its first measurement: EachOwned lists
+// it (its unlock lags are kept for it) while EachMeasurement does not (it
+// has no gauges to report yet).
+func TestEachOwnedListsShardsNotMeasuredYet(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	slow := &slowLayout{Layout: queue.NewNative(h.rdb, ""), started: make(chan struct{}, 1), release: make(chan struct{})}
+	k := New(slow, Config{})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Stop)
+	t.Cleanup(func() { close(slow.release) })
+	if err := h.client.Registry().Create(h.ctx, "m", queue.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	s := queue.Shard{Queue: "m"}
+	k.Own(s, queue.Config{}.WithDefaults(), 1)
+	select {
+	case <-slow.started: // the first measurement is held
+	case <-time.After(10 * time.Second):
+		t.Fatal("no first measurement")
+	}
+	var owned []queue.Shard
+	k.EachOwned(func(x queue.Shard) { owned = append(owned, x) })
+	measured := 0
+	k.EachMeasurement(func(ShardMeasurement) { measured++ })
+	if len(owned) != 1 || owned[0] != s || measured != 0 {
+		t.Fatalf("owned %v, measured %d; want [%v] and 0", owned, measured, s)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/queue"
+	"github.com/keeperhq/keeper/shard"
 	"gopkg.in/yaml.v3"
 )
 
@@ -30,6 +31,10 @@ type Config struct {
 	LogLevel string `yaml:"log_level" help:"log level: debug, info, warn, error"`
 	// HealthAddr serves /healthz and /readyz; empty disables it.
 	HealthAddr string `yaml:"health_addr" help:"health endpoint address (empty: off)"`
+	// ShutdownTimeout bounds a graceful stop (SIGTERM, SIGINT): the running
+	// passes finish, every shard is handed over, and the process exits
+	// within it (see daemon.shutdown for how it is spent).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" help:"a SIGTERM finishes the running passes, hands every shard over and exits within this; a pod's termination grace period must be longer"`
 
 	Redis   RedisConfig   `yaml:"redis"`
 	Etcd    EtcdConfig    `yaml:"etcd"`
@@ -102,9 +107,10 @@ type MetricsConfig struct {
 
 func defaultConfig() Config {
 	return Config{
-		LogLevel:   "info",
-		HealthAddr: "127.0.0.1:8080",
-		Redis:      RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis"},
+		LogLevel:        "info",
+		HealthAddr:      "127.0.0.1:8080",
+		ShutdownTimeout: 30 * time.Second,
+		Redis:           RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis"},
 		Etcd: EtcdConfig{Prefix: "/keeper/", DataDir: "keeper-data/etcd", SessionTTL: 3 * time.Second,
 			DialTimeout: 5 * time.Second, FenceRetry: 30 * time.Second},
 		Tasks: TasksConfig{Workers: 4, Batch: 1000, MeasureInterval: 10 * time.Second,
@@ -180,11 +186,10 @@ func (c *Config) validate() error {
 	default:
 		problems = append(problems, fmt.Sprintf("log_level %q is not debug, info, warn or error", c.LogLevel))
 	}
-	if c.Etcd.SessionTTL < 2*time.Second {
-		problems = append(problems, fmt.Sprintf("etcd.session_ttl %s is below etcd's minimum lease TTL of 2s", c.Etcd.SessionTTL))
-	}
-	if c.Tasks.Workers < 1 || c.Tasks.Batch < 1 || c.Tasks.Batch > queue.MaxBatch {
-		problems = append(problems, fmt.Sprintf("tasks.workers must be ≥ 1 and tasks.batch in 1..%d", queue.MaxBatch))
+	for _, l := range limits {
+		if p := l.check(c); p != "" {
+			problems = append(problems, p)
+		}
 	}
 	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
 		problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))
@@ -201,9 +206,6 @@ func (c *Config) validate() error {
 	if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
 		problems = append(problems, "etcd.cert_file and etcd.key_file go together")
 	}
-	if c.Etcd.FenceRetry < time.Second {
-		problems = append(problems, fmt.Sprintf("etcd.fence_retry %s is below 1s", c.Etcd.FenceRetry))
-	}
 	if !strings.HasSuffix(c.Etcd.Prefix, "/") {
 		problems = append(problems, fmt.Sprintf("etcd.prefix %q must end with /", c.Etcd.Prefix))
 	}
@@ -211,6 +213,117 @@ func (c *Config) validate() error {
 		return fmt.Errorf("bad config: %s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// limit is the accepted range of one numeric setting. Too small an
+// interval turns a loop into a busy one, too large a count an unbounded
+// allocation; both are refused at load, naming the setting and its bound.
+// `keeper run -h` prints each range after the setting's help, and
+// configs/keeper.yaml states it next to the setting (a test checks both).
+type limit struct {
+	path     string // the YAML path
+	get      func(*Config) int64
+	min, max int64 // max 0: no upper bound
+	// zeroDefault: 0 is accepted and means the built-in default.
+	zeroDefault bool
+	duration    bool
+}
+
+// The bounds, with the reason for each.
+var limits = []limit{
+	// A graceful stop needs a few etcd round trips (leave, delete the
+	// ownership keys, revoke) after the passes, and a pass stuck on an
+	// unresponsive Redis returns only at the client's read timeout (3s)
+	// after it is cancelled at a quarter of the budget: 10s leaves room for
+	// both. Past 10 minutes it is no longer a bound an orchestrator would
+	// wait for.
+	{path: "shutdown_timeout", get: func(c *Config) int64 { return int64(c.ShutdownTimeout) },
+		min: int64(10 * time.Second), max: int64(10 * time.Minute), duration: true},
+	// etcd refuses leases shorter than 2s.
+	{path: "etcd.session_ttl", get: func(c *Config) int64 { return int64(c.Etcd.SessionTTL) },
+		min: int64(2 * time.Second), duration: true},
+	// Each retry is a claim probe of every refused shard.
+	{path: "etcd.fence_retry", get: func(c *Config) int64 { return int64(c.Etcd.FenceRetry) },
+		min: int64(time.Second), duration: true},
+	// Ownership units: see shard.MaxPartitions.
+	{path: "ring.partitions", get: func(c *Config) int64 { return int64(c.Ring.Partitions) },
+		min: 1, max: shard.MaxPartitions, zeroDefault: true},
+	{path: "ring.replication_factor", get: func(c *Config) int64 { return int64(c.Ring.ReplicationFactor) },
+		min: 1, zeroDefault: true},
+	// Each worker runs one script at a time on a single-threaded Redis and
+	// holds a pooled connection: beyond a few hundred, workers only queue.
+	{path: "tasks.workers", get: func(c *Config) int64 { return int64(c.Tasks.Workers) }, min: 1, max: 256},
+	{path: "tasks.batch", get: func(c *Config) int64 { return int64(c.Tasks.Batch) }, min: 1, max: queue.MaxBatch},
+	// A changed shard costs about 10 Redis commands per measurement.
+	{path: "tasks.measure_interval", get: func(c *Config) int64 { return int64(c.Tasks.MeasureInterval) },
+		min: int64(100 * time.Millisecond), duration: true},
+	// The sweep ticks once a second; a shorter period would probe every
+	// owned shard on every tick.
+	{path: "tasks.sweep_interval", get: func(c *Config) int64 { return int64(c.Tasks.SweepInterval) },
+		min: int64(time.Second), duration: true},
+	// A full read of the queue registry; changes are pushed anyway.
+	{path: "tasks.catalog_interval", get: func(c *Config) int64 { return int64(c.Tasks.CatalogInterval) },
+		min: int64(time.Second), duration: true},
+	// Each export may also write this keeper's summary to etcd.
+	{path: "metrics.export_interval", get: func(c *Config) int64 { return int64(c.Metrics.ExportInterval) },
+		min: int64(100 * time.Millisecond), zeroDefault: true, duration: true},
+}
+
+func (l limit) format(v int64) string {
+	if l.duration {
+		return shortDuration(time.Duration(v))
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+// text is the range as `keeper run -h` and configs/keeper.yaml state it.
+func (l limit) text() string {
+	var r string
+	switch {
+	case l.max == 0:
+		r = "≥ " + l.format(l.min)
+	default:
+		r = l.format(l.min) + "–" + l.format(l.max)
+	}
+	if l.zeroDefault {
+		r = "0 or " + r
+	}
+	return r
+}
+
+func (l limit) check(c *Config) string {
+	v := l.get(c)
+	switch {
+	case v == 0 && l.zeroDefault:
+		return ""
+	case v < l.min:
+		return fmt.Sprintf("%s %s is below its minimum %s (accepted: %s)", l.path, l.format(v), l.format(l.min), l.text())
+	case l.max != 0 && v > l.max:
+		return fmt.Sprintf("%s %s is above its maximum %s (accepted: %s)", l.path, l.format(v), l.format(l.max), l.text())
+	}
+	return ""
+}
+
+func limitOf(path string) (limit, bool) {
+	for _, l := range limits {
+		if l.path == path {
+			return l, true
+		}
+	}
+	return limit{}, false
+}
+
+// shortDuration is d without the zero units time.Duration.String adds
+// ("10m", not "10m0s").
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func envOr(environ []string, key, def string) string {
@@ -344,7 +457,11 @@ func bindFlags(fs *flag.FlagSet, v reflect.Value, prefix string, defaults reflec
 		if defaults.Field(i).Kind() == reflect.Slice {
 			def = strings.Join(defaults.Field(i).Interface().([]string), ",")
 		}
-		fs.Var(valueFlag{v: v.Field(i), def: def}, full, f.Tag.Get("help"))
+		help := f.Tag.Get("help")
+		if l, ok := limitOf(full); ok {
+			help += "; accepted: " + l.text()
+		}
+		fs.Var(valueFlag{v: v.Field(i), def: def}, full, help)
 	}
 }
 

@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bytes"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +21,8 @@ func TestShippedConfigParses(t *testing.T) {
 		t.Fatal(err)
 	}
 	def := defaultConfig()
-	if cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Etcd.FenceRetry != def.Etcd.FenceRetry || cfg.Tasks != def.Tasks || cfg.Redis != def.Redis {
+	if cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Etcd.FenceRetry != def.Etcd.FenceRetry || cfg.Tasks != def.Tasks ||
+		cfg.Redis != def.Redis || cfg.Ring != def.Ring || cfg.Metrics != def.Metrics || cfg.ShutdownTimeout != def.ShutdownTimeout {
 		t.Fatalf("configs/keeper.yaml drifted from the built-in defaults:\n%+v\n%+v", cfg, def)
 	}
 	if q := cfg.Queues["example"]; q.Partitions != 4 || q.TTL.D() != 24*time.Hour {
@@ -121,6 +127,87 @@ func TestKubernetesManifests(t *testing.T) {
 			if _, err := loadConfig("run", []string{"--config", path}, nil); err != nil {
 				t.Fatalf("%s: embedded keeper.yaml: %v", f, err)
 			}
+		}
+	}
+}
+
+// Every bounded setting is accepted at its smallest and largest value (and
+// at 0 where 0 means the default) and refused one past either end, with an
+// error that names the setting and the bound.
+func TestLimitsAtEveryBound(t *testing.T) {
+	for _, l := range limits {
+		value := func(v int64) string {
+			if l.duration {
+				return time.Duration(v).String()
+			}
+			return fmt.Sprint(v)
+		}
+		load := func(v int64) error {
+			_, err := loadConfig("run", []string{"--" + l.path, value(v)}, nil)
+			return err
+		}
+		accept := []int64{l.min}
+		refuse := map[int64]int64{l.min - 1: l.min} // value -> the bound it passes
+		if l.zeroDefault {
+			accept = append(accept, 0)
+			delete(refuse, 0)
+			refuse[-1] = l.min
+		}
+		if l.max != 0 {
+			accept = append(accept, l.max)
+			refuse[l.max+1] = l.max
+		}
+		for _, v := range accept {
+			if err := load(v); err != nil {
+				t.Errorf("%s %s refused: %v", l.path, value(v), err)
+			}
+		}
+		for v, bound := range refuse {
+			err := load(v)
+			if err == nil || !strings.Contains(err.Error(), l.path+" "+l.format(v)) || !strings.Contains(err.Error(), l.format(bound)) {
+				t.Errorf("%s %s: err %v; want it refused naming the setting and %s", l.path, value(v), err, l.format(bound))
+			}
+		}
+	}
+}
+
+// Every bound is documented where an operator looks: after the setting's
+// help in `keeper run -h`, and next to the setting in configs/keeper.yaml.
+func TestLimitsAreDocumented(t *testing.T) {
+	var help bytes.Buffer
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var cfg Config
+	bindFlags(fs, reflect.ValueOf(&cfg).Elem(), "", reflect.ValueOf(defaultConfig()))
+	fs.SetOutput(&help)
+	fs.PrintDefaults()
+	data, err := os.ReadFile("../../configs/keeper.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The line of each setting, by its YAML path (sections are top-level
+	// keys, settings indented under them).
+	lines := map[string]string{}
+	section := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		key, _, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		switch indent := len(line) - len(strings.TrimLeft(line, " ")); indent {
+		case 0:
+			section = key
+			lines[key] = line
+		case 2:
+			lines[section+"."+key] = line
+		}
+	}
+	for _, l := range limits {
+		flagHelp := regexp.MustCompile(`(?m)^  -` + regexp.QuoteMeta(l.path) + ` value\n(.*)$`).FindStringSubmatch(help.String())
+		if flagHelp == nil || !strings.Contains(flagHelp[1], "accepted: "+l.text()) {
+			t.Errorf("keeper run -h does not state %s's range %q: %v", l.path, l.text(), flagHelp)
+		}
+		if line, ok := lines[l.path]; !ok || !strings.Contains(line, l.text()) {
+			t.Errorf("configs/keeper.yaml does not state %s's range %q next to it: %q", l.path, l.text(), line)
 		}
 	}
 }

@@ -38,7 +38,7 @@ func runCmd(args []string) error {
 	defer stop()
 	d := &daemon{cfg: cfg, log: newLogger(cfg.LogLevel)}
 	if err := d.start(ctx); err != nil {
-		d.shutdown()
+		d.stopWithin()
 		if ctx.Err() != nil {
 			// SIGTERM while still waiting for etcd or Redis: a clean stop.
 			d.log.Info("stopped before joining the fleet", "err", err)
@@ -47,9 +47,32 @@ func runCmd(args []string) error {
 		return err
 	}
 	<-ctx.Done()
-	d.log.Info("shutting down: finishing running passes and handing shards over")
-	d.shutdown()
+	d.log.Info("shutting down: finishing running passes and handing shards over",
+		"shutdown_timeout", d.cfg.ShutdownTimeout)
+	d.stopWithin()
 	return nil
+}
+
+// stopWithin is shutdown with its bound enforced on the process: if the
+// shutdown is still running when shutdown_timeout has passed, the process
+// exits anyway, with status 1. A keeper that does not exit on SIGTERM would
+// hold a rollout until it is killed, and whatever it has not released by
+// then expires with its lease like a crashed keeper's.
+func (d *daemon) stopWithin() {
+	exit := time.AfterFunc(d.shutdownTimeout(), func() {
+		d.log.Error("shutdown still running after shutdown_timeout; exiting now, ownership keys not deleted yet expire with the lease",
+			"shutdown_timeout", d.shutdownTimeout())
+		os.Exit(1)
+	})
+	defer exit.Stop()
+	d.shutdown()
+}
+
+func (d *daemon) shutdownTimeout() time.Duration {
+	if d.cfg.ShutdownTimeout <= 0 {
+		return defaultConfig().ShutdownTimeout
+	}
+	return d.cfg.ShutdownTimeout
 }
 
 func newLogger(level string) *slog.Logger {
@@ -90,7 +113,12 @@ type daemon struct {
 	health    *healthServer
 }
 
+// start brings the daemon up. ctx bounds the start (waiting for etcd, the
+// first reads); it is the signal context, so it must not be what ends the
+// running parts: they get life, which keeps ctx's values but not its
+// cancellation, and end in shutdown, in handoff order.
 func (d *daemon) start(ctx context.Context) error {
+	life := context.WithoutCancel(ctx)
 	var err error
 	if err = d.startRedis(ctx); err != nil {
 		return err
@@ -165,7 +193,7 @@ func (d *daemon) start(ctx context.Context) error {
 	if err := d.keeper.Start(ctx); err != nil {
 		return fmt.Errorf("tasks: %w", err)
 	}
-	if err := d.catalog.Start(ctx); err != nil {
+	if err := d.catalog.Start(life); err != nil {
 		// Not fatal: the catalog retries, and shards are taken as soon as
 		// queues become readable.
 		d.log.Error("queue registry unreadable at start; retrying", "err", err)
@@ -174,10 +202,10 @@ func (d *daemon) start(ctx context.Context) error {
 		return fmt.Errorf("join the fleet: %w", err)
 	}
 	d.onCatalog(d.catalog.Queues())
-	if err := d.agg.Start(ctx); err != nil {
+	if err := d.agg.Start(life); err != nil {
 		return fmt.Errorf("aggregator: %w", err)
 	}
-	if err := d.publisher.Start(ctx); err != nil {
+	if err := d.publisher.Start(life); err != nil {
 		return fmt.Errorf("summary publisher: %w", err)
 	}
 	d.log.Info("keeper running", "redis", d.redisAddr(), "etcd", strings.Join(d.etcd.Endpoints(), ","),
@@ -188,9 +216,34 @@ func (d *daemon) start(ctx context.Context) error {
 // shutdown hands shards over first (graceful handoff: running passes finish,
 // ownership keys are deleted so successors take over at once), then resigns
 // leadership, then stops everything else. Safe after a partial start.
+//
+// It ends within shutdown_timeout (T). Passes take milliseconds, but one
+// stuck on an unresponsive Redis would hold its shard's handoff: passes
+// still running at T/4 are cancelled, and return within the Redis client's
+// read timeout (3s) at most. The etcd steps (leave, delete the ownership
+// keys, resign, revoke) end by 4/5 of T, each also bounded on its own, which
+// leaves the last fifth for the final metrics export, closing the clients
+// and stopping a local redis-server or embedded etcd. The catalog is of no
+// use to a keeper that is leaving: it stops at once, alongside the handoff.
 func (d *daemon) shutdown() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	budget := d.shutdownTimeout()
+	start := time.Now()
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(budget-budget/5))
 	defer cancel()
+	if d.keeper != nil {
+		cut := time.AfterFunc(budget/4, func() {
+			d.log.Warn("shutdown: cancelling passes still running", "after", budget/4)
+			d.keeper.Stop()
+		})
+		defer cut.Stop()
+	}
+	catalogStopped := make(chan struct{})
+	go func() {
+		defer close(catalogStopped)
+		if d.catalog != nil {
+			d.catalog.Stop()
+		}
+	}()
 	if d.health != nil {
 		d.health.stop(ctx)
 	}
@@ -210,13 +263,12 @@ func (d *daemon) shutdown() {
 	if d.keeper != nil {
 		d.keeper.Stop()
 	}
-	if d.catalog != nil {
-		d.catalog.Stop()
-	}
+	<-catalogStopped
 	if d.metrics != nil {
 		// The last export gets a short grace: a collector that is down must
 		// not hold the shutdown for long.
-		mctx, mcancel := context.WithTimeout(ctx, 2*time.Second)
+		grace := min(2*time.Second, time.Until(start.Add(budget-budget/10)))
+		mctx, mcancel := context.WithTimeout(context.Background(), grace)
 		_ = d.metrics.Shutdown(mctx)
 		mcancel()
 	}
@@ -232,6 +284,7 @@ func (d *daemon) shutdown() {
 	if d.localRedis != nil {
 		_ = d.localRedis.Stop()
 	}
+	d.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 }
 
 func (d *daemon) startRedis(ctx context.Context) error {
@@ -404,8 +457,15 @@ func (o ownership) Disown(name string) {
 func (o ownership) DisownAll() { o.d.keeper.DisownAll() }
 
 // shardSource feeds the per-shard instruments from the keeper's last
-// measurements: collection costs Redis nothing.
+// measurements: collection costs Redis nothing. It lists the owned shards
+// too, measured or not, so that the lags of a takeover are kept.
 type shardSource struct{ k *tasks.Keeper }
+
+var _ kotel.OwnedSource = shardSource{}
+
+func (s shardSource) EachOwned(fn func(q, shard string)) {
+	s.k.EachOwned(func(sh queue.Shard) { fn(sh.Queue, sh.String()) })
+}
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {

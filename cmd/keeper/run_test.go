@@ -528,3 +528,56 @@ func TestRecoveryAfterEtcdReset(t *testing.T) {
 		t.Fatalf("fences after recovery %v; want the new etcd's (low) tokens", fs)
 	}
 }
+
+// keeper run with every bounded setting at the end of its range that costs
+// most (the most ring partitions and workers, the shortest intervals and
+// shutdown budget) owns its shards, housekeeps them and hands them over.
+func TestRunAtTheLimits(t *testing.T) {
+	rs := redisserver.StartTB(t)
+	es := etcdserver.StartTB(t)
+	port, err := loopback.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthAddr := loopback.Addr(port)
+	cfg, err := loadConfig("run", []string{"--redis.addr", rs.Addr, "--etcd.endpoints", es.Endpoints()[0],
+		"--health_addr", healthAddr, "--metrics.disabled", "--log_level", "error",
+		"--ring.partitions", fmt.Sprint(shard.MaxPartitions), "--tasks.workers", "256",
+		"--tasks.measure_interval", "100ms", "--tasks.sweep_interval", "1s", "--tasks.catalog_interval", "1s",
+		"--etcd.session_ttl", "2s", "--etcd.fence_retry", "1s", "--shutdown_timeout", "10s"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	client := queue.NewClient(rdb, queue.ClientOptions{})
+	if err := client.Registry().Create(ctx, "edge", queue.Config{Partitions: 4}); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cfg: cfg, log: newLogger("error")}
+	stop := sync.OnceFunc(d.shutdown)
+	t.Cleanup(stop)
+	if err := d.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitOwnedShards(t, healthAddr, 4)
+	for i := 0; i < 8; i++ {
+		if _, err := client.Enqueue(ctx, "edge", queue.Message{Payload: []byte("x"), Delay: 50 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAllReady(t, client, "edge", 8)
+	start := time.Now()
+	stop()
+	t.Logf("shutdown took %s", time.Since(start).Round(time.Millisecond))
+	cli, err := clientv3.New(clientv3.Config{Endpoints: es.Endpoints(), DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if resp, err := cli.Get(ctx, cfg.Etcd.Prefix+"owners/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Fatalf("ownership keys after shutdown: %v %v", resp, err)
+	}
+}
