@@ -183,7 +183,7 @@ func (f FenceReport) ProblemCount() int { return len(f.Problems) + len(f.Late) }
 // after a higher one had written (at most one token per shard at a time).
 func (c *Cluster) CheckFencing(ctx context.Context, shards []queue.Shard) (FenceReport, error) {
 	h := &History{rdb: c.RDB, shards: shards, cursor: make([]string, len(shards)),
-		entries: make([][]histEntry, len(shards)), tasks: map[string]string{}}
+		entries: make([][]histEntry, len(shards)), strs: map[string]string{}}
 	n := queue.NewNative(c.RDB, "")
 	for _, s := range shards {
 		h.keys = append(h.keys, n.HistoryKey(s))

@@ -67,10 +67,12 @@ func (r *runner) stopKeeper(ctx context.Context, f *FaultRecord) error {
 			return err
 		}
 		r.c.Remove(k)
+		f.HeldS = time.Since(from).Seconds()
+		f.EtcdLateS = r.members.lateness(k.ID, from, r.o.TTL).Seconds()
 	} else {
 		r.term(k, f)
+		f.HeldS = time.Since(from).Seconds()
 	}
-	f.HeldS = time.Since(from).Seconds()
 	r.settled(f, o, "fault")
 	return r.refill(ctx, f)
 }
@@ -78,12 +80,13 @@ func (r *runner) stopKeeper(ctx context.Context, f *FaultRecord) error {
 // frozenFor runs a fault that takes k out for longer than the session TTL
 // (SIGSTOP, or cut from etcd): its successors must take its shards within
 // the bound; then it is healed and must rejoin.
-func (r *runner) frozenFor(ctx context.Context, f *FaultRecord, inject, heal func() error) error {
+func (r *runner) frozenFor(ctx context.Context, f *FaultRecord, k *Keeper, inject, heal func() error) error {
 	from := time.Now()
 	o := r.observe(ctx, from)
 	if err := inject(); err != nil {
 		return err
 	}
+	f.EtcdLateS = r.members.lateness(k.ID, from, r.o.TTL).Seconds()
 	r.settled(f, o, "fault")
 	if err := hold(ctx, from, r.o.TTL+r.uniform(500*time.Millisecond, 3*time.Second)); err != nil {
 		_ = heal()
@@ -102,7 +105,7 @@ func (r *runner) pause(ctx context.Context, f *FaultRecord) error {
 	k := r.pickKeeper()
 	f.Target = k.ID
 	r.freeze(ctx, k)
-	return r.frozenFor(ctx, f, k.Pause, k.Resume)
+	return r.frozenFor(ctx, f, k, k.Pause, k.Resume)
 }
 
 // partition cuts one keeper from every etcd member (its Redis stays
@@ -113,7 +116,7 @@ func (r *runner) partition(ctx context.Context, f *FaultRecord) error {
 	k := r.pickKeeper()
 	f.Target = k.ID
 	r.samp.note(ctx, k)
-	return r.frozenFor(ctx, f, func() error {
+	return r.frozenFor(ctx, f, k, func() error {
 		for _, p := range k.EtcdProxies {
 			if err := p.Blackhole(); err != nil {
 				return err

@@ -20,8 +20,9 @@ type histEntry struct {
 	epoch   int32 // which Redis primary it was read from (counts failovers and restarts)
 	moved   int32
 	ok      bool
-	lost    bool // not on the primary that followed: a failover dropped it
-	task    string
+	lost    bool   // not on the primary that followed: a failover dropped it
+	task    string // interned
+	owner   string // the keeper process that presented the token (member/nonce), interned
 }
 
 // History follows every shard's history stream while the run goes on and
@@ -37,7 +38,7 @@ type History struct {
 	cursor  []string // last id read per shard; "" none
 	entries [][]histEntry
 	epoch   int32
-	tasks   map[string]string // interned task names
+	strs    map[string]string // interned task and owner names
 	lost    []string          // what each epoch change found dropped
 	nLost   int
 	errs    int
@@ -51,7 +52,7 @@ type History struct {
 func FollowHistory(ctx context.Context, rdb *redis.Client, shards []queue.Shard, interval time.Duration) *History {
 	n := queue.NewNative(rdb, "")
 	h := &History{rdb: rdb, shards: shards, cursor: make([]string, len(shards)),
-		entries: make([][]histEntry, len(shards)), tasks: map[string]string{}, done: make(chan struct{})}
+		entries: make([][]histEntry, len(shards)), strs: map[string]string{}, done: make(chan struct{})}
 	for _, s := range shards {
 		h.keys = append(h.keys, n.HistoryKey(s))
 	}
@@ -118,12 +119,8 @@ func (h *History) Collect(ctx context.Context) error {
 			msgs := cmds[j].Val()
 			for _, e := range queue.ParseHistory(msgs) {
 				ms, seq := parseID(e.ID)
-				task, ok := h.tasks[e.Task]
-				if !ok {
-					h.tasks[e.Task], task = e.Task, e.Task
-				}
 				h.entries[i] = append(h.entries[i], histEntry{ms: ms, seq: seq, token: e.Token, epoch: h.epoch,
-					ok: e.Accepted, task: task, moved: int32(e.Moved)})
+					ok: e.Accepted, task: h.intern(e.Task), owner: h.intern(e.Owner), moved: int32(e.Moved)})
 			}
 			if len(msgs) > 0 {
 				h.cursor[i] = msgs[len(msgs)-1].ID
@@ -135,6 +132,14 @@ func (h *History) Collect(ctx context.Context) error {
 		pending = more
 	}
 	return nil
+}
+
+func (h *History) intern(s string) string {
+	if v, ok := h.strs[s]; ok {
+		return v
+	}
+	h.strs[s] = s
+	return s
 }
 
 // NewEpoch is called once another Redis server is the primary (after a
@@ -189,17 +194,21 @@ func (h *History) NewEpoch(ctx context.Context, why string) (lost int, err error
 }
 
 // fenceCheck replays every shard's history in the order it happened:
-// accepted tokens never decrease (invariant 3), a refusal only ever meets a
-// token below one that already wrote, and once a higher token has written,
-// a lower one never even tries again, unless its keeper was frozen
-// (SIGSTOP) and woke up to find its session gone: tokens in frozen.
+// accepted tokens never decrease and a token is accepted from one keeper
+// process only (invariant 3), a refusal only ever meets a token below one
+// that already wrote, and once a higher token has written, a lower one
+// never even tries again, unless its keeper was frozen (SIGSTOP) and woke
+// up to find its session gone: the tokens in frozen.
 func (h *History) fenceCheck(frozen map[int64]bool, owner map[int64]string, since time.Time) FenceReport {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := FenceReport{Shards: len(h.shards), LostInFailover: h.nLost, Lost: h.lost, ReadErrors: h.errs,
 		LargestPass: map[string]int{}}
 	at := func(ms int64) string { return fmt.Sprintf("%.3fs", float64(ms-since.UnixMilli())/1000) }
-	who := func(tok int64) string {
+	who := func(tok int64, by string) string {
+		if by != "" {
+			return fmt.Sprintf("token %d (%s)", tok, by)
+		}
 		if k := owner[tok]; k != "" {
 			return fmt.Sprintf("token %d (%s)", tok, k)
 		}
@@ -209,27 +218,33 @@ func (h *History) fenceCheck(frozen map[int64]bool, owner map[int64]string, sinc
 		s := h.shards[i]
 		var high, started int64 // highest accepted token; highest token that wrote at all
 		var startedAt int64
+		var startedBy string
+		tokenOwner := map[int64]string{}
 		for _, e := range es {
 			if !e.ok {
 				r.Refused++
-				if e.token >= high {
-					r.Problems = append(r.Problems, fmt.Sprintf("%s: %s refused at %s although no higher token had written (%d)", s, who(e.token), at(e.ms), high))
+				if e.token > high || (e.token == high && e.owner == tokenOwner[e.token]) {
+					r.Problems = append(r.Problems, fmt.Sprintf("%s: %s refused at %s although no higher token had written (%d)", s, who(e.token, e.owner), at(e.ms), high))
 				}
 			} else {
 				r.Accepted++
 				if e.token < high {
-					r.Problems = append(r.Problems, fmt.Sprintf("%s: %s accepted under %s at %s after token %d had written", s, e.task, who(e.token), at(e.ms), high))
+					r.Problems = append(r.Problems, fmt.Sprintf("%s: %s accepted under %s at %s after token %d had written", s, e.task, who(e.token, e.owner), at(e.ms), high))
 				}
+				if prev, ok := tokenOwner[e.token]; ok && prev != e.owner {
+					r.Problems = append(r.Problems, fmt.Sprintf("%s: %s accepted under %s at %s, a token %s had written under", s, e.task, who(e.token, e.owner), at(e.ms), prev))
+				}
+				tokenOwner[e.token] = e.owner
 				high = max(high, e.token)
 			}
 			if e.ok {
 				r.LargestPass[e.task] = max(r.LargestPass[e.task], int(e.moved))
 			}
 			if e.token < started && !e.ok && !frozen[e.token] {
-				r.Late = append(r.Late, fmt.Sprintf("%s: %s tried %s at %s, after %s started at %s", s, who(e.token), e.task, at(e.ms), who(started), at(startedAt)))
+				r.Late = append(r.Late, fmt.Sprintf("%s: %s tried %s at %s, after %s started at %s", s, who(e.token, e.owner), e.task, at(e.ms), who(started, startedBy), at(startedAt)))
 			}
 			if e.ok && e.token > started {
-				started, startedAt = e.token, e.ms
+				started, startedAt, startedBy = e.token, e.ms, e.owner
 			}
 		}
 	}
