@@ -152,7 +152,7 @@ func (r *runner) rolling(ctx context.Context, f *FaultRecord) error {
 		}
 	}
 	f.HeldS = time.Since(from).Seconds()
-	f.SettleS, f.SettleFrom = worst, "fault"
+	f.SettleS, f.SettleFrom, f.SettledAt = worst, "fault", r.since()
 	f.Detail = "settle is the slowest of the steps (each from its SIGTERM)"
 	r.spread(ctx, f, time.Now())
 	return nil
@@ -237,7 +237,7 @@ func (r *runner) etcdMember(ctx context.Context, f *FaultRecord) error {
 		}
 	}
 	f.Target = m.Name
-	var from time.Time
+	var from, healed time.Time
 	var o *observation
 	if f.Kind == FaultEtcdRestart {
 		t := time.Now()
@@ -245,12 +245,14 @@ func (r *runner) etcdMember(ctx context.Context, f *FaultRecord) error {
 			return err
 		}
 		from = time.Now()
-		f.Detail += fmt.Sprintf("stopping took %.2fs", from.Sub(t).Seconds())
+		f.Detail += fmt.Sprintf("stopping took %.2fs; settle from its exit", from.Sub(t).Seconds())
 		o = r.observe(ctx, from)
 		if err := m.Start(); err != nil {
 			return err
 		}
+		healed = time.Now()
 		r.settled(f, o, "fault")
+		from = t
 	} else {
 		from = time.Now()
 		o = r.observe(ctx, from)
@@ -264,8 +266,8 @@ func (r *runner) etcdMember(ctx context.Context, f *FaultRecord) error {
 		if err := m.Start(); err != nil {
 			return err
 		}
+		healed = time.Now()
 	}
-	healed := time.Now()
 	f.HeldS = healed.Sub(from).Seconds()
 	if err := r.etcdHealthy(ctx); err != nil {
 		return err

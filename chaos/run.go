@@ -89,6 +89,8 @@ type FaultRecord struct {
 	// back up), for faults during which no keeper can own anything.
 	SettleS    float64 `json:"settle_s"`
 	SettleFrom string  `json:"settle_from"`
+	// SettledAt is that moment, in seconds since the run began.
+	SettledAt float64 `json:"settled_at_s"`
 	// HealSettleS is how long after healing every shard had one owner and
 	// every keeper its share again (a resumed or reconnected keeper back).
 	HealSettleS float64 `json:"heal_settle_s,omitempty"`
@@ -515,6 +517,7 @@ func (r *runner) settled(f *FaultRecord, o *observation, fromWhat string) {
 		took = time.Since(o.from)
 	}
 	f.SettleS, f.SettleFrom = max(0, took.Seconds()), fromWhat
+	f.SettledAt = o.from.Add(took).Sub(r.start).Seconds()
 	bound := r.limit
 	if fromWhat == "fault" {
 		bound += time.Duration(f.EtcdLateS * float64(time.Second))
@@ -729,7 +732,7 @@ func (r *runner) summarize() {
 	for kind, ss := range settles {
 		sort.Float64s(ss)
 		ks := rep.ByKind[kind]
-		ks.SettleP50, ks.SettleMax = ss[len(ss)/2], ss[len(ss)-1]
+		ks.SettleP50, ks.SettleMax = ss[(len(ss)-1)/2], ss[len(ss)-1]
 		rep.ByKind[kind] = ks
 	}
 	rep.FaultKinds = len(rep.ByKind)

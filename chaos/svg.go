@@ -52,7 +52,7 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 	tl := rep.Timeline
 	dur := rep.DurationS
 	for _, f := range rep.Faults {
-		dur = max(dur, f.At+f.HeldS, f.At+f.SettleS)
+		dur = max(dur, f.At+f.HeldS, f.SettledAt)
 	}
 	dur = math.Max(dur, 1)
 	// What was sampled while the run was checked afterwards is not drawn.
@@ -96,10 +96,7 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 		y := faultTop + lane*laneH
 		title := fmt.Sprintf("%s %s at %.1fs: held %.2fs, one owner after %.2fs (from %s)", f.Kind, f.Target, f.At, f.HeldS, f.SettleS, f.SettleFrom)
 		p(`<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"><title>%s</title></rect>`+"\n", x0, y+3, x1-x0, laneH-6, kindColor[f.Kind], html.EscapeString(title))
-		settleAt := f.At + f.SettleS
-		if f.SettleFrom == "heal" {
-			settleAt += f.HeldS
-		}
+		settleAt := f.SettledAt
 		p(`<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black" stroke-width="2"/>`+"\n", x(settleAt), y+1, x(settleAt), y+laneH-1)
 		if f.Error != "" {
 			p(`<text x="%.1f" y="%d" fill="#d62728" font-weight="bold">!</text>`+"\n", x1+2, y+15)

@@ -17,7 +17,8 @@ func syntheticReport() RunReport {
 	rep := RunReport{Seed: 42, Shards: 60, DurationS: 150, SettleMaxS: 4, ByKind: map[string]KindStats{},
 		Settings: Settings{SessionTTL: "3s"}}
 	for i, k := range AllFaults {
-		f := FaultRecord{Kind: k, Target: "k1", At: float64(i * 10), HeldS: 4, SettleS: 2.5, SettleFrom: "fault"}
+		f := FaultRecord{Kind: k, Target: "k1", At: float64(i * 10), HeldS: 4, SettleS: 2.5, SettleFrom: "fault",
+			SettledAt: float64(i*10) + 2.5}
 		if k == FaultEtcdQuorum {
 			f.SettleFrom, f.Error = "heal", "example"
 		}

@@ -444,13 +444,13 @@ func (w *Workload) burst(ctx context.Context, rng *rand.Rand) {
 		}
 		qc := w.configs[qi]
 		n := 2000 + rng.IntN(max(1, w.cfg.BurstMax-2000))
+		p := rng.IntN(qc.Partitions)
+		ids := idsIn(fmt.Sprintf("b%d", b), p, qc.Partitions, n)
 		if kind == "requeue" {
-			w.abandonMany(ctx, qi, rng)
+			w.abandonMany(ctx, qi, p, ids, rng)
 			continue
 		}
-		p := rng.IntN(qc.Partitions)
 		w.noteBurst("%s: %d messages in %s#%d", kind, n, w.names[qi], p)
-		ids := idsIn(fmt.Sprintf("b%d", b), p, qc.Partitions, n)
 		// All fall due at one instant, after the last is enqueued.
 		due := time.Now().Add(time.Second + time.Duration(n)*300*time.Microsecond)
 		for _, id := range ids {
@@ -470,16 +470,27 @@ func (w *Workload) burst(ctx context.Context, rng *rand.Rand) {
 	}
 }
 
-// abandonMany leases up to a few thousand messages of one queue at once
-// and lets the leases lapse together.
-func (w *Workload) abandonMany(ctx context.Context, qi int, rng *rand.Rand) {
-	lease := time.Duration(300+rng.IntN(700)) * time.Millisecond
+// abandonMany enqueues ids (all in partition p) ready, leases as many as
+// it can at once with one short lease, and lets the leases lapse together.
+func (w *Workload) abandonMany(ctx context.Context, qi, p int, ids []string, rng *rand.Rand) {
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			return
+		}
+		w.enqueue(ctx, qi, queue.Message{ID: id, Payload: []byte(id)})
+	}
+	lease := time.Duration(500+rng.IntN(1000)) * time.Millisecond
 	pulled := 0
-	defer func() { w.noteBurst("requeue: %d leases of %s left to lapse", pulled, w.names[qi]) }()
-	for i := 0; i < 2+rng.IntN(4); i++ {
+	defer func() {
+		w.noteBurst("requeue: %d messages in %s#%d, %d leased for %s and left to lapse", len(ids), w.names[qi], p, pulled, lease)
+	}()
+	for i := 0; i < 20 && pulled < len(ids); i++ {
 		ds, err := w.client.Pull(ctx, w.cfg.Queues[qi], queue.MaxPull, lease)
 		if err != nil && !errors.Is(err, queue.ErrCapped) {
 			w.fail(ctx, "burst pull", err)
+			return
+		}
+		if len(ds) == 0 {
 			return
 		}
 		for _, d := range ds {
