@@ -96,8 +96,9 @@ func (r *runner) frozenFor(ctx context.Context, f *FaultRecord, k *Keeper, injec
 		return err
 	}
 	healed := time.Now()
+	ho := r.observe(ctx, healed)
 	f.HeldS = healed.Sub(from).Seconds()
-	r.healSettle(ctx, f, healed)
+	r.healSettle(ctx, f, ho)
 	return nil
 }
 
@@ -238,7 +239,7 @@ func (r *runner) etcdMember(ctx context.Context, f *FaultRecord) error {
 	}
 	f.Target = m.Name
 	var from, healed time.Time
-	var o *observation
+	var o, ho *observation
 	if f.Kind == FaultEtcdRestart {
 		t := time.Now()
 		if err := m.Stop(); err != nil {
@@ -251,6 +252,7 @@ func (r *runner) etcdMember(ctx context.Context, f *FaultRecord) error {
 			return err
 		}
 		healed = time.Now()
+		ho = r.observe(ctx, healed)
 		r.settled(f, o, "fault")
 		from = t
 	} else {
@@ -267,12 +269,13 @@ func (r *runner) etcdMember(ctx context.Context, f *FaultRecord) error {
 			return err
 		}
 		healed = time.Now()
+		ho = r.observe(ctx, healed)
 	}
 	f.HeldS = healed.Sub(from).Seconds()
 	if err := r.etcdHealthy(ctx); err != nil {
 		return err
 	}
-	r.healSettle(ctx, f, healed)
+	r.healSettle(ctx, f, ho)
 	return nil
 }
 

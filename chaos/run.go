@@ -540,12 +540,12 @@ func (r *runner) settle(ctx context.Context, f *FaultRecord, from time.Time, fro
 	r.settled(f, r.observe(ctx, from), fromWhat)
 }
 
-// healSettle follows a fault's healing: one owner per shard again within
-// the bound (a violation otherwise), and every live keeper owning its share
-// (reported: how long the fleet took to spread again).
-func (r *runner) healSettle(ctx context.Context, f *FaultRecord, from time.Time) {
-	o := r.observe(ctx, from)
-	r.spread(ctx, f, from)
+// healSettle follows a fault's healing, observed from the moment of
+// healing by o: one owner per shard again within the bound (a violation
+// otherwise), and every live keeper owning its share (reported: how long
+// the fleet took to spread again).
+func (r *runner) healSettle(ctx context.Context, f *FaultRecord, o *observation) {
+	r.spread(ctx, f, o.from)
 	hf := FaultRecord{Kind: f.Kind, Target: f.Target, At: f.At}
 	r.settled(&hf, o, "heal")
 	if hf.Error != "" && f.Error == "" {
@@ -594,12 +594,13 @@ func (r *runner) refill(ctx context.Context, f *FaultRecord) error {
 	if n >= r.fleet {
 		return nil
 	}
+	o := r.observe(ctx, time.Now())
 	for ; n < r.fleet; n++ {
 		if _, err := r.addKeeper(ctx); err != nil {
 			return err
 		}
 	}
-	r.healSettle(ctx, f, time.Now())
+	r.healSettle(ctx, f, o)
 	return nil
 }
 
