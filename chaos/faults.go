@@ -155,7 +155,7 @@ func (r *runner) rolling(ctx context.Context, f *FaultRecord) error {
 	f.HeldS = time.Since(from).Seconds()
 	f.SettleS, f.SettleFrom, f.SettledAt = worst, "fault", r.since()
 	f.Detail = "settle is the slowest of the steps (each from its SIGTERM)"
-	r.spread(ctx, f, time.Now())
+	r.spread(ctx, f)
 	return nil
 }
 
@@ -174,7 +174,7 @@ func (r *runner) scaleOut(ctx context.Context, f *FaultRecord) error {
 	f.Detail = fmt.Sprintf("fleet %d; settle from the new keepers' start", r.fleet)
 	from := time.Now()
 	o := r.observe(ctx, from)
-	r.spread(ctx, f, from)
+	r.spread(ctx, f)
 	r.settled(f, o, "fault")
 	return nil
 }
@@ -316,7 +316,7 @@ func (r *runner) etcdQuorum(ctx context.Context, f *FaultRecord) error {
 		return err
 	}
 	f.Detail = fmt.Sprintf("etcd healthy %.2fs after the restart", time.Since(back).Seconds())
-	r.spread(ctx, f, back)
+	r.spread(ctx, f)
 	r.settled(f, o, "heal")
 	return nil
 }
@@ -379,6 +379,7 @@ func (r *runner) redisKill(ctx context.Context, f *FaultRecord) error {
 		return err
 	}
 	back := time.Now()
+	o := r.observe(ctx, back)
 	f.HeldS = back.Sub(from).Seconds()
 	if err := r.c.Redis.RestartPrimary(ctx); err != nil {
 		return err
@@ -390,7 +391,7 @@ func (r *runner) redisKill(ctx context.Context, f *FaultRecord) error {
 	if lost > 0 {
 		r.violation("redis-kill at %.1fs: %d recorded passes that Redis had acknowledged are gone after the restart from its append-only file", f.At, lost)
 	}
-	r.settle(ctx, f, back, "heal")
+	r.settled(f, o, "heal")
 	return nil
 }
 
@@ -420,13 +421,14 @@ func (r *runner) failover(ctx context.Context, f *FaultRecord) error {
 		return err
 	}
 	switched := time.Now()
+	o := r.observe(ctx, switched)
 	f.Target = fmt.Sprintf("%s -> %s", old, addr)
 	lost, err := r.hist.NewEpoch(ctx, fmt.Sprintf("redis-failover at %.1fs", f.At))
 	if err != nil {
 		return err
 	}
 	f.Detail = fmt.Sprintf("switched %.0fms after the kill; %d recorded passes lost", switched.Sub(killed).Seconds()*1000, lost)
-	r.settle(ctx, f, switched, "heal")
+	r.settled(f, o, "heal")
 	if err := r.c.Redis.Reattach(ctx); err != nil {
 		return err
 	}

@@ -91,8 +91,8 @@ type FaultRecord struct {
 	SettleFrom string  `json:"settle_from"`
 	// SettledAt is that moment, in seconds since the run began.
 	SettledAt float64 `json:"settled_at_s"`
-	// HealSettleS is how long after healing every shard had one owner and
-	// every keeper its share again (a resumed or reconnected keeper back).
+	// HealSettleS is how long after healing every shard had one owner
+	// again (a resumed, reconnected or replacement keeper rejoining).
 	HealSettleS float64 `json:"heal_settle_s,omitempty"`
 	// EtcdLateS: for a keeper killed, frozen or cut from etcd, how long
 	// after the latest moment its lease could have run out (TTL after the
@@ -545,21 +545,21 @@ func (r *runner) settle(ctx context.Context, f *FaultRecord, from time.Time, fro
 // otherwise), and every live keeper owning its share (reported: how long
 // the fleet took to spread again).
 func (r *runner) healSettle(ctx context.Context, f *FaultRecord, o *observation) {
-	r.spread(ctx, f, o.from)
+	r.spread(ctx, f)
 	hf := FaultRecord{Kind: f.Kind, Target: f.Target, At: f.At}
 	r.settled(&hf, o, "heal")
+	f.HealSettleS = hf.SettleS
 	if hf.Error != "" && f.Error == "" {
 		f.Error = hf.Error
 	}
 }
 
-// spread waits until every live keeper owns its share and records how long
-// that took from from in HealSettleS.
-func (r *runner) spread(ctx context.Context, f *FaultRecord, from time.Time) {
+// spread waits until every live keeper owns its share of the shards (a
+// violation when not within a minute).
+func (r *runner) spread(ctx context.Context, f *FaultRecord) {
 	if _, err := waitSpread(ctx, r.c.Keepers(), r.shards, time.Minute); err != nil {
 		r.violation("%s %s at %.1fs: shards not spread over the fleet within a minute: %v", f.Kind, f.Target, f.At, err)
 	}
-	f.HealSettleS = time.Since(from).Seconds()
 }
 
 // hold sleeps until d after from.
@@ -637,7 +637,7 @@ func (r *runner) faults(ctx context.Context) error {
 		if f.EtcdLateS > 0 {
 			late = fmt.Sprintf(" (etcd %.2fs late)", f.EtcdLateS)
 		}
-		r.logf("%6.1fs %-20s %-8s held %5.2fs  one owner after %5.2fs from the %s%s  spread again %5.2fs  stall %s  %s",
+		r.logf("%6.1fs %-20s %-8s held %5.2fs  one owner after %5.2fs from the %s%s  after healing %5.2fs  stall %s  %s",
 			f.At, f.Kind, f.Target, f.HeldS, f.SettleS, f.SettleFrom, late, f.HealSettleS,
 			r.stalls.worst(f.At, r.since()).Round(time.Millisecond), f.Detail)
 	}
