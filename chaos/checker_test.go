@@ -91,7 +91,7 @@ func TestFenceCheck(t *testing.T) {
 	}
 	h := &History{shards: []queue.Shard{{Queue: "q", Partition: 0}}, entries: [][]histEntry{{
 		e(1, 10, true, "a/1"), e(2, 10, true, "a/1"),
-		e(3, 20, true, "b/1"), // b takes over
+		e(3, 20, true, "b/1"),  // b takes over
 		e(4, 10, false, "a/1"), // a tries late: refused
 		e(5, 20, true, "b/1"),
 	}}}
