@@ -204,7 +204,7 @@ func (c *ProcessCluster) Leader(ctx context.Context) (*Member, error) {
 		if !m.Running() || m.Paused() {
 			continue
 		}
-		id, lead, err := m.status(ctx)
+		id, lead, err := m.Status(ctx)
 		if err != nil {
 			continue
 		}
@@ -407,8 +407,8 @@ func (m *Member) health(ctx context.Context) error {
 	return nil
 }
 
-// status is the member's own id and the leader it knows (0: none).
-func (m *Member) status(ctx context.Context) (id, leader uint64, err error) {
+// Status is the member's own id and the leader it knows (0: none).
+func (m *Member) Status(ctx context.Context) (id, leader uint64, err error) {
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.ClientURL}, DialTimeout: time.Second,
 		Logger: zap.NewNop()})
 	if err != nil {
