@@ -105,7 +105,9 @@ type FaultRecord struct {
 	// ticker firing late) from this fault to the next: a sign of a machine
 	// too busy for the figures to be read as keeper's alone.
 	HostStallMs float64 `json:"host_stall_ms"`
-	Error       string  `json:"error,omitempty"`
+	// Late: one owner per shard came back only past the bound.
+	Late  bool   `json:"late,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // KindStats sums up the faults of one kind.
@@ -528,6 +530,7 @@ func (r *runner) settled(f *FaultRecord, o *observation, fromWhat string) {
 		r.rep.OneOwner = false
 		r.violation("%s %s at %.1fs: no single owner per shard: %v", f.Kind, f.Target, f.At, o.err)
 	case took > bound:
+		f.Late = true
 		r.rep.OneOwner = false
 		r.violation("%s %s at %.1fs: one owner per shard only after %.2fs from the %s (bound %s; etcd late by %.2fs, longest stall of this process so far %s)",
 			f.Kind, f.Target, f.At, took.Seconds(), fromWhat, bound.Round(time.Millisecond), f.EtcdLateS,
@@ -549,6 +552,7 @@ func (r *runner) healSettle(ctx context.Context, f *FaultRecord, o *observation)
 	hf := FaultRecord{Kind: f.Kind, Target: f.Target, At: f.At}
 	r.settled(&hf, o, "heal")
 	f.HealSettleS = hf.SettleS
+	f.Late = f.Late || hf.Late
 	if hf.Error != "" && f.Error == "" {
 		f.Error = hf.Error
 	}

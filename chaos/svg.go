@@ -98,8 +98,9 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 		p(`<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"><title>%s</title></rect>`+"\n", x0, y+3, x1-x0, laneH-6, kindColor[f.Kind], html.EscapeString(title))
 		settleAt := f.SettledAt
 		p(`<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black" stroke-width="2"/>`+"\n", x(settleAt), y+1, x(settleAt), y+laneH-1)
-		if f.Error != "" {
-			p(`<text x="%.1f" y="%d" fill="#d62728" font-weight="bold">!</text>`+"\n", x1+2, y+15)
+		if f.Error != "" || f.Late {
+			p(`<text x="%.1f" y="%d" fill="#d62728" font-weight="bold" font-size="15">!<title>%s</title></text>`+"\n", x1+2, y+16,
+				html.EscapeString("one owner per shard came back late: "+title))
 		}
 	}
 
@@ -169,6 +170,8 @@ func WriteSVG(out io.Writer, rep RunReport) error {
 	p(`<rect x="%d" y="%d" width="12" height="12" fill="#d62728" opacity="0.85"/><text x="%d" y="%d" font-size="11">shards without an owner</text>`+"\n", lx, ly-10, lx+17, ly)
 	ly += 18
 	p(`<rect x="%d" y="%d" width="12" height="12" fill="#6a0dad" opacity="0.8"/><text x="%d" y="%d" font-size="11">shards with two owners</text>`+"\n", lx, ly-10, lx+17, ly)
+	ly += 18
+	p(`<text x="%d" y="%d" fill="#d62728" font-weight="bold" font-size="15">!</text><text x="%d" y="%d" font-size="11">settled past TTL + 1s</text>`+"\n", lx+3, ly, lx+17, ly)
 	// The invariants under the time axis, two columns.
 	iy := lagTop + lagH + 46
 	p(`<text x="%d" y="%d" font-weight="bold">invariants</text>`+"\n", 10, iy)

@@ -20,7 +20,7 @@ func syntheticReport() RunReport {
 		f := FaultRecord{Kind: k, Target: "k1", At: float64(i * 10), HeldS: 4, SettleS: 2.5, SettleFrom: "fault",
 			SettledAt: float64(i*10) + 2.5}
 		if k == FaultEtcdQuorum {
-			f.SettleFrom, f.Error = "heal", "example"
+			f.SettleFrom, f.Late = "heal", true
 		}
 		rep.Faults = append(rep.Faults, f)
 		rep.ByKind[k] = KindStats{Count: 1, SettleP50: 2.5, SettleMax: 2.5}
@@ -70,7 +70,7 @@ func TestWriteSVG(t *testing.T) {
 		}
 	}
 	svg := b.String()
-	for _, want := range append(append([]string{}, AllFaults...), "k1", "k2", "k4", "FAIL: 1 violation(s)", "TTL + 1s") {
+	for _, want := range append(append([]string{}, AllFaults...), "k1", "k2", "k4", "FAIL: 1 violation(s)", "TTL + 1s", "came back late") {
 		if !strings.Contains(svg, want) {
 			t.Errorf("picture lacks %q", want)
 		}
