@@ -538,11 +538,6 @@ func (r *runner) settled(f *FaultRecord, o *observation, fromWhat string) {
 	}
 }
 
-// settle is observe and settled in one.
-func (r *runner) settle(ctx context.Context, f *FaultRecord, from time.Time, fromWhat string) {
-	r.settled(f, r.observe(ctx, from), fromWhat)
-}
-
 // healSettle follows a fault's healing, observed from the moment of
 // healing by o: one owner per shard again within the bound (a violation
 // otherwise), and every live keeper owning its share (reported: how long
