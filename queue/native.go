@@ -543,6 +543,15 @@ func (n *Native) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", s, err)
 	}
+	return ParseHistory(msgs), nil
+}
+
+// HistoryKey is the stream that s's passes are recorded in (see
+// WithHistory), for a checker that follows it while it grows.
+func (n *Native) HistoryKey(s Shard) string { return keysFor(n.prefix, s).History }
+
+// ParseHistory reads entries of a history stream, as XRANGE returns them.
+func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
 	out := make([]HistoryEntry, 0, len(msgs))
 	for _, m := range msgs {
 		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
@@ -553,7 +562,7 @@ func (n *Native) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
 		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
 		out = append(out, e)
 	}
-	return out, nil
+	return out
 }
 
 // Fences reads the fence (highest accepted ownership token) of each shard.
