@@ -46,25 +46,21 @@ func TestCheckMessagesFindsLoss(t *testing.T) {
 	}
 
 	// Remove one ready message the way a half-applied script would: from
-	// its set only.
+	// its set only. The consumers may have taken every message the
+	// producers wrote, so enqueue one more now that nobody pulls, and
+	// record it the way the workload records its own.
+	victim := "victim-0"
+	enqStart := time.Now().UnixMilli()
+	if _, err := client.Enqueue(ctx, "q", queue.Message{ID: victim, Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	w.msgs[victim] = &msgRec{queue: 0, enq: succeeded, enqStart: enqStart, enqAt: time.Now().UnixMilli()}
+	w.mu.Unlock()
 	v := w.snapshot()
-	a, err := client.Audit(ctx, "q")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim string
-	for id, st := range a.Members {
-		if st == queue.StateReady {
-			victim = id
-			break
-		}
-	}
-	if victim == "" {
-		t.Fatal("no ready message to remove")
-	}
 	s := queue.Shard{Queue: "q", Partition: queue.PartitionOf(victim, 2)}
-	if err := rdb.ZRem(ctx, "keeper:{"+s.String()+"}:ready", victim).Err(); err != nil {
-		t.Fatal(err)
+	if n, err := rdb.ZRem(ctx, "keeper:{"+s.String()+"}:ready", victim).Result(); err != nil || n != 1 {
+		t.Fatalf("remove the victim from ready: %d, %v", n, err)
 	}
 	r := check(nil)
 	if !strings.Contains(strings.Join(r.Problems, "\n"), "1 messages lost") || !strings.Contains(strings.Join(r.Problems, "\n"), victim) {

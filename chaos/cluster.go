@@ -240,8 +240,24 @@ type Keeper struct {
 
 // AddKeeper starts a keeper process named id, with its own proxies to every
 // etcd member and to Redis, and waits until it answers on its health
-// endpoint.
+// endpoint. The health port is free when picked, but the kernel may hand it
+// to an outgoing connection before the keeper binds it (both come from the
+// ephemeral range): a keeper that exits for that reason is started again on
+// another port.
 func (c *Cluster) AddKeeper(ctx context.Context, id string, extraArgs ...string) (*Keeper, error) {
+	for attempt := 1; ; attempt++ {
+		k, err := c.startKeeper(ctx, id, extraArgs)
+		if err == nil || attempt == 3 || !errors.Is(err, errHealthPortTaken) {
+			return k, err
+		}
+	}
+}
+
+// errHealthPortTaken: a keeper exited at start because its health port was
+// taken in the meantime.
+var errHealthPortTaken = errors.New("health port taken before the keeper bound it")
+
+func (c *Cluster) startKeeper(ctx context.Context, id string, extraArgs []string) (*Keeper, error) {
 	port, err := loopback.Port()
 	if err != nil {
 		return nil, err
@@ -304,7 +320,11 @@ func (c *Cluster) AddKeeper(ctx context.Context, id string, extraArgs ...string)
 		select {
 		case <-k.done:
 			c.Remove(k)
-			return nil, fmt.Errorf("keeper %s exited at start: %v; log:\n%s", id, k.exitErr, k.LogTail(20))
+			tail := k.LogTail(20)
+			if strings.Contains(tail, "health endpoint") && strings.Contains(tail, "address already in use") {
+				return nil, fmt.Errorf("keeper %s: %w", id, errHealthPortTaken)
+			}
+			return nil, fmt.Errorf("keeper %s exited at start: %v; log:\n%s", id, k.exitErr, tail)
 		case <-ctx.Done():
 			_ = k.Kill()
 			c.Remove(k)
