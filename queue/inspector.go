@@ -59,6 +59,15 @@ func (in *Inspector) History(ctx context.Context, s Shard) ([]HistoryEntry, erro
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", s, err)
 	}
+	return ParseHistory(msgs), nil
+}
+
+// HistoryKey is the stream that s's passes are recorded in (see
+// Native.WithHistory), for a checker that follows it while it grows.
+func (in *Inspector) HistoryKey(s Shard) string { return keysFor(in.prefix, s).History }
+
+// ParseHistory reads entries of a history stream, as XRANGE returns them.
+func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
 	out := make([]HistoryEntry, 0, len(msgs))
 	for _, m := range msgs {
 		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
@@ -69,7 +78,7 @@ func (in *Inspector) History(ctx context.Context, s Shard) ([]HistoryEntry, erro
 		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
 		out = append(out, e)
 	}
-	return out, nil
+	return out
 }
 
 // Fences reads the fence (highest accepted ownership token) of each shard.

@@ -78,6 +78,8 @@ type Server struct {
 	done    chan struct{}
 	waitErr error
 	once    sync.Once
+	// restart is how to launch the same server again (Kill, Restart).
+	restart func(ctx context.Context) error
 }
 
 // Start launches redis-server and waits until it answers PING.
@@ -122,6 +124,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		lastErr = s.launch(ctx, path, port, ports[1], ports[2], timeout, cfg)
 		if lastErr == nil {
+			tlsPort, busPort := ports[1], ports[2]
+			s.restart = func(ctx context.Context) error {
+				return s.launch(ctx, path, port, tlsPort, busPort, timeout, cfg)
+			}
 			return s, nil
 		}
 		if cfg.Port != 0 {
@@ -287,6 +293,36 @@ func (s *Server) kill() error {
 	case <-time.After(5 * time.Second):
 		return errors.New("redis-server did not exit after SIGKILL")
 	}
+}
+
+// Kill sends SIGKILL, as a crash would: the server keeps only what its
+// persistence settings had written (with --appendonly yes and --appendfsync
+// always, every write it acknowledged). Its directory is kept for Restart.
+func (s *Server) Kill() error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Kill()
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return errors.New("redis-server did not exit after SIGKILL")
+	}
+}
+
+// Restart starts the server again on the same port and directory with the
+// same settings, after Kill (or a crash), and waits until it answers PING
+// (after loading its data).
+func (s *Server) Restart(ctx context.Context) error {
+	if err := s.Kill(); err != nil {
+		return err
+	}
+	s.done = make(chan struct{})
+	if err := s.restart(ctx); err != nil {
+		return fmt.Errorf("restart redis-server: %w", err)
+	}
+	return nil
 }
 
 // ping speaks just enough RESP to know the server is accepting commands,

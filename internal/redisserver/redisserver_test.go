@@ -135,3 +135,53 @@ func TestTLSAndPassword(t *testing.T) {
 		t.Fatalf("TLS PING without a client certificate answered %q", got)
 	}
 }
+
+// inline sends one inline command and returns the raw reply.
+func inline(t *testing.T, addr, cmd string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(buf[:n])
+}
+
+// A SIGKILLed server restarts on its port with every write it acknowledged
+// when its append-only file is fsynced on every write.
+func TestKillRestartFromAOF(t *testing.T) {
+	s := StartConfigTB(t, Config{ExtraArgs: []string{"--appendonly", "yes", "--appendfsync", "always"}})
+	for i := 0; i < 100; i++ {
+		if r := inline(t, s.Addr, "SET k"+strconv.Itoa(i)+" v"+strconv.Itoa(i)); r != "+OK\r\n" {
+			t.Fatalf("SET: %q", r)
+		}
+	}
+	pid := s.Pid()
+	if err := s.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Fatalf("pid %d alive after Kill", pid)
+	}
+	if err := s.Restart(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if s.Pid() == pid {
+		t.Fatal("Restart kept the old pid")
+	}
+	if r := inline(t, s.Addr, "GET k99"); r != "$3\r\nv99\r\n" {
+		t.Fatalf("GET k99 after kill -9 and restart: %q", r)
+	}
+	if r := inline(t, s.Addr, "DBSIZE"); r != ":100\r\n" {
+		t.Fatalf("DBSIZE after restart: %q", r)
+	}
+}
