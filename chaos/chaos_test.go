@@ -135,7 +135,7 @@ func TestFleetUnderFaults(t *testing.T) {
 	n := queue.NewNative(c.RDB, "")
 	for name, old := range before.Owned {
 		s, _ := queue.ParseShard(name)
-		if _, err := n.Unlock(ctx, s, old, 100); !isFenced(err) {
+		if err := n.Passes(ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: old, Batch: 100}})[0].Err; !isFenced(err) {
 			t.Fatalf("%s: a write under k1's old token %d was not refused: %v", name, old, err)
 		}
 	}

@@ -72,12 +72,12 @@ func checkMessages(ctx context.Context, client *queue.Client, queues []string, w
 		r.Problems = append(r.Problems, a.Problems...)
 		r.Present += a.Present()
 		r.Dead += a.Dead
-		r.Expired += a.Counters["expired"]
-		r.Trimmed += a.Counters["trimmed"]
-		r.Unlocked += a.Counters["unlocked"]
-		r.Requeued += a.Counters["requeued"]
-		r.Acked += a.Counters["acked"]
-		r.Enqueued += a.Counters["enqueued"]
+		r.Expired += a.Counters.Expired
+		r.Trimmed += a.Counters.Trimmed
+		r.Unlocked += a.Counters.Unlocked
+		r.Requeued += a.Counters.Requeued
+		r.Acked += a.Counters.Acked
+		r.Enqueued += a.Counters.Enqueued
 		for id, st := range a.Members {
 			members[id] = st
 		}
@@ -184,7 +184,7 @@ func (f FenceReport) ProblemCount() int { return len(f.Problems) + len(f.Late) }
 func (c *Cluster) CheckFencing(ctx context.Context, shards []queue.Shard) (FenceReport, error) {
 	h := &History{rdb: c.RDB, shards: shards, cursor: make([]string, len(shards)),
 		entries: make([][]histEntry, len(shards)), strs: map[string]string{}}
-	n := queue.NewNative(c.RDB, "")
+	n := queue.NewInspector(c.RDB, "")
 	for _, s := range shards {
 		h.keys = append(h.keys, n.HistoryKey(s))
 	}
@@ -199,7 +199,7 @@ func (c *Cluster) CheckFencing(ctx context.Context, shards []queue.Shard) (Fence
 
 // RefusedTokens lists, per shard, the tokens whose writes the fence refused.
 func (c *Cluster) RefusedTokens(ctx context.Context, shards []queue.Shard) (map[string][]int64, error) {
-	n := queue.NewNative(c.RDB, "")
+	n := queue.NewInspector(c.RDB, "")
 	out := map[string][]int64{}
 	for _, s := range shards {
 		h, err := n.History(ctx, s)

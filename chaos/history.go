@@ -50,7 +50,7 @@ type History struct {
 // FollowHistory starts following the shards' histories through rdb, reading
 // every interval until Stop.
 func FollowHistory(ctx context.Context, rdb *redis.Client, shards []queue.Shard, interval time.Duration) *History {
-	n := queue.NewNative(rdb, "")
+	n := queue.NewInspector(rdb, "")
 	h := &History{rdb: rdb, shards: shards, cursor: make([]string, len(shards)),
 		entries: make([][]histEntry, len(shards)), strs: map[string]string{}, done: make(chan struct{})}
 	for _, s := range shards {

@@ -13,9 +13,9 @@ import (
 // design brief. It reads every member of every set, so it is an operator and
 // test tool, not something to run on a hot path.
 type Audit struct {
-	Queue                         string           `json:"queue"`
-	Ready, Inflight, Locked, Dead int64            `json:"-"`
-	Counters                      map[string]int64 `json:"counters"`
+	Queue                         string   `json:"queue"`
+	Ready, Inflight, Locked, Dead int64    `json:"-"`
+	Counters                      Counters `json:"counters"`
 	// Problems lists every violation found; empty means consistent.
 	Problems []string `json:"problems"`
 	// Members maps each message id present to its set, for tests and the
@@ -27,7 +27,7 @@ type Audit struct {
 // enqueued is acked, expired, trimmed, or still present.
 func (a Audit) Accounted() int64 {
 	c := a.Counters
-	return c["enqueued"] - c["acked"] - c["expired"] - c["trimmed"]
+	return c.Enqueued - c.Acked - c.Expired - c.Trimmed
 }
 
 // Present is the number of messages in the sets.
@@ -44,7 +44,7 @@ func (c *Client) Audit(ctx context.Context, queue string) (Audit, error) {
 	if err != nil {
 		return Audit{}, err
 	}
-	a := Audit{Queue: queue, Counters: map[string]int64{}, Members: map[string]State{}}
+	a := Audit{Queue: queue, Members: map[string]State{}}
 	shardOf := map[string]Shard{}
 	for p := 0; p < st.Partitions; p++ {
 		if err := c.auditShard(ctx, Shard{queue, p}, st.Generation, &a, shardOf); err != nil {
@@ -54,7 +54,7 @@ func (c *Client) Audit(ctx context.Context, queue string) (Audit, error) {
 	if a.Accounted() != a.Present() {
 		a.Problems = append(a.Problems, fmt.Sprintf(
 			"counters do not balance: enqueued %d - acked %d - expired %d - trimmed %d = %d, but %d are present",
-			a.Counters["enqueued"], a.Counters["acked"], a.Counters["expired"], a.Counters["trimmed"], a.Accounted(), a.Present()))
+			a.Counters.Enqueued, a.Counters.Acked, a.Counters.Expired, a.Counters.Trimmed, a.Accounted(), a.Present()))
 	}
 	return a, nil
 }
@@ -143,9 +143,8 @@ func (c *Client) auditShard(ctx context.Context, s Shard, generation int64, a *A
 			bad("%s is in the TTL index but is %q", id, st)
 		}
 	}
-	for f, v := range stats.Val() {
-		n, _ := strconv.ParseInt(v, 10, 64)
-		a.Counters[f] += n
-	}
+	var counted Counters
+	counted.readCounters(stats.Val())
+	a.Counters = a.Counters.Add(counted)
 	return nil
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -36,6 +37,10 @@ type Client struct {
 	mu    sync.Mutex
 	cache map[string]cachedConfig
 	rr    map[string]*atomic.Uint64 // per-queue start partition for fair pulls
+	// deleting holds, per queue, the config generation that one of its
+	// shards refused as deleted: until the registry holds a newer one, the
+	// queue is being deleted (see config).
+	deleting map[string]int64
 }
 
 type cachedConfig struct {
@@ -46,15 +51,13 @@ type cachedConfig struct {
 // NewClient returns a client over rdb (a single node, a failover client or a
 // cluster client).
 func NewClient(rdb redis.UniversalClient, opt ClientOptions) *Client {
-	if opt.Prefix == "" {
-		opt.Prefix = DefaultPrefix
-	}
+	opt.Prefix = cmp.Or(opt.Prefix, DefaultPrefix)
 	if opt.ConfigTTL <= 0 {
 		opt.ConfigTTL = 5 * time.Second
 	}
 	return &Client{
 		rdb: rdb, prefix: opt.Prefix, reg: NewRegistry(rdb, opt.Prefix), ttl: opt.ConfigTTL,
-		cache: map[string]cachedConfig{}, rr: map[string]*atomic.Uint64{},
+		cache: map[string]cachedConfig{}, rr: map[string]*atomic.Uint64{}, deleting: map[string]int64{},
 	}
 }
 
@@ -73,8 +76,18 @@ func (c *Client) config(ctx context.Context, queue string) (stored, error) {
 		return stored{}, err
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	// A delete tombstones the shards before it removes the config, and on
+	// a cluster the shards one after another: the config still listed may
+	// be one a shard already refused, and another shard of it not reached
+	// yet must not be written.
+	if g, ok := c.deleting[queue]; ok {
+		if st.Generation <= g {
+			return stored{}, fmt.Errorf("%w: %s is being deleted", ErrUnknownQueue, queue)
+		}
+		delete(c.deleting, queue)
+	}
 	c.cache[queue] = cachedConfig{st: st, at: time.Now()}
-	c.mu.Unlock()
 	return st, nil
 }
 
@@ -109,6 +122,12 @@ func (c *Client) withConfig(ctx context.Context, queue string, fn func(st stored
 			return err
 		}
 		err = fn(st)
+		if errors.Is(err, ErrUnknownQueue) {
+			// One of st's shards holds a tombstone: st is being deleted.
+			c.mu.Lock()
+			c.deleting[queue] = max(c.deleting[queue], st.Generation)
+			c.mu.Unlock()
+		}
 		var se *staleConfigError
 		if !errors.As(err, &se) {
 			return err
@@ -217,19 +236,11 @@ func (c *Client) findEarlier(ctx context.Context, queue string, st stored, id st
 	if len(homes) == 0 {
 		return EnqueueResult{}, nil
 	}
-	run := func(p redis.Pipeliner) []*redis.Cmd {
-		cmds := make([]*redis.Cmd, len(homes))
-		for i, s := range homes {
-			k := keysFor(c.prefix, s)
-			cmds[i] = nativeScripts.holds.EvalSha(ctx, p, []string{k.Deleted, k.Gen, k.Meta, k.Stats}, id, st.Generation)
-		}
-		return cmds
+	calls := make([]call, len(homes))
+	for i, s := range homes {
+		calls[i] = holdsScript.on(keysFor(c.prefix, s), id, st.Generation)
 	}
-	cmds, err := pipelineScripts(ctx, c.rdb, nativeScripts.holds, run)
-	if err != nil {
-		return EnqueueResult{}, err
-	}
-	for i, cmd := range cmds {
+	for i, cmd := range runAll(ctx, c.rdb, calls) {
 		enq, err := cmd.Int64()
 		if err != nil {
 			return EnqueueResult{}, c.scriptError(err, homes[i])
@@ -241,33 +252,6 @@ func (c *Client) findEarlier(ctx context.Context, queue string, st stored, id st
 	return EnqueueResult{}, nil
 }
 
-// pipelineScripts runs the EVALSHAs that run queues in one pipeline, and
-// again after loading script if a server did not know it (a restarted or
-// new node).
-func pipelineScripts(ctx context.Context, rdb redis.UniversalClient, script *redis.Script,
-	run func(p redis.Pipeliner) []*redis.Cmd) ([]*redis.Cmd, error) {
-	for attempt := 0; ; attempt++ {
-		var cmds []*redis.Cmd
-		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			cmds = run(p)
-			return nil
-		})
-		if err != nil && !isScriptError(err) {
-			return nil, err
-		}
-		noScript := false
-		for _, c := range cmds {
-			noScript = noScript || redis.HasErrorPrefix(c.Err(), "NOSCRIPT")
-		}
-		if !noScript || attempt == 1 {
-			return cmds, nil
-		}
-		if err := script.Load(ctx, rdb).Err(); err != nil {
-			return nil, fmt.Errorf("load script: %w", err)
-		}
-	}
-}
-
 // enqueueShard runs the enqueue script on s with m, whose payload the
 // script checks again.
 func (c *Client) enqueueShard(ctx context.Context, s Shard, st stored, m Message, prio string) (EnqueueResult, error) {
@@ -276,14 +260,12 @@ func (c *Client) enqueueShard(ctx context.Context, s Shard, st stored, m Message
 		ttl = m.TTL
 	}
 	k := keysFor(c.prefix, s)
-	res, err := nativeScripts.enqueue.Run(ctx, c.rdb,
-		[]string{k.Deleted, k.Gen, k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
-		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), st.MaxPayloadBytes, st.MaxSize,
-		k.Wake, s.String(), st.Generation).Int64Slice()
+	res, err := decodeEnqueue(enqueueScript.on(k, m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), st.MaxPayloadBytes,
+		st.MaxSize, k.Wake, s.String(), st.Generation).run(ctx, c.rdb))
 	if err != nil {
 		return EnqueueResult{}, c.scriptError(err, s)
 	}
-	return EnqueueResult{ID: m.ID, Shard: s, Duplicate: res[0] == 0, EnqueuedAt: time.UnixMilli(res[1])}, nil
+	return EnqueueResult{ID: m.ID, Shard: s, Duplicate: !res.Added, EnqueuedAt: time.UnixMilli(res.EnqueuedMs)}, nil
 }
 
 // Delivery is one leased message. Ack, Nack and Extend need it back: its
@@ -359,31 +341,25 @@ func (c *Client) nextStart(queue string) uint64 {
 
 func (c *Client) pullShard(ctx context.Context, s Shard, st stored, n int, lease time.Duration) ([]Delivery, bool, error) {
 	k := keysFor(c.prefix, s)
-	res, err := nativeScripts.pull.Run(ctx, c.rdb,
-		[]string{k.Deleted, k.Gen, k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
-		n, ms(lease), st.InFlightShare(s.Partition), k.Wake, s.String(), st.Generation).Slice()
+	res, err := decodePull(pullScript.on(k, n, ms(lease), st.InFlightShare(s.Partition), k.Wake, s.String(),
+		st.Generation).run(ctx, c.rdb))
 	if err != nil {
 		return nil, false, c.scriptError(err, s)
 	}
-	capped := toInt64(res[0]) == 1
-	deadline := time.UnixMilli(toInt64(res[1]))
-	out := make([]Delivery, 0, (len(res)-2)/4)
-	for i := 2; i+3 < len(res); i += 4 {
-		out = append(out, Delivery{
-			Shard: s, ID: toString(res[i]), Token: strconv.FormatInt(toInt64(res[i+1]), 10),
-			Deliveries: int(toInt64(res[i+2])), Payload: []byte(toString(res[i+3])), LeaseDeadline: deadline,
-		})
+	deadline := time.UnixMilli(res.DeadlineMs)
+	out := make([]Delivery, len(res.Messages))
+	for i, m := range res.Messages {
+		out[i] = Delivery{Shard: s, ID: m.ID, Token: strconv.FormatInt(m.Token, 10), Deliveries: m.Deliveries,
+			Payload: []byte(m.Body), LeaseDeadline: deadline}
 	}
-	return out, capped, nil
+	return out, res.Capped, nil
 }
 
 // Ack removes a finished message. ErrStale: the lease was already recovered
 // (the message may be with another consumer) and nothing changed.
 func (c *Client) Ack(ctx context.Context, d Delivery) error {
 	k := keysFor(c.prefix, d.Shard)
-	err := nativeScripts.ack.Run(ctx, c.rdb,
-		[]string{k.Deleted, k.Inflight, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		d.ID, d.Token, k.Wake, d.Shard.String()).Err()
+	err := ackScript.on(k, d.ID, d.Token, k.Wake, d.Shard.String()).run(ctx, c.rdb).Err()
 	if err != nil {
 		return fmt.Errorf("ack %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
@@ -425,13 +401,12 @@ func (c *Client) Nack(ctx context.Context, d Delivery, opt NackOptions) (State, 
 		prio = strconv.FormatInt(*opt.Priority, 10)
 	}
 	k := keysFor(c.prefix, d.Shard)
-	st, err := nativeScripts.nack.Run(ctx, c.rdb,
-		[]string{k.Deleted, k.Inflight, k.Ready, k.Locked, k.Dead, k.TTL, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, k.Wake, d.Shard.String()).Int64()
+	st, err := decodeNack(nackScript.on(k, d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, k.Wake,
+		d.Shard.String()).run(ctx, c.rdb))
 	if err != nil {
 		return "", fmt.Errorf("nack %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
-	return [...]State{"", StateReady, StateLocked, StateDead, StateExpired}[st], nil
+	return st, nil
 }
 
 // Extend moves the lease deadline to now+lease, by Redis's clock.
@@ -440,8 +415,7 @@ func (c *Client) Extend(ctx context.Context, d Delivery, lease time.Duration) (t
 		return time.Time{}, fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, lease, MaxLease)
 	}
 	k := keysFor(c.prefix, d.Shard)
-	due, err := nativeScripts.extend.Run(ctx, c.rdb, []string{k.Deleted, k.Inflight, k.Tok},
-		d.ID, d.Token, ms(lease), k.Wake, d.Shard.String()).Int64()
+	due, err := extendScript.on(k, d.ID, d.Token, ms(lease), k.Wake, d.Shard.String()).run(ctx, c.rdb).Int64()
 	if err != nil {
 		return time.Time{}, fmt.Errorf("extend %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
@@ -474,22 +448,19 @@ func (c *Client) Inspect(ctx context.Context, queue, id string) (MessageInfo, er
 	home := PartitionOf(id, cfg.Partitions)
 	for i := 0; i < cfg.Partitions; i++ {
 		s := Shard{Queue: queue, Partition: (home + i) % cfg.Partitions}
-		k := keysFor(c.prefix, s)
-		res, err := nativeScripts.inspect.Run(ctx, c.rdb,
-			[]string{k.Deleted, k.Ready, k.Inflight, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv}, id).Slice()
+		res, err := decodeInspect(inspectScript.on(keysFor(c.prefix, s), id).run(ctx, c.rdb))
 		if err != nil {
 			return MessageInfo{}, fmt.Errorf("inspect %s: %w", id, c.scriptError(err, s))
 		}
-		if toString(res[0]) == "" && toString(res[2]) == "" {
+		if res.State == "" && res.Meta == "" {
 			continue
 		}
-		info := MessageInfo{ID: id, Shard: s.String(), State: State(toString(res[0])), PayloadBytes: int(toInt64(res[5]))}
-		info.Score, _ = strconv.ParseFloat(toString(res[1]), 64)
-		info.Priority, _ = strconv.ParseInt(toString(res[3]), 10, 64)
-		d, _ := strconv.Atoi(toString(res[4]))
-		info.Deliveries = d
+		info := MessageInfo{ID: id, Shard: s.String(), State: res.State, PayloadBytes: int(res.PayloadBytes)}
+		info.Score, _ = strconv.ParseFloat(res.Score, 64)
+		info.Priority, _ = strconv.ParseInt(res.Priority, 10, 64)
+		info.Deliveries, _ = strconv.Atoi(res.Deliveries)
 		var enq, exp int64
-		if _, err := fmt.Sscanf(toString(res[2]), "%d|%d", &enq, &exp); err == nil {
+		if _, err := fmt.Sscanf(res.Meta, "%d|%d", &enq, &exp); err == nil {
 			info.EnqueuedAt = time.UnixMilli(enq)
 			if exp > 0 {
 				info.ExpiresAt = time.UnixMilli(exp)
@@ -502,25 +473,25 @@ func (c *Client) Inspect(ctx context.Context, queue, id string) (MessageInfo, er
 
 // ShardStats are one shard's counts and cumulative counters.
 type ShardStats struct {
-	Shard    string           `json:"shard"`
-	Ready    int64            `json:"ready"`
-	Inflight int64            `json:"inflight"`
-	Locked   int64            `json:"locked"`
-	Dead     int64            `json:"dead"`
-	Fence    int64            `json:"fence"`
-	Counters map[string]int64 `json:"counters"`
+	Shard    string   `json:"shard"`
+	Ready    int64    `json:"ready"`
+	Inflight int64    `json:"inflight"`
+	Locked   int64    `json:"locked"`
+	Dead     int64    `json:"dead"`
+	Fence    int64    `json:"fence"`
+	Counters Counters `json:"counters"`
 }
 
 // QueueStats sums a queue's shards.
 type QueueStats struct {
-	Queue    string           `json:"queue"`
-	Config   Config           `json:"config"`
-	Ready    int64            `json:"ready"`
-	Inflight int64            `json:"inflight"`
-	Locked   int64            `json:"locked"`
-	Dead     int64            `json:"dead"`
-	Counters map[string]int64 `json:"counters"`
-	Shards   []ShardStats     `json:"shards"`
+	Queue    string       `json:"queue"`
+	Config   Config       `json:"config"`
+	Ready    int64        `json:"ready"`
+	Inflight int64        `json:"inflight"`
+	Locked   int64        `json:"locked"`
+	Dead     int64        `json:"dead"`
+	Counters Counters     `json:"counters"`
+	Shards   []ShardStats `json:"shards"`
 }
 
 // ResetFences deletes the fence of every partition of queue and returns the
@@ -578,16 +549,13 @@ func (c *Client) Stats(ctx context.Context, queue string) (QueueStats, error) {
 	if err != nil && err != redis.Nil {
 		return QueueStats{}, fmt.Errorf("stats of %s: %w", queue, asError(err, Shard{queue, 0}, 0))
 	}
-	qs := QueueStats{Queue: queue, Config: cfg, Counters: map[string]int64{}}
+	qs := QueueStats{Queue: queue, Config: cfg}
 	for i, c := range all {
 		ss := ShardStats{Shard: Shard{queue, i}.String(), Ready: c.r.Val(), Inflight: c.i.Val(),
-			Locked: c.l.Val(), Dead: c.d.Val(), Counters: map[string]int64{}}
+			Locked: c.l.Val(), Dead: c.d.Val()}
 		ss.Fence, _ = strconv.ParseInt(c.f.Val(), 10, 64)
-		for k, v := range c.st.Val() {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			ss.Counters[k] = n
-			qs.Counters[k] += n
-		}
+		ss.Counters.readCounters(c.st.Val())
+		qs.Counters = qs.Counters.Add(ss.Counters)
 		qs.Ready += ss.Ready
 		qs.Inflight += ss.Inflight
 		qs.Locked += ss.Locked
@@ -614,24 +582,3 @@ func newID() string {
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
-
-func toInt64(v any) int64 {
-	switch x := v.(type) {
-	case int64:
-		return x
-	case string:
-		n, _ := strconv.ParseInt(x, 10, 64)
-		return n
-	}
-	return 0
-}
-
-func toString(v any) string {
-	switch x := v.(type) {
-	case string:
-		return x
-	case int64:
-		return strconv.FormatInt(x, 10)
-	}
-	return ""
-}

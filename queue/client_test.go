@@ -42,7 +42,7 @@ func TestEnqueuePullAck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Ready+st.Inflight+st.Locked+st.Dead != 0 || st.Counters["enqueued"] != 2 || st.Counters["acked"] != 2 || st.Counters["deduplicated"] != 1 {
+	if st.Ready+st.Inflight+st.Locked+st.Dead != 0 || st.Counters.Enqueued != 2 || st.Counters.Acked != 2 || st.Counters.Deduplicated != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 	// An acked id can be enqueued again: de-duplication lasts while the
@@ -101,7 +101,7 @@ func TestNackAndExtend(t *testing.T) {
 	// Unlock by hand through the layout (the keeper's job) to redeliver.
 	k := e.keys(d.Shard)
 	e.rdb.ZAdd(e.ctx, k.Locked, redisZ(0, "m"))
-	if _, err := e.n.Unlock(e.ctx, d.Shard, 1, 100); err != nil {
+	if _, err := unlockPass(e.n, e.ctx, d.Shard, 1, 100); err != nil {
 		t.Fatal(err)
 	}
 	d2 := e.pull("n", 1, time.Minute)[0]
@@ -250,7 +250,7 @@ func TestWrongTypedKeyChangesNothing(t *testing.T) {
 	if _, err := e.c.Pull(e.ctx, "w", 1, time.Minute); !errors.Is(err, ErrWrongType) {
 		t.Fatalf("pull with wrong-typed key = %v, want ErrWrongType", err)
 	}
-	if _, err := e.n.Expire(e.ctx, Shard{"w", 0}, 1, 10); !errors.Is(err, ErrWrongType) {
+	if _, err := expirePass(e.n, e.ctx, Shard{"w", 0}, 1, 10); !errors.Is(err, ErrWrongType) {
 		t.Fatalf("expire with wrong-typed key = %v, want ErrWrongType", err)
 	}
 	e.sameAs(before)
@@ -330,7 +330,7 @@ func TestSubMillisecondTTLIsRefused(t *testing.T) {
 		t.Fatalf("1ms ttl stored as %+v, %v", info, err)
 	}
 	waitUntil(t, 5*time.Second, "the 1ms ttl expires", func() bool {
-		r, err := e.n.Expire(e.ctx, Shard{"ttl", 0}, 1, 10)
+		r, err := expirePass(e.n, e.ctx, Shard{"ttl", 0}, 1, 10)
 		return err == nil && r.Moved == 1
 	})
 }

@@ -69,7 +69,7 @@ func FuzzScripts(f *testing.F) {
 const (
 	fuzzPrefix    = "fz"
 	fuzzMaxOps    = 64
-	fuzzMaxBatch  = 10_000                // the largest tasks.batch cmd/keeper accepts
+	fuzzMaxBatch  = MaxBatch              // the largest tasks.batch cmd/keeper accepts
 	fuzzCost      = 100_000               // what one input may spend: a few seconds on a loaded 2-core machine
 	fuzzWall      = 5 * time.Second       // and the real time it may take
 	fuzzStartUs   = 1_900_000_000_000_250 // the virtual clock when an input starts
@@ -260,7 +260,7 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		due := r.m.nowMs() + int64(int8(c))
 		stepBy := time.Duration(c%8) * 100 * time.Microsecond
 		desc = fmt.Sprintf("seed s%d..s%d due=%d step=%s", first, first+n-1, due, stepBy)
-		got = outcome(nil, r.n.SeedLocked(r.ctx, fuzzShard, "s", first, n, due, stepBy, []byte("seed")))
+		got = outcome(nil, NewInspector(r.rdb, fuzzPrefix).SeedLocked(r.ctx, fuzzShard, "s", first, n, due, stepBy, []byte("seed")))
 		want = outcome(nil, r.m.seedLocked("s", first, n, due, stepBy, "seed"))
 	case opPull:
 		n, lease, times := batch(a, b, MaxPull), leases[c%8], 1
@@ -307,16 +307,16 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		var err error
 		switch kind % opCount {
 		case opUnlock:
-			res, err = hk.Unlock(r.ctx, fuzzShard, k.token, n)
+			res, err = unlockPass(hk, r.ctx, fuzzShard, k.token, n)
 			want = outcome(r.m.unlock(k, n))
 		case opRequeue:
-			res, err = hk.Requeue(r.ctx, fuzzShard, cfg, k.token, n)
+			res, err = requeuePass(hk, r.ctx, fuzzShard, cfg, k.token, n)
 			want = outcome(r.m.requeue(k, n))
 		case opExpire:
-			res, err = hk.Expire(r.ctx, fuzzShard, k.token, n)
+			res, err = expirePass(hk, r.ctx, fuzzShard, k.token, n)
 			want = outcome(r.m.expire(k, n))
 		case opTrim:
-			res, err = hk.Trim(r.ctx, fuzzShard, cfg, k.token, n)
+			res, err = trimPass(hk, r.ctx, fuzzShard, cfg, k.token, n)
 			want = outcome(r.m.trim(k, n))
 		}
 		got = outcome(res, err)
@@ -330,7 +330,7 @@ func (r *fuzzRun) step(kind, a, b, c byte) string {
 		got, want = probeOutcome(res[0]), probeOutcome(r.m.probe(claim, k))
 	case opMeasure:
 		desc = fmt.Sprintf("measure %+v", k)
-		res, err := hk.Measure(r.ctx, fuzzShard, k.token)
+		res, err := measurePass(hk, r.ctx, fuzzShard, k.token)
 		got = outcome(res, err)
 		want = outcome(r.m.measure(k))
 	case opAdvance:

@@ -49,8 +49,8 @@ func TestEnqueuedBeforeGrowthIsDuplicateAfter(t *testing.T) {
 		t.Fatalf("only %d of 400 re-enqueues had a new home: the test shows little", moved)
 	}
 	a := e.wantCounts("g", 200, 0, 0, 0)
-	if a.Counters["deduplicated"] != 400 {
-		t.Fatalf("deduplicated %d, want 400", a.Counters["deduplicated"])
+	if a.Counters.Deduplicated != 400 {
+		t.Fatalf("deduplicated %d, want 400", a.Counters.Deduplicated)
 	}
 	ds := e.pull("g", 50, time.Minute)
 	for _, d := range ds {

@@ -32,8 +32,11 @@ type shardKeys struct {
 	Wake string
 }
 
-func keysFor(prefix string, s Shard) shardKeys {
-	b := prefix + ":{" + s.String() + "}:"
+func keysFor(prefix string, s Shard) shardKeys { return keysUnder(prefix + ":{" + s.String() + "}:") }
+
+// keysUnder names every key b + its name, the one place key names are
+// made: keysUnder("") gives the bare names the .lua headers use.
+func keysUnder(b string) shardKeys {
 	return shardKeys{
 		Ready: b + "ready", Inflight: b + "inflight", Locked: b + "locked", Dead: b + "dead",
 		TTL: b + "ttl", Body: b + "body", Meta: b + "meta", Prio: b + "prio", Dlv: b + "dlv",

@@ -20,7 +20,7 @@ import (
 // seedLocked writes n locked messages <prefix>0..<prefix>n-1, due at dueMs.
 func (e *env) seedLocked(s Shard, prefix string, n int, dueMs int64) {
 	e.t.Helper()
-	if err := e.n.SeedLocked(e.ctx, s, prefix, 0, n, dueMs, 0, []byte("x")); err != nil {
+	if err := e.in.SeedLocked(e.ctx, s, prefix, 0, n, dueMs, 0, []byte("x")); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -101,7 +101,7 @@ func TestUnlockAtMaxBatchLosesNothing(t *testing.T) {
 			e.create("big", Config{})
 			s := Shard{"big", 0}
 			e.seedLocked(s, "m", n, e.redisNowMs()-1000)
-			r, err := e.n.Unlock(e.ctx, s, 1, MaxBatch)
+			r, err := unlockPass(e.n, e.ctx, s, 1, MaxBatch)
 			if err != nil {
 				t.Fatalf("unlock of %d due locks at batch %d: %v; now %s", n, MaxBatch, err, e.shardCounts(s))
 			}
@@ -109,8 +109,8 @@ func TestUnlockAtMaxBatchLosesNothing(t *testing.T) {
 				t.Fatalf("unlock moved %d with %d lags, next %d; want %d", r.Moved, len(r.Lags), r.NextMs, n)
 			}
 			a := e.wantCounts("big", int64(n), 0, 0, 0)
-			if a.Counters["unlocked"] != int64(n) {
-				t.Fatalf("unlocked counter %d", a.Counters["unlocked"])
+			if a.Counters.Unlocked != int64(n) {
+				t.Fatalf("unlocked counter %d", a.Counters.Unlocked)
 			}
 		})
 	}
@@ -159,7 +159,7 @@ func TestRequeueAtMaxBatchLosesNothing(t *testing.T) {
 				wantReady = int64(n) - wantDead - wantExpired
 			}
 			waitUntil(t, 5*time.Second, "leases over", func() bool { return e.redisNowMs() > last.UnixMilli() })
-			r, err := e.n.Requeue(e.ctx, s, cfg.WithDefaults(), 1, MaxBatch)
+			r, err := requeuePass(e.n, e.ctx, s, cfg.WithDefaults(), 1, MaxBatch)
 			if err != nil {
 				t.Fatalf("requeue of %d leases at batch %d: %v; now %s", n, MaxBatch, err, e.shardCounts(s))
 			}
@@ -167,7 +167,7 @@ func TestRequeueAtMaxBatchLosesNothing(t *testing.T) {
 				t.Fatalf("requeue %+v; want %d ready, %d dead, %d expired", r, wantReady, wantDead, wantExpired)
 			}
 			a := e.wantCounts("rq", wantReady, 0, 0, wantDead)
-			if a.Counters["expired"] != wantExpired || a.Counters["requeued"] != wantReady {
+			if a.Counters.Expired != wantExpired || a.Counters.Requeued != wantReady {
 				t.Fatalf("counters %v", a.Counters)
 			}
 		})
@@ -183,15 +183,15 @@ func TestExpireAtMaxBatchLosesNothing(t *testing.T) {
 	e.seedReady(s, "r", half)
 	e.seedLocked(s, "l", half, e.redisNowMs()+int64(time.Hour/time.Millisecond))
 	e.expireByHand(s, append(ids("r", half), ids("l", half)...), true)
-	r, err := e.n.Expire(e.ctx, s, 1, MaxBatch)
+	r, err := expirePass(e.n, e.ctx, s, 1, MaxBatch)
 	if err != nil {
 		t.Fatalf("expire of %d at batch %d: %v; now %s", MaxBatch, MaxBatch, err, e.shardCounts(s))
 	}
 	if r.Moved != MaxBatch || r.NextMs != -1 {
 		t.Fatalf("expire %+v", r)
 	}
-	if a := e.wantCounts("ex", 0, 0, 0, 0); a.Counters["expired"] != MaxBatch {
-		t.Fatalf("expired counter %d", a.Counters["expired"])
+	if a := e.wantCounts("ex", 0, 0, 0, 0); a.Counters.Expired != MaxBatch {
+		t.Fatalf("expired counter %d", a.Counters.Expired)
 	}
 	if n, _ := e.rdb.ZCard(e.ctx, e.keys(s).TTL).Result(); n != 0 {
 		t.Fatalf("%d left in the TTL index", n)
@@ -205,15 +205,15 @@ func TestTrimAtMaxBatchLosesNothing(t *testing.T) {
 	e.create("tr", cfg)
 	s := Shard{"tr", 0}
 	e.seedReady(s, "m", MaxBatch+10)
-	r, err := e.n.Trim(e.ctx, s, cfg, 1, MaxBatch)
+	r, err := trimPass(e.n, e.ctx, s, cfg, 1, MaxBatch)
 	if err != nil {
 		t.Fatalf("trim of %d at batch %d: %v; now %s", MaxBatch, MaxBatch, err, e.shardCounts(s))
 	}
 	if r.Moved != MaxBatch || r.Excess != 0 {
 		t.Fatalf("trim %+v", r)
 	}
-	if a := e.wantCounts("tr", 10, 0, 0, 0); a.Counters["trimmed"] != MaxBatch {
-		t.Fatalf("trimmed counter %d", a.Counters["trimmed"])
+	if a := e.wantCounts("tr", 10, 0, 0, 0); a.Counters.Trimmed != MaxBatch {
+		t.Fatalf("trimmed counter %d", a.Counters.Trimmed)
 	}
 }
 
@@ -252,8 +252,8 @@ func TestClientScriptsAtTheirLimitsLoseNothing(t *testing.T) {
 	inflight := int64(2*MaxPull - len(gone))
 	ready := int64(2*MaxPull+MaxBatch) - inflight - int64(len(gone))
 	a := e.wantCounts("cl", ready, inflight, MaxBatch, 0)
-	if a.Counters["expired"] != int64(len(gone)) {
-		t.Fatalf("expired at pull %d, want %d", a.Counters["expired"], len(gone))
+	if a.Counters.Expired != int64(len(gone)) {
+		t.Fatalf("expired at pull %d, want %d", a.Counters.Expired, len(gone))
 	}
 	for i, d := range ds {
 		switch i % 4 {
@@ -274,7 +274,7 @@ func TestClientScriptsAtTheirLimitsLoseNothing(t *testing.T) {
 	}
 	inflight -= MaxPull / 2
 	e.wantCounts("cl", ready, inflight, MaxBatch, MaxPull/4)
-	m, err := e.n.Measure(e.ctx, s, 1)
+	m, err := measurePass(e.n, e.ctx, s, 1)
 	if err != nil || m.Ready != ready || m.Inflight != inflight || m.Locked != MaxBatch || m.Dead != MaxPull/4 {
 		t.Fatalf("measure %+v, %v", m, err)
 	}
@@ -316,15 +316,13 @@ func TestSeedAtMaxCount(t *testing.T) {
 	e.create("seed", Config{})
 	s := Shard{"seed", 0}
 	k := e.keys(s)
-	err := nativeScripts.seed.Run(e.ctx, e.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
-		"m", 0, maxSeed, e.redisNowMs(), 0, "x").Err()
+	err := seedScript.on(k, "m", 0, maxSeed, e.redisNowMs(), 0, "x").run(e.ctx, e.rdb).Err()
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.wantCounts("seed", 0, 0, maxSeed, 0)
 	before := e.snapshot()
-	err = nativeScripts.seed.Run(e.ctx, e.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
-		"n", 0, maxSeed+1, e.redisNowMs(), 0, "x").Err()
+	err = seedScript.on(k, "n", 0, maxSeed+1, e.redisNowMs(), 0, "x").run(e.ctx, e.rdb).Err()
 	if err == nil {
 		t.Fatal("seed over its maximum accepted")
 	}
@@ -343,7 +341,7 @@ func TestHandEditedValuesNeverHalfApplyAMove(t *testing.T) {
 	for id, p := range map[string]string{"m0": "nan", "m1": " 5", "m2": "abc", "m3": "1e3"} {
 		e.rdb.HSet(e.ctx, k.Prio, id, p)
 	}
-	r, err := e.n.Unlock(e.ctx, s, 1, 10)
+	r, err := unlockPass(e.n, e.ctx, s, 1, 10)
 	if err != nil || r.Moved != 4 {
 		t.Fatalf("unlock over junk priorities = %+v, %v; now %s", r, err, e.shardCounts(s))
 	}
@@ -375,9 +373,9 @@ func TestHandEditedValuesNeverHalfApplyAMove(t *testing.T) {
 	for name, call := range map[string]func() error{
 		"ack":     func() error { return e.c.Ack(e.ctx, ds[0]) },
 		"nack":    func() error { _, err := e.c.Nack(e.ctx, ds[1], NackOptions{}); return err },
-		"requeue": func() error { _, err := e.n.Requeue(e.ctx, s, Config{}, 1, 10); return err },
-		"expire":  func() error { _, err := e.n.Expire(e.ctx, s, 1, 10); return err },
-		"trim":    func() error { _, err := e.n.Trim(e.ctx, s, Config{MaxSize: 1}, 1, 10); return err },
+		"requeue": func() error { _, err := requeuePass(e.n, e.ctx, s, Config{}, 1, 10); return err },
+		"expire":  func() error { _, err := expirePass(e.n, e.ctx, s, 1, 10); return err },
+		"trim":    func() error { _, err := trimPass(e.n, e.ctx, s, Config{MaxSize: 1}, 1, 10); return err },
 	} {
 		if err := call(); !errors.Is(err, ErrWrongType) {
 			t.Errorf("%s with a junk counter = %v, want ErrWrongType", name, err)

@@ -439,7 +439,7 @@ func (m *model) extend(d Delivery, lease time.Duration) (time.Time, error) {
 	return time.UnixMilli(due), nil
 }
 
-// seedLocked is Native.SeedLocked, for fresh ids only (it overwrites).
+// seedLocked is Inspector.SeedLocked, for fresh ids only (it overwrites).
 func (m *model) seedLocked(prefix string, first, count int, firstDueMs int64, step time.Duration, payload string) error {
 	if m.deleted {
 		return ErrUnknownQueue
@@ -502,7 +502,7 @@ func (m *model) requeue(k keeperPass, batch int) (PassResult, error) {
 	m.log("requeue", k, true, len(ids))
 	r.NextMs = m.head(stInflight)
 	if h := m.ttlHead(); h >= 0 {
-		r.Hints = []Due{{Kind: DueExpire, AtMs: h}}
+		r.Hints = []Due{{Task: TaskExpire, AtMs: h}}
 	}
 	return r, nil
 }
@@ -640,10 +640,10 @@ func (m *model) queueStats() (QueueStats, error) {
 		Locked: ss.Locked, Dead: ss.Dead, Counters: m.counters(), Shards: []ShardStats{ss}}, nil
 }
 
-func (m *model) counters() map[string]int64 {
-	c := make(map[string]int64, len(m.stats))
+func (m *model) counters() Counters {
+	var c Counters
 	for k, v := range m.stats {
-		c[k] = v
+		c.readCounter(k, strconv.FormatInt(v, 10))
 	}
 	return c
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,16 +31,15 @@ var _ Layout = (*Native)(nil)
 
 // NewNative returns the native layout under prefix (DefaultPrefix when empty).
 func NewNative(rdb redis.UniversalClient, prefix string) *Native {
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
+	prefix = cmp.Or(prefix, DefaultPrefix)
 	return &Native{rdb: rdb, prefix: prefix, record: "0", claimWait: DefaultClaimWait,
 		subs: &wakeSubs{want: map[string]bool{}, pending: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }
 
 // WithHistory returns a layout that records every housekeeping pass,
 // accepted or refused, with its token and moved count, in a capped stream
-// per shard (see History). It costs one XADD per pass; chaos runs turn it on.
+// per shard (see Inspector.History). It costs one XADD per pass; chaos runs
+// turn it on.
 func (n *Native) WithHistory() *Native {
 	c := *n
 	c.record = "1"
@@ -70,86 +70,39 @@ func (n *Native) WithClaimWait(d time.Duration) *Native {
 	return &c
 }
 
-// head is the keys and arguments every housekeeping script begins with
-// (see lua/lib.lua), followed by the script's own.
-func (n *Native) head(k shardKeys, token int64, keys []string, args ...any) ([]string, []any) {
-	return append([]string{k.Fence, k.FenceOwner, k.History, k.Deleted}, keys...),
-		append([]any{token, n.owner, n.record}, args...)
+// Passes implements Layout: one pipeline for all the passes (on a cluster
+// client, one per node, in parallel).
+func (n *Native) Passes(ctx context.Context, reqs []PassRequest) []PassOutcome {
+	out := make([]PassOutcome, len(reqs))
+	calls := make([]call, 0, len(reqs))
+	idx := make([]int, 0, len(reqs))
+	for i, r := range reqs {
+		if r.Task >= NumTasks {
+			out[i].Err = fmt.Errorf("shard %s: unknown task %d", r.Shard, r.Task)
+			continue
+		}
+		if r.Task != TaskMeasure {
+			if err := checkBatch(r.Batch); err != nil {
+				out[i].Err = err
+				continue
+			}
+		}
+		calls = append(calls, n.fenced(passScripts[r.Task], r.Shard, r.Token, passArgs(r)...))
+		idx = append(idx, i)
+	}
+	for j, cmd := range runAll(ctx, n.rdb, calls) {
+		r := reqs[idx[j]]
+		o, err := decodePass(r, cmd)
+		o.Err = asError(err, r.Shard, r.Token)
+		out[idx[j]] = o
+	}
+	return out
 }
 
-// Unlock implements Layout.
-func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
-	if err := checkBatch(batch); err != nil {
-		return PassResult{}, err
-	}
-	k := keysFor(n.prefix, s)
-	keys, args := n.head(k, token, []string{k.Locked, k.Ready, k.Prio, k.Stats, k.Clean}, batch)
-	res, err := nativeScripts.unlock.Run(ctx, n.rdb, keys, args...).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2]}
-	r.Full = r.Moved >= batch
-	r.Lags = make([]time.Duration, 0, len(res)-3)
-	for _, us := range res[3:] {
-		r.Lags = append(r.Lags, time.Duration(us)*time.Microsecond)
-	}
-	return r, nil
-}
-
-// Requeue implements Layout.
-func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
-	if err := checkBatch(batch); err != nil {
-		return PassResult{}, err
-	}
-	k := keysFor(n.prefix, s)
-	keys, args := n.head(k, token, []string{k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body,
-		k.Stats, k.Clean}, batch, cfg.MaxDeliveries)
-	res, err := nativeScripts.requeue.Run(ctx, n.rdb, keys, args...).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2],
-		Requeued: int(res[3]), DeadLettered: int(res[4]), Expired: int(res[5])}
-	r.Full = r.Moved >= batch
-	if res[6] >= 0 {
-		r.Hints = []Due{{Kind: DueExpire, AtMs: res[6]}}
-	}
-	return r, nil
-}
-
-// Expire implements Layout.
-func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
-	if err := checkBatch(batch); err != nil {
-		return PassResult{}, err
-	}
-	k := keysFor(n.prefix, s)
-	keys, args := n.head(k, token, []string{k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv,
-		k.Stats, k.Clean}, batch)
-	res, err := nativeScripts.expire.Run(ctx, n.rdb, keys, args...).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2], Expired: int(res[0])}
-	r.Full = r.Moved >= batch
-	return r, nil
-}
-
-// Trim implements Layout. NextMs is always -1: trim is due only when a
-// shard goes over its cap, which the enqueue script announces.
-func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
-	if err := checkBatch(batch); err != nil {
-		return PassResult{}, err
-	}
-	k := keysFor(n.prefix, s)
-	keys, args := n.head(k, token, []string{k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv,
-		k.Stats, k.Clean, k.TrimWake}, batch, cfg.MaxSize)
-	res, err := nativeScripts.trim.Run(ctx, n.rdb, keys, args...).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	return PassResult{Moved: int(res[0]), Full: res[0] > 0 && res[1] > 0 && res[3] > 0, NextMs: -1, NowUs: res[2],
-		Excess: res[1]}, nil
+// fenced is a call of a housekeeping script on s: the fence head's
+// arguments, then args.
+func (n *Native) fenced(sc *script, s Shard, token int64, args ...any) call {
+	return sc.on(keysFor(n.prefix, s), append([]any{token, n.owner, n.record}, args...)...)
 }
 
 // checkBatch refuses a batch the scripts were not tested at.
@@ -160,41 +113,11 @@ func checkBatch(batch int) error {
 	return nil
 }
 
-// Measure implements Layout.
-func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement, error) {
-	k := keysFor(n.prefix, s)
-	keys, args := n.head(k, token, []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean})
-	res, err := nativeScripts.measure.Run(ctx, n.rdb, keys, args...).Slice()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return Measurement{}, asError(err, s, token)
-	}
-	if len(res) < 6 {
-		return Measurement{}, fmt.Errorf("shard %s: measure returned %d fields", s, len(res))
-	}
-	m := Measurement{NowUs: toInt64(res[0]), Ready: toInt64(res[1]), Inflight: toInt64(res[2]),
-		Locked: toInt64(res[3]), Dead: toInt64(res[4]), Counters: map[string]int64{}}
-	if h, ok := res[5].(string); ok {
-		m.HasReady = true
-		m.ReadyHead, _ = strconv.ParseFloat(h, 64)
-	}
-	for i := 6; i+1 < len(res); i += 2 {
-		m.Counters[toString(res[i])] = toInt64(res[i+1])
-	}
-	return m, nil
-}
-
 // Probe implements Layout: one pipeline for the shards only read, and one
 // per Redis node for the claims, on one connection, so that a claim can be
 // confirmed by a replica (see claimOn).
 func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
 	out := make([]ProbeResult, len(reqs))
-	if len(reqs) == 0 {
-		return out, nil
-	}
-	// Make sure the script is loaded, so the pipelines can use EVALSHA.
-	if err := nativeScripts.probe.Load(ctx, n.rdb).Err(); err != nil {
-		return nil, fmt.Errorf("load probe script: %w", err)
-	}
 	var reads, claims []int
 	for i, r := range reqs {
 		if r.Claim {
@@ -204,15 +127,11 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 		}
 	}
 	if len(reads) > 0 {
-		var results func() []int
-		_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			results = n.probeCmds(ctx, p, reqs, reads, out)
-			return nil
-		})
-		if err != nil && !isScriptError(err) {
+		// A failure to reach Redis fails the whole probe, so that the
+		// caller probes again rather than take it for the shards'.
+		if _, err := n.probeOn(ctx, n.rdb, reqs, reads, out); err != nil {
 			return nil, fmt.Errorf("probe %d shards: %w", len(reads), err)
 		}
-		results()
 	}
 	for node, idx := range n.byNode(ctx, reqs, claims, out) {
 		n.claimOn(ctx, node, reqs, idx, out)
@@ -220,35 +139,38 @@ func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult,
 	return out, nil
 }
 
-// probeCmds queues the probe script of reqs[i] for each i in idx on p; the
-// results land in out once p has run.
-func (n *Native) probeCmds(ctx context.Context, p redis.Pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) func() []int {
-	cmds := make([]*redis.Cmd, len(idx))
+// probeOn runs the probe of reqs[i] for each i in idx on rdb, in one
+// pipeline, into out; it returns the indexes that succeeded, and the first
+// error that is not Redis's reply to one script (Redis was not reached).
+func (n *Native) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) ([]int, error) {
+	calls := make([]call, len(idx))
 	for j, i := range idx {
 		r := reqs[i]
-		k := keysFor(n.prefix, r.Shard)
 		claim := "0"
 		if r.Claim {
 			claim = "1"
 		}
-		keys, args := n.head(k, r.Token, []string{k.Locked, k.Inflight, k.TTL, k.Ready}, r.MaxSize, claim)
-		cmds[j] = nativeScripts.probe.EvalSha(ctx, p, keys, args...)
+		calls[j] = n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claim)
 	}
-	// Reading the results waits for the pipeline.
-	return func() []int {
-		var ok []int
-		for j, c := range cmds {
-			i := idx[j]
-			v, err := c.Int64Slice()
-			if err != nil {
-				out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
-				continue
-			}
-			out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}
-			ok = append(ok, i)
+	var (
+		ok      []int
+		reached error
+		re      redis.Error
+	)
+	for j, cmd := range runAll(ctx, rdb, calls) {
+		i := idx[j]
+		if err := cmd.Err(); err != nil && !errors.As(err, &re) && reached == nil {
+			reached = err
 		}
-		return ok
+		res, err := decodeProbe(cmd)
+		if err != nil {
+			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
+			continue
+		}
+		out[i] = res
+		ok = append(ok, i)
 	}
+	return ok, reached
 }
 
 // byNode groups the claims by the Redis node that holds their shard: the
@@ -288,28 +210,20 @@ func (n *Native) byNode(ctx context.Context, reqs []ProbeRequest, idx []int, out
 func (n *Native) claimOn(ctx context.Context, node *redis.Client, reqs []ProbeRequest, idx []int, out []ProbeResult) {
 	conn := node.Conn()
 	defer conn.Close()
-	var (
-		results func() []int
-		info    *redis.StringCmd
-	)
-	_, err := conn.Pipelined(ctx, func(p redis.Pipeliner) error {
-		results = n.probeCmds(ctx, p, reqs, idx, out)
-		info = p.Info(ctx, "replication")
-		return nil
-	})
-	if err != nil && !isScriptError(err) {
-		for _, i := range idx {
-			out[i].Err = fmt.Errorf("claim %s: %w", reqs[i].Shard, err)
+	ok, _ := n.probeOn(ctx, conn, reqs, idx, out)
+	if len(ok) == 0 {
+		return
+	}
+	info, err := conn.Info(ctx, "replication").Result()
+	if err == nil && connectedReplicas(info) == 0 {
+		return
+	}
+	if err == nil {
+		var acked int64
+		acked, err = conn.Wait(ctx, 1, n.claimWait).Result()
+		if err == nil && acked >= 1 {
+			return
 		}
-		return
-	}
-	ok := results()
-	if len(ok) == 0 || connectedReplicas(info.Val()) == 0 {
-		return
-	}
-	acked, err := conn.Wait(ctx, 1, n.claimWait).Result()
-	if err == nil && acked >= 1 {
-		return
 	}
 	why := fmt.Sprintf("no replica acknowledged it within %s", n.claimWait)
 	if err != nil {
@@ -329,13 +243,6 @@ func connectedReplicas(info string) int {
 		}
 	}
 	return 0
-}
-
-// isScriptError tells a per-shard failure inside a pipeline (reported per
-// command) from a connection failure (reported for the whole pipeline).
-func isScriptError(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re)
 }
 
 // Now implements Layout.
@@ -377,9 +284,6 @@ func (n *Native) Watch(shards []Shard, on bool) {
 	default:
 	}
 }
-
-// WakeChannel is the pub/sub channel of s's deadline hints.
-func (n *Native) WakeChannel(s Shard) string { return keysFor(n.prefix, s).Wake }
 
 // subscribeBatch bounds the channels of one SUBSCRIBE command, so taking
 // over tens of thousands of shards does not build one huge command.
@@ -504,82 +408,9 @@ func parseWake(p string) (Wake, bool) {
 	if err != nil {
 		return Wake{}, false
 	}
-	return Wake{Shard: s, Due: Due{Kind: DueKind(f[0][0]), AtMs: at}}, true
-}
-
-// maxSeed is the most messages one call of the seed script writes.
-const maxSeed = 50_000
-
-// SeedLocked writes count locked messages into s, for benchmarks and load
-// tests: ids idPrefix+index for index in [first, first+count), message i
-// unlocking at firstDueMs + i*step (Redis ms). It bypasses the wake channel
-// on purpose: the keeper under test must learn of them by probing.
-func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first, count int, firstDueMs int64, step time.Duration, payload []byte) error {
-	k := keysFor(n.prefix, s)
-	for done := 0; done < count; done += maxSeed {
-		c := min(maxSeed, count-done)
-		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Deleted, k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
-			idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).Err()
-		if err != nil {
-			return fmt.Errorf("seed %s: %w", s, asError(err, s, 0))
-		}
+	task, ok := taskOfCode(f[0][0])
+	if !ok {
+		return Wake{}, false
 	}
-	return nil
-}
-
-// HistoryEntry is one recorded housekeeping pass.
-type HistoryEntry struct {
-	ID       string // stream id: Redis ms time and sequence
-	Task     string
-	Token    int64
-	Owner    string // the identity that presented Token (see WithOwner)
-	Accepted bool
-	Moved    int
-}
-
-// History reads a shard's recorded passes, oldest first (see WithHistory).
-func (n *Native) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
-	msgs, err := n.rdb.XRange(ctx, keysFor(n.prefix, s).History, "-", "+").Result()
-	if err != nil {
-		return nil, fmt.Errorf("history of %s: %w", s, err)
-	}
-	return ParseHistory(msgs), nil
-}
-
-// HistoryKey is the stream that s's passes are recorded in (see
-// WithHistory), for a checker that follows it while it grows.
-func (n *Native) HistoryKey(s Shard) string { return keysFor(n.prefix, s).History }
-
-// ParseHistory reads entries of a history stream, as XRANGE returns them.
-func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
-	out := make([]HistoryEntry, 0, len(msgs))
-	for _, m := range msgs {
-		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
-		if o, ok := m.Values["owner"].(string); ok {
-			e.Owner = o
-		}
-		e.Token, _ = strconv.ParseInt(fmt.Sprint(m.Values["token"]), 10, 64)
-		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
-		out = append(out, e)
-	}
-	return out
-}
-
-// Fences reads the fence (highest accepted ownership token) of each shard.
-func (n *Native) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
-	cmds := make([]*redis.StringCmd, len(shards))
-	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, s := range shards {
-			cmds[i] = p.Get(ctx, keysFor(n.prefix, s).Fence)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("read fences: %w", err)
-	}
-	out := make([]int64, len(shards))
-	for i, c := range cmds {
-		out[i], _ = strconv.ParseInt(c.Val(), 10, 64)
-	}
-	return out, nil
+	return Wake{Shard: s, Due: Due{Task: task, AtMs: at}}, true
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -21,9 +22,7 @@ type Registry struct {
 
 // NewRegistry returns the registry under prefix (DefaultPrefix when empty).
 func NewRegistry(rdb redis.UniversalClient, prefix string) *Registry {
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
+	prefix = cmp.Or(prefix, DefaultPrefix)
 	return &Registry{rdb: rdb, prefix: prefix}
 }
 
@@ -123,24 +122,16 @@ func (r *Registry) publish(ctx context.Context, tx *redis.Tx, name string, st st
 // bump sets every shard of queue name to generation gen (see lua/bump.lua)
 // and returns the highest generation a shard holds after.
 func (r *Registry) bump(ctx context.Context, name string, partitions, from int, gen int64) (int64, error) {
-	run := func(p redis.Pipeliner) []*redis.Cmd {
-		cmds := make([]*redis.Cmd, partitions)
-		for i := range cmds {
-			k := keysFor(r.prefix, Shard{name, i})
-			added := "0"
-			if i >= from {
-				added = "1"
-			}
-			cmds[i] = nativeScripts.bump.EvalSha(ctx, p, []string{k.Deleted, k.Gen}, gen, added)
+	calls := make([]call, partitions)
+	for i := range calls {
+		added := "0"
+		if i >= from {
+			added = "1"
 		}
-		return cmds
-	}
-	cmds, err := pipelineScripts(ctx, r.rdb, nativeScripts.bump, run)
-	if err != nil {
-		return 0, fmt.Errorf("set the config generation of %s: %w", name, err)
+		calls[i] = bumpScript.on(keysFor(r.prefix, Shard{name, i}), gen, added)
 	}
 	top := gen
-	for i, c := range cmds {
+	for i, c := range runAll(ctx, r.rdb, calls) {
 		g, err := c.Int64()
 		if err != nil {
 			return 0, fmt.Errorf("set the config generation of %s: %w", Shard{name, i}, asError(err, Shard{name, i}, 0))
@@ -255,25 +246,23 @@ func (r *Registry) Delete(ctx context.Context, name string) error {
 // drop tombstones every shard of queue name and deletes its messages, one
 // script per shard (its keys share a slot), in one pipeline.
 func (r *Registry) drop(ctx context.Context, name string, partitions int) error {
-	if err := nativeScripts.drop.Load(ctx, r.rdb).Err(); err != nil {
+	// Loaded first on every node, so that no shard waits for a NOSCRIPT
+	// round trip: the tombstones land together, and a client refused by
+	// one finds the queue gone when it reads the registry again soon after.
+	if err := dropScript.lua.Load(ctx, r.rdb).Err(); err != nil {
 		return fmt.Errorf("load drop script: %w", err)
 	}
-	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := 0; i < partitions; i++ {
-			k := keysFor(r.prefix, Shard{name, i})
-			nativeScripts.drop.EvalSha(ctx, p, append([]string{k.Deleted}, k.messages()...))
+	calls := make([]call, partitions)
+	for i := range calls {
+		calls[i] = dropScript.on(keysFor(r.prefix, Shard{name, i}))
+	}
+	for i, c := range runAll(ctx, r.rdb, calls) {
+		if err := c.Err(); err != nil {
+			return fmt.Errorf("drop the shards of %s: %w", name, asError(err, Shard{name, i}, 0))
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("drop the shards of %s: %w", name, err)
 	}
 	return nil
 }
-
-// ChangesChannel is the pub/sub channel that carries the names of queues
-// whose config changed.
-func (r *Registry) ChangesChannel() string { return configChannel(r.prefix) }
 
 func (r *Registry) notify(ctx context.Context, name string) {
 	// Best effort: keepers also re-read the registry periodically.

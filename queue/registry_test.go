@@ -74,11 +74,11 @@ func TestDeleteRacesPassesAndCachedClients(t *testing.T) {
 		for ctx.Err() == nil {
 			for _, s := range shards {
 				calls := map[string]func() error{
-					"unlock":  func() error { _, err := keeper.Unlock(ctx, s, token, 100); return err },
-					"requeue": func() error { _, err := keeper.Requeue(ctx, s, Config{}, token, 100); return err },
-					"expire":  func() error { _, err := keeper.Expire(ctx, s, token, 100); return err },
-					"trim":    func() error { _, err := keeper.Trim(ctx, s, Config{MaxSize: 50}, token, 100); return err },
-					"measure": func() error { _, err := keeper.Measure(ctx, s, token); return err },
+					"unlock":  func() error { _, err := unlockPass(keeper, ctx, s, token, 100); return err },
+					"requeue": func() error { _, err := requeuePass(keeper, ctx, s, Config{}, token, 100); return err },
+					"expire":  func() error { _, err := expirePass(keeper, ctx, s, token, 100); return err },
+					"trim":    func() error { _, err := trimPass(keeper, ctx, s, Config{MaxSize: 50}, token, 100); return err },
+					"measure": func() error { _, err := measurePass(keeper, ctx, s, token); return err },
 					"claim": func() error {
 						r, err := keeper.Probe(ctx, []ProbeRequest{{Shard: s, Claim: true, Token: token, MaxSize: 50}})
 						if err != nil {
@@ -145,7 +145,7 @@ func TestDeleteRacesPassesAndCachedClients(t *testing.T) {
 
 	// Created again with fewer partitions: the fences are kept.
 	e.create("race", Config{Partitions: 2})
-	fences, err := e.n.Fences(e.ctx, shards)
+	fences, err := e.in.Fences(e.ctx, shards)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,14 +155,14 @@ func TestDeleteRacesPassesAndCachedClients(t *testing.T) {
 		}
 	}
 	older := e.n.WithOwner("older-keeper/2")
-	if _, err := older.Unlock(e.ctx, shards[0], token-1, 100); !errors.As(err, new(*FencedError)) {
+	if _, err := unlockPass(older, e.ctx, shards[0], token-1, 100); !errors.As(err, new(*FencedError)) {
 		t.Fatalf("an older owner's lower token after the queue was created again: %v", err)
 	}
-	if _, err := e.n.WithOwner("new-keeper/3").Unlock(e.ctx, shards[0], token+1, 100); err != nil {
+	if _, err := unlockPass(e.n.WithOwner("new-keeper/3"), e.ctx, shards[0], token+1, 100); err != nil {
 		t.Fatalf("a new owner's higher token: %v", err)
 	}
 	// The partitions the new queue does not have stay refused.
-	if _, err := keeper.Measure(e.ctx, shards[3], token); !errors.Is(err, ErrUnknownQueue) {
+	if _, err := measurePass(keeper, e.ctx, shards[3], token); !errors.Is(err, ErrUnknownQueue) {
 		t.Fatalf("a pass on a partition the new queue does not have: %v", err)
 	}
 	// The client whose cached config was dropped reads the new one.
@@ -194,5 +194,41 @@ func TestMaxPartitionsLifecycle(t *testing.T) {
 	}
 	if n := len(e.allKeys(e.prefix + ":{wide#*}:ready")); n != 0 {
 		t.Fatalf("%d ready sets left", n)
+	}
+}
+
+// A client refused by one shard's tombstone, while the delete has not yet
+// reached the queue's other shards nor the registry, refuses the whole
+// queue: reading the config again finds it still listed, and the message
+// must not go to a shard the delete is about to drop. Once the queue is
+// created again (a newer config generation), the client serves it.
+func TestClientRefusesAQueueBeingDeleted(t *testing.T) {
+	e := newEnv(t)
+	e.create("mid", Config{Partitions: 2})
+	// The delete has tombstoned partition 0 only.
+	if err := dropScript.on(e.keys(Shard{"mid", 0})).run(e.ctx, e.rdb).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(e.rdb, ClientOptions{Prefix: e.prefix, ConfigTTL: time.Hour})
+	id := "a"
+	for i := 0; PartitionOf(id, 2) != 1; i++ {
+		id = fmt.Sprint("a", i)
+	}
+	// A new client's first pull starts at partition 0.
+	if _, err := c.Pull(e.ctx, "mid", 1, time.Minute); !errors.Is(err, ErrUnknownQueue) {
+		t.Fatalf("pull from a tombstoned shard: %v", err)
+	}
+	if _, err := c.Enqueue(e.ctx, "mid", Message{ID: id}); !errors.Is(err, ErrUnknownQueue) {
+		t.Fatalf("enqueue to partition 1 of a queue being deleted: %v", err)
+	}
+	if n, err := e.rdb.HLen(e.ctx, e.keys(Shard{"mid", 1}).Meta).Result(); err != nil || n != 0 {
+		t.Fatalf("partition 1 holds %d messages (%v)", n, err)
+	}
+	if err := e.c.Registry().Delete(e.ctx, "mid"); err != nil {
+		t.Fatal(err)
+	}
+	e.create("mid", Config{Partitions: 2})
+	if _, err := c.Enqueue(e.ctx, "mid", Message{ID: id}); err != nil {
+		t.Fatalf("enqueue once the queue was created again: %v", err)
 	}
 }

@@ -21,43 +21,15 @@ import (
 	"github.com/keeperhq/keeper/queue"
 )
 
-// Task is one kind of housekeeping pass.
-type Task uint8
-
-// The tasks.
+// The tasks, as the layout names them.
 const (
-	Unlock  Task = iota // locked -> ready when the lock ends
-	Requeue             // expired lease -> ready, or dead past max deliveries
-	Expire              // drop messages past their TTL
-	Trim                // drop the oldest ready messages over max size
-	Measure             // read counts and counters for metrics
-	numTasks
+	Unlock   = queue.TaskUnlock
+	Requeue  = queue.TaskRequeue
+	Expire   = queue.TaskExpire
+	Trim     = queue.TaskTrim
+	Measure  = queue.TaskMeasure
+	numTasks = queue.NumTasks
 )
-
-var taskNames = [numTasks]string{"unlock", "requeue", "expire", "trim", "measure"}
-
-func (t Task) String() string {
-	if t < numTasks {
-		return taskNames[t]
-	}
-	return "unknown"
-}
-
-func taskFor(k queue.DueKind) (Task, bool) {
-	switch k {
-	case queue.DueUnlock:
-		return Unlock, true
-	case queue.DueRequeue:
-		return Requeue, true
-	case queue.DueExpire:
-		return Expire, true
-	case queue.DueTrim:
-		return Trim, true
-	case queue.DueMeasure:
-		return Measure, true
-	}
-	return 0, false
-}
 
 // Recorder receives what the keeper measures about itself. otel.Instruments
 // implements it; nil records nothing.
@@ -467,24 +439,8 @@ func (k *Keeper) run(e *entry) {
 	k.mu.Unlock()
 
 	start := time.Now()
-	var (
-		res queue.PassResult
-		m   queue.Measurement
-		err error
-	)
-	switch task {
-	case Unlock:
-		res, err = k.layout.Unlock(ctx, s, token, k.cfg.Batch)
-	case Requeue:
-		res, err = k.layout.Requeue(ctx, s, cfg, token, k.cfg.Batch)
-	case Expire:
-		res, err = k.layout.Expire(ctx, s, token, k.cfg.Batch)
-	case Trim:
-		res, err = k.layout.Trim(ctx, s, cfg, token, k.cfg.Batch)
-	case Measure:
-		m, err = k.layout.Measure(ctx, s, token)
-		res.NowUs, res.NextMs = m.NowUs, -1
-	}
+	out := k.layout.Passes(ctx, []queue.PassRequest{{Shard: s, Task: task, Token: token, Batch: k.cfg.Batch, Config: cfg}})[0]
+	res, m, err := out.Result, out.Measurement, out.Err
 	end := time.Now()
 	if err == nil {
 		// Redis ran the script between start and end; the midpoint is the
@@ -525,7 +481,7 @@ func (k *Keeper) run(e *entry) {
 
 // passEndedLocked undoes what the dispatcher counted when it handed a pass
 // out: the pass ran and returned, or no worker ever took it.
-func (k *Keeper) passEndedLocked(st *shardState, task Task) {
+func (k *Keeper) passEndedLocked(st *shardState, task queue.Task) {
 	st.running[task] = false
 	st.busy--
 	k.busy--
@@ -557,7 +513,7 @@ func (k *Keeper) reportFenced(st *shardState, fe *queue.FencedError, what string
 	}
 }
 
-func (k *Keeper) doneLocked(st *shardState, task Task, res queue.PassResult, m queue.Measurement, now time.Time) {
+func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResult, m queue.Measurement, now time.Time) {
 	if st.backoff[task] > 0 {
 		k.log.Info("pass recovered", "shard", st.name, "queue", st.shard.Queue, "task", task.String())
 		st.backoff[task] = 0
@@ -584,9 +540,7 @@ func (k *Keeper) doneLocked(st *shardState, task Task, res queue.PassResult, m q
 	}
 	st.rerun[task] = false
 	for _, h := range res.Hints {
-		if t, ok := taskFor(h.Kind); ok {
-			k.heap.schedule(st, t, k.localTime(h.AtMs, res.NowUs, now))
-		}
+		k.heap.schedule(st, h.Task, k.localTime(h.AtMs, res.NowUs, now))
 	}
 }
 
@@ -602,7 +556,7 @@ func (k *Keeper) markDirtyLocked(st *shardState) {
 	k.heap.schedule(st, Measure, next)
 }
 
-func (k *Keeper) failLocked(st *shardState, task Task, err error, now time.Time) {
+func (k *Keeper) failLocked(st *shardState, task queue.Task, err error, now time.Time) {
 	b := st.backoff[task]
 	if b == 0 {
 		b = 50 * time.Millisecond
@@ -678,8 +632,8 @@ func (k *Keeper) onWake(w queue.Wake) {
 		k.signal(k.probeCh)
 		return
 	}
-	task, ok := taskFor(w.Due.Kind)
-	if !ok {
+	task := w.Due.Task
+	if task >= numTasks {
 		return
 	}
 	k.mu.Lock()

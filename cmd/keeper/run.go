@@ -476,12 +476,9 @@ func (s shardSource) EachOwned(fn func(q, shard string)) {
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
-		c := m.Counters
 		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
 			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
-			OldestReadyAge: m.OldestReadyAge, Enqueued: c["enqueued"], Acked: c["acked"],
-			Unlocked: c["unlocked"], Requeued: c["requeued"], Expired: c["expired"],
-			DeadLettered: c["dead_lettered"], Trimmed: c["trimmed"]})
+			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters})
 	})
 }
 

@@ -1,8 +1,9 @@
 -- ack: a consumer finished a message; forget it.
--- KEYS[1] tombstone of a deleted queue (see check_live in lib.lua)
+-- KEYS[1] deleted: the tombstone of a deleted queue (see check_live in lib.lua)
 -- KEYS[2] inflight  KEYS[3] tok  KEYS[4] body  KEYS[5] meta  KEYS[6] prio
 -- KEYS[7] dlv  KEYS[8] stats  KEYS[9] clean
--- ARGV[1] id  ARGV[2] delivery token  ARGV[3] wake channel  ARGV[4] shard
+-- ARGV[1] id  ARGV[2] delivery: its delivery token  ARGV[3] wake: the wake channel
+-- ARGV[4] shard: the shard's name
 -- Returns 1.
 -- Errors: KEEPER_DELETED; KEEPER_STALE when the message is not in flight
 -- under this token (its lease was recovered, or it is gone); nothing changes

@@ -1,8 +1,8 @@
 -- bump (queue create and update): set a shard's config generation before
 -- the config is published (see check_gen in lib.lua); a generation never
 -- goes down.
--- KEYS[1] tombstone  KEYS[2] generation
--- ARGV[1] generation  ARGV[2] "1" for a partition the new config adds (a
+-- KEYS[1] deleted: the tombstone  KEYS[2] gen: the shard's config generation
+-- ARGV[1] generation  ARGV[2] added: "1" for a partition the new config adds (a
 -- tombstone left by a queue deleted earlier under the name is removed),
 -- "0" for one the queue already has (its tombstone means the queue is being
 -- deleted: refused)

@@ -1,13 +1,13 @@
 -- enqueue: add one message to a shard, unless a message with its id exists.
--- KEYS[1] tombstone of a deleted queue (see check_live in lib.lua)
--- KEYS[2] the shard's config generation (see check_gen in lib.lua)
+-- KEYS[1] deleted: the tombstone of a deleted queue (see check_live in lib.lua)
+-- KEYS[2] gen: the shard's config generation (see check_gen in lib.lua)
 -- KEYS[3] ready  KEYS[4] locked  KEYS[5] inflight  KEYS[6] ttl
 -- KEYS[7] body   KEYS[8] meta    KEYS[9] prio      KEYS[10] dlv
--- KEYS[11] stats  KEYS[12] clean  KEYS[13] trim-wake flag
--- ARGV[1] id  ARGV[2] payload  ARGV[3] priority score ("" = enqueue time, ms)
--- ARGV[4] delay ms  ARGV[5] ttl ms (0 = none)  ARGV[6] max payload bytes
--- ARGV[7] max size (0 = unbounded)  ARGV[8] wake channel  ARGV[9] shard name
--- ARGV[10] the client's config generation
+-- KEYS[11] stats  KEYS[12] clean  KEYS[13] trimwake: the trim-wake flag
+-- ARGV[1] id  ARGV[2] payload  ARGV[3] priority: the score ("" = enqueue
+-- time, ms)  ARGV[4] delay_ms  ARGV[5] ttl_ms (0 = none)  ARGV[6] max_payload:
+-- bytes  ARGV[7] max_size (0 = unbounded)  ARGV[8] wake: the wake channel
+-- ARGV[9] shard: its name  ARGV[10] generation: the client's config's
 -- Returns {1, enqueued_ms} when added; {0, enqueued_ms of the existing one}
 -- when the id is already in the shard (nothing changes).
 -- Errors: KEEPER_DELETED, KEEPER_STALECONFIG <generation>, KEEPER_TOOBIG,
@@ -53,18 +53,18 @@ redis.call('HSET', KEYS[7], id, payload)
 redis.call('HSET', KEYS[8], id, string.format('%d|%d', now, exp))
 redis.call('HSET', KEYS[9], id, ARGV[3] ~= '' and ARGV[3] or string.format('%d', now))
 if exp > 0 then
-  if wake_e then wake('e', exp, chan, shard) end
+  if wake_e then wake(WAKE_EXPIRE, exp, chan, shard) end
   redis.call('ZADD', KEYS[6], exp, id)
 end
 if due > 0 then
-  if wake_u then wake('u', due, chan, shard) end
+  if wake_u then wake(WAKE_UNLOCK, due, chan, shard) end
   redis.call('ZADD', KEYS[4], due, id)
 else
   redis.call('ZADD', KEYS[3], ARGV[3] ~= '' and ARGV[3] or now, id)
 end
 redis.call('HINCRBY', KEYS[11], 'enqueued', 1)
 if over and redis.call('SET', KEYS[13], '1', 'NX') then
-  redis.call('PUBLISH', chan, 't ' .. shard .. ' ' .. string.format('%d', now))
+  redis.call('PUBLISH', chan, WAKE_TRIM .. ' ' .. shard .. ' ' .. string.format('%d', now))
 end
 mark_dirty(KEYS[12], chan, shard)
 return {1, now}

@@ -1,17 +1,19 @@
 -- expire (housekeeping): drop messages whose TTL passed, oldest first. The
 -- TTL index holds only messages that are ready, locked or dead; an in-flight
 -- message is checked when its lease ends (requeue, nack) instead.
--- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
--- owner, record (see lib.lua)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] ttl  KEYS[6] ready  KEYS[7] locked  KEYS[8] dead  KEYS[9] body
 -- KEYS[10] meta  KEYS[11] prio  KEYS[12] dlv  KEYS[13] stats  KEYS[14] clean
--- ARGV[4] batch size
+-- ARGV[4] batch
 -- Returns {expired, next_due_ms, now_us}; -1 for none.
--- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
+-- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
 local TTL, READY, LOCKED, DEAD = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local BODY, META, PRIO, DLV, STATS, CLEAN = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local err = fence_check('expire')
+local batch, err = batch_arg()
+if err then return err end
+err = fence_check('expire')
 if err then return err end
 err = check_types({TTL, 'zset', READY, 'zset', LOCKED, 'zset', DEAD, 'zset', BODY, 'hash',
   META, 'hash', PRIO, 'hash', DLV, 'hash', STATS, 'hash', CLEAN, 'string'})
@@ -19,7 +21,7 @@ if err then return err end
 err = check_counters(STATS, {'expired'})
 if err then return err end
 local now = now_us()
-local ids = redis.call('ZRANGEBYSCORE', TTL, '-inf', math.floor(now / 1000), 'LIMIT', 0, tonumber(ARGV[4]))
+local ids = redis.call('ZRANGEBYSCORE', TTL, '-inf', math.floor(now / 1000), 'LIMIT', 0, batch)
 
 fence_raise()
 if #ids > 0 then

@@ -3,8 +3,9 @@
 -- every earlier home before it adds the id to its current home; since no
 -- client with the current config writes to an old home, and older clients
 -- are refused, nothing can add the id there in between.
--- KEYS[1] tombstone  KEYS[2] generation  KEYS[3] meta  KEYS[4] stats
--- ARGV[1] id  ARGV[2] the client's config generation
+-- KEYS[1] deleted: the tombstone  KEYS[2] gen: the shard's config generation
+-- KEYS[3] meta  KEYS[4] stats
+-- ARGV[1] id  ARGV[2] generation: the client's config's
 -- Returns the enqueue time (ms) of the message found, counting the enqueue
 -- as deduplicated there; -1 when the id is not in the shard.
 -- Errors: KEEPER_DELETED, KEEPER_STALECONFIG <generation>, KEEPER_WRONGTYPE.

@@ -1,5 +1,5 @@
 -- inspect (read-only): where one message is and what it carries.
--- KEYS[1] tombstone of a deleted queue (see check_live in lib.lua)
+-- KEYS[1] deleted: the tombstone of a deleted queue (see check_live in lib.lua)
 -- KEYS[2] ready  KEYS[3] inflight  KEYS[4] locked  KEYS[5] dead  KEYS[6] body
 -- KEYS[7] meta  KEYS[8] prio  KEYS[9] dlv
 -- ARGV[1] id

@@ -1,5 +1,7 @@
 -- lib.lua: helpers that scripts.go prepends to every keeper script, so each
--- script stays one EVALSHA touching one hash slot.
+-- script stays one EVALSHA touching one hash slot. scripts.go defines the
+-- limits MAX_BATCH, MAX_PULL, MAX_SEED and CHUNK, and the wake codes
+-- WAKE_UNLOCK ... WAKE_MEASURE, before it (luaPreamble).
 -- Conventions: scores are milliseconds of Redis TIME (never the client's
 -- clock); lags are microseconds; -1 means "none".
 
@@ -48,13 +50,16 @@ local function check_gen(genkey, client_gen)
 end
 
 -- Every housekeeping script (unlock, requeue, expire, trim, measure, probe)
--- begins with the same keys and arguments, which the helpers below read:
+-- begins with the same keys and arguments, the fence head (fenceKeys and
+-- fenceArgv in scripts.go), which the helpers below read:
 --   KEYS[1] fence: the highest ownership token accepted
---   KEYS[2] fence owner: the identity of the owner that presented it
---   KEYS[3] history stream  KEYS[4] tombstone of a deleted queue
---   ARGV[1] ownership token  ARGV[2] owner identity (member id and a
---   per-process nonce)  ARGV[3] "1" to record the pass in the history
--- Their own keys and arguments follow, from KEYS[5] and ARGV[4].
+--   KEYS[2] owner: the identity of the owner that presented it
+--   KEYS[3] history: the stream of passes
+--   KEYS[4] deleted: the tombstone of a deleted queue
+--   ARGV[1] token: the ownership token
+--   ARGV[2] owner: its identity (member id and a per-process nonce)
+--   ARGV[3] record: "1" to record the pass in the history
+-- The script's own keys and arguments follow.
 
 -- History, off unless the keeper asks for it (chaos runs): one stream entry
 -- per housekeeping pass, accepted or refused, with its token, owner and how
@@ -95,6 +100,16 @@ local function fence_check(task)
   return nil
 end
 
+-- A pass's batch size, its first own argument (ARGV[4]): 1..MAX_BATCH, as
+-- Go checks too, so that no caller can make a pass unbounded.
+local function batch_arg()
+  local n = tonumber(ARGV[4])
+  if not n or n < 1 or n > MAX_BATCH or n ~= math.floor(n) then
+    return nil, redis.error_reply('KEEPER_BADARG batch ' .. ARGV[4] .. ' not in 1..' .. MAX_BATCH)
+  end
+  return n
+end
+
 -- Raise the fence to an accepted token, with its owner: accepted tokens
 -- never decrease.
 local function fence_raise()
@@ -132,7 +147,7 @@ end
 -- measure deletes the clean flag and says so once; later changes are silent.
 local function mark_dirty(clean, chan, shard)
   if redis.call('DEL', clean) == 1 then
-    redis.call('PUBLISH', chan, 'm ' .. shard .. ' 0')
+    redis.call('PUBLISH', chan, WAKE_MEASURE .. ' ' .. shard .. ' 0')
   end
 end
 
@@ -146,12 +161,8 @@ local function parse_meta(m)
 end
 
 -- Redis 7's Lua refuses to unpack more than LUAI_MAXCSTACK (8000) values,
--- and a script that fails half-way is not rolled back: the writes before
--- the error stay. So every variadic call takes at most CHUNK values: a
--- quarter of the limit, far below it whatever else is on the Lua stack at
--- the call, while a pass at the default batch (1000) still moves each set
--- in one call. CHUNK is even, so a (score, member) pair is never split.
-local CHUNK = 2000
+-- and a script that fails half-way is not rolled back: every variadic call
+-- takes at most CHUNK values (see luaChunk in scripts.go).
 
 -- Run cmd on key with args (ids, or score, id pairs) in chunks.
 local function bulk(cmd, key, args)

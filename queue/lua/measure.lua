@@ -1,8 +1,7 @@
 -- measure (housekeeping): the counts, the head of ready and the cumulative
 -- counters of one shard, then mark it clean so that it is measured again only
 -- after something changes (see mark_dirty in lib.lua).
--- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
--- owner, record (see lib.lua)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] ready  KEYS[6] inflight  KEYS[7] locked  KEYS[8] dead  KEYS[9] stats
 -- KEYS[10] clean
 -- Returns {now_us, ready, inflight, locked, dead, ready_head_score (nil = none;

@@ -1,11 +1,12 @@
 -- nack: a consumer gives a message back, now or locked until a later time.
--- KEYS[1] tombstone of a deleted queue (see check_live in lib.lua)
+-- KEYS[1] deleted: the tombstone of a deleted queue (see check_live in lib.lua)
 -- KEYS[2] inflight  KEYS[3] ready  KEYS[4] locked  KEYS[5] dead  KEYS[6] ttl
 -- KEYS[7] tok  KEYS[8] body  KEYS[9] meta  KEYS[10] prio  KEYS[11] dlv
 -- KEYS[12] stats  KEYS[13] clean
--- ARGV[1] id  ARGV[2] delivery token  ARGV[3] lock ms (0 = ready now)
--- ARGV[4] priority score to restore ("" = keep)  ARGV[5] max deliveries
--- (0 = unlimited)  ARGV[6] wake channel  ARGV[7] shard name
+-- ARGV[1] id  ARGV[2] delivery: its delivery token  ARGV[3] lock_ms (0 = ready
+-- now)  ARGV[4] priority: the score to restore ("" = keep)
+-- ARGV[5] max_deliveries (0 = unlimited)  ARGV[6] wake: the wake channel
+-- ARGV[7] shard: its name
 -- Returns the new state: 1 ready, 2 locked, 3 dead (its deliveries reached
 -- max deliveries), 4 expired (its TTL had passed).
 -- Errors: KEEPER_DELETED, KEEPER_BADARG; KEEPER_STALE as for ack; nothing
@@ -60,13 +61,13 @@ if state == 3 then
   redis.call('ZADD', KEYS[5], now, id)
   redis.call('HINCRBY', KEYS[12], 'dead_lettered', 1)
 elseif state == 2 then
-  if wake_u then wake('u', due, chan, shard) end
+  if wake_u then wake(WAKE_UNLOCK, due, chan, shard) end
   redis.call('ZADD', KEYS[4], due, id)
 else
   redis.call('ZADD', KEYS[3], score, id)
 end
 if exp > 0 then
-  if wake_e then wake('e', exp, chan, shard) end
+  if wake_e then wake(WAKE_EXPIRE, exp, chan, shard) end
   redis.call('ZADD', KEYS[6], exp, id)
 end
 return state

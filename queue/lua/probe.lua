@@ -4,11 +4,11 @@
 -- fence to the new token at once, so a previous owner that is paused or cut
 -- off is refused from that moment, not only from the new owner's first
 -- housekeeping pass.
--- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
--- owner, record (see lib.lua; the fence is read only for a claim)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua; the fence is read
+-- only for a claim)
 -- KEYS[5] locked  KEYS[6] inflight  KEYS[7] ttl  KEYS[8] ready
--- ARGV[4] max size (0 = unbounded: the size is not read)  ARGV[5] "1" to
--- claim (fence) the shard
+-- ARGV[4] max_size (0 = unbounded: the size is not read)  ARGV[5] claim: "1"
+-- to claim (fence) the shard
 -- Returns {locked_head_ms, inflight_head_ms, ttl_head_ms, excess}; -1 = none.
 -- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner> (claims only),
 -- KEEPER_WRONGTYPE.

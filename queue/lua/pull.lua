@@ -1,12 +1,13 @@
 -- pull: lease up to n ready messages of one shard, lowest score first.
--- KEYS[1] tombstone of a deleted queue (see check_live in lib.lua)
--- KEYS[2] the shard's config generation (see check_gen in lib.lua)
+-- KEYS[1] deleted: the tombstone of a deleted queue (see check_live in lib.lua)
+-- KEYS[2] gen: the shard's config generation (see check_gen in lib.lua)
 -- KEYS[3] ready  KEYS[4] inflight  KEYS[5] ttl  KEYS[6] body  KEYS[7] meta
 -- KEYS[8] prio   KEYS[9] dlv  KEYS[10] tok  KEYS[11] seq  KEYS[12] stats
 -- KEYS[13] clean
--- ARGV[1] n (at most 1000)  ARGV[2] lease ms  ARGV[3] this partition's share
--- of max in-flight (0 = no cap, -1 = take nothing)  ARGV[4] wake channel
--- ARGV[5] shard name  ARGV[6] the client's config generation
+-- ARGV[1] n (at most MAX_PULL)  ARGV[2] lease_ms  ARGV[3] inflight_share: this
+-- partition's share of max in-flight (0 = no cap, -1 = take nothing)
+-- ARGV[4] wake: the wake channel  ARGV[5] shard: its name
+-- ARGV[6] generation: the client's config's
 -- Returns {capped, deadline_ms, id1, token1, deliveries1, body1, id2, ...};
 -- capped is 1 when the in-flight cap limited the pull.
 -- Messages whose TTL passed are dropped (and counted) instead of delivered.
@@ -22,7 +23,7 @@ err = check_types({KEYS[3], 'zset', KEYS[4], 'zset', KEYS[5], 'zset', KEYS[6], '
 if err then return err end
 local n, lease, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local chan, shard = ARGV[4], ARGV[5]
-if n > 1000 then n = 1000 end
+if n > MAX_PULL then n = MAX_PULL end
 local capped = 0
 if cap < 0 then
   return {1, 0}
@@ -93,7 +94,7 @@ if #gone > 0 then
 end
 if #take > 0 then
   redis.call('INCRBY', KEYS[11], #take)
-  if wake_r then wake('r', deadline, chan, shard) end
+  if wake_r then wake(WAKE_REQUEUE, deadline, chan, shard) end
   bulk('ZADD', KEYS[4], zargs)
   bulk('HSET', KEYS[9], dargs)
   bulk('HSET', KEYS[10], targs)

@@ -2,19 +2,21 @@
 -- message goes back to ready with its score; to dead when it has been
 -- delivered max-deliveries times already; or is dropped when its TTL passed.
 -- Deliveries are counted at pull, so the requeued copy already carries +1.
--- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
--- owner, record (see lib.lua)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] inflight  KEYS[6] ready  KEYS[7] dead  KEYS[8] ttl  KEYS[9] tok
 -- KEYS[10] dlv  KEYS[11] prio  KEYS[12] meta  KEYS[13] body  KEYS[14] stats
 -- KEYS[15] clean
--- ARGV[4] batch size  ARGV[5] max deliveries (0 = unlimited)
+-- ARGV[4] batch  ARGV[5] max_deliveries (0 = unlimited)
 -- Returns {handled, next_due_ms, now_us, requeued, dead_lettered, expired,
 -- ttl_head_ms}; -1 for none.
--- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
+-- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
 local INFLIGHT, READY, DEAD, TTL, TOK = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local DLV, PRIO, META, BODY, STATS, CLEAN = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
-local err = fence_check('requeue')
+local batch, err = batch_arg()
+if err then return err end
+err = fence_check('requeue')
 if err then return err end
 err = check_types({INFLIGHT, 'zset', READY, 'zset', DEAD, 'zset', TTL, 'zset', TOK, 'hash',
   DLV, 'hash', PRIO, 'hash', META, 'hash', BODY, 'hash', STATS, 'hash', CLEAN, 'string'})
@@ -24,7 +26,7 @@ if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
 local maxd = tonumber(ARGV[5])
-local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[4]))
+local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now_ms, 'LIMIT', 0, batch)
 local ready, deadz, ttlz, gone = {}, {}, {}, {}
 if #ids > 0 then
   local dl = hmget(DLV, ids)

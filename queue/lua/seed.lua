@@ -2,13 +2,11 @@
 -- shard, server-side, so that a million-message setup takes seconds rather
 -- than a million round trips. Messages get bodies, metadata and a priority
 -- like enqueued ones, and are counted as enqueued.
--- KEYS[1] tombstone of a deleted queue (see check_live in lib.lua)
+-- KEYS[1] deleted: the tombstone of a deleted queue (see check_live in lib.lua)
 -- KEYS[2] locked  KEYS[3] body  KEYS[4] meta  KEYS[5] prio  KEYS[6] stats
--- ARGV[1] id prefix  ARGV[2] first index  ARGV[3] count (at most 50000:
--- under a second of Redis time, well below a client's read timeout, which
--- a client may answer by running the script again)
--- ARGV[4] unlock time of index 0, ms  ARGV[5] step between unlock times, µs
--- ARGV[6] payload
+-- ARGV[1] prefix: of the ids  ARGV[2] first: index  ARGV[3] count (at most
+-- MAX_SEED)  ARGV[4] first_due_ms: unlock time of index 0  ARGV[5] step_us:
+-- between unlock times  ARGV[6] payload
 -- Returns the count written.
 -- Errors: KEEPER_DELETED, KEEPER_BADARG, KEEPER_WRONGTYPE; every check comes
 -- before the first write.
@@ -20,8 +18,8 @@ err = check_counters(KEYS[6], {'enqueued'})
 if err then return err end
 local first, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local t0, step = tonumber(ARGV[4]), tonumber(ARGV[5])
-if not (first and n and t0 and step) or n < 0 or n > 50000 then
-  return redis.error_reply('KEEPER_BADARG seed takes a count in 0..50000 and numeric times, got ' .. ARGV[3])
+if not (first and n and t0 and step) or n < 0 or n > MAX_SEED then
+  return redis.error_reply('KEEPER_BADARG seed takes a count in 0..' .. MAX_SEED .. ' and numeric times, got ' .. ARGV[3])
 end
 local z, b, m, p = {}, {}, {}, {}
 local meta, prio = string.format('%d|0', t0), string.format('%d', t0)

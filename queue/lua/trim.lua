@@ -2,20 +2,22 @@
 -- messages with the lowest score (the oldest, with default priorities), the
 -- way a capped stream drops its oldest entries. In-flight and locked messages
 -- count towards the size but are never dropped.
--- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
--- owner, record (see lib.lua)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] ready  KEYS[6] inflight  KEYS[7] locked  KEYS[8] ttl  KEYS[9] body
 -- KEYS[10] meta  KEYS[11] prio  KEYS[12] dlv  KEYS[13] stats  KEYS[14] clean
--- KEYS[15] trim-wake flag (cleared: the next enqueue over the cap wakes the
--- keeper again)
--- ARGV[4] batch size  ARGV[5] max size (0 = none)
+-- KEYS[15] trimwake: the trim-wake flag (cleared: the next enqueue over the
+-- cap wakes the keeper again)
+-- ARGV[4] batch  ARGV[5] max_size (0 = none)
 -- Returns {trimmed, excess_left, now_us, ready_left}; excess_left may stay
 -- positive when in-flight and locked messages alone exceed the cap.
--- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
+-- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
 local READY, INFLIGHT, LOCKED, TTL = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local BODY, META, PRIO, DLV, STATS, CLEAN, TRIMWAKE = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
-local err = fence_check('trim')
+local batch, err = batch_arg()
+if err then return err end
+err = fence_check('trim')
 if err then return err end
 err = check_types({READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', TTL, 'zset', BODY, 'hash',
   META, 'hash', PRIO, 'hash', DLV, 'hash', STATS, 'hash', CLEAN, 'string', TRIMWAKE, 'string'})
@@ -28,7 +30,7 @@ local ready, excess, ids = 0, 0, {}
 if maxsize > 0 then
   ready = redis.call('ZCARD', READY)
   excess = ready + redis.call('ZCARD', INFLIGHT) + redis.call('ZCARD', LOCKED) - maxsize
-  local n = math.min(excess, ready, tonumber(ARGV[4]))
+  local n = math.min(excess, ready, batch)
   if n > 0 then
     ids = redis.call('ZRANGE', READY, 0, n - 1)
   end

@@ -1,15 +1,17 @@
 -- unlock (housekeeping): move locked messages whose unlock time has come back
 -- to ready, oldest due first, with the score they are to be served at.
--- KEYS[1..4], ARGV[1..3]: fence, fence owner, history, tombstone; token,
--- owner, record (see lib.lua)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] locked  KEYS[6] ready  KEYS[7] prio  KEYS[8] stats  KEYS[9] clean
--- ARGV[4] batch size
+-- ARGV[4] batch
 -- Returns {moved, next_due_ms (-1 = none), now_us, lag_us_1, ..., lag_us_n}
 -- where lag = moved time - unlock time.
--- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
+-- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
 local LOCKED, READY, PRIO, STATS, CLEAN = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local err = fence_check('unlock')
+local batch, err = batch_arg()
+if err then return err end
+err = fence_check('unlock')
 if err then return err end
 err = check_types({LOCKED, 'zset', READY, 'zset', PRIO, 'hash', STATS, 'hash', CLEAN, 'string'})
 if err then return err end
@@ -17,7 +19,7 @@ err = check_counters(STATS, {'unlocked'})
 if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
-local due = redis.call('ZRANGEBYSCORE', LOCKED, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
+local due = redis.call('ZRANGEBYSCORE', LOCKED, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
 local out = {0, -1, now}
 local ids, zargs = {}, {}
 for i = 1, #due, 2 do
