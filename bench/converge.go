@@ -3,8 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/memberid"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -93,9 +92,7 @@ func Converge(ctx context.Context, o ConvergeOptions) (ConvergeResult, error) {
 		defer func() { _ = srv.Stop() }()
 		endpoints = srv.Endpoints()
 	} else {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		prefix = "/keeper-bench-" + hex.EncodeToString(b[:]) + "/"
+		prefix = "/keeper-bench-" + memberid.New() + "/"
 	}
 	newClient := func() (*clientv3.Client, error) {
 		cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second,

@@ -56,11 +56,11 @@ func Drain(ctx context.Context, o DrainOptions) (DrainResult, error) {
 	raw, err := drainOnce(ctx, rdb, "bench-drain-raw", o, func(n *queue.Native, shards []queue.Shard) error {
 		for _, s := range shards {
 			for {
-				r, err := n.Unlock(ctx, s, 1, o.Batch)
-				if err != nil {
-					return err
+				r := n.Passes(ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: 1, Batch: o.Batch}})[0]
+				if r.Err != nil {
+					return r.Err
 				}
-				if r.Moved == 0 {
+				if r.Result.Moved == 0 {
 					break
 				}
 			}
@@ -121,7 +121,7 @@ func drainOnce(ctx context.Context, rdb *redis.Client, name string, o DrainOptio
 			count += o.Msgs - per*o.Shards
 		}
 		// Already due: unlock times one hour in the past.
-		if err := n.SeedLocked(ctx, shards[i], "m", 0, count, now.Add(-time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
+		if err := queue.NewInspector(rdb, "").SeedLocked(ctx, shards[i], "m", 0, count, now.Add(-time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
 			return 0, err
 		}
 	}

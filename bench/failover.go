@@ -82,7 +82,7 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 			s := queue.Shard{Queue: name, Partition: p}
 			shards = append(shards, s)
 			// Locks due one after another for ten minutes.
-			if err := n.SeedLocked(ctx, s, "m", 0, o.Locks, now.UnixMilli(), spacing, []byte("x")); err != nil {
+			if err := queue.NewInspector(c.RDB, "").SeedLocked(ctx, s, "m", 0, o.Locks, now.UnixMilli(), spacing, []byte("x")); err != nil {
 				return FailoverResult{}, err
 			}
 		}
@@ -109,7 +109,7 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		return res, err
 	}
 	c.Remove(victim)
-	if err := waitFencesAbove(ctx, n, owned, 2*time.Minute); err != nil {
+	if err := waitFencesAbove(ctx, queue.NewInspector(c.RDB, ""), owned, 2*time.Minute); err != nil {
 		return res, fmt.Errorf("crash takeover: %w", err)
 	}
 	res.CrashShards, res.CrashTakeoverS = len(owned), round(time.Since(start).Seconds(), 3)
@@ -125,7 +125,7 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	start = time.Now()
 	done := make(chan error, 1)
 	go func() { done <- victim.Term(time.Minute) }()
-	if err := waitFencesAbove(ctx, n, owned, time.Minute); err != nil {
+	if err := waitFencesAbove(ctx, queue.NewInspector(c.RDB, ""), owned, time.Minute); err != nil {
 		return res, fmt.Errorf("graceful handoff: %w", err)
 	}
 	res.GracefulShards = len(owned)
@@ -161,7 +161,7 @@ func busiest(ctx context.Context, ks []*chaos.Keeper) (*chaos.Keeper, map[string
 // shards not taken yet, every 2ms, or as often as the last read took when
 // that was longer (at most 50ms): reading 50,000 fences back to back would
 // hold Redis, and the etcd this process embeds, from the takeover it times.
-func waitFencesAbove(ctx context.Context, n *queue.Native, tokens map[string]int64, limit time.Duration) error {
+func waitFencesAbove(ctx context.Context, n *queue.Inspector, tokens map[string]int64, limit time.Duration) error {
 	start := time.Now()
 	left := make(map[queue.Shard]int64, len(tokens))
 	for name, t := range tokens {

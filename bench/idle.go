@@ -69,7 +69,7 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 		for p := 0; p < parts; p++ {
 			s := queue.Shard{Queue: name, Partition: p}
 			shards = append(shards, s)
-			if err := n.SeedLocked(ctx, s, "m", 0, 1, now.Add(time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
+			if err := queue.NewInspector(rdb, "").SeedLocked(ctx, s, "m", 0, 1, now.Add(time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
 				return IdleResult{}, err
 			}
 		}

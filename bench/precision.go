@@ -75,7 +75,7 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	per := o.Locked / o.Shards
 	for p := 0; p < o.Shards; p++ {
 		first := t0.Add(time.Duration(p) * step)
-		err := n.SeedLocked(ctx, queue.Shard{Queue: name, Partition: p}, "m", 0, per, first.UnixMilli(),
+		err := queue.NewInspector(rdb, "").SeedLocked(ctx, queue.Shard{Queue: name, Partition: p}, "m", 0, per, first.UnixMilli(),
 			step*time.Duration(o.Shards), []byte("x"))
 		if err != nil {
 			return PrecisionResult{}, err

@@ -57,7 +57,10 @@ func TestFleetUnderFaults(t *testing.T) {
 
 	add("k1")
 	settle("1 keeper", 30*time.Second)
-	w := StartWorkload(ctx, c.RDB, WorkloadConfig{Queues: queues, Rate: 400})
+	w, err := StartWorkload(ctx, c.ClientAddr(), WorkloadConfig{Queues: queues, Rate: 400})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	for i := 2; i <= 5; i++ {
 		add(fmt.Sprintf("k%d", i))
@@ -132,7 +135,7 @@ func TestFleetUnderFaults(t *testing.T) {
 	n := queue.NewNative(c.RDB, "")
 	for name, old := range before.Owned {
 		s, _ := queue.ParseShard(name)
-		if _, err := n.Unlock(ctx, s, old, 100); !isFenced(err) {
+		if err := n.Passes(ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: old, Batch: 100}})[0].Err; !isFenced(err) {
 			t.Fatalf("%s: a write under k1's old token %d was not refused: %v", name, old, err)
 		}
 	}
@@ -144,8 +147,8 @@ func TestFleetUnderFaults(t *testing.T) {
 	settle("etcd restarted", 60*time.Second)
 
 	w.Stop()
-	if errs := w.Errors(); len(errs) > 0 {
-		t.Fatalf("workload errors: %v", errs)
+	if errs, n := w.Errors(); n > 0 {
+		t.Fatalf("%d workload errors: %v", n, errs)
 	}
 	if err := c.WaitDrained(ctx, queues, 30*time.Second); err != nil {
 		t.Fatal(err)

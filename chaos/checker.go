@@ -10,27 +10,59 @@ import (
 	"github.com/keeperhq/keeper/queue"
 )
 
-// MessageReport is invariants 1 and 2 for a set of queues.
+// MessageReport is invariants 1 and 2, counters and deliveries, for a set of
+// queues.
 type MessageReport struct {
-	Enqueued   int64    `json:"enqueued"`
-	Acked      int64    `json:"acked"`
-	Present    int64    `json:"present"`
-	Dead       int64    `json:"dead"`
-	Expired    int64    `json:"expired"`
-	Trimmed    int64    `json:"trimmed"`
-	Unlocked   int64    `json:"unlocked"`
-	Requeued   int64    `json:"requeued"`
-	Problems   []string `json:"problems"`
-	ProblemCnt int      `json:"problem_count"`
+	Enqueued int64 `json:"enqueued"`
+	Acked    int64 `json:"acked"`
+	Present  int64 `json:"present"`
+	Dead     int64 `json:"dead"`
+	Expired  int64 `json:"expired"`
+	Trimmed  int64 `json:"trimmed"`
+	Unlocked int64 `json:"unlocked"`
+	Requeued int64 `json:"requeued"`
+	// Uncertain are writes whose outcome the client cannot know: no reply
+	// came (Redis was killed or failed over under them), or the reply came
+	// from a primary in the moment before a failover, after the replica was
+	// last seen caught up. Such an id may be there or not; every other id
+	// is held to exact account.
+	UncertainEnqueues int `json:"uncertain_enqueues"`
+	UncertainAcks     int `json:"uncertain_acks"`
+	// MaxDeliveriesOver is the most deliveries seen beyond a queue's
+	// max_deliveries (1 is allowed: the delivery whose failure
+	// dead-letters it is counted at pull).
+	MaxDeliveriesOver int      `json:"max_deliveries_over"`
+	Problems          []string `json:"problems"`
+	ProblemCnt        int      `json:"problem_count"`
+}
+
+// window is a span of local time (unix ms) in which a primary's
+// acknowledgement may not survive: from the moment the harness last saw
+// the replica caught up to the moment it killed the primary for a failover.
+type window struct{ from, to int64 }
+
+func inWindows(ws []window, ms int64) bool {
+	for _, w := range ws {
+		if ms >= w.from && ms <= w.to {
+			return true
+		}
+	}
+	return false
 }
 
 // CheckMessages audits every queue (no id in two sets, structures
 // consistent, counters balance) and accounts for every id the workload
-// enqueued: acked by a consumer, or present in exactly one set. Queues are
-// expected to have no TTL and no size cap, so nothing may be missing.
+// tried to enqueue: acked, still present in exactly one set, dead, expired
+// after its TTL or trimmed from a capped queue, and nothing else. A message
+// whose TTL cannot have passed and whose queue has no cap is lost if it is
+// gone without an ack. With w nil only the audit runs.
 func (c *Cluster) CheckMessages(ctx context.Context, queues []string, w *Workload) (MessageReport, error) {
-	client := queue.NewClient(c.RDB, queue.ClientOptions{})
+	return checkMessages(ctx, queue.NewClient(c.RDB, queue.ClientOptions{}), queues, w, nil)
+}
+
+func checkMessages(ctx context.Context, client *queue.Client, queues []string, w *Workload, failovers []window) (MessageReport, error) {
 	var r MessageReport
+	checkedAt := time.Now().UnixMilli()
 	members := map[string]queue.State{}
 	for _, q := range queues {
 		a, err := client.Audit(ctx, q)
@@ -40,42 +72,78 @@ func (c *Cluster) CheckMessages(ctx context.Context, queues []string, w *Workloa
 		r.Problems = append(r.Problems, a.Problems...)
 		r.Present += a.Present()
 		r.Dead += a.Dead
-		r.Expired += a.Counters["expired"]
-		r.Trimmed += a.Counters["trimmed"]
-		r.Unlocked += a.Counters["unlocked"]
-		r.Requeued += a.Counters["requeued"]
-		r.Acked += a.Counters["acked"]
-		r.Enqueued += a.Counters["enqueued"]
+		r.Expired += a.Counters.Expired
+		r.Trimmed += a.Counters.Trimmed
+		r.Unlocked += a.Counters.Unlocked
+		r.Requeued += a.Counters.Requeued
+		r.Acked += a.Counters.Acked
+		r.Enqueued += a.Counters.Enqueued
 		for id, st := range a.Members {
 			members[id] = st
 		}
 	}
 	if w != nil {
-		accepted, acked := w.accounting()
-		if int64(len(accepted)) != r.Enqueued {
-			r.Problems = append(r.Problems, fmt.Sprintf("redis counted %d enqueued, producers saw %d accepted", r.Enqueued, len(accepted)))
-		}
-		if int64(len(acked)) != r.Acked {
-			r.Problems = append(r.Problems, fmt.Sprintf("redis counted %d acked, consumers saw %d", r.Acked, len(acked)))
-		}
-		var missing []string
-		for id := range accepted {
-			_, present := members[id]
-			switch {
-			case acked[id] && present:
-				r.Problems = append(r.Problems, fmt.Sprintf("%s was acked but is still %s", id, members[id]))
-			case !acked[id] && !present:
-				missing = append(missing, id)
+		v := w.snapshot()
+		r.MaxDeliveriesOver = v.maxExcess
+		r.Problems = append(r.Problems, v.dlvExcess...)
+		var sureEnq, sureAck, maybeEnq, maybeAck int64
+		var lost []string
+		for id, m := range v.msgs {
+			enqSure := m.enq == succeeded && !inWindows(failovers, m.enqAt)
+			if enqSure {
+				sureEnq++
+			} else {
+				maybeEnq++
+				r.UncertainEnqueues++
 			}
-		}
-		sort.Strings(missing)
-		if len(missing) > 0 && r.Expired+r.Trimmed == 0 {
-			r.Problems = append(r.Problems, fmt.Sprintf("%d messages lost (neither acked nor present), e.g. %v", len(missing), missing[:min(5, len(missing))]))
+			var firmAcks int
+			for _, at := range m.acks {
+				if !inWindows(failovers, at) {
+					firmAcks++
+				}
+			}
+			switch {
+			case firmAcks > 0:
+				sureAck++
+			case len(m.acks) > 0 || m.ackErr:
+				maybeAck++
+				r.UncertainAcks++
+			}
+			st, present := members[id]
+			qc := v.configs[m.queue]
+			switch {
+			case firmAcks > 1:
+				r.Problems = append(r.Problems, fmt.Sprintf("%s was acked %d times", id, len(m.acks)))
+			case firmAcks == 1 && present:
+				r.Problems = append(r.Problems, fmt.Sprintf("%s was acked but is still %s", id, st))
+			case present, !enqSure, len(m.acks) > 0, m.ackErr:
+				// Present, or its fate is one a client cannot know.
+			case qc.MaxSize > 0:
+				// Gone from a capped queue: trimmed (counted below).
+			case m.ttl > 0 && m.enqStart+m.ttl <= checkedAt:
+				// Gone after its TTL could have passed: expired. (Redis
+				// started its TTL after the client sent the enqueue.)
+			default:
+				lost = append(lost, id)
+			}
 		}
 		for id := range members {
-			if _, ok := accepted[id]; !ok {
-				r.Problems = append(r.Problems, fmt.Sprintf("%s is present but was never accepted", id))
+			if _, ok := v.msgs[id]; !ok {
+				r.Problems = append(r.Problems, fmt.Sprintf("%s is present but was never enqueued", id))
 			}
+		}
+		if len(lost) > 0 {
+			sort.Strings(lost)
+			r.Problems = append(r.Problems, fmt.Sprintf("%d messages lost (enqueued, never acked, gone before any TTL and from an uncapped queue), e.g. %v",
+				len(lost), lost[:min(5, len(lost))]))
+		}
+		if r.Enqueued < sureEnq || r.Enqueued > sureEnq+maybeEnq {
+			r.Problems = append(r.Problems, fmt.Sprintf("redis counted %d enqueued, producers saw %d certain and %d uncertain",
+				r.Enqueued, sureEnq, maybeEnq))
+		}
+		if r.Acked < sureAck || r.Acked > sureAck+maybeAck {
+			r.Problems = append(r.Problems, fmt.Sprintf("redis counted %d acked, consumers saw %d certain and %d uncertain",
+				r.Acked, sureAck, maybeAck))
 		}
 	}
 	r.ProblemCnt = len(r.Problems)
@@ -87,45 +155,51 @@ func (c *Cluster) CheckMessages(ctx context.Context, queues []string, w *Workloa
 
 // FenceReport is invariant 3 over the recorded history.
 type FenceReport struct {
-	Shards   int      `json:"shards"`
-	Accepted int      `json:"accepted_writes"`
-	Refused  int      `json:"refused_writes"`
+	Shards   int `json:"shards"`
+	Accepted int `json:"accepted_writes"`
+	Refused  int `json:"refused_writes"`
+	// Problems: a write accepted under a token below one that had already
+	// written, or a refusal with no higher token written.
 	Problems []string `json:"problems"`
+	// Late: a keeper tried a write under a token after a higher token had
+	// started writing to the shard, though it was never frozen: it did not
+	// stop when its session ended or when it handed the shard over.
+	Late []string `json:"late_writers"`
+	// LostInFailover counts recorded passes a failover dropped with the old
+	// primary (writes that were not yet replicated; Lost says when).
+	// LargestPass is the most messages one accepted pass moved, per task:
+	// the bursts are there to make passes run at full batch.
+	LargestPass    map[string]int `json:"largest_pass"`
+	LostInFailover int            `json:"lost_in_failover"`
+	Lost           []string       `json:"lost,omitempty"`
+	ReadErrors     int            `json:"read_errors,omitempty"`
 }
 
-// CheckFencing replays every shard's history: accepted tokens never
-// decrease, so no write was accepted under a token after a higher one had
-// written (at most one token per shard at a time).
+// ProblemCount is the number of fencing violations.
+func (f FenceReport) ProblemCount() int { return len(f.Problems) + len(f.Late) }
+
+// CheckFencing replays every shard's history as Redis holds it now:
+// accepted tokens never decrease, so no write was accepted under a token
+// after a higher one had written (at most one token per shard at a time).
 func (c *Cluster) CheckFencing(ctx context.Context, shards []queue.Shard) (FenceReport, error) {
-	n := queue.NewNative(c.RDB, "")
-	r := FenceReport{Shards: len(shards)}
+	h := &History{rdb: c.RDB, shards: shards, cursor: make([]string, len(shards)),
+		entries: make([][]histEntry, len(shards)), strs: map[string]string{}}
+	n := queue.NewInspector(c.RDB, "")
 	for _, s := range shards {
-		h, err := n.History(ctx, s)
-		if err != nil {
-			return r, err
-		}
-		var high int64
-		for _, e := range h {
-			if !e.Accepted {
-				r.Refused++
-				if e.Token >= high {
-					r.Problems = append(r.Problems, fmt.Sprintf("%s: token %d refused although no higher token had written (%d)", s, e.Token, high))
-				}
-				continue
-			}
-			r.Accepted++
-			if e.Token < high {
-				r.Problems = append(r.Problems, fmt.Sprintf("%s: %s accepted under token %d after token %d had written (entry %s)", s, e.Task, e.Token, high, e.ID))
-			}
-			high = max(high, e.Token)
-		}
+		h.keys = append(h.keys, n.HistoryKey(s))
 	}
+	if err := h.Collect(ctx); err != nil {
+		return FenceReport{}, err
+	}
+	r := h.fenceCheck(nil, nil, time.Time{})
+	// Without the frozen keepers known, late tries are only reported.
+	r.Late = nil
 	return r, nil
 }
 
 // RefusedTokens lists, per shard, the tokens whose writes the fence refused.
 func (c *Cluster) RefusedTokens(ctx context.Context, shards []queue.Shard) (map[string][]int64, error) {
-	n := queue.NewNative(c.RDB, "")
+	n := queue.NewInspector(c.RDB, "")
 	out := map[string][]int64{}
 	for _, s := range shards {
 		h, err := n.History(ctx, s)
@@ -197,23 +271,33 @@ func WaitOneOwner(ctx context.Context, ks []*Keeper, shards []queue.Shard, timeo
 // in ks owns some: the ring has spread the shards over all of them (a
 // keeper that joined a moment ago may not be in the others' ring yet).
 func WaitSpread(ctx context.Context, ks []*Keeper, shards []queue.Shard, limit time.Duration) error {
+	_, err := waitSpread(ctx, ks, shards, limit)
+	return err
+}
+
+func waitSpread(ctx context.Context, ks []*Keeper, shards []queue.Shard, limit time.Duration) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	_, err := poll.Until(ctx, 20*time.Millisecond, func() (bool, string) {
+	return poll.Until(ctx, 20*time.Millisecond, func() (bool, string) {
 		o, err := Ownerships(ctx, ks)
 		if err != nil {
 			return false, err.Error()
 		}
 		if bad := o.ExactlyOne(shards); len(bad) > 0 {
-			return false, fmt.Sprintf("%d shards without exactly one owner", len(bad))
+			return false, fmt.Sprintf("%d shards without exactly one owner, e.g. %v", len(bad), bad[:min(3, len(bad))])
 		}
 		per := map[string]bool{}
 		for _, owners := range o.Owners {
 			per[owners[0]] = true
 		}
-		return len(per) == len(ks), fmt.Sprintf("shards spread over %d of %d keepers", len(per), len(ks))
+		live := 0
+		for _, k := range ks {
+			if !k.Exited() && !k.Paused() {
+				live++
+			}
+		}
+		return len(per) == live, fmt.Sprintf("shards spread over %d of %d keepers", len(per), live)
 	})
-	return err
 }
 
 // WaitDrained waits until no queue holds in-flight or locked messages: with

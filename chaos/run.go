@@ -5,80 +5,226 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sort"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/otelcol"
 	"github.com/keeperhq/keeper/queue"
 )
 
 // RunOptions configures a randomized chaos run (`keeper chaos`). Zero values
-// take the defaults noted.
+// take the defaults noted; what is left at zero among the workload and
+// keeper settings is drawn from the seed.
 type RunOptions struct {
-	Keepers    int           // keeper processes kept running; default 3
-	Duration   time.Duration // faults are injected for this long; default 60s
-	Every      time.Duration // one fault per interval; default 5s
-	Faults     []string      // from kill, term, pause, etcd-restart; default all
-	Queues     int           // default 8
-	Partitions int           // per queue; default 8
-	Rate       int           // enqueues per second; default 400
-	TTL        time.Duration // keepers' session TTL; default 3s
-	Seed       uint64        // fault schedule; default time-based
-	KeeperBin  string        // default as KeeperBinary
-	LogDir     string        // keep the keepers' logs here
-	// Log, when set, receives one line per fault and settle.
+	Keepers  int           // keeper processes at the start; default 3 (scale-in keeps at least 2)
+	Duration time.Duration // faults are injected for this long; default 150s
+	// MinFaults keeps injecting past Duration until this many faults ran.
+	MinFaults int
+	Gap       time.Duration // mean pause between one fault's recovery and the next; default 1s
+	Faults    []string      // kinds to draw from (AllFaults); default all
+	// Queues, Partitions (per queue) and Rate (enqueues per second) of the
+	// workload; default drawn from the seed.
+	Queues, Partitions, Rate int
+	TTL                      time.Duration // keepers' session TTL; default 3s
+	Seed                     uint64        // default time-based
+	KeeperBin, EtcdBin       string        // defaults as KeeperBinary and etcdserver.Binary
+	// OtelcolBin, when set, starts a real OpenTelemetry Collector that every
+	// keeper exports to, and the end of the run checks that every series
+	// has exactly one writer (invariant 5).
+	OtelcolBin string
+	LogDir     string // keep the keepers' logs and etcd's data here
+	// Log, when set, receives progress: one line per fault and recovery.
 	Log func(format string, args ...any)
+}
+
+// The fault kinds.
+const (
+	FaultKill          = "kill"                // SIGKILL a keeper
+	FaultTerm          = "term"                // SIGTERM a keeper
+	FaultPause         = "pause"               // SIGSTOP a keeper past its session TTL, then SIGCONT
+	FaultRolling       = "rolling-restart"     // replace every keeper, one at a time
+	FaultScaleOut      = "scale-out"           // add keepers
+	FaultScaleIn       = "scale-in"            // SIGTERM keepers
+	FaultEtcdLeader    = "etcd-kill-leader"    // SIGKILL the etcd leader, restart it later
+	FaultEtcdFollower  = "etcd-kill-follower"  // SIGKILL an etcd follower, restart it later
+	FaultEtcdQuorum    = "etcd-quorum-loss"    // SIGKILL two of three members for longer than the TTL
+	FaultEtcdRestart   = "etcd-restart-member" // SIGTERM an etcd member and start it again
+	FaultEtcdPartition = "etcd-partition"      // cut one keeper from every etcd member for longer than the TTL
+	FaultRedisLatency  = "redis-latency"       // latency or timeouts between one keeper and Redis
+	FaultRedisCut      = "redis-cut"           // cut one keeper from Redis
+	FaultRedisKill     = "redis-kill"          // kill -9 the Redis primary, restart it from its AOF
+	FaultRedisFailover = "redis-failover"      // kill -9 the primary, promote the replica, switch everyone to it
+)
+
+// AllFaults lists every fault kind.
+var AllFaults = []string{FaultKill, FaultTerm, FaultPause, FaultRolling, FaultScaleOut, FaultScaleIn,
+	FaultEtcdLeader, FaultEtcdFollower, FaultEtcdQuorum, FaultEtcdRestart, FaultEtcdPartition,
+	FaultRedisLatency, FaultRedisCut, FaultRedisKill, FaultRedisFailover}
+
+// faultCategory groups kinds for the picture.
+func faultCategory(kind string) string {
+	switch {
+	case strings.HasPrefix(kind, "etcd-partition"), kind == FaultRedisLatency, kind == FaultRedisCut:
+		return "network"
+	case strings.HasPrefix(kind, "etcd-"):
+		return "etcd"
+	case strings.HasPrefix(kind, "redis-"):
+		return "redis"
+	}
+	return "keeper"
 }
 
 // FaultRecord is one injected fault and how the fleet recovered.
 type FaultRecord struct {
-	At       float64 `json:"at_s"`
-	Fault    string  `json:"fault"`
-	Keeper   string  `json:"keeper,omitempty"`
-	SettledS float64 `json:"settled_s"` // until every shard had exactly one owner again
+	Kind   string  `json:"kind"`
+	Target string  `json:"target,omitempty"`
+	Detail string  `json:"detail,omitempty"`
+	At     float64 `json:"at_s"`   // injected, seconds since the run began
+	HeldS  float64 `json:"held_s"` // how long the fault lasted before it was healed
+	// SettleS is how long until every shard had exactly one owner again,
+	// from SettleFrom: "fault" (the moment of injection) or "heal" (the
+	// moment the faulty part served again: etcd back with a quorum, Redis
+	// back up), for faults during which no keeper can own anything.
+	SettleS    float64 `json:"settle_s"`
+	SettleFrom string  `json:"settle_from"`
+	// SettledAt is that moment, in seconds since the run began.
+	SettledAt float64 `json:"settled_at_s"`
+	// HealSettleS is how long after healing every shard had one owner
+	// again (a resumed, reconnected or replacement keeper rejoining).
+	HealSettleS float64 `json:"heal_settle_s,omitempty"`
+	// EtcdLateS: for a keeper killed, frozen or cut from etcd, how long
+	// after the latest moment its lease could have run out (TTL after the
+	// fault) etcd deleted its member key; the settle bound is TTL + 1s plus
+	// this, since no successor can start before etcd expires the lease.
+	EtcdLateS float64 `json:"etcd_late_s,omitempty"`
+	// LagMaxMs is the largest probe lag seen from this fault to the next.
+	LagMaxMs float64 `json:"lag_max_ms"`
+	// HostStallMs is the longest this process was not scheduled (a 100ms
+	// ticker firing late) from this fault to the next: a sign of a machine
+	// too busy for the figures to be read as keeper's alone.
+	HostStallMs float64 `json:"host_stall_ms"`
+	// Late: one owner per shard came back only past the bound.
+	Late  bool   `json:"late,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// KindStats sums up the faults of one kind.
+type KindStats struct {
+	Count     int     `json:"count"`
+	SettleP50 float64 `json:"settle_p50_s"`
+	SettleMax float64 `json:"settle_max_s"`
+	LagMaxMs  float64 `json:"lag_max_ms"`
+}
+
+// Settings are what the seed drew.
+type Settings struct {
+	Queues     map[string]queue.Config `json:"queues"`
+	Keeper     []string                `json:"keeper_args"` // common to every keeper
+	PerKeeper  map[string][]string     `json:"per_keeper_args"`
+	Workload   WorkloadSummary         `json:"workload"`
+	SessionTTL string                  `json:"session_ttl"`
+}
+
+// WorkloadSummary is the workload's shape.
+type WorkloadSummary struct {
+	Producers  int     `json:"producers"`
+	Consumers  int     `json:"consumers"`
+	Rate       int     `json:"rate"`
+	LeaseMs    int64   `json:"lease_ms"`
+	BurstEvery float64 `json:"burst_every_s"`
+}
+
+// WorkloadReport counts what the workload did.
+type WorkloadReport struct {
+	Enqueued, Acked, Nacked, Abandoned, Extended, Stale, Pulled int64
+	Bursts                                                      []string `json:"bursts"`
+	TransientErrors                                             int      `json:"transient_errors"`
+	Errors                                                      []string `json:"errors,omitempty"`
+	ErrorCount                                                  int      `json:"error_count"`
+}
+
+// Invariant is one checked property and its verdict.
+type Invariant struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
 }
 
 // RunReport is what `keeper chaos --json` prints.
 type RunReport struct {
-	Scenario   string        `json:"scenario"`
-	Seed       uint64        `json:"seed"`
-	Keepers    int           `json:"keepers"`
-	Shards     int           `json:"shards"`
-	DurationS  float64       `json:"duration_s"`
-	Faults     []FaultRecord `json:"faults"`
-	Messages   MessageReport `json:"messages"`
-	Fencing    FenceReport   `json:"fencing"`
-	OneOwner   bool          `json:"one_owner_after_each_fault"`
-	Workload   []string      `json:"workload_errors,omitempty"`
-	Violations int           `json:"violations"`
+	Scenario   string               `json:"scenario"`
+	Seed       uint64               `json:"seed"`
+	Keepers    int                  `json:"keepers"`
+	Shards     int                  `json:"shards"`
+	DurationS  float64              `json:"duration_s"`
+	Settings   Settings             `json:"settings"`
+	Faults     []FaultRecord        `json:"faults"`
+	FaultKinds int                  `json:"fault_kinds"`
+	ByKind     map[string]KindStats `json:"by_kind"`
+	SettleMaxS float64              `json:"settle_bound_s"` // TTL + 1s
+	Invariants []Invariant          `json:"invariants"`
+	Messages   MessageReport        `json:"messages"`
+	Fencing    FenceReport          `json:"fencing"`
+	OneOwner   bool                 `json:"one_owner_after_each_fault"`
+	Workload   WorkloadReport       `json:"workload"`
+	Metrics    []string             `json:"metrics_problems,omitempty"`
+	Violations int                  `json:"violations"`
+	// ViolationList names each violation (the first 50).
+	ViolationList []string `json:"violation_list"`
+
+	// The timeline, for the picture (not in the JSON).
+	Timeline Timeline `json:"-"`
 }
 
 // Run starts a fleet, drives a workload, injects random faults and checks
-// invariants 1-4 of the brief: after each fault every shard has exactly one
-// owner within the session TTL plus a second (plus a margin for this noisy
-// machine, the time is reported), and at the end no message is lost or in
-// two sets and no write was accepted under a stale token.
+// the brief's invariants: after each fault every shard has exactly one
+// owner within the session TTL plus a second; at the end no message is lost
+// or in two sets, the counters balance, no write was accepted under a
+// stale token, no keeper went on writing after its successor started, and
+// no message was delivered more than max_deliveries + 1 times.
 func Run(ctx context.Context, o RunOptions) (RunReport, error) {
+	if err := o.defaults(); err != nil {
+		return RunReport{}, err
+	}
+	r := &runner{o: o, rng: rand.New(rand.NewPCG(o.Seed, 1)), logf: o.Log, frozen: map[int64]bool{},
+		limit: o.TTL + time.Second}
+	if r.logf == nil {
+		r.logf = func(string, ...any) {}
+	}
+	r.rep = RunReport{Scenario: "chaos", Seed: o.Seed, Keepers: o.Keepers, OneOwner: true,
+		SettleMaxS: r.limit.Seconds(), ByKind: map[string]KindStats{}}
+	defer r.cleanup()
+	if err := r.setup(ctx); err != nil {
+		return r.rep, err
+	}
+	if err := r.faults(ctx); err != nil {
+		return r.rep, err
+	}
+	if err := r.finish(ctx); err != nil {
+		return r.rep, err
+	}
+	return r.rep, nil
+}
+
+func (o *RunOptions) defaults() error {
 	if o.Keepers <= 0 {
 		o.Keepers = 3
 	}
 	if o.Duration <= 0 {
-		o.Duration = time.Minute
+		o.Duration = 150 * time.Second
 	}
-	if o.Every <= 0 {
-		o.Every = 5 * time.Second
+	if o.Gap <= 0 {
+		o.Gap = time.Second
 	}
 	if len(o.Faults) == 0 {
-		o.Faults = []string{"kill", "term", "pause", "etcd-restart"}
+		o.Faults = AllFaults
 	}
 	for _, f := range o.Faults {
-		if !slices.Contains([]string{"kill", "term", "pause", "etcd-restart"}, f) {
-			return RunReport{}, fmt.Errorf("unknown fault %q (kill, term, pause, etcd-restart)", f)
+		if !slices.Contains(AllFaults, f) {
+			return fmt.Errorf("unknown fault %q (known: %s)", f, strings.Join(AllFaults, ", "))
 		}
-	}
-	if o.Queues <= 0 {
-		o.Queues = 8
-	}
-	if o.Partitions <= 0 {
-		o.Partitions = 8
 	}
 	if o.TTL <= 0 {
 		o.TTL = 3 * time.Second
@@ -86,122 +232,540 @@ func Run(ctx context.Context, o RunOptions) (RunReport, error) {
 	if o.Seed == 0 {
 		o.Seed = uint64(time.Now().UnixNano())
 	}
-	logf := o.Log
-	if logf == nil {
-		logf = func(string, ...any) {}
+	return nil
+}
+
+// runner is one run's state.
+type runner struct {
+	o     RunOptions
+	rng   *rand.Rand
+	logf  func(string, ...any)
+	limit time.Duration
+
+	c         *Cluster
+	col       *otelcol.Collector
+	queues    []string // the workload's
+	allQueues []string // and the probe's
+	shards    []queue.Shard
+	start     time.Time
+	seq       int
+	fleet     int // keepers the fleet is kept at
+	hist      *History
+	samp      *sampler
+	members   *memberWatch
+	stalls    *stallMonitor
+	w         *Workload
+	failovers []window
+	frozen    map[int64]bool // tokens of keepers that were frozen by SIGSTOP
+	rep       RunReport
+	problems  []string // violations seen while running
+}
+
+func (r *runner) cleanup() {
+	if r.w != nil {
+		r.w.Stop()
 	}
-	rng := rand.New(rand.NewPCG(o.Seed, 1))
-	c, err := Start(ctx, Config{SessionTTL: o.TTL, KeeperBin: o.KeeperBin, LogDir: o.LogDir,
-		Args: []string{"--metrics.disabled"}})
+	if r.samp != nil {
+		r.samp.stop()
+	}
+	if r.members != nil {
+		r.members.stop()
+	}
+	if r.stalls != nil {
+		r.stalls.stop()
+	}
+	if r.hist != nil {
+		r.hist.Stop()
+	}
+	if r.c != nil {
+		r.c.Stop()
+	}
+	if r.col != nil {
+		_ = r.col.Stop()
+	}
+}
+
+func (r *runner) since() float64 { return time.Since(r.start).Seconds() }
+
+func (r *runner) violation(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.problems = append(r.problems, msg)
+	r.logf("VIOLATION: %s", msg)
+}
+
+// uniform draws a duration in [lo, hi).
+func (r *runner) uniform(lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(r.rng.Int64N(int64(hi-lo)+1))
+}
+
+func (r *runner) setup(ctx context.Context) error {
+	o := r.o
+	rng := r.rng
+	set := Settings{Queues: map[string]queue.Config{}, PerKeeper: map[string][]string{}, SessionTTL: o.TTL.String()}
+	// Ring settings are the fleet's (every keeper must agree).
+	ringParts := []int{0, 271, 4096}[rng.IntN(3)]
+	args := []string{"--log_level", "info"}
+	if ringParts > 0 {
+		args = append(args, "--ring.partitions", strconv.Itoa(ringParts))
+	}
+	var env []string
+	if o.OtelcolBin != "" {
+		col, err := otelcol.Start(ctx, otelcol.Config{Binary: o.OtelcolBin, MetricExpiration: 3 * time.Second})
+		if err != nil {
+			return fmt.Errorf("collector: %w", err)
+		}
+		r.col = col
+		env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + col.OTLPEndpoint(), "OTEL_EXPORTER_OTLP_INSECURE=true",
+			"OTEL_METRIC_EXPORT_INTERVAL=1000"}
+	} else {
+		args = append(args, "--metrics.disabled")
+	}
+	set.Keeper = args
+	c, err := Start(ctx, Config{SessionTTL: o.TTL, KeeperBin: o.KeeperBin, EtcdBin: o.EtcdBin, LogDir: o.LogDir,
+		RedisReplica: slices.Contains(o.Faults, FaultRedisFailover), Args: args, Env: env})
 	if err != nil {
-		return RunReport{}, err
-	}
-	defer c.Stop()
-	reg := queue.NewRegistry(c.RDB, "")
-	var names []string
-	var shards []queue.Shard
-	for q := 0; q < o.Queues; q++ {
-		name := fmt.Sprintf("chaos-%02d", q)
-		if err := reg.Create(ctx, name, queue.Config{Partitions: o.Partitions, MaxDeliveries: 8}); err != nil {
-			return RunReport{}, err
-		}
-		names = append(names, name)
-		for p := 0; p < o.Partitions; p++ {
-			shards = append(shards, queue.Shard{Queue: name, Partition: p})
-		}
-	}
-	rep := RunReport{Scenario: "chaos", Seed: o.Seed, Keepers: o.Keepers, Shards: len(shards), OneOwner: true}
-	seq := 0
-	addKeeper := func() error {
-		seq++
-		_, err := c.AddKeeper(ctx, fmt.Sprintf("chaos-k%d", seq))
 		return err
 	}
-	for i := 0; i < o.Keepers; i++ {
-		if err := addKeeper(); err != nil {
-			return rep, err
+	r.c = c
+	r.logf("seed %d: etcd %s, redis %s, logs in %s", o.Seed, strings.Join(c.Etcd.Endpoints(), ","), c.Redis.PrimaryAddr(), c.LogDir())
+
+	// Queues: at least one plain, one with a TTL, one capped, one with
+	// max deliveries; the rest mixed.
+	nq := o.Queues
+	if nq <= 0 {
+		nq = 4 + rng.IntN(5)
+	}
+	reg := queue.NewRegistry(c.RDB, "")
+	for i := 0; i < nq; i++ {
+		qc := queue.Config{Partitions: o.Partitions}
+		if qc.Partitions <= 0 {
+			qc.Partitions = []int{1, 2, 4, 8, 16}[rng.IntN(5)]
+		}
+		feature := i
+		if i >= 4 {
+			feature = rng.IntN(5)
+		}
+		switch feature {
+		case 1:
+			qc.TTL = queue.Duration(r.uniform(3*time.Second, 30*time.Second).Round(time.Millisecond))
+		case 2:
+			qc.MaxSize = 500 + rng.IntN(2500)
+		case 3:
+			qc.MaxDeliveries = 1 + rng.IntN(8)
+		case 4:
+			qc.MaxDeliveries = 1 + rng.IntN(8)
+			qc.TTL = queue.Duration(r.uniform(3*time.Second, 30*time.Second).Round(time.Millisecond))
+			qc.MaxSize = 500 + rng.IntN(2500)
+		}
+		if rng.IntN(4) == 0 {
+			qc.MaxInFlight = 50 + rng.IntN(450)
+		}
+		name := fmt.Sprintf("chaos-%02d", i)
+		if err := reg.Create(ctx, name, qc); err != nil {
+			return err
+		}
+		set.Queues[name] = qc
+		r.queues = append(r.queues, name)
+		for p := 0; p < qc.Partitions; p++ {
+			r.shards = append(r.shards, queue.Shard{Queue: name, Partition: p})
 		}
 	}
-	if err := WaitSpread(ctx, c.Keepers(), shards, time.Minute); err != nil {
-		return rep, err
+	probe := queue.Config{Partitions: 8}
+	if err := reg.Create(ctx, "chaos-probe", probe); err != nil {
+		return err
 	}
-	w := StartWorkload(ctx, c.RDB, WorkloadConfig{Queues: names, Rate: o.Rate})
-	start := time.Now()
-	limit := o.TTL + time.Second
-	for time.Since(start) < o.Duration {
+	set.Queues["chaos-probe"] = probe
+	r.allQueues = append(append([]string(nil), r.queues...), "chaos-probe")
+	for p := 0; p < probe.Partitions; p++ {
+		r.shards = append(r.shards, queue.Shard{Queue: "chaos-probe", Partition: p})
+	}
+	r.rep.Shards = len(r.shards)
+
+	r.fleet = o.Keepers
+	for i := 0; i < o.Keepers; i++ {
+		if _, err := r.addKeeper(ctx); err != nil {
+			return err
+		}
+	}
+	if err := WaitSpread(ctx, c.Keepers(), r.shards, time.Minute); err != nil {
+		return err
+	}
+	r.start = time.Now()
+	r.members = watchMembers(ctx, c.EC, c.cfg.EtcdPrefix)
+	r.stalls = monitorStalls(ctx, r.start)
+	r.hist = FollowHistory(ctx, c.RDB, r.shards, 500*time.Millisecond)
+	r.samp = startSampler(ctx, c, r.start, len(r.shards))
+	wc := WorkloadConfig{Queues: r.queues, ProbeQueue: "chaos-probe", Seed: rng.Uint64(),
+		Producers: 1 + rng.IntN(3), Consumers: 1 + rng.IntN(3), Rate: o.Rate,
+		Lease:     r.uniform(100*time.Millisecond, 500*time.Millisecond).Round(time.Millisecond),
+		DelayFrac: 0.1, TTLFrac: 0.1, BurstEvery: r.uniform(10*time.Second, 25*time.Second).Round(time.Second)}
+	if wc.Rate <= 0 {
+		wc.Rate = 200 + rng.IntN(400)
+	}
+	set.Workload = WorkloadSummary{Producers: wc.Producers, Consumers: wc.Consumers, Rate: wc.Rate,
+		LeaseMs: wc.Lease.Milliseconds(), BurstEvery: wc.BurstEvery.Seconds()}
+	if r.w, err = StartWorkload(ctx, c.ClientAddr(), wc); err != nil {
+		return err
+	}
+	for _, k := range c.Keepers() {
+		set.PerKeeper[k.ID] = k.Args
+	}
+	r.rep.Settings = set
+	r.logf("%d queues, %d shards, %d keepers; workload %+v", nq, len(r.shards), o.Keepers, set.Workload)
+	return nil
+}
+
+// keeperArgs draws one keeper's task settings, the largest batch the
+// config accepts often among them.
+func (r *runner) keeperArgs() []string {
+	rng := r.rng
+	batch := []int{1, 7, 100, 1000, 4000, 10000, 10000, 10000}[rng.IntN(8)]
+	return []string{
+		"--tasks.batch", strconv.Itoa(batch),
+		"--tasks.workers", strconv.Itoa(1 + rng.IntN(8)),
+		"--tasks.measure_interval", r.uniform(time.Second, 10*time.Second).Round(time.Millisecond).String(),
+		"--tasks.sweep_interval", r.uniform(time.Second, 60*time.Second).Round(time.Millisecond).String(),
+		"--tasks.catalog_interval", r.uniform(time.Second, 30*time.Second).Round(time.Millisecond).String(),
+	}
+}
+
+func (r *runner) addKeeper(ctx context.Context) (*Keeper, error) {
+	r.seq++
+	k, err := r.c.AddKeeper(ctx, fmt.Sprintf("k%d", r.seq), r.keeperArgs()...)
+	if err != nil {
+		return nil, err
+	}
+	if r.rep.Settings.PerKeeper != nil {
+		r.rep.Settings.PerKeeper[k.ID] = k.Args
+	}
+	return k, nil
+}
+
+// live are the keepers that run and are not frozen.
+func (r *runner) live() []*Keeper {
+	var out []*Keeper
+	for _, k := range r.c.Keepers() {
+		if !k.Exited() && !k.Paused() {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func (r *runner) pickKeeper() *Keeper {
+	ks := r.live()
+	return ks[r.rng.IntN(len(ks))]
+}
+
+// observation watches ownership from a moment on (see observe).
+type observation struct {
+	from time.Time
+	done chan struct{}
+	good time.Time // start of the last stretch with one owner per shard
+	err  error
+}
+
+// observe polls the keepers from now on until every shard has had exactly
+// one owner without a break since some moment, and at least until the
+// bound (TTL + 1s) after from has passed: a fault whose effect comes late
+// (a session that runs out seconds after an etcd member died) is seen too.
+// The settle time is from from to the start of that last good stretch.
+func (r *runner) observe(ctx context.Context, from time.Time) *observation {
+	o := &observation{from: from, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		var last string
+		for {
+			own, err := Ownerships(ctx, r.c.Keepers())
+			var bad []string
+			if err == nil {
+				bad = own.ExactlyOne(r.shards)
+			}
+			now := time.Now()
+			switch {
+			case err != nil:
+				o.good, last = time.Time{}, err.Error()
+			case len(bad) > 0:
+				o.good, last = time.Time{}, fmt.Sprintf("%d shards without exactly one owner, e.g. %v", len(bad), bad[:min(3, len(bad))])
+			case o.good.IsZero():
+				o.good = now
+			}
+			if !o.good.IsZero() && now.Sub(from) >= r.limit {
+				return
+			}
+			if now.Sub(from) > time.Minute {
+				o.err = fmt.Errorf("after a minute: %s", last)
+				return
+			}
+			select {
+			case <-ctx.Done():
+				o.err = ctx.Err()
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return o
+}
+
+// settled waits for the observation and records the settle time; past the
+// bound (TTL + 1s) it is a violation.
+func (r *runner) settled(f *FaultRecord, o *observation, fromWhat string) {
+	<-o.done
+	took := o.good.Sub(o.from)
+	if o.err != nil {
+		took = time.Since(o.from)
+	}
+	f.SettleS, f.SettleFrom = max(0, took.Seconds()), fromWhat
+	f.SettledAt = o.from.Add(took).Sub(r.start).Seconds()
+	bound := r.limit
+	if fromWhat == "fault" {
+		bound += time.Duration(f.EtcdLateS * float64(time.Second))
+	}
+	switch {
+	case o.err != nil:
+		f.Error = o.err.Error()
+		r.rep.OneOwner = false
+		r.violation("%s %s at %.1fs: no single owner per shard: %v", f.Kind, f.Target, f.At, o.err)
+	case took > bound:
+		f.Late = true
+		r.rep.OneOwner = false
+		r.violation("%s %s at %.1fs: one owner per shard only after %.2fs from the %s (bound %s; etcd late by %.2fs, longest stall of this process so far %s)",
+			f.Kind, f.Target, f.At, took.Seconds(), fromWhat, bound.Round(time.Millisecond), f.EtcdLateS,
+			r.stalls.worst(f.At, r.since()).Round(time.Millisecond))
+	}
+}
+
+// healSettle follows a fault's healing, observed from the moment of
+// healing by o: one owner per shard again within the bound (a violation
+// otherwise), and every live keeper owning its share (reported: how long
+// the fleet took to spread again).
+func (r *runner) healSettle(ctx context.Context, f *FaultRecord, o *observation) {
+	r.spread(ctx, f)
+	hf := FaultRecord{Kind: f.Kind, Target: f.Target, At: f.At}
+	r.settled(&hf, o, "heal")
+	f.HealSettleS = hf.SettleS
+	f.Late = f.Late || hf.Late
+	if hf.Error != "" && f.Error == "" {
+		f.Error = hf.Error
+	}
+}
+
+// spread waits until every live keeper owns its share of the shards (a
+// violation when not within a minute).
+func (r *runner) spread(ctx context.Context, f *FaultRecord) {
+	if _, err := waitSpread(ctx, r.c.Keepers(), r.shards, time.Minute); err != nil {
+		r.violation("%s %s at %.1fs: shards not spread over the fleet within a minute: %v", f.Kind, f.Target, f.At, err)
+	}
+}
+
+// hold sleeps until d after from.
+func hold(ctx context.Context, from time.Time, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Until(from.Add(d))):
+		return nil
+	}
+}
+
+// freeze records the tokens k holds, before SIGSTOP: a frozen keeper that
+// wakes up may try a write under them before it sees its session is gone,
+// which the fence refuses.
+func (r *runner) freeze(ctx context.Context, k *Keeper) {
+	if st, err := k.Status(ctx); err == nil {
+		for _, tok := range st.Owned {
+			r.frozen[tok] = true
+		}
+	}
+	for tok, who := range r.samp.tokenOwners() {
+		if who == k.ID {
+			r.frozen[tok] = true
+		}
+	}
+}
+
+// refill brings the fleet back to its size after a keeper was removed.
+func (r *runner) refill(ctx context.Context, f *FaultRecord) error {
+	n := len(r.c.Keepers())
+	if n >= r.fleet {
+		return nil
+	}
+	o := r.observe(ctx, time.Now())
+	for ; n < r.fleet; n++ {
+		if _, err := r.addKeeper(ctx); err != nil {
+			return err
+		}
+	}
+	r.healSettle(ctx, f, o)
+	return nil
+}
+
+// schedule lists the fault kinds in rounds: each round is every enabled
+// kind once, in an order drawn from the seed, so that a short run sees
+// every kind and a long one sees them equally often.
+func (r *runner) nextKind(i int, round *[]string) string {
+	if len(*round) == 0 {
+		*round = append([]string(nil), r.o.Faults...)
+		r.rng.Shuffle(len(*round), func(a, b int) { (*round)[a], (*round)[b] = (*round)[b], (*round)[a] })
+	}
+	k := (*round)[0]
+	*round = (*round)[1:]
+	return k
+}
+
+func (r *runner) faults(ctx context.Context) error {
+	var round []string
+	for i := 0; time.Since(r.start) < r.o.Duration || len(r.rep.Faults) < r.o.MinFaults; i++ {
+		gap := time.Duration(float64(r.o.Gap) * (0.5 + r.rng.Float64()))
 		select {
 		case <-ctx.Done():
-			w.Stop()
-			return rep, ctx.Err()
-		case <-time.After(o.Every):
+			return ctx.Err()
+		case <-time.After(gap):
 		}
-		f := FaultRecord{At: time.Since(start).Seconds(), Fault: o.Faults[rng.IntN(len(o.Faults))]}
-		ks := c.Keepers()
-		victim := ks[rng.IntN(len(ks))]
-		var resumeAfter *Keeper
-		switch f.Fault {
-		case "kill":
-			f.Keeper = victim.ID
-			err = victim.Kill()
-			c.Remove(victim)
-		case "term":
-			f.Keeper = victim.ID
-			err = victim.Term(time.Minute)
-			c.Remove(victim)
-		case "pause":
-			f.Keeper = victim.ID
-			err = victim.Pause()
-			resumeAfter = victim
-		case "etcd-restart":
-			err = c.Etcd.Restart(ctx)
+		kind := r.nextKind(i, &round)
+		f := FaultRecord{Kind: kind, At: r.since()}
+		if err := r.inject(ctx, &f); err != nil {
+			return fmt.Errorf("%s at %.1fs: %w", kind, f.At, err)
 		}
-		if err != nil {
-			w.Stop()
-			return rep, fmt.Errorf("%s: %w", f.Fault, err)
+		r.checkCrashes()
+		r.rep.Faults = append(r.rep.Faults, f)
+		late := ""
+		if f.EtcdLateS > 0 {
+			late = fmt.Sprintf(" (etcd %.2fs late)", f.EtcdLateS)
 		}
-		faultAt := time.Now()
-		// Generous polling bound; the time it took is what is reported.
-		if _, err := WaitOneOwner(ctx, c.Keepers(), shards, 5*limit); err != nil {
-			rep.OneOwner = false
-			logf("%s %s: %v", f.Fault, f.Keeper, err)
+		r.logf("%6.1fs %-20s %-8s held %5.2fs  one owner after %5.2fs from the %s%s  after healing %5.2fs  stall %s  %s",
+			f.At, f.Kind, f.Target, f.HeldS, f.SettleS, f.SettleFrom, late, f.HealSettleS,
+			r.stalls.worst(f.At, r.since()).Round(time.Millisecond), f.Detail)
+	}
+	return nil
+}
+
+// checkCrashes reports keepers that exited without being stopped.
+func (r *runner) checkCrashes() {
+	for _, k := range r.c.Keepers() {
+		if crashed, err := k.Crashed(); crashed {
+			r.violation("keeper %s exited by itself (%v); log:\n%s", k.ID, err, k.LogTail(15))
+			r.c.Remove(k)
 		}
-		f.SettledS = time.Since(faultAt).Seconds()
-		if resumeAfter != nil {
-			if err := resumeAfter.Resume(); err != nil {
-				w.Stop()
-				return rep, err
+	}
+}
+
+func (r *runner) finish(ctx context.Context) error {
+	r.w.Stop()
+	workloadEnd := time.Now()
+	r.logf("%6.1fs faults done: %d; settling and checking", r.since(), len(r.rep.Faults))
+	if _, err := WaitOneOwner(ctx, r.c.Keepers(), r.shards, time.Minute); err != nil {
+		r.rep.OneOwner = false
+		r.violation("at the end, no single owner per shard within a minute: %v", err)
+	}
+	// With consumers stopped, the keepers must return every lease and lock.
+	if err := r.c.WaitDrained(ctx, r.allQueues, 2*time.Minute); err != nil {
+		r.violation("leases and locks not all returned two minutes after the workload stopped: %v", err)
+	}
+	r.samp.stop()
+	r.stalls.stop()
+	r.hist.Stop()
+	if err := r.hist.Collect(ctx); err != nil {
+		return err
+	}
+	r.rep.DurationS = workloadEnd.Sub(r.start).Seconds()
+	wl := r.w
+	errs, nErrs := wl.Errors()
+	r.rep.Workload = WorkloadReport{Enqueued: wl.Enqueued.Load(), Acked: wl.Acked.Load(), Nacked: wl.Nacked.Load(),
+		Abandoned: wl.Abandoned.Load(), Extended: wl.Extended.Load(), Stale: wl.Stale.Load(), Pulled: wl.Pulled.Load(),
+		Bursts: wl.Bursts(), TransientErrors: wl.TransientErrors(), Errors: errs, ErrorCount: nErrs}
+	var err error
+	r.rep.Messages, err = checkMessages(ctx, queue.NewClient(r.c.RDB, queue.ClientOptions{}), r.allQueues, r.w, r.failovers)
+	if err != nil {
+		return err
+	}
+	r.rep.Fencing = r.hist.fenceCheck(r.frozen, r.samp.tokenOwners(), r.start)
+	if r.col != nil {
+		r.rep.Metrics = r.metricsCheck(ctx)
+	}
+	r.summarize()
+	return nil
+}
+
+// metricsCheck waits for one writer per series: the collector forgets a
+// dead keeper's series after its metric expiration.
+func (r *runner) metricsCheck(ctx context.Context) []string {
+	var problems []string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		problems = MetricProblems(ctx, r.c, r.col, r.allQueues, r.shards)
+		if len(problems) == 0 || time.Now().After(deadline) {
+			return problems
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func (r *runner) summarize() {
+	rep := &r.rep
+	lags := r.w.Lags()
+	rep.Timeline = Timeline{Samples: r.samp.all(), Lags: lags, Shards: len(r.shards)}
+	// Lag and stalls per fault: from its injection to the next one's.
+	for i := range rep.Faults {
+		end := rep.DurationS
+		if i+1 < len(rep.Faults) {
+			end = rep.Faults[i+1].At
+		}
+		rep.Faults[i].HostStallMs = float64(r.stalls.worst(rep.Faults[i].At, end).Milliseconds())
+		for _, l := range lags {
+			if l.At >= rep.Faults[i].At && l.At < end {
+				rep.Faults[i].LagMaxMs = max(rep.Faults[i].LagMaxMs, l.LagMs)
 			}
 		}
-		// Keep the fleet at its size: replace what was removed.
-		for len(c.Keepers()) < o.Keepers {
-			if err := addKeeper(); err != nil {
-				w.Stop()
-				return rep, err
-			}
+	}
+	settles := map[string][]float64{}
+	for _, f := range rep.Faults {
+		settles[f.Kind] = append(settles[f.Kind], f.SettleS)
+		ks := rep.ByKind[f.Kind]
+		ks.Count++
+		ks.LagMaxMs = max(ks.LagMaxMs, f.LagMaxMs)
+		rep.ByKind[f.Kind] = ks
+	}
+	for kind, ss := range settles {
+		sort.Float64s(ss)
+		ks := rep.ByKind[kind]
+		ks.SettleP50, ks.SettleMax = ss[(len(ss)-1)/2], ss[len(ss)-1]
+		rep.ByKind[kind] = ks
+	}
+	rep.FaultKinds = len(rep.ByKind)
+
+	m, fe := rep.Messages, rep.Fencing
+	add := func(name string, ok bool, detail string, problems []string) {
+		rep.Invariants = append(rep.Invariants, Invariant{Name: name, OK: ok, Detail: detail})
+		for _, p := range problems {
+			r.problems = append(r.problems, name+": "+p)
 		}
-		logf("%5.1fs %-12s %-10s one owner per shard again after %.3fs", f.At, f.Fault, f.Keeper, f.SettledS)
-		rep.Faults = append(rep.Faults, f)
 	}
-	w.Stop()
-	rep.DurationS = time.Since(start).Seconds()
-	for _, e := range w.Errors() {
-		rep.Workload = append(rep.Workload, e.Error())
+	add("one owner per shard within TTL+1s after each fault", rep.OneOwner,
+		fmt.Sprintf("%d faults, bound %.1fs", len(rep.Faults), rep.SettleMaxS), nil)
+	add("no message lost, none in two sets, counters balance", m.ProblemCnt == 0,
+		fmt.Sprintf("%d enqueued, %d acked, %d present (%d dead), %d expired, %d trimmed; %d enqueues and %d acks uncertain; %d problems",
+			m.Enqueued, m.Acked, m.Present, m.Dead, m.Expired, m.Trimmed, m.UncertainEnqueues, m.UncertainAcks, m.ProblemCnt), m.Problems)
+	add("no write accepted under a stale token", len(fe.Problems) == 0,
+		fmt.Sprintf("%d accepted and %d refused writes over %d shards; %d recorded passes lost with failed-over primaries; largest passes: unlock %d, requeue %d, expire %d, trim %d",
+			fe.Accepted, fe.Refused, fe.Shards, fe.LostInFailover, fe.LargestPass["unlock"], fe.LargestPass["requeue"],
+			fe.LargestPass["expire"], fe.LargestPass["trim"]), fe.Problems)
+	add("a keeper stops writing before its successor starts (unless frozen)", len(fe.Late) == 0,
+		fmt.Sprintf("%d late tries", len(fe.Late)), fe.Late)
+	add("deliveries never exceed max_deliveries + 1", m.MaxDeliveriesOver <= 1,
+		fmt.Sprintf("most seen over max_deliveries: %d", m.MaxDeliveriesOver), nil)
+	add("no unexpected client error", rep.Workload.ErrorCount == 0,
+		fmt.Sprintf("%d unexpected, %d while Redis was unreachable", rep.Workload.ErrorCount, rep.Workload.TransientErrors), rep.Workload.Errors)
+	if r.col != nil {
+		add("one writer per metric series", len(rep.Metrics) == 0, fmt.Sprintf("%d problems", len(rep.Metrics)), rep.Metrics)
 	}
-	if _, err := WaitOneOwner(ctx, c.Keepers(), shards, 5*limit); err != nil {
-		rep.OneOwner = false
+	// Problems were added above; the count covers everything seen.
+	rep.Violations = len(r.problems) + max(0, m.ProblemCnt-len(m.Problems)) + max(0, rep.Workload.ErrorCount-len(rep.Workload.Errors))
+	rep.ViolationList = r.problems[:min(50, len(r.problems))]
+	if rep.Violations > 0 {
+		r.logf("seed %d: %d violations; replay with --seed %d", rep.Seed, rep.Violations, rep.Seed)
 	}
-	if err := c.WaitDrained(ctx, names, time.Minute); err != nil {
-		return rep, err
-	}
-	if rep.Messages, err = c.CheckMessages(ctx, names, w); err != nil {
-		return rep, err
-	}
-	if rep.Fencing, err = c.CheckFencing(ctx, shards); err != nil {
-		return rep, err
-	}
-	rep.Violations = rep.Messages.ProblemCnt + len(rep.Fencing.Problems) + len(rep.Workload)
-	if !rep.OneOwner {
-		rep.Violations++
-	}
-	return rep, nil
 }

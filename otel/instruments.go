@@ -10,6 +10,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
+
+	"github.com/keeperhq/keeper/queue"
 )
 
 // Metric names, in OpenTelemetry style (dot-separated, UCUM units). The
@@ -113,7 +115,7 @@ type ShardSnapshot struct {
 	OldestReadyAge                time.Duration
 	// Cumulative since queue creation, read from Redis by the owner, so the
 	// series continues across an owner change.
-	Enqueued, Acked, Unlocked, Requeued, Expired, DeadLettered, Trimmed int64
+	queue.Counters
 }
 
 // ShardSource yields the shards this keeper owns right now. It is called at

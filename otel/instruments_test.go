@@ -14,6 +14,8 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/keeperhq/keeper/queue"
 )
 
 // shards is a ShardSource whose owned set a test changes, as the ownership
@@ -86,13 +88,13 @@ func (x self) IsLeader() bool {
 	return ok
 }
 
-func snapshot(queue, shard string, base int64) ShardSnapshot {
+func snapshot(q, shard string, base int64) ShardSnapshot {
 	return ShardSnapshot{
-		Queue: queue, Shard: shard,
+		Queue: q, Shard: shard,
 		Ready: base + 1, Inflight: base + 2, Locked: base + 3, Dead: base + 4,
 		OldestReadyAge: 1500 * time.Millisecond,
-		Enqueued:       base + 10, Acked: base + 11, Unlocked: base + 12, Requeued: base + 13,
-		Expired: base + 14, DeadLettered: base + 15, Trimmed: base + 16,
+		Counters: queue.Counters{Enqueued: base + 10, Acked: base + 11, Unlocked: base + 12, Requeued: base + 13,
+			Expired: base + 14, DeadLettered: base + 15, Trimmed: base + 16},
 	}
 }
 
@@ -241,7 +243,7 @@ func TestShardThatLeavesDisappearsAtNextCollection(t *testing.T) {
 func TestCumulativeCounterContinuesOnNewOwner(t *testing.T) {
 	ra, ma := providerMeterForTest()
 	rb, mb := providerMeterForTest()
-	a := newShards(ShardSnapshot{Queue: "q", Shard: "q#0", Unlocked: 100})
+	a := newShards(ShardSnapshot{Queue: "q", Shard: "q#0", Counters: queue.Counters{Unlocked: 100}})
 	b := newShards()
 	if _, err := RegisterInstruments(ma, a, nil, nil); err != nil {
 		t.Fatal(err)
@@ -253,7 +255,7 @@ func TestCumulativeCounterContinuesOnNewOwner(t *testing.T) {
 		t.Fatalf("A reports %v, want 100", got)
 	}
 	a.drop("q#0")
-	b.put(ShardSnapshot{Queue: "q", Shard: "q#0", Unlocked: 130})
+	b.put(ShardSnapshot{Queue: "q", Shard: "q#0", Counters: queue.Counters{Unlocked: 130}})
 	if got := pointsOf(collectPoints(t, ra), MetricQueueUnlocked); len(got) != 0 {
 		t.Fatalf("A still reports after the move: %v", got)
 	}

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -12,9 +13,9 @@ import (
 // design brief. It reads every member of every set, so it is an operator and
 // test tool, not something to run on a hot path.
 type Audit struct {
-	Queue                         string           `json:"queue"`
-	Ready, Inflight, Locked, Dead int64            `json:"-"`
-	Counters                      map[string]int64 `json:"counters"`
+	Queue                         string   `json:"queue"`
+	Ready, Inflight, Locked, Dead int64    `json:"-"`
+	Counters                      Counters `json:"counters"`
 	// Problems lists every violation found; empty means consistent.
 	Problems []string `json:"problems"`
 	// Members maps each message id present to its set, for tests and the
@@ -26,36 +27,40 @@ type Audit struct {
 // enqueued is acked, expired, trimmed, or still present.
 func (a Audit) Accounted() int64 {
 	c := a.Counters
-	return c["enqueued"] - c["acked"] - c["expired"] - c["trimmed"]
+	return c.Enqueued - c.Acked - c.Expired - c.Trimmed
 }
 
 // Present is the number of messages in the sets.
 func (a Audit) Present() int64 { return a.Ready + a.Inflight + a.Locked + a.Dead }
 
-// Audit checks queue: no id in two sets, every id in a set has its body and
-// metadata and nothing else does, in-flight ids hold a token and others
-// don't, the TTL index holds only ready, locked or dead ids, and the
-// counters balance (enqueued = acked + expired + trimmed + present).
+// Audit checks queue: no id in two sets, nor in two shards, every id in a
+// set has its body and metadata and nothing else does, in-flight ids hold a
+// token and others don't, the TTL index holds only ready, locked or dead
+// ids, no shard was set to a newer config than the published one (an update
+// that did not finish), and the counters balance (enqueued = acked +
+// expired + trimmed + present).
 func (c *Client) Audit(ctx context.Context, queue string) (Audit, error) {
-	cfg, err := c.reg.Get(ctx, queue)
+	st, err := c.reg.getStored(ctx, c.rdb, queue)
 	if err != nil {
 		return Audit{}, err
 	}
-	a := Audit{Queue: queue, Counters: map[string]int64{}, Members: map[string]State{}}
-	for p := 0; p < cfg.Partitions; p++ {
-		if err := c.auditShard(ctx, Shard{queue, p}, &a); err != nil {
+	a := Audit{Queue: queue, Members: map[string]State{}}
+	shardOf := map[string]Shard{}
+	for p := 0; p < st.Partitions; p++ {
+		if err := c.auditShard(ctx, Shard{queue, p}, st.Generation, &a, shardOf); err != nil {
 			return Audit{}, err
 		}
 	}
 	if a.Accounted() != a.Present() {
 		a.Problems = append(a.Problems, fmt.Sprintf(
 			"counters do not balance: enqueued %d - acked %d - expired %d - trimmed %d = %d, but %d are present",
-			a.Counters["enqueued"], a.Counters["acked"], a.Counters["expired"], a.Counters["trimmed"], a.Accounted(), a.Present()))
+			a.Counters.Enqueued, a.Counters.Acked, a.Counters.Expired, a.Counters.Trimmed, a.Accounted(), a.Present()))
 	}
 	return a, nil
 }
 
-func (c *Client) auditShard(ctx context.Context, s Shard, a *Audit) error {
+// auditShard adds s to a; shardOf is where each id was found so far.
+func (c *Client) auditShard(ctx context.Context, s Shard, generation int64, a *Audit, shardOf map[string]Shard) error {
 	k := keysFor(c.prefix, s)
 	var (
 		sets  [4]*redis.StringSliceCmd
@@ -64,6 +69,7 @@ func (c *Client) auditShard(ctx context.Context, s Shard, a *Audit) error {
 		meta  *redis.StringSliceCmd
 		tok   *redis.StringSliceCmd
 		stats *redis.MapStringStringCmd
+		gen   *redis.StringCmd
 	)
 	// MULTI/EXEC so the audit sees one consistent moment of the shard.
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
@@ -75,9 +81,10 @@ func (c *Client) auditShard(ctx context.Context, s Shard, a *Audit) error {
 		meta = p.HKeys(ctx, k.Meta)
 		tok = p.HKeys(ctx, k.Tok)
 		stats = p.HGetAll(ctx, k.Stats)
+		gen = p.Get(ctx, k.Gen)
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("audit %s: %w", s, asError(err, s, 0))
 	}
 	states := []State{StateReady, StateInflight, StateLocked, StateDead}
@@ -85,12 +92,19 @@ func (c *Client) auditShard(ctx context.Context, s Shard, a *Audit) error {
 	bad := func(format string, args ...any) {
 		a.Problems = append(a.Problems, s.String()+": "+fmt.Sprintf(format, args...))
 	}
+	if g, _ := strconv.ParseInt(gen.Val(), 10, 64); g > generation {
+		bad("set to config generation %d, but the published config is at %d: a config update did not finish (run `keeper queue update %s` again)",
+			g, generation, s.Queue)
+	}
 	for i, cmd := range sets {
 		for _, id := range cmd.Val() {
 			if prev, ok := where[id]; ok {
 				bad("%s is in %s and %s", id, prev, states[i])
+			} else if other, ok := shardOf[id]; ok {
+				bad("%s is in shard %s (%s) and in shard %s (%s)", id, other, a.Members[id], s, states[i])
 			}
 			where[id] = states[i]
+			shardOf[id] = s
 			a.Members[id] = states[i]
 		}
 	}
@@ -129,9 +143,8 @@ func (c *Client) auditShard(ctx context.Context, s Shard, a *Audit) error {
 			bad("%s is in the TTL index but is %q", id, st)
 		}
 	}
-	for f, v := range stats.Val() {
-		n, _ := strconv.ParseInt(v, 10, 64)
-		a.Counters[f] += n
-	}
+	var counted Counters
+	counted.readCounters(stats.Val())
+	a.Counters = a.Counters.Add(counted)
 	return nil
 }

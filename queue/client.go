@@ -1,11 +1,14 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,46 +37,116 @@ type Client struct {
 	mu    sync.Mutex
 	cache map[string]cachedConfig
 	rr    map[string]*atomic.Uint64 // per-queue start partition for fair pulls
+	// deleting holds, per queue, the config generation that one of its
+	// shards refused as deleted: until the registry holds a newer one, the
+	// queue is being deleted (see config).
+	deleting map[string]int64
 }
 
 type cachedConfig struct {
-	cfg Config
-	at  time.Time
+	st stored
+	at time.Time
 }
 
 // NewClient returns a client over rdb (a single node, a failover client or a
 // cluster client).
 func NewClient(rdb redis.UniversalClient, opt ClientOptions) *Client {
-	if opt.Prefix == "" {
-		opt.Prefix = DefaultPrefix
-	}
+	opt.Prefix = cmp.Or(opt.Prefix, DefaultPrefix)
 	if opt.ConfigTTL <= 0 {
 		opt.ConfigTTL = 5 * time.Second
 	}
 	return &Client{
 		rdb: rdb, prefix: opt.Prefix, reg: NewRegistry(rdb, opt.Prefix), ttl: opt.ConfigTTL,
-		cache: map[string]cachedConfig{}, rr: map[string]*atomic.Uint64{},
+		cache: map[string]cachedConfig{}, rr: map[string]*atomic.Uint64{}, deleting: map[string]int64{},
 	}
 }
 
 // Registry gives access to queue configs.
 func (c *Client) Registry() *Registry { return c.reg }
 
-func (c *Client) config(ctx context.Context, queue string) (Config, error) {
+func (c *Client) config(ctx context.Context, queue string) (stored, error) {
 	c.mu.Lock()
 	e, ok := c.cache[queue]
 	c.mu.Unlock()
 	if ok && time.Since(e.at) < c.ttl {
-		return e.cfg, nil
+		return e.st, nil
 	}
-	cfg, err := c.reg.Get(ctx, queue)
+	st, err := c.reg.getStored(ctx, c.reg.rdb, queue)
 	if err != nil {
-		return Config{}, err
+		return stored{}, err
 	}
 	c.mu.Lock()
-	c.cache[queue] = cachedConfig{cfg: cfg, at: time.Now()}
+	defer c.mu.Unlock()
+	// A delete tombstones the shards before it removes the config, and on
+	// a cluster the shards one after another: the config still listed may
+	// be one a shard already refused, and another shard of it not reached
+	// yet must not be written.
+	if g, ok := c.deleting[queue]; ok {
+		if st.Generation <= g {
+			return stored{}, fmt.Errorf("%w: %s is being deleted", ErrUnknownQueue, queue)
+		}
+		delete(c.deleting, queue)
+	}
+	c.cache[queue] = cachedConfig{st: st, at: time.Now()}
+	return st, nil
+}
+
+func (c *Client) forget(queue string) {
+	c.mu.Lock()
+	delete(c.cache, queue)
 	c.mu.Unlock()
-	return cfg, nil
+}
+
+// scriptError maps a script's error; a deleted queue's config is dropped
+// from the cache, so that a queue created again is read afresh.
+func (c *Client) scriptError(err error, s Shard) error {
+	err = asError(err, s, 0)
+	if errors.Is(err, ErrUnknownQueue) {
+		c.forget(s.Queue)
+	}
+	return err
+}
+
+// maxConfigReloads bounds how often one call reads a config again because
+// a shard refused it as stale: the waits between add up to about a second,
+// time for a config update in flight to publish.
+const maxConfigReloads = 8
+
+// withConfig runs fn with queue's config, and again with a fresh one when
+// a shard refuses it as older than the one the shard was set to (a config
+// update, a partition growth included, was published since it was read).
+func (c *Client) withConfig(ctx context.Context, queue string, fn func(st stored) error) error {
+	for attempt := 0; ; attempt++ {
+		st, err := c.config(ctx, queue)
+		if err != nil {
+			return err
+		}
+		err = fn(st)
+		if errors.Is(err, ErrUnknownQueue) {
+			// One of st's shards holds a tombstone: st is being deleted.
+			c.mu.Lock()
+			c.deleting[queue] = max(c.deleting[queue], st.Generation)
+			c.mu.Unlock()
+		}
+		var se *staleConfigError
+		if !errors.As(err, &se) {
+			return err
+		}
+		c.forget(queue)
+		if attempt == maxConfigReloads {
+			return fmt.Errorf("queue %s: %w (the published config is at generation %d): a config update did not finish; run `keeper queue update %s` again",
+				queue, err, st.Generation, queue)
+		}
+		if attempt > 0 {
+			// Still refused after a reload: an update is between setting
+			// the shards and publishing.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(min(20*time.Millisecond<<(attempt-1), 200*time.Millisecond)):
+			}
+		}
+	}
 }
 
 // Message is what a producer enqueues.
@@ -87,7 +160,9 @@ type Message struct {
 	Priority *int64
 	// Delay keeps the message locked (invisible) this long first.
 	Delay time.Duration
-	// TTL overrides the queue's TTL for this message when positive.
+	// TTL overrides the queue's TTL for this message when positive: 1ms to
+	// a year, counted in whole milliseconds (rounded down). A TTL under 1ms
+	// is refused (ErrBadMessage): it cannot be told from "none".
 	TTL time.Duration
 }
 
@@ -103,43 +178,94 @@ type EnqueueResult struct {
 	EnqueuedAt time.Time
 }
 
-// Enqueue adds a message to queue. The partition is chosen by the id, so a
-// duplicate always lands where its original is.
+// Enqueue adds a message to queue, unless a message with its id is in the
+// queue (Duplicate). The partition is chosen by the id; for a queue whose
+// partitions grew, the id's homes under the earlier counts are searched
+// first, so the id is never in two partitions at once.
 func (c *Client) Enqueue(ctx context.Context, queue string, m Message) (EnqueueResult, error) {
-	cfg, err := c.config(ctx, queue)
-	if err != nil {
-		return EnqueueResult{}, err
-	}
 	if m.ID == "" {
 		m.ID = newID()
 	}
 	if err := ValidateID(m.ID); err != nil {
 		return EnqueueResult{}, err
 	}
-	if len(m.Payload) > cfg.MaxPayloadBytes {
-		return EnqueueResult{}, fmt.Errorf("%w: %d bytes, queue %s allows %d", ErrTooBig, len(m.Payload), queue, cfg.MaxPayloadBytes)
-	}
 	if m.Delay < 0 || m.TTL < 0 {
 		return EnqueueResult{}, fmt.Errorf("%w: negative delay or ttl", ErrBadMessage)
 	}
-	ttl := cfg.TTL.D()
-	if m.TTL > 0 {
-		ttl = m.TTL
+	// Deadlines count whole milliseconds; a TTL under one would become 0,
+	// which means "never expires": refused rather than silently inverted.
+	if m.TTL != 0 && (m.TTL < time.Millisecond || m.TTL > maxTTL) {
+		return EnqueueResult{}, fmt.Errorf("%w: ttl %s not in %s..%s", ErrBadMessage, m.TTL, time.Millisecond, maxTTL)
 	}
 	prio := ""
 	if m.Priority != nil {
 		prio = strconv.FormatInt(*m.Priority, 10)
 	}
-	s := Shard{Queue: queue, Partition: PartitionOf(m.ID, cfg.Partitions)}
-	k := keysFor(c.prefix, s)
-	res, err := nativeScripts.enqueue.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
-		m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), cfg.MaxPayloadBytes, cfg.MaxSize,
-		k.Wake, s.String()).Int64Slice()
+	var res EnqueueResult
+	err := c.withConfig(ctx, queue, func(st stored) error {
+		if len(m.Payload) > st.MaxPayloadBytes {
+			return fmt.Errorf("%w: %d bytes, queue %s allows %d", ErrTooBig, len(m.Payload), queue, st.MaxPayloadBytes)
+		}
+		home := PartitionOf(m.ID, st.Partitions)
+		found, err := c.findEarlier(ctx, queue, st, m.ID, home)
+		if err != nil || found.Duplicate {
+			res = found
+			return err
+		}
+		res, err = c.enqueueShard(ctx, Shard{Queue: queue, Partition: home}, st, m, prio)
+		return err
+	})
 	if err != nil {
-		return EnqueueResult{}, fmt.Errorf("enqueue to %s: %w", queue, asError(err, s, 0))
+		return EnqueueResult{}, fmt.Errorf("enqueue to %s: %w", queue, err)
 	}
-	return EnqueueResult{ID: m.ID, Shard: s, Duplicate: res[0] == 0, EnqueuedAt: time.UnixMilli(res[1])}, nil
+	return res, nil
+}
+
+// findEarlier looks for id in its homes under the queue's earlier
+// partition counts other than home, in one pipeline. No client with the
+// current config writes there, and older ones are refused, so the id
+// cannot be added there between this check and the enqueue.
+func (c *Client) findEarlier(ctx context.Context, queue string, st stored, id string, home int) (EnqueueResult, error) {
+	var homes []Shard
+	for _, n := range st.GrownFrom {
+		s := Shard{Queue: queue, Partition: PartitionOf(id, n)}
+		if s.Partition != home && !slices.Contains(homes, s) {
+			homes = append(homes, s)
+		}
+	}
+	if len(homes) == 0 {
+		return EnqueueResult{}, nil
+	}
+	calls := make([]call, len(homes))
+	for i, s := range homes {
+		calls[i] = holdsScript.on(keysFor(c.prefix, s), id, st.Generation)
+	}
+	for i, cmd := range runAll(ctx, c.rdb, calls) {
+		enq, err := cmd.Int64()
+		if err != nil {
+			return EnqueueResult{}, c.scriptError(err, homes[i])
+		}
+		if enq >= 0 {
+			return EnqueueResult{ID: id, Shard: homes[i], Duplicate: true, EnqueuedAt: time.UnixMilli(enq)}, nil
+		}
+	}
+	return EnqueueResult{}, nil
+}
+
+// enqueueShard runs the enqueue script on s with m, whose payload the
+// script checks again.
+func (c *Client) enqueueShard(ctx context.Context, s Shard, st stored, m Message, prio string) (EnqueueResult, error) {
+	ttl := st.TTL.D()
+	if m.TTL > 0 {
+		ttl = m.TTL
+	}
+	k := keysFor(c.prefix, s)
+	res, err := decodeEnqueue(enqueueScript.on(k, m.ID, m.Payload, prio, ms(m.Delay), ms(ttl), st.MaxPayloadBytes,
+		st.MaxSize, k.Wake, s.String(), st.Generation).run(ctx, c.rdb))
+	if err != nil {
+		return EnqueueResult{}, c.scriptError(err, s)
+	}
+	return EnqueueResult{ID: m.ID, Shard: s, Duplicate: !res.Added, EnqueuedAt: time.UnixMilli(res.EnqueuedMs)}, nil
 }
 
 // Delivery is one leased message. Ack, Nack and Extend need it back: its
@@ -166,33 +292,38 @@ var ErrCapped = fmt.Errorf("queue at its max in-flight")
 // consumers drain all partitions evenly. When the in-flight cap held it back
 // and nothing was leased, the error is ErrCapped.
 func (c *Client) Pull(ctx context.Context, queue string, n int, lease time.Duration) ([]Delivery, error) {
-	cfg, err := c.config(ctx, queue)
-	if err != nil {
-		return nil, err
-	}
 	if n <= 0 || n > MaxPull {
 		return nil, fmt.Errorf("%w: pull count %d not in 1..%d", ErrBadMessage, n, MaxPull)
 	}
-	if lease == 0 {
-		lease = cfg.Lease.D()
-	}
-	if lease < time.Millisecond || lease > MaxLease {
-		return nil, fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, lease, MaxLease)
-	}
-	start := int(c.nextStart(queue) % uint64(cfg.Partitions))
 	var out []Delivery
 	capped := false
-	for i := 0; i < cfg.Partitions && len(out) < n; i++ {
-		s := Shard{Queue: queue, Partition: (start + i) % cfg.Partitions}
-		got, wasCapped, err := c.pullShard(ctx, s, cfg, n-len(out), lease)
-		if err != nil {
-			return out, err
+	maxInFlight := 0
+	err := c.withConfig(ctx, queue, func(st stored) error {
+		maxInFlight = st.MaxInFlight
+		l := lease
+		if l == 0 {
+			l = st.Lease.D()
 		}
-		capped = capped || wasCapped
-		out = append(out, got...)
+		if l < time.Millisecond || l > MaxLease {
+			return fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, l, MaxLease)
+		}
+		start := int(c.nextStart(queue) % uint64(st.Partitions))
+		for i := 0; i < st.Partitions && len(out) < n; i++ {
+			s := Shard{Queue: queue, Partition: (start + i) % st.Partitions}
+			got, wasCapped, err := c.pullShard(ctx, s, st, n-len(out), l)
+			if err != nil {
+				return err
+			}
+			capped = capped || wasCapped
+			out = append(out, got...)
+		}
+		return nil
+	})
+	if err != nil {
+		return out, fmt.Errorf("pull from %s: %w", queue, err)
 	}
 	if len(out) == 0 && capped {
-		return nil, fmt.Errorf("%w: %s (max_inflight %d)", ErrCapped, queue, cfg.MaxInFlight)
+		return nil, fmt.Errorf("%w: %s (max_inflight %d)", ErrCapped, queue, maxInFlight)
 	}
 	return out, nil
 }
@@ -208,35 +339,29 @@ func (c *Client) nextStart(queue string) uint64 {
 	return ctr.Add(1) - 1
 }
 
-func (c *Client) pullShard(ctx context.Context, s Shard, cfg Config, n int, lease time.Duration) ([]Delivery, bool, error) {
+func (c *Client) pullShard(ctx context.Context, s Shard, st stored, n int, lease time.Duration) ([]Delivery, bool, error) {
 	k := keysFor(c.prefix, s)
-	res, err := nativeScripts.pull.Run(ctx, c.rdb,
-		[]string{k.Ready, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Tok, k.Seq, k.Stats, k.Clean},
-		n, ms(lease), cfg.InFlightShare(s.Partition), k.Wake, s.String()).Slice()
+	res, err := decodePull(pullScript.on(k, n, ms(lease), st.InFlightShare(s.Partition), k.Wake, s.String(),
+		st.Generation).run(ctx, c.rdb))
 	if err != nil {
-		return nil, false, fmt.Errorf("pull from %s: %w", s.Queue, asError(err, s, 0))
+		return nil, false, c.scriptError(err, s)
 	}
-	capped := toInt64(res[0]) == 1
-	deadline := time.UnixMilli(toInt64(res[1]))
-	out := make([]Delivery, 0, (len(res)-2)/4)
-	for i := 2; i+3 < len(res); i += 4 {
-		out = append(out, Delivery{
-			Shard: s, ID: toString(res[i]), Token: strconv.FormatInt(toInt64(res[i+1]), 10),
-			Deliveries: int(toInt64(res[i+2])), Payload: []byte(toString(res[i+3])), LeaseDeadline: deadline,
-		})
+	deadline := time.UnixMilli(res.DeadlineMs)
+	out := make([]Delivery, len(res.Messages))
+	for i, m := range res.Messages {
+		out[i] = Delivery{Shard: s, ID: m.ID, Token: strconv.FormatInt(m.Token, 10), Deliveries: m.Deliveries,
+			Payload: []byte(m.Body), LeaseDeadline: deadline}
 	}
-	return out, capped, nil
+	return out, res.Capped, nil
 }
 
 // Ack removes a finished message. ErrStale: the lease was already recovered
 // (the message may be with another consumer) and nothing changed.
 func (c *Client) Ack(ctx context.Context, d Delivery) error {
 	k := keysFor(c.prefix, d.Shard)
-	err := nativeScripts.ack.Run(ctx, c.rdb,
-		[]string{k.Inflight, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		d.ID, d.Token, k.Wake, d.Shard.String()).Err()
+	err := ackScript.on(k, d.ID, d.Token, k.Wake, d.Shard.String()).run(ctx, c.rdb).Err()
 	if err != nil {
-		return fmt.Errorf("ack %s: %w", d.ID, asError(err, d.Shard, 0))
+		return fmt.Errorf("ack %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
 	return nil
 }
@@ -276,13 +401,12 @@ func (c *Client) Nack(ctx context.Context, d Delivery, opt NackOptions) (State, 
 		prio = strconv.FormatInt(*opt.Priority, 10)
 	}
 	k := keysFor(c.prefix, d.Shard)
-	st, err := nativeScripts.nack.Run(ctx, c.rdb,
-		[]string{k.Inflight, k.Ready, k.Locked, k.Dead, k.TTL, k.Tok, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean},
-		d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, k.Wake, d.Shard.String()).Int64()
+	st, err := decodeNack(nackScript.on(k, d.ID, d.Token, ms(opt.LockFor), prio, cfg.MaxDeliveries, k.Wake,
+		d.Shard.String()).run(ctx, c.rdb))
 	if err != nil {
-		return "", fmt.Errorf("nack %s: %w", d.ID, asError(err, d.Shard, 0))
+		return "", fmt.Errorf("nack %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
-	return [...]State{"", StateReady, StateLocked, StateDead, StateExpired}[st], nil
+	return st, nil
 }
 
 // Extend moves the lease deadline to now+lease, by Redis's clock.
@@ -291,10 +415,9 @@ func (c *Client) Extend(ctx context.Context, d Delivery, lease time.Duration) (t
 		return time.Time{}, fmt.Errorf("%w: lease %s not in 1ms..%s", ErrBadMessage, lease, MaxLease)
 	}
 	k := keysFor(c.prefix, d.Shard)
-	due, err := nativeScripts.extend.Run(ctx, c.rdb, []string{k.Inflight, k.Tok},
-		d.ID, d.Token, ms(lease), k.Wake, d.Shard.String()).Int64()
+	due, err := extendScript.on(k, d.ID, d.Token, ms(lease), k.Wake, d.Shard.String()).run(ctx, c.rdb).Int64()
 	if err != nil {
-		return time.Time{}, fmt.Errorf("extend %s: %w", d.ID, asError(err, d.Shard, 0))
+		return time.Time{}, fmt.Errorf("extend %s: %w", d.ID, c.scriptError(err, d.Shard))
 	}
 	return time.UnixMilli(due), nil
 }
@@ -325,22 +448,19 @@ func (c *Client) Inspect(ctx context.Context, queue, id string) (MessageInfo, er
 	home := PartitionOf(id, cfg.Partitions)
 	for i := 0; i < cfg.Partitions; i++ {
 		s := Shard{Queue: queue, Partition: (home + i) % cfg.Partitions}
-		k := keysFor(c.prefix, s)
-		res, err := nativeScripts.inspect.Run(ctx, c.rdb,
-			[]string{k.Ready, k.Inflight, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv}, id).Slice()
+		res, err := decodeInspect(inspectScript.on(keysFor(c.prefix, s), id).run(ctx, c.rdb))
 		if err != nil {
-			return MessageInfo{}, fmt.Errorf("inspect %s: %w", id, asError(err, s, 0))
+			return MessageInfo{}, fmt.Errorf("inspect %s: %w", id, c.scriptError(err, s))
 		}
-		if toString(res[0]) == "" && toString(res[2]) == "" {
+		if res.State == "" && res.Meta == "" {
 			continue
 		}
-		info := MessageInfo{ID: id, Shard: s.String(), State: State(toString(res[0])), PayloadBytes: int(toInt64(res[5]))}
-		info.Score, _ = strconv.ParseFloat(toString(res[1]), 64)
-		info.Priority, _ = strconv.ParseInt(toString(res[3]), 10, 64)
-		d, _ := strconv.Atoi(toString(res[4]))
-		info.Deliveries = d
+		info := MessageInfo{ID: id, Shard: s.String(), State: res.State, PayloadBytes: int(res.PayloadBytes)}
+		info.Score, _ = strconv.ParseFloat(res.Score, 64)
+		info.Priority, _ = strconv.ParseInt(res.Priority, 10, 64)
+		info.Deliveries, _ = strconv.Atoi(res.Deliveries)
 		var enq, exp int64
-		if _, err := fmt.Sscanf(toString(res[2]), "%d|%d", &enq, &exp); err == nil {
+		if _, err := fmt.Sscanf(res.Meta, "%d|%d", &enq, &exp); err == nil {
 			info.EnqueuedAt = time.UnixMilli(enq)
 			if exp > 0 {
 				info.ExpiresAt = time.UnixMilli(exp)
@@ -353,25 +473,25 @@ func (c *Client) Inspect(ctx context.Context, queue, id string) (MessageInfo, er
 
 // ShardStats are one shard's counts and cumulative counters.
 type ShardStats struct {
-	Shard    string           `json:"shard"`
-	Ready    int64            `json:"ready"`
-	Inflight int64            `json:"inflight"`
-	Locked   int64            `json:"locked"`
-	Dead     int64            `json:"dead"`
-	Fence    int64            `json:"fence"`
-	Counters map[string]int64 `json:"counters"`
+	Shard    string   `json:"shard"`
+	Ready    int64    `json:"ready"`
+	Inflight int64    `json:"inflight"`
+	Locked   int64    `json:"locked"`
+	Dead     int64    `json:"dead"`
+	Fence    int64    `json:"fence"`
+	Counters Counters `json:"counters"`
 }
 
 // QueueStats sums a queue's shards.
 type QueueStats struct {
-	Queue    string           `json:"queue"`
-	Config   Config           `json:"config"`
-	Ready    int64            `json:"ready"`
-	Inflight int64            `json:"inflight"`
-	Locked   int64            `json:"locked"`
-	Dead     int64            `json:"dead"`
-	Counters map[string]int64 `json:"counters"`
-	Shards   []ShardStats     `json:"shards"`
+	Queue    string       `json:"queue"`
+	Config   Config       `json:"config"`
+	Ready    int64        `json:"ready"`
+	Inflight int64        `json:"inflight"`
+	Locked   int64        `json:"locked"`
+	Dead     int64        `json:"dead"`
+	Counters Counters     `json:"counters"`
+	Shards   []ShardStats `json:"shards"`
 }
 
 // ResetFences deletes the fence of every partition of queue and returns the
@@ -390,7 +510,9 @@ func (c *Client) ResetFences(ctx context.Context, queue string) ([]int64, error)
 	cmds := make([]*redis.StringCmd, cfg.Partitions)
 	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range cmds {
-			cmds[i] = p.GetDel(ctx, keysFor(c.prefix, Shard{queue, i}).Fence)
+			k := keysFor(c.prefix, Shard{queue, i})
+			cmds[i] = p.GetDel(ctx, k.Fence)
+			p.Del(ctx, k.FenceOwner)
 		}
 		return nil
 	})
@@ -427,16 +549,13 @@ func (c *Client) Stats(ctx context.Context, queue string) (QueueStats, error) {
 	if err != nil && err != redis.Nil {
 		return QueueStats{}, fmt.Errorf("stats of %s: %w", queue, asError(err, Shard{queue, 0}, 0))
 	}
-	qs := QueueStats{Queue: queue, Config: cfg, Counters: map[string]int64{}}
+	qs := QueueStats{Queue: queue, Config: cfg}
 	for i, c := range all {
 		ss := ShardStats{Shard: Shard{queue, i}.String(), Ready: c.r.Val(), Inflight: c.i.Val(),
-			Locked: c.l.Val(), Dead: c.d.Val(), Counters: map[string]int64{}}
+			Locked: c.l.Val(), Dead: c.d.Val()}
 		ss.Fence, _ = strconv.ParseInt(c.f.Val(), 10, 64)
-		for k, v := range c.st.Val() {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			ss.Counters[k] = n
-			qs.Counters[k] += n
-		}
+		ss.Counters.readCounters(c.st.Val())
+		qs.Counters = qs.Counters.Add(ss.Counters)
 		qs.Ready += ss.Ready
 		qs.Inflight += ss.Inflight
 		qs.Locked += ss.Locked
@@ -463,24 +582,3 @@ func newID() string {
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
-
-func toInt64(v any) int64 {
-	switch x := v.(type) {
-	case int64:
-		return x
-	case string:
-		n, _ := strconv.ParseInt(x, 10, 64)
-		return n
-	}
-	return 0
-}
-
-func toString(v any) string {
-	switch x := v.(type) {
-	case string:
-		return x
-	case int64:
-		return strconv.FormatInt(x, 10)
-	}
-	return ""
-}

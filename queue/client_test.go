@@ -42,7 +42,7 @@ func TestEnqueuePullAck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Ready+st.Inflight+st.Locked+st.Dead != 0 || st.Counters["enqueued"] != 2 || st.Counters["acked"] != 2 || st.Counters["deduplicated"] != 1 {
+	if st.Ready+st.Inflight+st.Locked+st.Dead != 0 || st.Counters.Enqueued != 2 || st.Counters.Acked != 2 || st.Counters.Deduplicated != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 	// An acked id can be enqueued again: de-duplication lasts while the
@@ -101,7 +101,7 @@ func TestNackAndExtend(t *testing.T) {
 	// Unlock by hand through the layout (the keeper's job) to redeliver.
 	k := e.keys(d.Shard)
 	e.rdb.ZAdd(e.ctx, k.Locked, redisZ(0, "m"))
-	if _, err := e.n.Unlock(e.ctx, d.Shard, 1, 100); err != nil {
+	if _, err := unlockPass(e.n, e.ctx, d.Shard, 1, 100); err != nil {
 		t.Fatal(err)
 	}
 	d2 := e.pull("n", 1, time.Minute)[0]
@@ -225,11 +225,12 @@ func TestBadInputsChangeNothing(t *testing.T) {
 
 	// The oversized payload is refused by the script too, for writers that
 	// skip the client's check.
-	k := e.keys(Shard{"q", 0})
-	err := nativeScripts.enqueue.Run(e.ctx, e.rdb,
-		[]string{k.Ready, k.Locked, k.Inflight, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake},
-		"big", "123456789", "", 0, 0, 8, 0, k.Wake, "q#0").Err()
-	if !errors.Is(asError(err, Shard{"q", 0}, 0), ErrTooBig) {
+	st, err := e.c.config(e.ctx, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.c.enqueueShard(e.ctx, Shard{"q", 0}, st, Message{ID: "big", Payload: []byte("123456789")}, "")
+	if !errors.Is(err, ErrTooBig) {
 		t.Errorf("script with oversized payload = %v", err)
 	}
 	e.sameAs(before)
@@ -249,7 +250,7 @@ func TestWrongTypedKeyChangesNothing(t *testing.T) {
 	if _, err := e.c.Pull(e.ctx, "w", 1, time.Minute); !errors.Is(err, ErrWrongType) {
 		t.Fatalf("pull with wrong-typed key = %v, want ErrWrongType", err)
 	}
-	if _, err := e.n.Expire(e.ctx, Shard{"w", 0}, 1, 10); !errors.Is(err, ErrWrongType) {
+	if _, err := expirePass(e.n, e.ctx, Shard{"w", 0}, 1, 10); !errors.Is(err, ErrWrongType) {
 		t.Fatalf("expire with wrong-typed key = %v, want ErrWrongType", err)
 	}
 	e.sameAs(before)
@@ -308,4 +309,28 @@ func errString[T any](_ T, err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// A per-message TTL under 1ms used to become 0 ms, which means "never
+// expires"; it is refused and changes nothing. 1ms is the shortest TTL and
+// expires.
+func TestSubMillisecondTTLIsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.create("ttl", Config{})
+	before := e.snapshot()
+	for _, ttl := range []time.Duration{time.Nanosecond, 500 * time.Microsecond, 999 * time.Microsecond, 366 * 24 * time.Hour} {
+		if _, err := e.c.Enqueue(e.ctx, "ttl", Message{ID: "m", TTL: ttl}); !errors.Is(err, ErrBadMessage) || !strings.Contains(err.Error(), "ttl") {
+			t.Errorf("enqueue with ttl %s = %v, want ErrBadMessage about the ttl", ttl, err)
+		}
+	}
+	e.sameAs(before)
+	e.enqueue("ttl", Message{ID: "m", TTL: time.Millisecond})
+	info, err := e.c.Inspect(e.ctx, "ttl", "m")
+	if err != nil || info.ExpiresAt.Sub(info.EnqueuedAt) != time.Millisecond {
+		t.Fatalf("1ms ttl stored as %+v, %v", info, err)
+	}
+	waitUntil(t, 5*time.Second, "the 1ms ttl expires", func() bool {
+		r, err := expirePass(e.n, e.ctx, Shard{"ttl", 0}, 1, 10)
+		return err == nil && r.Moved == 1
+	})
 }

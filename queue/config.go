@@ -19,6 +19,9 @@ const (
 	minLease           = time.Millisecond
 	maxTTL             = 365 * 24 * time.Hour
 	maxDeliveriesLimit = 1_000_000
+	// MaxBatch is the most messages one housekeeping pass may handle
+	// (tasks.batch). Every script is tested at it.
+	MaxBatch = 10_000
 )
 
 // Config is a queue's configuration. It is stored as JSON in the registry
@@ -124,18 +127,64 @@ func (c Config) InFlightShare(p int) int {
 // otherwise silently mean "no cap".
 func ParseConfig(data []byte) (Config, error) {
 	var c Config
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return Config{}, fmt.Errorf("%w: %v", ErrBadConfig, err)
-	}
-	if dec.More() {
-		return Config{}, fmt.Errorf("%w: trailing data after the JSON object", ErrBadConfig)
+	if err := decodeStrict(data, &c); err != nil {
+		return Config{}, err
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// decodeStrict decodes one JSON object into v, refusing unknown fields and
+// trailing data.
+func decodeStrict(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadConfig, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the JSON object", ErrBadConfig)
+	}
+	return nil
+}
+
+// stored is a registry entry: a queue's config and what the registry keeps
+// beside it. It is written as one flat JSON object.
+type stored struct {
+	Config
+	// Generation is raised on every write of the config, and set in every
+	// shard of the queue before the config is published: enqueue and pull
+	// refuse a client whose config is older (see lua/bump.lua).
+	Generation int64 `json:"generation,omitempty"`
+	// GrownFrom lists the queue's earlier partition counts, oldest first.
+	// An enqueue looks for its id in the id's home under each of them
+	// before it adds the id to its current home.
+	GrownFrom []int `json:"grown_from,omitempty"`
+}
+
+// parseStored decodes a registry entry as strictly as ParseConfig.
+func parseStored(data []byte) (stored, error) {
+	var st stored
+	if err := decodeStrict(data, &st); err != nil {
+		return stored{}, err
+	}
+	if err := st.Config.Validate(); err != nil {
+		return stored{}, err
+	}
+	st.Config = st.Config.WithDefaults()
+	prev := 0
+	for _, p := range st.GrownFrom {
+		if p <= prev || p >= st.Partitions {
+			return stored{}, fmt.Errorf("%w: grown_from %v must rise, each below partitions %d", ErrBadConfig, st.GrownFrom, st.Partitions)
+		}
+		prev = p
+	}
+	if st.Generation < 0 {
+		return stored{}, fmt.Errorf("%w: generation %d is negative", ErrBadConfig, st.Generation)
+	}
+	return st, nil
 }
 
 func joinProblems(p []string) string {

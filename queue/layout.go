@@ -9,20 +9,15 @@ import (
 // The native layout implements it; a Deckard-compatible layout can sit beside
 // it, so that tasks/ never touches keys directly.
 //
-// Every write method takes the shard's ownership token; the layout refuses it
-// with a *FencedError when a higher token has written to the shard.
+// Every write takes the shard's ownership token; the layout refuses it with
+// a *FencedError when a higher token has written to the shard.
 type Layout interface {
-	// Unlock moves up to batch locked messages whose unlock time has come to
-	// ready. Result.Lags holds each moved message's lag.
-	Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error)
-	// Requeue recovers up to batch expired leases (to ready, dead or gone).
-	Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error)
-	// Expire drops up to batch messages whose TTL passed.
-	Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error)
-	// Trim drops up to batch ready messages over the shard's max size.
-	Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error)
-	// Measure reads the shard's counts and counters and marks it clean.
-	Measure(ctx context.Context, s Shard, token int64) (Measurement, error)
+	// Passes runs one housekeeping pass per request, pipelined: on a
+	// cluster, one round trip per node. Each pass is atomic and fenced on
+	// its own shard, and has its own outcome: one shard's failure or
+	// refusal leaves the others' results standing. The outcomes are in the
+	// order of reqs.
+	Passes(ctx context.Context, reqs []PassRequest) []PassOutcome
 	// Probe reads the earliest deadlines of many shards at once; it writes
 	// nothing except the fence of shards it is asked to claim. The result is
 	// in the order of shards.
@@ -40,38 +35,68 @@ type Layout interface {
 	Watch(shards []Shard, on bool)
 }
 
-// DueKind names which deadline of a shard a hint is about.
-type DueKind byte
+// Task is one kind of housekeeping pass over a shard, and the kind of
+// deadline a hint names.
+type Task uint8
 
-// The kinds of deadlines, with the one-letter codes used in wake messages.
+// The tasks.
 const (
-	DueUnlock  DueKind = 'u' // a lock ends
-	DueRequeue DueKind = 'r' // a lease ends
-	DueExpire  DueKind = 'e' // a TTL passes
-	DueTrim    DueKind = 't' // the shard went over its max size
-	DueMeasure DueKind = 'm' // the shard changed since it was last measured
+	TaskUnlock  Task = iota // locked -> ready when the lock ends
+	TaskRequeue             // expired lease -> ready, or dead past max deliveries
+	TaskExpire              // drop messages past their TTL
+	TaskTrim                // drop the lowest-score ready messages over max size
+	TaskMeasure             // read counts and counters for metrics
+	NumTasks
 )
 
-func (k DueKind) String() string {
-	switch k {
-	case DueUnlock:
-		return "unlock"
-	case DueRequeue:
-		return "requeue"
-	case DueExpire:
-		return "expire"
-	case DueTrim:
-		return "trim"
-	case DueMeasure:
-		return "measure"
+var taskNames = [NumTasks]string{"unlock", "requeue", "expire", "trim", "measure"}
+
+// wakeCodes are the tasks' codes in wake messages; the scripts know them as
+// WAKE_UNLOCK ... WAKE_MEASURE (see luaPreamble).
+var wakeCodes = [NumTasks]byte{'u', 'r', 'e', 't', 'm'}
+
+func (t Task) String() string {
+	if t < NumTasks {
+		return taskNames[t]
 	}
 	return "unknown"
 }
 
+// taskOfCode is the task whose wake code c is.
+func taskOfCode(c byte) (Task, bool) {
+	for t, w := range wakeCodes {
+		if w == c {
+			return Task(t), true
+		}
+	}
+	return 0, false
+}
+
 // Due is a deadline of a shard, in Redis time (ms since the epoch).
 type Due struct {
-	Kind DueKind
+	Task Task
 	AtMs int64
+}
+
+// PassRequest asks for one housekeeping pass over one shard.
+type PassRequest struct {
+	Shard Shard
+	Task  Task
+	// Token is the shard's ownership token (see Layout).
+	Token int64
+	// Batch is the most messages the pass handles, 1..MaxBatch; measure
+	// ignores it.
+	Batch int
+	// Config is the queue's: requeue reads MaxDeliveries, trim MaxSize.
+	Config Config
+}
+
+// PassOutcome is what one pass did. Result is set for every task (for
+// measure only its clock, with NextMs -1), Measurement for measure only.
+type PassOutcome struct {
+	Result      PassResult
+	Measurement Measurement
+	Err         error
 }
 
 // PassResult is what one housekeeping pass did and what it learned.
@@ -106,10 +131,7 @@ type Measurement struct {
 	// ReadyHead is the lowest ready score (the enqueue time in ms, with
 	// default priorities).
 	ReadyHead float64
-	// Counters are cumulative since the queue was created: enqueued,
-	// deduplicated, pulled, acked, nacked, unlocked, requeued, expired,
-	// dead_lettered, trimmed.
-	Counters map[string]int64
+	Counters  Counters
 }
 
 // OldestReadyAge is now minus the head's score: the wait of the next message

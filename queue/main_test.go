@@ -56,6 +56,7 @@ type env struct {
 	prefix string
 	c      *Client
 	n      *Native
+	in     *Inspector
 }
 
 func newEnv(t *testing.T) *env {
@@ -66,7 +67,7 @@ func newEnv(t *testing.T) *env {
 	prefix := fmt.Sprintf("t%d", prefixSeq.Add(1))
 	return &env{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix,
 		c: NewClient(rdb, ClientOptions{Prefix: prefix, ConfigTTL: time.Millisecond}),
-		n: NewNative(rdb, prefix)}
+		n: NewNative(rdb, prefix), in: NewInspector(rdb, prefix)}
 }
 
 func (e *env) create(name string, cfg Config) {
@@ -186,3 +187,33 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 func ptr[T any](v T) *T { return &v }
 
 func redisZ(score float64, member string) redis.Z { return redis.Z{Score: score, Member: member} }
+
+// The single passes, through Layout.Passes, the one way a keeper runs them.
+func pass(l Layout, ctx context.Context, r PassRequest) PassOutcome {
+	return l.Passes(ctx, []PassRequest{r})[0]
+}
+
+func unlockPass(l Layout, ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	o := pass(l, ctx, PassRequest{Shard: s, Task: TaskUnlock, Token: token, Batch: batch})
+	return o.Result, o.Err
+}
+
+func requeuePass(l Layout, ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	o := pass(l, ctx, PassRequest{Shard: s, Task: TaskRequeue, Token: token, Batch: batch, Config: cfg})
+	return o.Result, o.Err
+}
+
+func expirePass(l Layout, ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
+	o := pass(l, ctx, PassRequest{Shard: s, Task: TaskExpire, Token: token, Batch: batch})
+	return o.Result, o.Err
+}
+
+func trimPass(l Layout, ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
+	o := pass(l, ctx, PassRequest{Shard: s, Task: TaskTrim, Token: token, Batch: batch, Config: cfg})
+	return o.Result, o.Err
+}
+
+func measurePass(l Layout, ctx context.Context, s Shard, token int64) (Measurement, error) {
+	o := pass(l, ctx, PassRequest{Shard: s, Task: TaskMeasure, Token: token})
+	return o.Measurement, o.Err
+}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,158 +18,231 @@ import (
 type Native struct {
 	rdb    redis.UniversalClient
 	prefix string
-	record string    // "1": every housekeeping pass is recorded in the shard's history
-	subs   *wakeSubs // shared by the copies WithHistory makes
+	record string // "1": every housekeeping pass is recorded in the shard's history
+	// owner identifies this keeper process to the fences (see WithOwner).
+	owner string
+	// claimWait bounds how long a claim waits for a replica's
+	// acknowledgement (see WithClaimWait).
+	claimWait time.Duration
+	subs      *wakeSubs // shared by the copies WithHistory and WithOwner make
 }
 
 var _ Layout = (*Native)(nil)
 
 // NewNative returns the native layout under prefix (DefaultPrefix when empty).
 func NewNative(rdb redis.UniversalClient, prefix string) *Native {
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
-	return &Native{rdb: rdb, prefix: prefix, record: "0",
+	prefix = cmp.Or(prefix, DefaultPrefix)
+	return &Native{rdb: rdb, prefix: prefix, record: "0", claimWait: DefaultClaimWait,
 		subs: &wakeSubs{want: map[string]bool{}, pending: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }
 
 // WithHistory returns a layout that records every housekeeping pass,
 // accepted or refused, with its token and moved count, in a capped stream
-// per shard (see History). It costs one XADD per pass; chaos runs turn it on.
+// per shard (see Inspector.History). It costs one XADD per pass; chaos runs
+// turn it on.
 func (n *Native) WithHistory() *Native {
 	c := *n
 	c.record = "1"
 	return &c
 }
 
-// Unlock implements Layout.
-func (n *Native) Unlock(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
-	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.unlock.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Locked, k.Ready, k.Prio, k.Stats, k.Clean, k.History}, token, batch, n.record).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2]}
-	r.Full = r.Moved >= batch
-	r.Lags = make([]time.Duration, 0, len(res)-3)
-	for _, us := range res[3:] {
-		r.Lags = append(r.Lags, time.Duration(us)*time.Microsecond)
-	}
-	return r, nil
+// WithOwner returns a layout whose housekeeping writes carry owner, the
+// identity of this keeper process (its member id and a random per-process
+// nonce), beside the token. The fence keeps the owner of the token it holds
+// and refuses an equal token from another owner: after etcd is restored
+// from a backup, two keepers can hold equal tokens. Without it the owner is
+// empty, which is one identity like any other.
+func (n *Native) WithOwner(owner string) *Native {
+	c := *n
+	c.owner = owner
+	return &c
 }
 
-// Requeue implements Layout.
-func (n *Native) Requeue(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
-	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.requeue.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean, k.History},
-		token, batch, cfg.MaxDeliveries, n.record).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2],
-		Requeued: int(res[3]), DeadLettered: int(res[4]), Expired: int(res[5])}
-	r.Full = r.Moved >= batch
-	if res[6] >= 0 {
-		r.Hints = []Due{{Kind: DueExpire, AtMs: res[6]}}
-	}
-	return r, nil
+// DefaultClaimWait is how long a claim waits for a replica's
+// acknowledgement unless WithClaimWait says otherwise.
+const DefaultClaimWait = time.Second
+
+// WithClaimWait returns a layout whose claims wait up to d for a replica to
+// acknowledge them, when the shard's node has replicas (see Probe).
+func (n *Native) WithClaimWait(d time.Duration) *Native {
+	c := *n
+	c.claimWait = d
+	return &c
 }
 
-// Expire implements Layout.
-func (n *Native) Expire(ctx context.Context, s Shard, token int64, batch int) (PassResult, error) {
-	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.expire.Run(ctx, n.rdb,
-		[]string{k.Fence, k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History},
-		token, batch, n.record).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	r := PassResult{Moved: int(res[0]), NextMs: res[1], NowUs: res[2], Expired: int(res[0])}
-	r.Full = r.Moved >= batch
-	return r, nil
-}
-
-// Trim implements Layout. NextMs is always -1: trim is due only when a
-// shard goes over its cap, which the enqueue script announces.
-func (n *Native) Trim(ctx context.Context, s Shard, cfg Config, token int64, batch int) (PassResult, error) {
-	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.trim.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.History, k.TrimWake},
-		token, batch, cfg.MaxSize, n.record).Int64Slice()
-	if err != nil {
-		return PassResult{}, asError(err, s, token)
-	}
-	return PassResult{Moved: int(res[0]), Full: res[0] > 0 && res[1] > 0 && res[3] > 0, NextMs: -1, NowUs: res[2],
-		Excess: res[1]}, nil
-}
-
-// Measure implements Layout.
-func (n *Native) Measure(ctx context.Context, s Shard, token int64) (Measurement, error) {
-	k := keysFor(n.prefix, s)
-	res, err := nativeScripts.measure.Run(ctx, n.rdb,
-		[]string{k.Fence, k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean, k.History}, token, n.record).Slice()
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return Measurement{}, asError(err, s, token)
-	}
-	if len(res) < 6 {
-		return Measurement{}, fmt.Errorf("shard %s: measure returned %d fields", s, len(res))
-	}
-	m := Measurement{NowUs: toInt64(res[0]), Ready: toInt64(res[1]), Inflight: toInt64(res[2]),
-		Locked: toInt64(res[3]), Dead: toInt64(res[4]), Counters: map[string]int64{}}
-	if h, ok := res[5].(string); ok {
-		m.HasReady = true
-		m.ReadyHead, _ = strconv.ParseFloat(h, 64)
-	}
-	for i := 6; i+1 < len(res); i += 2 {
-		m.Counters[toString(res[i])] = toInt64(res[i+1])
-	}
-	return m, nil
-}
-
-// Probe implements Layout with one pipeline for all shards.
-func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
-	out := make([]ProbeResult, len(reqs))
-	if len(reqs) == 0 {
-		return out, nil
-	}
-	// Make sure the script is loaded, so the pipeline can use EVALSHA.
-	if err := nativeScripts.probe.Load(ctx, n.rdb).Err(); err != nil {
-		return nil, fmt.Errorf("load probe script: %w", err)
-	}
-	cmds := make([]*redis.Cmd, len(reqs))
-	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, r := range reqs {
-			k := keysFor(n.prefix, r.Shard)
-			claim := "0"
-			if r.Claim {
-				claim = "1"
-			}
-			cmds[i] = nativeScripts.probe.EvalSha(ctx, p, []string{k.Locked, k.Inflight, k.TTL, k.Ready, k.Fence, k.History},
-				r.MaxSize, r.Token, claim, n.record)
-		}
-		return nil
-	})
-	if err != nil && !isScriptError(err) {
-		return nil, fmt.Errorf("probe %d shards: %w", len(reqs), err)
-	}
-	for i, c := range cmds {
-		v, err := c.Int64Slice()
-		if err != nil {
-			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
+// Passes implements Layout: one pipeline for all the passes (on a cluster
+// client, one per node, in parallel).
+func (n *Native) Passes(ctx context.Context, reqs []PassRequest) []PassOutcome {
+	out := make([]PassOutcome, len(reqs))
+	calls := make([]call, 0, len(reqs))
+	idx := make([]int, 0, len(reqs))
+	for i, r := range reqs {
+		if r.Task >= NumTasks {
+			out[i].Err = fmt.Errorf("shard %s: unknown task %d", r.Shard, r.Task)
 			continue
 		}
-		out[i] = ProbeResult{LockedHead: v[0], InflightHead: v[1], TTLHead: v[2], Excess: v[3]}
+		if r.Task != TaskMeasure {
+			if err := checkBatch(r.Batch); err != nil {
+				out[i].Err = err
+				continue
+			}
+		}
+		calls = append(calls, n.fenced(passScripts[r.Task], r.Shard, r.Token, passArgs(r)...))
+		idx = append(idx, i)
+	}
+	for j, cmd := range runAll(ctx, n.rdb, calls) {
+		r := reqs[idx[j]]
+		o, err := decodePass(r, cmd)
+		o.Err = asError(err, r.Shard, r.Token)
+		out[idx[j]] = o
+	}
+	return out
+}
+
+// fenced is a call of a housekeeping script on s: the fence head's
+// arguments, then args.
+func (n *Native) fenced(sc *script, s Shard, token int64, args ...any) call {
+	return sc.on(keysFor(n.prefix, s), append([]any{token, n.owner, n.record}, args...)...)
+}
+
+// checkBatch refuses a batch the scripts were not tested at.
+func checkBatch(batch int) error {
+	if batch < 1 || batch > MaxBatch {
+		return fmt.Errorf("%w: batch %d not in 1..%d", ErrBadConfig, batch, MaxBatch)
+	}
+	return nil
+}
+
+// Probe implements Layout: one pipeline for the shards only read, and one
+// per Redis node for the claims, on one connection, so that a claim can be
+// confirmed by a replica (see claimOn).
+func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
+	out := make([]ProbeResult, len(reqs))
+	var reads, claims []int
+	for i, r := range reqs {
+		if r.Claim {
+			claims = append(claims, i)
+		} else {
+			reads = append(reads, i)
+		}
+	}
+	if len(reads) > 0 {
+		// A failure to reach Redis fails the whole probe, so that the
+		// caller probes again rather than take it for the shards'.
+		if _, err := n.probeOn(ctx, n.rdb, reqs, reads, out); err != nil {
+			return nil, fmt.Errorf("probe %d shards: %w", len(reads), err)
+		}
+	}
+	for node, idx := range n.byNode(ctx, reqs, claims, out) {
+		n.claimOn(ctx, node, reqs, idx, out)
 	}
 	return out, nil
 }
 
-// isScriptError tells a per-shard failure inside a pipeline (reported per
-// command) from a connection failure (reported for the whole pipeline).
-func isScriptError(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re)
+// probeOn runs the probe of reqs[i] for each i in idx on rdb, in one
+// pipeline, into out; it returns the indexes that succeeded, and the first
+// error that is not Redis's reply to one script (Redis was not reached).
+func (n *Native) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) ([]int, error) {
+	calls := make([]call, len(idx))
+	for j, i := range idx {
+		r := reqs[i]
+		claim := "0"
+		if r.Claim {
+			claim = "1"
+		}
+		calls[j] = n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claim)
+	}
+	var (
+		ok      []int
+		reached error
+		re      redis.Error
+	)
+	for j, cmd := range runAll(ctx, rdb, calls) {
+		i := idx[j]
+		if err := cmd.Err(); err != nil && !errors.As(err, &re) && reached == nil {
+			reached = err
+		}
+		res, err := decodeProbe(cmd)
+		if err != nil {
+			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
+			continue
+		}
+		out[i] = res
+		ok = append(ok, i)
+	}
+	return ok, reached
+}
+
+// byNode groups the claims by the Redis node that holds their shard: the
+// node itself for a single server, its primary for each slot on a cluster.
+// A shard whose node is unknown gets the error in out.
+func (n *Native) byNode(ctx context.Context, reqs []ProbeRequest, idx []int, out []ProbeResult) map[*redis.Client][]int {
+	groups := map[*redis.Client][]int{}
+	if len(idx) == 0 {
+		return groups
+	}
+	switch c := n.rdb.(type) {
+	case *redis.Client:
+		groups[c] = idx
+	case *redis.ClusterClient:
+		for _, i := range idx {
+			node, err := c.MasterForKey(ctx, keysFor(n.prefix, reqs[i].Shard).Fence)
+			if err != nil {
+				out[i].Err = fmt.Errorf("claim %s: find its node: %w", reqs[i].Shard, err)
+				continue
+			}
+			groups[node] = append(groups[node], i)
+		}
+	default:
+		for _, i := range idx {
+			out[i].Err = fmt.Errorf("claim %s: unsupported redis client %T", reqs[i].Shard, n.rdb)
+		}
+	}
+	return groups
+}
+
+// claimOn runs the claims idx on node over one connection. When the node
+// has replicas attached, the claims are trusted only once one replica
+// acknowledged them (WAIT 1): a failover to a replica that never saw a
+// fence would let the previous owner write again. A claim not acknowledged
+// within the wait gets ErrClaimNotReplicated: the keeper does not count the
+// shard as claimed, and claims it again.
+func (n *Native) claimOn(ctx context.Context, node *redis.Client, reqs []ProbeRequest, idx []int, out []ProbeResult) {
+	conn := node.Conn()
+	defer conn.Close()
+	ok, _ := n.probeOn(ctx, conn, reqs, idx, out)
+	if len(ok) == 0 {
+		return
+	}
+	info, err := conn.Info(ctx, "replication").Result()
+	if err == nil && connectedReplicas(info) == 0 {
+		return
+	}
+	if err == nil {
+		var acked int64
+		acked, err = conn.Wait(ctx, 1, n.claimWait).Result()
+		if err == nil && acked >= 1 {
+			return
+		}
+	}
+	why := fmt.Sprintf("no replica acknowledged it within %s", n.claimWait)
+	if err != nil {
+		why = err.Error()
+	}
+	for _, i := range ok {
+		out[i] = ProbeResult{Err: fmt.Errorf("%w: shard %s, token %d: %s", ErrClaimNotReplicated, reqs[i].Shard, reqs[i].Token, why)}
+	}
+}
+
+// connectedReplicas reads connected_slaves from INFO replication.
+func connectedReplicas(info string) int {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:"); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
 }
 
 // Now implements Layout.
@@ -210,9 +284,6 @@ func (n *Native) Watch(shards []Shard, on bool) {
 	default:
 	}
 }
-
-// WakeChannel is the pub/sub channel of s's deadline hints.
-func (n *Native) WakeChannel(s Shard) string { return wakeChannel(n.prefix, s) }
 
 // subscribeBatch bounds the channels of one SUBSCRIBE command, so taking
 // over tens of thousands of shards does not build one huge command.
@@ -337,67 +408,9 @@ func parseWake(p string) (Wake, bool) {
 	if err != nil {
 		return Wake{}, false
 	}
-	return Wake{Shard: s, Due: Due{Kind: DueKind(f[0][0]), AtMs: at}}, true
-}
-
-// SeedLocked writes count locked messages into s, for benchmarks and load
-// tests: ids idPrefix+index for index in [first, first+count), message i
-// unlocking at firstDueMs + i*step (Redis ms). It bypasses the wake channel
-// on purpose: the keeper under test must learn of them by probing.
-func (n *Native) SeedLocked(ctx context.Context, s Shard, idPrefix string, first, count int, firstDueMs int64, step time.Duration, payload []byte) error {
-	k := keysFor(n.prefix, s)
-	const chunk = 50_000
-	for done := 0; done < count; done += chunk {
-		c := min(chunk, count-done)
-		err := nativeScripts.seed.Run(ctx, n.rdb, []string{k.Locked, k.Body, k.Meta, k.Prio, k.Stats},
-			idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).Err()
-		if err != nil {
-			return fmt.Errorf("seed %s: %w", s, asError(err, s, 0))
-		}
+	task, ok := taskOfCode(f[0][0])
+	if !ok {
+		return Wake{}, false
 	}
-	return nil
-}
-
-// HistoryEntry is one recorded housekeeping pass.
-type HistoryEntry struct {
-	ID       string // stream id: Redis ms time and sequence
-	Task     string
-	Token    int64
-	Accepted bool
-	Moved    int
-}
-
-// History reads a shard's recorded passes, oldest first (see WithHistory).
-func (n *Native) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
-	msgs, err := n.rdb.XRange(ctx, keysFor(n.prefix, s).History, "-", "+").Result()
-	if err != nil {
-		return nil, fmt.Errorf("history of %s: %w", s, err)
-	}
-	out := make([]HistoryEntry, 0, len(msgs))
-	for _, m := range msgs {
-		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
-		e.Token, _ = strconv.ParseInt(fmt.Sprint(m.Values["token"]), 10, 64)
-		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
-		out = append(out, e)
-	}
-	return out, nil
-}
-
-// Fences reads the fence (highest accepted ownership token) of each shard.
-func (n *Native) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
-	cmds := make([]*redis.StringCmd, len(shards))
-	_, err := n.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, s := range shards {
-			cmds[i] = p.Get(ctx, keysFor(n.prefix, s).Fence)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("read fences: %w", err)
-	}
-	out := make([]int64, len(shards))
-	for i, c := range cmds {
-		out[i], _ = strconv.ParseInt(c.Val(), 10, 64)
-	}
-	return out, nil
+	return Wake{Shard: s, Due: Due{Task: task, AtMs: at}}, true
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/redis/go-redis/v9"
@@ -29,7 +30,7 @@ func TestUnlockRestoresPriorityOldestFirst(t *testing.T) {
 	}
 	due := e.redisNowMs() + 30
 	waitUntil(t, 5*time.Second, "both short locks due", func() bool { return e.redisNowMs() > due })
-	r, err := e.n.Unlock(e.ctx, s, 1, 1)
+	r, err := unlockPass(e.n, e.ctx, s, 1, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func TestUnlockRestoresPriorityOldestFirst(t *testing.T) {
 	if got, _ := e.rdb.ZRange(e.ctx, e.keys(s).Ready, 0, -1).Result(); len(got) != 1 || got[0] != "b" {
 		t.Fatalf("oldest due first: ready = %v, want [b]", got)
 	}
-	r, err = e.n.Unlock(e.ctx, s, 1, 100)
+	r, err = unlockPass(e.n, e.ctx, s, 1, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func TestRequeueAndDeadLetter(t *testing.T) {
 	e.enqueue("r", Message{ID: "m"})
 	d1 := e.pull("r", 1, 20*time.Millisecond)[0]
 	waitUntil(t, 5*time.Second, "lease expiry", func() bool { return e.redisNowMs() > d1.LeaseDeadline.UnixMilli() })
-	r, err := e.n.Requeue(e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
+	r, err := requeuePass(e.n, e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
 	if err != nil || r.Requeued != 1 || r.DeadLettered != 0 {
 		t.Fatalf("requeue = %+v, %v", r, err)
 	}
@@ -78,7 +79,7 @@ func TestRequeueAndDeadLetter(t *testing.T) {
 		t.Fatalf("old token acked the new delivery: %v", err)
 	}
 	waitUntil(t, 5*time.Second, "lease expiry", func() bool { return e.redisNowMs() > d2.LeaseDeadline.UnixMilli() })
-	r, err = e.n.Requeue(e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
+	r, err = requeuePass(e.n, e.ctx, s, Config{MaxDeliveries: 2}, 1, 100)
 	if err != nil || r.DeadLettered != 1 || r.NextMs != -1 {
 		t.Fatalf("requeue at max deliveries = %+v, %v", r, err)
 	}
@@ -102,7 +103,7 @@ func TestExpireAndTTLOfInflight(t *testing.T) {
 	}
 	now := e.redisNowMs()
 	waitUntil(t, 5*time.Second, "ttl", func() bool { return e.redisNowMs() > now+40 })
-	r, err := e.n.Expire(e.ctx, s, 1, 100)
+	r, err := expirePass(e.n, e.ctx, s, 1, 100)
 	if err != nil || r.Moved != 2 || r.NextMs != -1 {
 		t.Fatalf("expire = %+v, %v", r, err)
 	}
@@ -111,12 +112,12 @@ func TestExpireAndTTLOfInflight(t *testing.T) {
 	if _, err := e.c.Inspect(e.ctx, "e", "busy"); err != nil {
 		t.Fatalf("in-flight message dropped by expire: %v", err)
 	}
-	rq, err := e.n.Requeue(e.ctx, s, Config{}, 1, 100)
+	rq, err := requeuePass(e.n, e.ctx, s, Config{}, 1, 100)
 	if err != nil || rq.Expired != 1 {
 		t.Fatalf("requeue of an expired lease = %+v, %v", rq, err)
 	}
 	st, _ := e.c.Stats(e.ctx, "e")
-	if st.Ready != 1 || st.Inflight+st.Locked+st.Dead != 0 || st.Counters["expired"] != 3 {
+	if st.Ready != 1 || st.Inflight+st.Locked+st.Dead != 0 || st.Counters.Expired != 3 {
 		t.Fatalf("stats %+v", st)
 	}
 	if n, _ := e.rdb.HLen(e.ctx, e.keys(s).Body).Result(); n != 1 {
@@ -133,11 +134,11 @@ func TestTrimDropsOldestReady(t *testing.T) {
 		e.enqueue("t", Message{ID: string(rune('a' + i)), Priority: ptr(int64(i))})
 	}
 	e.pull("t", 1, time.Hour) // "a" in flight counts but is never trimmed
-	r, err := e.n.Trim(e.ctx, s, cfg, 1, 2)
+	r, err := trimPass(e.n, e.ctx, s, cfg, 1, 2)
 	if err != nil || r.Moved != 2 || !r.Full {
 		t.Fatalf("trim = %+v, %v", r, err)
 	}
-	r, err = e.n.Trim(e.ctx, s, cfg, 1, 2)
+	r, err = trimPass(e.n, e.ctx, s, cfg, 1, 2)
 	if err != nil || r.Moved != 1 || r.Full {
 		t.Fatalf("second trim = %+v, %v", r, err)
 	}
@@ -146,8 +147,8 @@ func TestTrimDropsOldestReady(t *testing.T) {
 		t.Fatalf("ready after trim %v, want [e f]", ready)
 	}
 	st, _ := e.c.Stats(e.ctx, "t")
-	if st.Counters["trimmed"] != 3 {
-		t.Fatalf("trimmed counter %d", st.Counters["trimmed"])
+	if st.Counters.Trimmed != 3 {
+		t.Fatalf("trimmed counter %d", st.Counters.Trimmed)
 	}
 }
 
@@ -156,16 +157,16 @@ func TestFenceRefusesLowerTokens(t *testing.T) {
 	e.create("f", Config{})
 	s := Shard{"f", 0}
 	e.enqueue("f", Message{ID: "x", Delay: time.Millisecond})
-	if _, err := e.n.Unlock(e.ctx, s, 10, 100); err != nil {
+	if _, err := unlockPass(e.n, e.ctx, s, 10, 100); err != nil {
 		t.Fatal(err)
 	}
 	before := e.snapshot()
 	for name, call := range map[string]func() error{
-		"unlock":  func() error { _, err := e.n.Unlock(e.ctx, s, 9, 100); return err },
-		"requeue": func() error { _, err := e.n.Requeue(e.ctx, s, Config{}, 9, 100); return err },
-		"expire":  func() error { _, err := e.n.Expire(e.ctx, s, 9, 100); return err },
-		"trim":    func() error { _, err := e.n.Trim(e.ctx, s, Config{MaxSize: 1}, 9, 100); return err },
-		"measure": func() error { _, err := e.n.Measure(e.ctx, s, 9); return err },
+		"unlock":  func() error { _, err := unlockPass(e.n, e.ctx, s, 9, 100); return err },
+		"requeue": func() error { _, err := requeuePass(e.n, e.ctx, s, Config{}, 9, 100); return err },
+		"expire":  func() error { _, err := expirePass(e.n, e.ctx, s, 9, 100); return err },
+		"trim":    func() error { _, err := trimPass(e.n, e.ctx, s, Config{MaxSize: 1}, 9, 100); return err },
+		"measure": func() error { _, err := measurePass(e.n, e.ctx, s, 9); return err },
 	} {
 		err := call()
 		var fe *FencedError
@@ -174,7 +175,7 @@ func TestFenceRefusesLowerTokens(t *testing.T) {
 		}
 	}
 	e.sameAs(before)
-	if _, err := e.n.Unlock(e.ctx, s, 11, 100); err != nil {
+	if _, err := unlockPass(e.n, e.ctx, s, 11, 100); err != nil {
 		t.Fatal(err)
 	}
 	if f, _ := e.rdb.Get(e.ctx, e.keys(s).Fence).Int64(); f != 11 {
@@ -188,11 +189,11 @@ func TestMeasureAndCleanFlag(t *testing.T) {
 	s := Shard{"m", 0}
 	e.enqueue("m", Message{ID: "a", Priority: ptr(int64(1000))})
 	e.enqueue("m", Message{ID: "b", Delay: time.Hour})
-	m, err := e.n.Measure(e.ctx, s, 1)
+	m, err := measurePass(e.n, e.ctx, s, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Ready != 1 || m.Locked != 1 || !m.HasReady || m.ReadyHead != 1000 || m.Counters["enqueued"] != 2 {
+	if m.Ready != 1 || m.Locked != 1 || !m.HasReady || m.ReadyHead != 1000 || m.Counters.Enqueued != 2 {
 		t.Fatalf("measure %+v", m)
 	}
 	if m.OldestReadyAge() < time.Hour {
@@ -202,13 +203,13 @@ func TestMeasureAndCleanFlag(t *testing.T) {
 	e.enqueue("m", Message{ID: "c"})
 	e.enqueue("m", Message{ID: "d"})
 	w := wakes.next(t)
-	if w.Due.Kind != DueMeasure || w.Shard != s {
+	if w.Due.Task != TaskMeasure || w.Shard != s {
 		t.Fatalf("first change after measure woke %+v", w)
 	}
 	if got := wakes.drain(t, e, s); len(got) != 0 {
 		t.Fatalf("second change woke again: %+v", got)
 	}
-	empty, err := e.n.Measure(e.ctx, Shard{"m", 7}, 1)
+	empty, err := measurePass(e.n, e.ctx, Shard{"m", 7}, 1)
 	if err != nil || empty.HasReady || empty.Ready != 0 {
 		t.Fatalf("measure of an empty shard %+v, %v", empty, err)
 	}
@@ -222,7 +223,7 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	e.enqueue("w", Message{ID: "b"})
 	e.enqueue("w", Message{ID: "c"})
 	ds := e.pull("w", 3, time.Minute)
-	if _, err := e.n.Measure(e.ctx, s, 1); err != nil {
+	if _, err := measurePass(e.n, e.ctx, s, 1); err != nil {
 		t.Fatal(err)
 	}
 	s2 := Shard{"w2", 0}
@@ -238,12 +239,12 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	if _, err := e.c.Nack(e.ctx, ds[2], NackOptions{LockFor: time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	var kinds []DueKind
+	var kinds []Task
 	deadline := time.Now().Add(2 * time.Second)
 	for len(kinds) < 3 && time.Now().Before(deadline) {
-		kinds = append(kinds, wakes.next(t).Due.Kind)
+		kinds = append(kinds, wakes.next(t).Due.Task)
 	}
-	want := []DueKind{DueMeasure, DueUnlock, DueUnlock}
+	want := []Task{TaskMeasure, TaskUnlock, TaskUnlock}
 	for i := range want {
 		if i >= len(kinds) || kinds[i] != want[i] {
 			t.Fatalf("wakes %q, want %q", kinds, want)
@@ -261,7 +262,7 @@ func TestWakesOnEarlierDeadlinesOnly(t *testing.T) {
 	}
 	e.enqueue("w2", Message{})
 	e.enqueue("w2", Message{})
-	if got := wakes.drain(t, e, s2); len(got) != 1 || got[0].Due.Kind != DueTrim || got[0].Shard.Queue != "w2" {
+	if got := wakes.drain(t, e, s2); len(got) != 1 || got[0].Due.Task != TaskTrim || got[0].Shard.Queue != "w2" {
 		t.Fatalf("crossing max size woke %+v, want one trim", got)
 	}
 }
@@ -298,7 +299,7 @@ func TestClientClockDoesNotMatter(t *testing.T) {
 		t.Fatalf("lock ends at redis-now+%dms, want within 50ms", got)
 	}
 	waitUntil(t, 5*time.Second, "unlock", func() bool {
-		r, err := n.Unlock(ctx, Shard{"skew", 0}, 1, 10)
+		r, err := unlockPass(n, ctx, Shard{"skew", 0}, 1, 10)
 		return err == nil && r.Moved == 1 && r.Lags[0] >= 0 && r.Lags[0] < time.Second
 	})
 }
@@ -368,6 +369,10 @@ func (w *wakeRecorder) next(t *testing.T) Wake {
 	return Wake{}
 }
 
+// drainMarker is the deadline of drain's marker: a measure hint, which no
+// script sends with a deadline.
+const drainMarker = -7
+
 // drain returns the wakes of s that arrived before a marker it publishes
 // itself on s's channel: Redis delivers the messages of one origin in order,
 // so everything published there before the marker comes before it.
@@ -377,13 +382,13 @@ func (w *wakeRecorder) drain(t *testing.T, e *env, s Shard) []Wake {
 	// it leaves from the node where the shard's scripts publish: messages
 	// reach other nodes in order only along one bus link.
 	if err := e.rdb.Eval(e.ctx, "redis.call('PUBLISH', ARGV[1], ARGV[2])", []string{e.keys(s).Ready},
-		e.keys(s).Wake, "z "+s.String()+" 0").Err(); err != nil && err != redis.Nil {
+		e.keys(s).Wake, fmt.Sprintf("%c %s %d", wakeCodes[TaskMeasure], s, drainMarker)).Err(); err != nil && err != redis.Nil {
 		t.Fatal(err)
 	}
 	var out []Wake
 	for {
 		x := w.next(t)
-		if x.Due.Kind == 'z' {
+		if x.Due == (Due{Task: TaskMeasure, AtMs: drainMarker}) {
 			return out
 		}
 		out = append(out, x)
@@ -397,17 +402,17 @@ func TestHistoryRecordsAcceptedAndRefusedPasses(t *testing.T) {
 	n := e.n.WithHistory()
 	e.enqueue("h", Message{ID: "a", Delay: time.Millisecond})
 	waitUntil(t, 5*time.Second, "lock due", func() bool {
-		r, err := n.Unlock(e.ctx, s, 3, 10)
+		r, err := unlockPass(n, e.ctx, s, 3, 10)
 		return err == nil && r.Moved == 1
 	})
 	var fe *FencedError
-	if _, err := n.Expire(e.ctx, s, 2, 10); !errors.As(err, &fe) {
+	if _, err := expirePass(n, e.ctx, s, 2, 10); !errors.As(err, &fe) {
 		t.Fatalf("lower token accepted: %v", err)
 	}
-	if _, err := e.n.Expire(e.ctx, s, 3, 10); err != nil { // history off: not recorded
+	if _, err := expirePass(e.n, e.ctx, s, 3, 10); err != nil { // history off: not recorded
 		t.Fatal(err)
 	}
-	h, err := n.History(e.ctx, s)
+	h, err := e.in.History(e.ctx, s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -443,13 +448,13 @@ func TestWakesOnlyForWatchedShards(t *testing.T) {
 	wakes := subscribe(t, e, a)
 	lockOne(b)
 	lockOne(a)
-	if got := wakes.drain(t, e, a); len(got) != 1 || got[0].Shard != a || got[0].Due.Kind != DueUnlock {
+	if got := wakes.drain(t, e, a); len(got) != 1 || got[0].Shard != a || got[0].Due.Task != TaskUnlock {
 		t.Fatalf("wakes %+v; want a's unlock hint only", got)
 	}
 	e.n.Watch([]Shard{b}, true)
 	wakes.confirmed(t, b)
 	wakes.drain(t, e, b) // b's first lock, in flight on a cluster's bus
-	if _, err := e.n.Measure(e.ctx, b, 1); err != nil {
+	if _, err := measurePass(e.n, e.ctx, b, 1); err != nil {
 		t.Fatal(err)
 	}
 	e.enqueue("x", Message{ID: idIn(b, "late"), Delay: time.Minute})
@@ -462,11 +467,269 @@ func TestWakesOnlyForWatchedShards(t *testing.T) {
 		n := e.subscribers(e.keys(a).Wake)
 		return n == 0, fmt.Sprint(n, " subscribers")
 	})
-	if _, err := e.n.Measure(e.ctx, a, 1); err != nil {
+	if _, err := measurePass(e.n, e.ctx, a, 1); err != nil {
 		t.Fatal(err)
 	}
 	e.enqueue("x", Message{ID: idIn(a, "unheard"), Delay: time.Second})
 	if got := wakes.drain(t, e, b); len(got) != 0 {
 		t.Fatalf("after unwatching a: wakes %+v", got)
+	}
+}
+
+// After etcd is restored from a backup, two keepers can hold an equal
+// token for a shard. The fence keeps the owner of its token: an equal token
+// from another owner is refused by every housekeeping script and by a
+// claim, and changes nothing; the same owner re-presenting its token is
+// accepted, and a strictly higher token from anyone is accepted as before.
+func TestFenceRefusesAnEqualTokenFromAnotherOwner(t *testing.T) {
+	e := newEnv(t)
+	e.create("eq", Config{})
+	s := Shard{"eq", 0}
+	e.enqueue("eq", Message{ID: "x", Delay: time.Millisecond})
+	a := e.n.WithOwner("keeper-a/1f2e").WithHistory()
+	b := e.n.WithOwner("keeper-b/9c3d").WithHistory()
+	if _, err := a.Probe(e.ctx, []ProbeRequest{{Shard: s, Claim: true, Token: 10}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.Del(e.ctx, e.keys(s).History).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := e.snapshot()
+	calls := func(n *Native, token int64) map[string]func() error {
+		return map[string]func() error{
+			"unlock":  func() error { _, err := unlockPass(n, e.ctx, s, token, 100); return err },
+			"requeue": func() error { _, err := requeuePass(n, e.ctx, s, Config{}, token, 100); return err },
+			"expire":  func() error { _, err := expirePass(n, e.ctx, s, token, 100); return err },
+			"trim":    func() error { _, err := trimPass(n, e.ctx, s, Config{MaxSize: 1}, token, 100); return err },
+			"measure": func() error { _, err := measurePass(n, e.ctx, s, token); return err },
+			"claim": func() error {
+				r, err := n.Probe(e.ctx, []ProbeRequest{{Shard: s, Claim: true, Token: token}})
+				if err != nil {
+					return err
+				}
+				return r[0].Err
+			},
+		}
+	}
+	for name, call := range calls(b, 10) {
+		err := call()
+		var fe *FencedError
+		if !errors.As(err, &fe) || fe.Fence != 10 || fe.Token != 10 || fe.Owner != "keeper-a/1f2e" {
+			t.Errorf("%s with an equal token from another owner = %v, want FencedError held by keeper-a", name, err)
+		}
+	}
+	// Only the refusals were recorded, each with the owner refused.
+	h, err := e.in.History(e.ctx, s)
+	if err != nil || len(h) != 6 {
+		t.Fatalf("history of the refusals: %+v, %v", h, err)
+	}
+	for _, x := range h {
+		if x.Accepted || x.Owner != "keeper-b/9c3d" || x.Token != 10 {
+			t.Fatalf("refusal recorded as %+v", x)
+		}
+	}
+	if err := e.rdb.Del(e.ctx, e.keys(s).History).Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.sameAs(before)
+	for name, call := range calls(a, 10) {
+		if err := call(); err != nil {
+			t.Errorf("%s re-presented by the fence's owner: %v", name, err)
+		}
+	}
+	for name, call := range calls(b, 11) {
+		if err := call(); err != nil {
+			t.Errorf("%s with a higher token: %v", name, err)
+		}
+	}
+	if o, _ := e.rdb.Get(e.ctx, e.keys(s).FenceOwner).Result(); o != "keeper-b/9c3d" {
+		t.Fatalf("fence owner %q after keeper-b's higher token", o)
+	}
+	h, err = e.in.History(e.ctx, s)
+	if err != nil || len(h) == 0 || h[len(h)-1].Owner != "keeper-b/9c3d" || h[len(h)-1].Token != 11 {
+		t.Fatalf("history %+v, %v", h, err)
+	}
+	// A fence set before owners were recorded holds no owner: an equal
+	// token is accepted once, and its owner recorded.
+	e.rdb.Set(e.ctx, e.keys(s).Fence, "20", 0)
+	e.rdb.Del(e.ctx, e.keys(s).FenceOwner)
+	if _, err := measurePass(a, e.ctx, s, 20); err != nil {
+		t.Fatalf("equal token on a fence without owner: %v", err)
+	}
+	if _, err := measurePass(b, e.ctx, s, 20); !errors.As(err, new(*FencedError)) {
+		t.Fatalf("equal token of another owner after the first was recorded: %v", err)
+	}
+}
+
+// One Probe call with shards read and shards claimed, in one order: each
+// result is its own shard's heads (Redis ms), -1 where a set is empty, and
+// its excess over the size given; claims raise the fence, reads do not.
+func TestProbeMixesReadsAndClaims(t *testing.T) {
+	e := newEnv(t)
+	e.create("p", Config{Partitions: 3})
+	idIn := func(p, skip int) string {
+		for i := 0; ; i++ {
+			if id := fmt.Sprint("p", i); PartitionOf(id, 3) == p {
+				if skip == 0 {
+					return id
+				}
+				skip--
+			}
+		}
+	}
+	now := e.redisNowMs()
+	e.enqueue("p", Message{ID: idIn(0, 0), Delay: time.Hour, TTL: 2 * time.Hour})
+	e.enqueue("p", Message{ID: idIn(1, 0)})
+	e.enqueue("p", Message{ID: idIn(1, 1)})
+	if ds := e.pull("p", 3, time.Minute); len(ds) != 2 {
+		t.Fatalf("pulled %d, want p#1's two", len(ds))
+	}
+	reqs := []ProbeRequest{
+		{Shard: Shard{"p", 0}, Token: 4},
+		{Shard: Shard{"p", 1}, Claim: true, Token: 5, MaxSize: 1},
+		{Shard: Shard{"p", 2}, Token: 6},
+		{Shard: Shard{"p", 0}, Claim: true, Token: 7},
+	}
+	res, err := e.n.Probe(e.ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	near := func(got, want int64) bool { return got >= want-50 && got <= want+1000 }
+	hour := int64(time.Hour / time.Millisecond)
+	for _, r := range res {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	if r := res[0]; !near(r.LockedHead, now+hour) || r.InflightHead != -1 || !near(r.TTLHead, now+2*hour) || r.Excess != 0 {
+		t.Errorf("read of p#0: %+v", r)
+	}
+	if r := res[3]; r.LockedHead != res[0].LockedHead || r.TTLHead != res[0].TTLHead {
+		t.Errorf("claim of p#0: %+v, want the heads of the read", r)
+	}
+	if r := res[1]; r.LockedHead != -1 || !near(r.InflightHead, now+60_000) || r.TTLHead != -1 || r.Excess != 1 {
+		t.Errorf("claim of p#1: %+v", r)
+	}
+	if r := res[2]; r.LockedHead != -1 || r.InflightHead != -1 || r.TTLHead != -1 {
+		t.Errorf("read of the empty p#2: %+v", r)
+	}
+	fences, _ := e.in.Fences(e.ctx, []Shard{{"p", 0}, {"p", 1}, {"p", 2}})
+	if fences[0] != 7 || fences[1] != 5 || fences[2] != 0 {
+		t.Errorf("fences %v; want [7 5 0]: claims raise them, reads do not", fences)
+	}
+}
+
+// Many passes in one call, over shards spread across slots (and nodes, on a
+// cluster): each has its own outcome in request order. A refused token, a
+// bad batch and a wrong-typed key fail their own pass only; the others move
+// their messages. A server that lost its scripts (SCRIPT FLUSH) is sent
+// them again within the call.
+func TestPassesKeepEachOutcome(t *testing.T) {
+	e := newEnv(t)
+	const parts = 8
+	e.create("many", Config{Partitions: parts, MaxSize: 3})
+	now := e.redisNowMs()
+	for p := 0; p < parts; p++ {
+		e.seedLocked(Shard{"many", p}, fmt.Sprint("m", p, "-"), 5, now-10)
+	}
+	// Partition 1's fence is above our token (a pass under it moved one
+	// message); partition 2's clean flag is a hash.
+	if _, err := unlockPass(e.n, e.ctx, Shard{"many", 1}, 9, 1); err != nil {
+		t.Fatal(err)
+	}
+	clean := e.keys(Shard{"many", 2}).Clean
+	if err := e.rdb.HSet(e.ctx, clean, "x", "y").Err(); err != nil {
+		t.Fatal(err)
+	}
+	e.onEveryPrimary(func(ctx context.Context, c redis.Cmdable) error { return c.ScriptFlush(ctx).Err() })
+	var reqs []PassRequest
+	for p := 0; p < parts; p++ {
+		reqs = append(reqs, PassRequest{Shard: Shard{"many", p}, Task: TaskUnlock, Token: 5, Batch: 100})
+	}
+	reqs[3].Batch = MaxBatch + 1
+	reqs = append(reqs, PassRequest{Shard: Shard{"many", 4}, Task: TaskMeasure, Token: 5},
+		PassRequest{Shard: Shard{"many", 5}, Task: TaskTrim, Token: 5, Batch: 100, Config: Config{MaxSize: 3}})
+	out := e.n.Passes(e.ctx, reqs)
+	if len(out) != len(reqs) {
+		t.Fatalf("%d outcomes for %d requests", len(out), len(reqs))
+	}
+	for i, o := range out[:parts] {
+		switch i {
+		case 1:
+			var fe *FencedError
+			if !errors.As(o.Err, &fe) || fe.Fence != 9 || fe.Shard != reqs[i].Shard {
+				t.Errorf("pass %d under a lower token: %v", i, o.Err)
+			}
+		case 2:
+			if !errors.Is(o.Err, ErrWrongType) {
+				t.Errorf("pass %d on a wrong-typed key: %v", i, o.Err)
+			}
+		case 3:
+			if !errors.Is(o.Err, ErrBadConfig) {
+				t.Errorf("pass %d over the batch cap: %v", i, o.Err)
+			}
+		default:
+			if o.Err != nil || o.Result.Moved != 5 || len(o.Result.Lags) != 5 {
+				t.Errorf("pass %d: %+v", i, o)
+			}
+		}
+	}
+	if m := out[parts]; m.Err != nil || m.Measurement.Ready != 5 || m.Measurement.Counters.Unlocked != 5 ||
+		m.Result.NowUs != m.Measurement.NowUs || m.Result.NextMs != -1 {
+		t.Errorf("measure after its shard's unlock in the same call: %+v", m)
+	}
+	if tr := out[parts+1]; tr.Err != nil || tr.Result.Moved != 2 || tr.Result.Excess != 0 {
+		t.Errorf("trim after its shard's unlock in the same call: %+v", tr)
+	}
+	if err := e.rdb.Del(e.ctx, clean).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Ready: 5 in each of the five shards unlocked, one in partition 1, and
+	// partition 5 trimmed to 3.
+	e.wantCounts("many", 5*5+1-2, 0, 4+5+5, 0)
+}
+
+// The cost of a housekeeping pass with nothing due (a round trip and a
+// script that reads the fence and the set's head), by how many passes one
+// Passes call carries: what pipelining the due passes of many shards saves.
+func BenchmarkPasses(b *testing.B) {
+	for _, per := range []int{1, 16, 256} {
+		b.Run(fmt.Sprintf("per_call=%d", per), func(b *testing.B) {
+			rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: testAddrs})
+			defer rdb.Close()
+			prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
+			ctx, n := context.Background(), NewNative(rdb, prefix)
+			if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: per}); err != nil {
+				b.Fatal(err)
+			}
+			reqs := make([]PassRequest, per)
+			for p := range reqs {
+				reqs[p] = PassRequest{Shard: Shard{"bench", p}, Task: TaskUnlock, Token: 1, Batch: 1000}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i += per {
+				for _, o := range n.Passes(ctx, reqs) {
+					if o.Err != nil {
+						b.Fatal(o.Err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// A probe that cannot reach Redis fails as a whole, so that the keeper
+// probes again, rather than reporting each shard as failed.
+func TestProbeFailsWholeWithoutRedis(t *testing.T) {
+	port, err := loopback.Port() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: loopback.Addr(port), MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	res, err := NewNative(rdb, "").Probe(context.Background(), []ProbeRequest{{Shard: Shard{"q", 0}}, {Shard: Shard{"q", 1}}})
+	if err == nil {
+		t.Fatalf("probe without redis: no error, results %+v", res)
 	}
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"embed"
 	"fmt"
 
@@ -10,27 +11,65 @@ import (
 //go:embed lua/*.lua
 var luaFS embed.FS
 
-// scripts holds every Lua script of the native layout, each prefixed with
-// lua/lib.lua. go-redis runs them by EVALSHA and loads them on NOSCRIPT.
-type scripts struct {
-	enqueue, pull, ack, nack, extend, inspect *redis.Script
-	unlock, requeue, expire, trim, measure    *redis.Script
-	probe, seed                               *redis.Script
+// Limits shared by Go and the scripts. luaPreamble hands them to every
+// script, so each is written once.
+const (
+	// luaChunk bounds the values one variadic Redis call in a script takes
+	// (see bulk in lua/lib.lua). Redis 7's Lua refuses to unpack more than
+	// LUAI_MAXCSTACK (8000) values, and a script that fails half-way is not
+	// rolled back: the writes before the error stay. A quarter of the limit
+	// is far below it whatever else is on the Lua stack at the call, while a
+	// pass at the default batch (1000) still moves each set in one call. It
+	// is even, so a (score, member) pair is never split.
+	luaChunk = 2000
+	// maxSeed is the most messages one call of the seed script writes:
+	// under a second of Redis time, well below a client's read timeout,
+	// which a client may answer by running the script again.
+	maxSeed = 50_000
+)
+
+// luaPreamble defines, for every script, the limits and the wake codes
+// that Go defines.
+func luaPreamble() string {
+	return fmt.Sprintf(`-- Set by scripts.go (luaPreamble): limits and wake codes defined in Go.
+local MAX_BATCH, MAX_PULL, MAX_SEED, CHUNK = %d, %d, %d, %d
+local WAKE_UNLOCK, WAKE_REQUEUE, WAKE_EXPIRE, WAKE_TRIM, WAKE_MEASURE = '%c', '%c', '%c', '%c', '%c'
+`, MaxBatch, MaxPull, maxSeed, luaChunk, wakeCodes[TaskUnlock], wakeCodes[TaskRequeue],
+		wakeCodes[TaskExpire], wakeCodes[TaskTrim], wakeCodes[TaskMeasure])
 }
 
-var nativeScripts = loadScripts()
+// script is one .lua file with the Go side of its contract: the shard keys
+// it takes and the names of its arguments, each in order. The .lua file's
+// header states both (TestScriptHeaders holds it to them).
+type script struct {
+	name string
+	// keys lists the script's keys from a shard's (for a fenced script, the
+	// fence head first: fenceKeys).
+	keys func(k shardKeys) []string
+	// argv names the script's arguments (for a fenced script, fenceArgv
+	// first).
+	argv []string
+	lua  *redis.Script
+}
 
-func loadScripts() *scripts {
-	lib := mustRead("lib")
-	load := func(name string) *redis.Script {
-		return redis.NewScript(lib + "\n-- " + name + ".lua\n" + mustRead(name))
-	}
-	return &scripts{
-		enqueue: load("enqueue"), pull: load("pull"), ack: load("ack"), nack: load("nack"),
-		extend: load("extend"), inspect: load("inspect"), unlock: load("unlock"),
-		requeue: load("requeue"), expire: load("expire"), trim: load("trim"),
-		measure: load("measure"), probe: load("probe"), seed: load("seed"),
-	}
+// newScript is name.lua, prefixed with the preamble and lua/lib.lua. go-redis
+// runs it by EVALSHA and sends it whole on NOSCRIPT.
+func newScript(name string, keys func(shardKeys) []string, argv ...string) *script {
+	src := luaPreamble() + mustRead("lib") + "\n-- " + name + ".lua\n" + mustRead(name)
+	return &script{name: name, keys: keys, argv: argv, lua: redis.NewScript(src)}
+}
+
+// fenceKeys and fenceArgv are the head of every housekeeping script's keys
+// and arguments, which the fence helpers of lua/lib.lua read.
+func fenceKeys(k shardKeys) []string { return []string{k.Fence, k.FenceOwner, k.History, k.Deleted} }
+
+var fenceArgv = []string{"token", "owner", "record"}
+
+// newFencedScript is a housekeeping script: the fence head, then keys and
+// argv.
+func newFencedScript(name string, keys func(shardKeys) []string, argv ...string) *script {
+	return newScript(name, func(k shardKeys) []string { return append(fenceKeys(k), keys(k)...) },
+		append(append([]string{}, fenceArgv...), argv...)...)
 }
 
 func mustRead(name string) string {
@@ -39,4 +78,74 @@ func mustRead(name string) string {
 		panic(fmt.Sprintf("embedded script %s: %v", name, err))
 	}
 	return string(b)
+}
+
+// call is one run of a script on one shard.
+type call struct {
+	s    *script
+	keys []string
+	args []any
+}
+
+// on is a call of s on the shard whose keys are k, with args in the order
+// of s.argv.
+func (s *script) on(k shardKeys, args ...any) call {
+	if len(args) != len(s.argv) {
+		panic(fmt.Sprintf("script %s takes %d arguments %v, got %d", s.name, len(s.argv), s.argv, len(args)))
+	}
+	return call{s: s, keys: s.keys(k), args: args}
+}
+
+// run runs c on its own.
+func (c call) run(ctx context.Context, rdb redis.Scripter) *redis.Cmd {
+	return c.s.lua.Run(ctx, rdb, c.keys, c.args...)
+}
+
+// pipeliner is a client or one connection of one.
+type pipeliner interface {
+	redis.Scripter
+	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+}
+
+// runAll runs calls in one pipeline and returns each one's reply, with its
+// own error. A cluster client sends one pipeline per node, in parallel:
+// every call's keys share a slot. A call the server did not have the script
+// of (a restarted or new node) runs again once, alone of the pipeline, with
+// the script's body: NOSCRIPT means it did not run. A single call goes
+// without a pipeline, which costs a third more client CPU for one command.
+func runAll(ctx context.Context, rdb pipeliner, calls []call) []*redis.Cmd {
+	if len(calls) == 1 {
+		return []*redis.Cmd{calls[0].run(ctx, rdb)}
+	}
+	cmds := make([]*redis.Cmd, len(calls))
+	idx := make([]int, len(calls))
+	for i := range idx {
+		idx[i] = i
+	}
+	for attempt := 0; len(idx) > 0; attempt++ {
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range idx {
+				c := calls[i]
+				if attempt == 0 {
+					cmds[i] = c.s.lua.EvalSha(ctx, p, c.keys, c.args...)
+				} else {
+					cmds[i] = c.s.lua.Eval(ctx, p, c.keys, c.args...)
+				}
+			}
+			return nil
+		})
+		again := idx[:0]
+		for _, i := range idx {
+			c := cmds[i]
+			if c.Err() == nil && c.Val() == nil && err != nil {
+				// Not run: the pipeline failed before it got a reply.
+				c.SetErr(err)
+			}
+			if attempt == 0 && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+				again = append(again, i)
+			}
+		}
+		idx = again
+	}
+	return cmds
 }

@@ -82,15 +82,15 @@ func runWorkload(t *testing.T, seed int64) {
 			var err error
 			switch rng.Intn(5) {
 			case 0:
-				_, err = e.n.Unlock(e.ctx, s, 1, batch)
+				_, err = unlockPass(e.n, e.ctx, s, 1, batch)
 			case 1:
-				_, err = e.n.Requeue(e.ctx, s, cfg, 1, batch)
+				_, err = requeuePass(e.n, e.ctx, s, cfg, 1, batch)
 			case 2:
-				_, err = e.n.Expire(e.ctx, s, 1, batch)
+				_, err = expirePass(e.n, e.ctx, s, 1, batch)
 			case 3:
-				_, err = e.n.Trim(e.ctx, s, cfg, 1, batch)
+				_, err = trimPass(e.n, e.ctx, s, cfg, 1, batch)
 			case 4:
-				_, err = e.n.Measure(e.ctx, s, 1)
+				_, err = measurePass(e.n, e.ctx, s, 1)
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -101,17 +101,19 @@ func runWorkload(t *testing.T, seed int64) {
 		}
 	}
 	a := assertConsistent(t, e, "work")
-	total := a.Counters["enqueued"]
-	if a.Counters["acked"] != int64(acks) {
-		t.Fatalf("acked counter %d, but the test saw %d acks succeed", a.Counters["acked"], acks)
+	total := a.Counters.Enqueued
+	if a.Counters.Acked != int64(acks) {
+		t.Fatalf("acked counter %d, but the test saw %d acks succeed", a.Counters.Acked, acks)
 	}
-	for _, f := range []string{"expired", "trimmed", "requeued", "unlocked", "dead_lettered"} {
-		if a.Counters[f] == 0 {
+	c := a.Counters
+	for f, n := range map[string]int64{"expired": c.Expired, "trimmed": c.Trimmed, "requeued": c.Requeued,
+		"unlocked": c.Unlocked, "dead_lettered": c.DeadLettered} {
+		if n == 0 {
 			t.Errorf("the workload never exercised %s", f)
 		}
 	}
 	t.Logf("seed %d: enqueued %d, acked %d, expired %d, trimmed %d, dead %d, present %d",
-		seed, total, a.Counters["acked"], a.Counters["expired"], a.Counters["trimmed"], a.Dead, a.Present())
+		seed, total, a.Counters.Acked, a.Counters.Expired, a.Counters.Trimmed, a.Dead, a.Present())
 }
 
 func assertConsistent(t *testing.T, e *env, q string) Audit {

@@ -3,6 +3,8 @@ package tasks
 import (
 	"container/heap"
 	"time"
+
+	"github.com/keeperhq/keeper/queue"
 )
 
 // deadlines is a min-heap of (shard, task) entries by due time: the
@@ -12,7 +14,7 @@ type deadlines []*entry
 
 type entry struct {
 	st   *shardState
-	task Task
+	task queue.Task
 	due  time.Time
 	idx  int
 }
@@ -42,7 +44,7 @@ func (d *deadlines) Pop() any {
 }
 
 // schedule makes (st, task) due at t, unless it is already due earlier.
-func (d *deadlines) schedule(st *shardState, task Task, t time.Time) {
+func (d *deadlines) schedule(st *shardState, task queue.Task, t time.Time) {
 	if e := st.entries[task]; e != nil {
 		if t.Before(e.due) {
 			e.due = t

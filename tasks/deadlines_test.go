@@ -15,7 +15,7 @@ func TestDeadlinesOrderAndRemove(t *testing.T) {
 	sts := make([]*shardState, 50)
 	for i := range sts {
 		sts[i] = &shardState{name: string(rune('a' + i))}
-		for task := Task(0); task < numTasks; task++ {
+		for task := queue.Task(0); task < numTasks; task++ {
 			d.schedule(sts[i], task, base.Add(time.Duration(rand.IntN(1000))*time.Millisecond))
 		}
 	}

@@ -22,43 +22,15 @@ import (
 	"github.com/keeperhq/keeper/queue"
 )
 
-// Task is one kind of housekeeping pass.
-type Task uint8
-
-// The tasks.
+// The tasks, as the layout names them.
 const (
-	Unlock  Task = iota // locked -> ready when the lock ends
-	Requeue             // expired lease -> ready, or dead past max deliveries
-	Expire              // drop messages past their TTL
-	Trim                // drop the oldest ready messages over max size
-	Measure             // read counts and counters for metrics
-	numTasks
+	Unlock   = queue.TaskUnlock
+	Requeue  = queue.TaskRequeue
+	Expire   = queue.TaskExpire
+	Trim     = queue.TaskTrim
+	Measure  = queue.TaskMeasure
+	numTasks = queue.NumTasks
 )
-
-var taskNames = [numTasks]string{"unlock", "requeue", "expire", "trim", "measure"}
-
-func (t Task) String() string {
-	if t < numTasks {
-		return taskNames[t]
-	}
-	return "unknown"
-}
-
-func taskFor(k queue.DueKind) (Task, bool) {
-	switch k {
-	case queue.DueUnlock:
-		return Unlock, true
-	case queue.DueRequeue:
-		return Requeue, true
-	case queue.DueExpire:
-		return Expire, true
-	case queue.DueTrim:
-		return Trim, true
-	case queue.DueMeasure:
-		return Measure, true
-	}
-	return 0, false
-}
 
 // Recorder receives what the keeper measures about itself. otel.Instruments
 // implements it; nil records nothing.

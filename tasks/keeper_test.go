@@ -197,7 +197,7 @@ func TestRequeueExpireTrimRunByThemselves(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 5*time.Second, "TTL expiry", func() bool { return h.stats("q").Counters["expired"] == 3 })
+	waitFor(t, 5*time.Second, "TTL expiry", func() bool { return h.stats("q").Counters.Expired == 3 })
 	// Size cap 5 per partition: push one partition over it.
 	for i := 0; i < 40; i++ {
 		if _, err := h.client.Enqueue(h.ctx, "q", queue.Message{ID: fmt.Sprint("fill", i)}); err != nil {
@@ -211,7 +211,7 @@ func TestRequeueExpireTrimRunByThemselves(t *testing.T) {
 				return false
 			}
 		}
-		return st.Counters["trimmed"] > 0
+		return st.Counters.Trimmed > 0
 	})
 }
 
@@ -224,7 +224,7 @@ func TestFencedShardIsDroppedAtOnce(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "first measure", func() bool { return h.rec.count("measure") > 0 })
 	// A successor with token 6 writes to the shard.
-	if _, err := h.layout.Unlock(h.ctx, s, 6, 10); err != nil {
+	if _, err := h.unlock(s, 6, 10); err != nil {
 		t.Fatal(err)
 	}
 	// Our keeper's next write (the delayed message's unlock) is refused.
@@ -245,6 +245,12 @@ func TestFencedShardIsDroppedAtOnce(t *testing.T) {
 	if st := h.stats("f"); st.Locked != 1 {
 		t.Fatalf("refused write changed the shard: %+v", st)
 	}
+}
+
+// unlock runs one unlock pass of s under token, as a keeper would.
+func (h *harness) unlock(s queue.Shard, token int64, batch int) (queue.PassResult, error) {
+	o := h.layout.Passes(h.ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: token, Batch: batch}})[0]
+	return o.Result, o.Err
 }
 
 // Disown returns only after the shard's running pass finished.
@@ -292,12 +298,14 @@ type slowLayout struct {
 	release chan struct{}
 }
 
-func (s *slowLayout) Measure(ctx context.Context, sh queue.Shard, token int64) (queue.Measurement, error) {
-	s.once.Do(func() {
-		s.started <- struct{}{}
-		<-s.release
-	})
-	return s.Layout.Measure(ctx, sh, token)
+func (s *slowLayout) Passes(ctx context.Context, reqs []queue.PassRequest) []queue.PassOutcome {
+	if reqs[0].Task == queue.TaskMeasure {
+		s.once.Do(func() {
+			s.started <- struct{}{}
+			<-s.release
+		})
+	}
+	return s.Layout.Passes(ctx, reqs)
 }
 
 // A Redis an hour ahead of the keeper's clock changes nothing: deadlines are
@@ -399,7 +407,7 @@ func TestKeeperHearsOnlyOwnedShards(t *testing.T) {
 	own(h.k, s(0), cfg, 1)
 	own(h.k, s(1), cfg, 1)
 	subscribers := func(p int) int64 {
-		ch := h.layout.WakeChannel(s(p))
+		ch := queue.NewInspector(h.rdb, "").WakeChannel(s(p))
 		n, err := h.rdb.PubSubNumSub(h.ctx, ch).Result()
 		if err != nil {
 			t.Fatal(err)
@@ -500,8 +508,8 @@ func TestWorkloadUnderKeeper(t *testing.T) {
 	if len(a.Problems) > 0 {
 		t.Fatalf("audit: %v", a.Problems)
 	}
-	if a.Counters["acked"] != acks.Load() {
-		t.Fatalf("acked counter %d, consumers saw %d", a.Counters["acked"], acks.Load())
+	if a.Counters.Acked != acks.Load() {
+		t.Fatalf("acked counter %d, consumers saw %d", a.Counters.Acked, acks.Load())
 	}
 	for _, s := range h.stats("w").Shards {
 		if s.Ready+s.Inflight+s.Locked > int64(cfg.MaxSize) {
@@ -520,22 +528,22 @@ func TestOwnClaimsTheShardAtOnce(t *testing.T) {
 	if err := h.client.Registry().Create(h.ctx, "c", queue.Config{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.layout.Unlock(h.ctx, s, 6, 10); err != nil { // the previous owner
+	if _, err := h.unlock(s, 6, 10); err != nil { // the previous owner
 		t.Fatal(err)
 	}
 	own(h.k, s, queue.Config{}.WithDefaults(), 7)
 	waitFor(t, 5*time.Second, "fence raised to 7", func() bool {
-		f, err := h.layout.Fences(h.ctx, []queue.Shard{s})
+		f, err := queue.NewInspector(h.rdb, "").Fences(h.ctx, []queue.Shard{s})
 		return err == nil && f[0] == 7
 	})
 	var fe *queue.FencedError
-	if _, err := h.layout.Unlock(h.ctx, s, 6, 10); !errors.As(err, &fe) {
+	if _, err := h.unlock(s, 6, 10); !errors.As(err, &fe) {
 		t.Fatalf("previous owner's write after the claim: %v", err)
 	}
 	// A claim under a token below the fence drops the shard at once.
 	own(h.k, queue.Shard{Queue: "c", Partition: 2}, queue.Config{}.WithDefaults(), 7)
 	s2 := queue.Shard{Queue: "c", Partition: 2}
-	if _, err := h.layout.Unlock(h.ctx, s2, 9, 10); err != nil {
+	if _, err := h.unlock(s2, 9, 10); err != nil {
 		t.Fatal(err)
 	}
 	h.k.DisownAll()
@@ -587,7 +595,7 @@ func TestStopWhileHandingAPassLetsDisownReturn(t *testing.T) {
 		st := k.shards[a]
 		return st != nil && st.claimed
 	})
-	if _, err := h.layout.Unlock(h.ctx, a, 6, 10); err != nil { // a successor
+	if _, err := h.unlock(a, 6, 10); err != nil { // a successor
 		t.Fatal(err)
 	}
 	if _, err := h.client.Enqueue(h.ctx, "a", queue.Message{ID: "x", Delay: 10 * time.Millisecond}); err != nil {
@@ -721,7 +729,7 @@ func TestOwnAndDisownAUnitInOneCall(t *testing.T) {
 	}
 	k.Own(shards, 3)
 	waitFor(t, 30*time.Second, "every shard claimed", func() bool {
-		f, err := h.layout.Fences(h.ctx, shards)
+		f, err := queue.NewInspector(h.rdb, "").Fences(h.ctx, shards)
 		if err != nil {
 			return false
 		}

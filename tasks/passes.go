@@ -81,24 +81,8 @@ func (k *Keeper) run(e *entry) {
 	k.mu.Unlock()
 
 	start := time.Now()
-	var (
-		res queue.PassResult
-		m   queue.Measurement
-		err error
-	)
-	switch task {
-	case Unlock:
-		res, err = k.layout.Unlock(ctx, s, token, k.cfg.Batch)
-	case Requeue:
-		res, err = k.layout.Requeue(ctx, s, cfg, token, k.cfg.Batch)
-	case Expire:
-		res, err = k.layout.Expire(ctx, s, token, k.cfg.Batch)
-	case Trim:
-		res, err = k.layout.Trim(ctx, s, cfg, token, k.cfg.Batch)
-	case Measure:
-		m, err = k.layout.Measure(ctx, s, token)
-		res.NowUs, res.NextMs = m.NowUs, -1
-	}
+	out := k.layout.Passes(ctx, []queue.PassRequest{{Shard: s, Task: task, Token: token, Batch: k.cfg.Batch, Config: cfg}})[0]
+	res, m, err := out.Result, out.Measurement, out.Err
 	end := time.Now()
 	if err == nil {
 		// Redis ran the script between start and end; the midpoint is the
@@ -139,7 +123,7 @@ func (k *Keeper) run(e *entry) {
 
 // passEndedLocked undoes what the dispatcher counted when it handed a pass
 // out: the pass ran and returned, or no worker ever took it.
-func (k *Keeper) passEndedLocked(st *shardState, task Task) {
+func (k *Keeper) passEndedLocked(st *shardState, task queue.Task) {
 	st.running[task] = false
 	st.busy--
 	k.busy--
@@ -171,7 +155,7 @@ func (k *Keeper) reportFenced(st *shardState, fe *queue.FencedError, what string
 	}
 }
 
-func (k *Keeper) doneLocked(st *shardState, task Task, res queue.PassResult, m queue.Measurement, now time.Time) {
+func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResult, m queue.Measurement, now time.Time) {
 	if st.backoff[task] > 0 {
 		k.log.Info("pass recovered", "shard", st.name, "queue", st.shard.Queue, "task", task.String())
 		st.backoff[task] = 0
@@ -198,9 +182,7 @@ func (k *Keeper) doneLocked(st *shardState, task Task, res queue.PassResult, m q
 	}
 	st.rerun[task] = false
 	for _, h := range res.Hints {
-		if t, ok := taskFor(h.Kind); ok {
-			k.heap.schedule(st, t, k.localTime(h.AtMs, res.NowUs, now))
-		}
+		k.heap.schedule(st, h.Task, k.localTime(h.AtMs, res.NowUs, now))
 	}
 }
 
@@ -216,7 +198,7 @@ func (k *Keeper) markDirtyLocked(st *shardState) {
 	k.heap.schedule(st, Measure, next)
 }
 
-func (k *Keeper) failLocked(st *shardState, task Task, err error, now time.Time) {
+func (k *Keeper) failLocked(st *shardState, task queue.Task, err error, now time.Time) {
 	b := st.backoff[task]
 	if b == 0 {
 		b = 50 * time.Millisecond

@@ -131,7 +131,7 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 			st.claimed = true
 		}
 		heads := [...]struct {
-			task Task
+			task queue.Task
 			at   int64
 		}{{Unlock, r.LockedHead}, {Requeue, r.InflightHead}, {Expire, r.TTLHead}}
 		for _, h := range heads {

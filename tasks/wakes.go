@@ -38,8 +38,8 @@ func (k *Keeper) onWake(w queue.Wake) {
 		k.signal(k.probeCh)
 		return
 	}
-	task, ok := taskFor(w.Due.Kind)
-	if !ok {
+	task := w.Due.Task
+	if task >= numTasks {
 		return
 	}
 	k.mu.Lock()

@@ -61,6 +61,10 @@ type RedisConfig struct {
 	CertFile     string `yaml:"cert_file" help:"client certificate for redis TLS (redis-server's tls-auth-clients)"`
 	KeyFile      string `yaml:"key_file" help:"client key for redis TLS"`
 	DataDir      string `yaml:"data_dir" help:"data dir of the local redis-server started when addr is empty"`
+	// AllowEviction is "no" (refuse a Redis whose maxmemory-policy is not
+	// noeviction) or "warn" (log a warning at start and go on).
+	AllowEviction string        `yaml:"allow_eviction" help:"no: refuse a redis whose maxmemory-policy may evict keys (checked at start and on every new connection); warn: log a warning instead"`
+	ReplicaWait   time.Duration `yaml:"replica_wait" help:"how long a shard claim waits for a replica's acknowledgement (WAIT) when the redis primary has replicas; unacknowledged claims are made again"`
 }
 
 // EtcdConfig says where the coordination lives.
@@ -114,7 +118,8 @@ func defaultConfig() Config {
 		LogLevel:        "info",
 		HealthAddr:      "127.0.0.1:8080",
 		ShutdownTimeout: 30 * time.Second,
-		Redis:           RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis"},
+		Redis: RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis", AllowEviction: "no",
+			ReplicaWait: queue.DefaultClaimWait},
 		Etcd: EtcdConfig{Prefix: shard.PrefixDefault, DataDir: "keeper-data/etcd", SessionTTL: shard.SessionTTLDefault,
 			DialTimeout: 5 * time.Second, FenceRetry: shard.FenceRetryDefault},
 		Tasks: TasksConfig{Workers: tasks.WorkersDefault, Batch: tasks.BatchDefault,
@@ -196,6 +201,9 @@ func (c *Config) validate() error {
 			problems = append(problems, p)
 		}
 	}
+	if c.Redis.AllowEviction != "no" && c.Redis.AllowEviction != "warn" {
+		problems = append(problems, fmt.Sprintf("redis.allow_eviction %q is not no or warn", c.Redis.AllowEviction))
+	}
 	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
 		problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))
 	}
@@ -258,7 +266,12 @@ var limits = []limit{
 	// Each worker runs one script at a time on a single-threaded Redis and
 	// holds a pooled connection: beyond a few hundred, workers only queue.
 	{path: "tasks.workers", get: func(c *Config) int64 { return int64(c.Tasks.Workers) }, min: 1, max: 256},
-	{path: "tasks.batch", get: func(c *Config) int64 { return int64(c.Tasks.Batch) }, min: 1, max: 10000},
+	{path: "tasks.batch", get: func(c *Config) int64 { return int64(c.Tasks.Batch) }, min: 1, max: queue.MaxBatch},
+	// How long a fence claim waits for a replica's acknowledgement: long
+	// enough for a replica across a zone, short enough that a dead replica
+	// delays a takeover by less than the session TTL would.
+	{path: "redis.replica_wait", get: func(c *Config) int64 { return int64(c.Redis.ReplicaWait) },
+		min: int64(10 * time.Millisecond), max: int64(time.Minute), duration: true},
 	// A changed shard costs about 10 Redis commands per measurement.
 	{path: "tasks.measure_interval", get: func(c *Config) int64 { return int64(c.Tasks.MeasureInterval) },
 		min: int64(100 * time.Millisecond), duration: true},

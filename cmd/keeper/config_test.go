@@ -97,8 +97,11 @@ func TestBadConfigIsRefusedClearly(t *testing.T) {
 	}
 }
 
-// The shipped Kubernetes manifests are valid YAML, and the keeper.yaml
-// they carry in a ConfigMap is a valid keeper config.
+// The shipped Kubernetes manifests (the Helm chart's output, see
+// configs/helm_test.go) are valid YAML, and the keeper.yaml they carry in a
+// ConfigMap is a valid keeper config. The password files they name live in
+// Secrets mounted in the pod, so the passwords come from the environment
+// here.
 func TestKubernetesManifests(t *testing.T) {
 	files, err := filepath.Glob("../../configs/kubernetes/*.yaml")
 	if err != nil || len(files) == 0 {
@@ -124,7 +127,8 @@ func TestKubernetesManifests(t *testing.T) {
 			cfgText := doc["data"].(map[string]any)["keeper.yaml"].(string)
 			path := filepath.Join(t.TempDir(), "keeper.yaml")
 			_ = os.WriteFile(path, []byte(cfgText), 0o644)
-			if _, err := loadConfig("run", []string{"--config", path}, nil); err != nil {
+			env := []string{"KEEPER_REDIS_PASSWORD=x", "KEEPER_ETCD_PASSWORD=x"}
+			if _, err := loadConfig("run", []string{"--config", path}, env); err != nil {
 				t.Fatalf("%s: embedded keeper.yaml: %v", f, err)
 			}
 		}

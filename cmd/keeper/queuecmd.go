@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
 	"text/tabwriter"
 	"time"
 
@@ -108,7 +107,7 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 		if err := reg.Delete(ctx, rest[0]); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "deleted queue %s and all its messages\n", rest[0])
+		fmt.Fprintf(out, "deleted queue %s and all its messages (each shard keeps its fence and a tombstone)\n", rest[0])
 	case "list":
 		entries, err := reg.List(ctx)
 		if err != nil {
@@ -165,14 +164,7 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 				fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", s.Shard, s.Ready, s.Inflight, s.Locked, s.Dead, s.Fence)
 			}
 			fmt.Fprintf(w, "total\t%d\t%d\t%d\t%d\t\n", st.Ready, st.Inflight, st.Locked, st.Dead)
-			names := make([]string, 0, len(st.Counters))
-			for k := range st.Counters {
-				names = append(names, k)
-			}
-			sort.Strings(names)
-			for _, k := range names {
-				fmt.Fprintf(w, "%s\t%d\n", k, st.Counters[k])
-			}
+			st.Counters.Each(func(name string, v int64) { fmt.Fprintf(w, "%s\t%d\n", name, v) })
 		})
 	case "reset-fences":
 		old, err := c.ResetFences(ctx, rest[0])

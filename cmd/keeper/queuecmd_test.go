@@ -114,6 +114,17 @@ func TestQueueCommand(t *testing.T) {
 	if out := must("audit", "orders"); !regexp.MustCompile(`(?m)^problems\s+0$`).MatchString(out) {
 		t.Fatalf("audit:\n%s", out)
 	}
+	// An id stored in a second shard (by hand) is reported by the audit.
+	other := queue.Shard{Queue: "orders", Partition: (queue.PartitionOf(ids[0], 3) + 1) % 3}
+	otherKey := queue.DefaultPrefix + ":{" + other.String() + "}:"
+	rdb.ZAdd(ctx, otherKey+"ready", redis.Z{Score: 1, Member: ids[0]})
+	rdb.HSet(ctx, otherKey+"body", ids[0], "hello")
+	rdb.HSet(ctx, otherKey+"meta", ids[0], "1|0")
+	out, err := queueRun(env, "audit", "orders")
+	if err == nil || !strings.Contains(out, ids[0]+" is in shard") || !strings.Contains(out, "and in shard") {
+		t.Fatalf("audit of a cross-shard duplicate: %v\n%s", err, out)
+	}
+	t.Logf("audit of a cross-shard duplicate:\n%s", out)
 
 	// A key of the queue holding another type is refused by name, not
 	// overwritten.
@@ -138,9 +149,24 @@ func TestQueueCommand(t *testing.T) {
 	if out := must("delete", "orders"); !strings.Contains(out, "deleted queue orders") {
 		t.Fatalf("delete printed %q", out)
 	}
-	if n, _ := rdb.Keys(ctx, queue.DefaultPrefix+":{orders#*").Result(); len(n) != 0 {
-		t.Fatalf("delete left keys %v", n)
+	// Each shard keeps its tombstone and config generation (and its fence,
+	// had a keeper claimed it, and its token counter, had it been pulled
+	// from), nothing else.
+	left, _ := rdb.Keys(ctx, queue.DefaultPrefix+":{orders#*").Result()
+	tombs := 0
+	for _, k := range left {
+		switch k[strings.LastIndexByte(k, ':'):] {
+		case ":deleted":
+			tombs++
+		case ":gen", ":fence", ":owner", ":seq":
+		default:
+			t.Fatalf("delete left %s (all: %v)", k, left)
+		}
 	}
+	if tombs != 3 {
+		t.Fatalf("after delete: %v; want 3 tombstones", left)
+	}
+	refused(queue.ErrUnknownQueue, "orders", "stats", "orders")
 }
 
 // `keeper queue` reaches a Redis that wants TLS with a client certificate

@@ -1,11 +1,17 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"sync"
+	"time"
 
+	"github.com/keeperhq/keeper/queue"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -16,6 +22,14 @@ import (
 // It does not dial: the caller decides whether an unreachable server is
 // fatal.
 func redisClient(c RedisConfig, addrs []string) (redis.UniversalClient, error) {
+	opt, err := redisOptions(c, addrs)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewUniversalClient(opt), nil
+}
+
+func redisOptions(c RedisConfig, addrs []string) (*redis.UniversalOptions, error) {
 	opt := &redis.UniversalOptions{Addrs: addrs, Username: c.Username, Password: c.Password}
 	if c.TLS {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -38,5 +52,45 @@ func redisClient(c RedisConfig, addrs []string) (redis.UniversalClient, error) {
 		}
 		opt.TLSConfig = tc
 	}
-	return redis.NewUniversalClient(opt), nil
+	return opt, nil
+}
+
+// evictionGuard checks every new connection of `keeper run` for a
+// maxmemory-policy that may evict keys (queue.CheckEviction). Refusing the
+// connection makes the command on it fail, so passes fail and are retried
+// until Redis is set right; with warnOnly it logs instead.
+type evictionGuard struct {
+	log      *slog.Logger
+	warnOnly bool
+
+	mu       sync.Mutex
+	lastLog  time.Time
+	lastSeen string // the last refusal or warning logged
+}
+
+func (g *evictionGuard) onConnect(ctx context.Context, cn *redis.Conn) error {
+	err := queue.CheckEviction(ctx, cn)
+	if err == nil || !errors.Is(err, queue.ErrEvictionPolicy) {
+		return err
+	}
+	g.mu.Lock()
+	// One line per change, and while refusing one every 10s: reconnects
+	// repeat, the log should not.
+	say := err.Error() != g.lastSeen || (!g.warnOnly && time.Since(g.lastLog) >= 10*time.Second)
+	if say {
+		g.lastSeen, g.lastLog = err.Error(), time.Now()
+	}
+	g.mu.Unlock()
+	if g.warnOnly {
+		if say {
+			g.log.Warn("redis may evict keys; running anyway because redis.allow_eviction is warn", "err", err)
+		}
+		return nil
+	}
+	if say {
+		g.log.Error("refusing a redis connection: set maxmemory-policy noeviction (or redis.allow_eviction: warn)", "err", err)
+	}
+	// go-redis hands the caller the error OnConnect returns unwrapped once:
+	// wrapped here, the caller gets err itself, policy named.
+	return fmt.Errorf("redis connection refused: %w", err)
 }

@@ -196,7 +196,11 @@ func (d *daemon) build() error {
 	}
 	d.inst = inst
 	refusals := shard.NewRefusals()
-	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix)
+	// The fences know this process by its member id and a random nonce, so
+	// that an equal token held by another keeper (etcd restored from a
+	// backup) is refused.
+	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix).WithOwner(d.memberID + "/" + memberid.New()).
+		WithClaimWait(d.cfg.Redis.ReplicaWait)
 	if d.cfg.Tasks.RecordHistory {
 		layout = layout.WithHistory()
 	}
@@ -313,12 +317,18 @@ func (d *daemon) startRedis(ctx context.Context) error {
 		}
 		d.log.Info("started a local redis-server", "addr", srv.Addr, "dir", c.DataDir)
 	}
-	rdb, err := redisClient(c, addrs)
+	opt, err := redisOptions(c, addrs)
 	if err != nil {
 		return err
 	}
-	d.rdb = rdb
-	if err := d.rdb.Ping(ctx).Err(); err != nil {
+	// keeper needs maxmemory-policy noeviction: checked on every new
+	// connection, so at start and on every reconnect.
+	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn"}).onConnect
+	d.rdb = redis.NewUniversalClient(opt)
+	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, queue.ErrEvictionPolicy) {
+		return fmt.Errorf("redis %s: %w; set maxmemory-policy noeviction, or redis.allow_eviction: warn to run anyway",
+			strings.Join(addrs, ","), err)
+	} else if err != nil {
 		// Keep going: every component retries, and a keeper that cannot
 		// reach Redis still holds its place in the fleet.
 		d.log.Error("redis unreachable at start; retrying in the background", "addr", strings.Join(addrs, ","), "err", err)
@@ -425,12 +435,9 @@ func (s shardSource) EachOwned(fn func(q, shard string)) {
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
-		c := m.Counters
 		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
 			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
-			OldestReadyAge: m.OldestReadyAge, Enqueued: c["enqueued"], Acked: c["acked"],
-			Unlocked: c["unlocked"], Requeued: c["requeued"], Expired: c["expired"],
-			DeadLettered: c["dead_lettered"], Trimmed: c["trimmed"]})
+			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters})
 	})
 }
 

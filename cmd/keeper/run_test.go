@@ -403,7 +403,7 @@ func TestRunOnRedisCluster(t *testing.T) {
 	// Every nacked message was unlocked by the keeper and every other pulled
 	// one requeued, on whichever node its partition lives.
 	nacked := int64(len(ds) / 2)
-	if st.Counters["unlocked"] != nacked || st.Counters["requeued"] != int64(len(ds))-nacked {
+	if st.Counters.Unlocked != nacked || st.Counters.Requeued != int64(len(ds))-nacked {
 		t.Fatalf("counters %v; want unlocked %d, requeued %d", st.Counters, nacked, int64(len(ds))-nacked)
 	}
 	out, err := queueRun(nil, "stats", "spread", "--redis", addrs)

@@ -125,6 +125,7 @@ type termFixture struct {
 	ec         *clientv3.Client
 	client     *queue.Client
 	layout     *queue.Native
+	inspector  *queue.Inspector
 	partitions int
 	ttl        time.Duration
 	logDir     string
@@ -153,6 +154,7 @@ func newTermFixture(t *testing.T, partitions int) *termFixture {
 	t.Cleanup(func() { _ = f.ec.Close() })
 	f.client = queue.NewClient(rdb, queue.ClientOptions{})
 	f.layout = queue.NewNative(rdb, "")
+	f.inspector = queue.NewInspector(rdb, "")
 	if err := f.client.Registry().Create(f.ctx, termQueue, queue.Config{Partitions: partitions}); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +181,7 @@ func (f *termFixture) topUp(tag string) {
 			f.t.Fatal(err)
 		}
 		if n := dueLocks - int(sh.Locked); n > 0 {
-			if err := f.layout.SeedLocked(f.ctx, s, fmt.Sprintf("%s-p%d-", tag, s.Partition), 0,
+			if err := f.inspector.SeedLocked(f.ctx, s, fmt.Sprintf("%s-p%d-", tag, s.Partition), 0,
 				n, now.Add(-time.Minute).UnixMilli(), 0, []byte("x")); err != nil {
 				f.t.Fatal(err)
 			}
@@ -210,7 +212,7 @@ func (f *termFixture) unlocked() int64 {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return st.Counters["unlocked"]
+	return st.Counters.Unlocked
 }
 
 // keeperProc is one `keeper run` process.

@@ -1,7 +1,9 @@
-// Package etcdserver runs a single-member etcd inside the current process on
-// free loopback ports. Tests and benchmarks use it so they need no etcd
-// binary, and `keeper run` uses it when no etcd endpoints are configured, so
-// a given data directory is real and survives restarts.
+// Package etcdserver runs etcd on free loopback ports: a single member inside
+// the current process (Start), which tests and benchmarks use so they need no
+// etcd binary and `keeper run` uses when no etcd endpoints are configured (a
+// given data directory is real and survives restarts); or a cluster of
+// separate etcd processes (StartProcesses), which the chaos harness kills,
+// pauses and restarts one member at a time.
 package etcdserver
 
 import (

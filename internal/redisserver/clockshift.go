@@ -11,13 +11,19 @@ import (
 )
 
 // clockShiftSource is a tiny LD_PRELOAD shim that shifts the wall clock of
-// the process it is loaded into by KEEPER_CLOCK_OFFSET_S seconds. libfaketime
-// would do, but it recurses through jemalloc inside redis-server and hangs at
-// start; this shim calls the kernel directly and allocates nothing.
-// Monotonic clocks are left alone, as Redis's timers need them.
+// the process it is loaded into by KEEPER_CLOCK_OFFSET_S seconds, or, when
+// KEEPER_CLOCK_FILE names a file whose first 8 bytes (little endian) hold a
+// positive time in µs since the epoch, stops the wall clock at that time
+// (Config.ManualClock, Server.SetClock). The file is mapped once at load and
+// read on every call, so a new time takes effect at once without a syscall.
+// libfaketime would do, but it recurses through jemalloc inside redis-server
+// and hangs at start; this shim calls the kernel directly and allocates
+// nothing. Monotonic clocks are left alone, as Redis's timers need them.
 const clockShiftSource = `
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <time.h>
@@ -34,7 +40,27 @@ static long long offset_s(void) {
 	return off;
 }
 
+static const long long *fixed_us = 0;
+
+__attribute__((constructor)) static void map_clock_file(void) {
+	const char *p = getenv("KEEPER_CLOCK_FILE");
+	if (!p) return;
+	int fd = open(p, O_RDONLY);
+	if (fd < 0) return;
+	void *m = mmap(0, sizeof(long long), PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m != MAP_FAILED) fixed_us = (const long long *)m;
+}
+
 int clock_gettime(clockid_t c, struct timespec *ts) {
+	if (fixed_us && ts && (c == CLOCK_REALTIME || c == CLOCK_REALTIME_COARSE)) {
+		long long us = __atomic_load_n(fixed_us, __ATOMIC_ACQUIRE);
+		if (us > 0) {
+			ts->tv_sec = us / 1000000;
+			ts->tv_nsec = (us % 1000000) * 1000;
+			return 0;
+		}
+	}
 	int r = (int)syscall(SYS_clock_gettime, c, ts);
 	if (r == 0 && (c == CLOCK_REALTIME || c == CLOCK_REALTIME_COARSE)) ts->tv_sec += offset_s();
 	return r;

@@ -5,6 +5,7 @@ package redisserver
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -38,6 +39,12 @@ type Config struct {
 	// (whole seconds, via an LD_PRELOAD shim built with gcc), so tests can
 	// show that no deadline depends on the client's clock.
 	ClockOffset time.Duration
+	// ManualClock stops the server's wall clock (Redis TIME, hence every
+	// script's clock) at the time last given to Server.SetClock, initially
+	// the real time at start, through the same shim as ClockOffset (which
+	// it overrides), so a test can compare time-dependent scripts with a
+	// model exactly. Monotonic clocks run on, so Redis's timers still work.
+	ManualClock bool
 	// TLS, when set, also serves TLS on a second free loopback port
 	// (Server.TLSAddr). The plain port stays open on loopback, where Start
 	// checks that the server is up.
@@ -65,11 +72,14 @@ type Server struct {
 	BusPort int    // cluster bus port when Config.Cluster is set
 
 	cmd     *exec.Cmd
+	clock   *os.File // the shim's clock file, with ManualClock
 	dir     string
 	ownsDir bool
 	done    chan struct{}
 	waitErr error
 	once    sync.Once
+	// restart is how to launch the same server again (Kill, Restart).
+	restart func(ctx context.Context) error
 }
 
 // Start launches redis-server and waits until it answers PING.
@@ -114,12 +124,19 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		lastErr = s.launch(ctx, path, port, ports[1], ports[2], timeout, cfg)
 		if lastErr == nil {
+			tlsPort, busPort := ports[1], ports[2]
+			s.restart = func(ctx context.Context) error {
+				return s.launch(ctx, path, port, tlsPort, busPort, timeout, cfg)
+			}
 			return s, nil
 		}
 		if cfg.Port != 0 {
 			break
 		}
 		s.done = make(chan struct{})
+	}
+	if s.clock != nil {
+		_ = s.clock.Close()
 	}
 	if s.ownsDir {
 		_ = os.RemoveAll(s.dir)
@@ -156,13 +173,19 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 	}
 	args = append(args, cfg.ExtraArgs...)
 	cmd := exec.Command(path, args...)
-	if cfg.ClockOffset != 0 {
+	if cfg.ClockOffset != 0 || cfg.ManualClock {
 		lib, err := clockShiftLib()
 		if err != nil {
 			return err
 		}
 		cmd.Env = append(os.Environ(), "LD_PRELOAD="+lib,
 			fmt.Sprintf("KEEPER_CLOCK_OFFSET_S=%d", int64(cfg.ClockOffset/time.Second)))
+		if cfg.ManualClock {
+			if err := s.openClock(); err != nil {
+				return err
+			}
+			cmd.Env = append(cmd.Env, "KEEPER_CLOCK_FILE="+s.clock.Name())
+		}
 	}
 	// Own process group so a Ctrl-C of the test runner does not race our
 	// explicit stop, and so we can signal exactly this server.
@@ -197,6 +220,40 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 	}
 }
 
+// openClock creates the clock file of a ManualClock server, holding the
+// real time until SetClock changes it.
+func (s *Server) openClock() error {
+	if s.clock != nil {
+		return s.SetClock(time.Now())
+	}
+	f, err := os.OpenFile(filepath.Join(s.dir, "clock"), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("redis clock file: %w", err)
+	}
+	s.clock = f
+	return s.SetClock(time.Now())
+}
+
+// SetClock moves the wall clock of a server started with ManualClock to t,
+// where it stays until the next call. It takes effect for the next command
+// the server runs. t must be after 1970.
+func (s *Server) SetClock(t time.Time) error {
+	if s.clock == nil {
+		return errors.New("redis-server was not started with ManualClock")
+	}
+	us := t.UnixMicro()
+	if us <= 0 {
+		return fmt.Errorf("redis clock %s is not after 1970", t)
+	}
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], uint64(us))
+	// Never truncate: the server has the file mapped.
+	if _, err := s.clock.WriteAt(b[:], 0); err != nil {
+		return fmt.Errorf("set redis clock: %w", err)
+	}
+	return nil
+}
+
 // Pid is the server's process id.
 func (s *Server) Pid() int { return s.cmd.Process.Pid }
 
@@ -209,6 +266,9 @@ func (s *Server) Stop() error {
 	var err error
 	s.once.Do(func() {
 		err = s.kill()
+		if s.clock != nil {
+			_ = s.clock.Close()
+		}
 		if s.ownsDir {
 			_ = os.RemoveAll(s.dir)
 		}
@@ -233,6 +293,36 @@ func (s *Server) kill() error {
 	case <-time.After(5 * time.Second):
 		return errors.New("redis-server did not exit after SIGKILL")
 	}
+}
+
+// Kill sends SIGKILL, as a crash would: the server keeps only what its
+// persistence settings had written (with --appendonly yes and --appendfsync
+// always, every write it acknowledged). Its directory is kept for Restart.
+func (s *Server) Kill() error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Kill()
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return errors.New("redis-server did not exit after SIGKILL")
+	}
+}
+
+// Restart starts the server again on the same port and directory with the
+// same settings, after Kill (or a crash), and waits until it answers PING
+// (after loading its data).
+func (s *Server) Restart(ctx context.Context) error {
+	if err := s.Kill(); err != nil {
+		return err
+	}
+	s.done = make(chan struct{})
+	if err := s.restart(ctx); err != nil {
+		return fmt.Errorf("restart redis-server: %w", err)
+	}
+	return nil
 }
 
 // ping speaks just enough RESP to know the server is accepting commands,

@@ -38,6 +38,15 @@ func TestClockOffset(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	skew := time.Until(time.UnixMicro(redisTime(t, c)))
+	if skew < 59*time.Minute || skew > 61*time.Minute {
+		t.Fatalf("redis clock is %s off, want about +1h", skew)
+	}
+}
+
+// redisTime asks the server on c for its TIME, in µs since the epoch.
+func redisTime(t *testing.T, c net.Conn) int64 {
+	t.Helper()
 	if _, err := c.Write([]byte("TIME\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -46,15 +55,38 @@ func TestClockOffset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// *2\r\n$10\r\n<secs>\r\n...
+	// *2\r\n$10\r\n<secs>\r\n$<n>\r\n<µs>\r\n
 	parts := strings.Split(string(buf[:n]), "\r\n")
-	secs, err := strconv.ParseInt(parts[2], 10, 64)
-	if err != nil {
-		t.Fatalf("TIME reply %q: %v", buf[:n], err)
+	if len(parts) < 5 {
+		t.Fatalf("TIME reply %q", buf[:n])
 	}
-	skew := time.Until(time.Unix(secs, 0))
-	if skew < 59*time.Minute || skew > 61*time.Minute {
-		t.Fatalf("redis clock is %s off, want about +1h", skew)
+	secs, err1 := strconv.ParseInt(parts[2], 10, 64)
+	us, err2 := strconv.ParseInt(parts[4], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("TIME reply %q", buf[:n])
+	}
+	return secs*1_000_000 + us
+}
+
+// With ManualClock, Redis TIME answers exactly the time last set, and stands
+// still in between.
+func TestManualClock(t *testing.T) {
+	s := StartConfigTB(t, Config{ManualClock: true})
+	c, err := net.Dial("tcp", s.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, want := range []int64{2_000_000_000_123_456, 1_000_000_000_000_001, 1_000_000_000_000_001 + 86_400_000_000} {
+		if err := s.SetClock(time.UnixMicro(want)); err != nil {
+			t.Fatal(err)
+		}
+		if got, again := redisTime(t, c), redisTime(t, c); got != want || again != want {
+			t.Fatalf("TIME after SetClock(%d µs) = %d, then %d", want, got, again)
+		}
+	}
+	if err := StartTB(t).SetClock(time.Now()); err == nil {
+		t.Fatal("SetClock on a server without ManualClock did not fail")
 	}
 }
 
@@ -101,5 +133,55 @@ func TestTLSAndPassword(t *testing.T) {
 	}
 	if got, err := send(&tls.Config{RootCAs: roots}); err == nil {
 		t.Fatalf("TLS PING without a client certificate answered %q", got)
+	}
+}
+
+// inline sends one inline command and returns the raw reply.
+func inline(t *testing.T, addr, cmd string) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(buf[:n])
+}
+
+// A SIGKILLed server restarts on its port with every write it acknowledged
+// when its append-only file is fsynced on every write.
+func TestKillRestartFromAOF(t *testing.T) {
+	s := StartConfigTB(t, Config{ExtraArgs: []string{"--appendonly", "yes", "--appendfsync", "always"}})
+	for i := 0; i < 100; i++ {
+		if r := inline(t, s.Addr, "SET k"+strconv.Itoa(i)+" v"+strconv.Itoa(i)); r != "+OK\r\n" {
+			t.Fatalf("SET: %q", r)
+		}
+	}
+	pid := s.Pid()
+	if err := s.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Fatalf("pid %d alive after Kill", pid)
+	}
+	if err := s.Restart(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if s.Pid() == pid {
+		t.Fatal("Restart kept the old pid")
+	}
+	if r := inline(t, s.Addr, "GET k99"); r != "$3\r\nv99\r\n" {
+		t.Fatalf("GET k99 after kill -9 and restart: %q", r)
+	}
+	if r := inline(t, s.Addr, "DBSIZE"); r != ":100\r\n" {
+		t.Fatalf("DBSIZE after restart: %q", r)
 	}
 }

@@ -1,5 +1,7 @@
 -- lib.lua: helpers that scripts.go prepends to every keeper script, so each
--- script stays one EVALSHA touching one hash slot.
+-- script stays one EVALSHA touching one hash slot. scripts.go defines the
+-- limits MAX_BATCH, MAX_PULL, MAX_SEED and CHUNK, and the wake codes
+-- WAKE_UNLOCK ... WAKE_MEASURE, before it (luaPreamble).
 -- Conventions: scores are milliseconds of Redis TIME (never the client's
 -- clock); lags are microseconds; -1 means "none".
 
@@ -20,32 +22,104 @@ local function check_types(spec)
   return nil
 end
 
+-- A deleted queue leaves a tombstone in each of its shards (with the fence,
+-- so that a queue created again under the same name keeps refusing old
+-- tokens). Every script checks it before anything else, so that neither a
+-- pass still running nor a client holding the deleted queue's config can
+-- write a key there again.
+local function check_live(deleted)
+  if redis.call('EXISTS', deleted) == 1 then
+    return redis.error_reply('KEEPER_DELETED the queue of ' .. deleted .. ' was deleted')
+  end
+  return nil
+end
+
+-- Each shard carries the generation of its queue's config: every config
+-- published (a partition growth included) is given a new, higher one, and
+-- every shard of the queue is set to it before the config is published.
+-- Enqueue and pull refuse a client whose config is older, which then
+-- reloads it: no client with a stale partition count writes anywhere once
+-- a newer config is out. A shard behind the client (never told, as before
+-- generations existed) accepts it.
+local function check_gen(genkey, client_gen)
+  local g = tonumber(redis.call('GET', genkey) or '0') or 0
+  if (tonumber(client_gen) or 0) < g then
+    return redis.error_reply('KEEPER_STALECONFIG ' .. string.format('%d', g))
+  end
+  return nil
+end
+
+-- Every housekeeping script (unlock, requeue, expire, trim, measure, probe)
+-- begins with the same keys and arguments, the fence head (fenceKeys and
+-- fenceArgv in scripts.go), which the helpers below read:
+--   KEYS[1] fence: the highest ownership token accepted
+--   KEYS[2] owner: the identity of the owner that presented it
+--   KEYS[3] history: the stream of passes
+--   KEYS[4] deleted: the tombstone of a deleted queue
+--   ARGV[1] token: the ownership token
+--   ARGV[2] owner: its identity (member id and a per-process nonce)
+--   ARGV[3] record: "1" to record the pass in the history
+-- The script's own keys and arguments follow.
+
 -- History, off unless the keeper asks for it (chaos runs): one stream entry
--- per housekeeping pass, accepted or refused, with its token and how many
--- messages it moved, so a checker can replay who wrote what under which
--- token. The stream is capped, so it cannot grow without bound.
-local function record(hist, on, task, token, accepted, moved)
-  if on == '1' then
-    redis.call('XADD', hist, 'MAXLEN', '~', 1000000, '*', 'task', task, 'token', token,
-      'ok', accepted, 'moved', moved)
+-- per housekeeping pass, accepted or refused, with its token, owner and how
+-- many messages it moved, so a checker can replay who wrote what under
+-- which token. The stream is capped, so it cannot grow without bound.
+local function record(task, accepted, moved)
+  if ARGV[3] == '1' then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000000, '*', 'task', task, 'token', ARGV[1],
+      'owner', ARGV[2], 'ok', accepted, 'moved', moved)
   end
 end
 
--- Accept a housekeeping write under token_str only if it is not below the
--- shard's fence, and raise the fence to it: accepted tokens never decrease.
--- A refusal is recorded (when history is on) before it is returned.
-local function fence(key, token_str, hist, on, task)
-  local token = tonumber(token_str)
-  local cur = redis.call('GET', key)
-  local f = tonumber(cur or '0') or 0
-  if token == nil or token < f then
-    record(hist, on, task, token_str, 0, 0)
-    return redis.error_reply('KEEPER_FENCED ' .. (cur or '0'))
+-- Check the tombstone, the types of the shared keys and the pass's token
+-- against the shard's fence, without writing. Refused: a token below the
+-- fence, and a token equal to it from another owner (after etcd is
+-- restored from a backup, two keepers can hold equal tokens). A fence
+-- without an owner (set before owners were recorded) accepts an equal
+-- token. A refusal is recorded when history is on. Scripts call this before
+-- their first write and raise the fence (fence_raise) with their other
+-- writes, so a refused or failing pass changes nothing.
+local function fence_check(task)
+  local err = check_live(KEYS[4])
+  if err then return err end
+  for _, kt in ipairs({{KEYS[1], 'string'}, {KEYS[2], 'string'}, {KEYS[3], 'stream'}}) do
+    local t = redis.call('TYPE', kt[1])['ok']
+    if t ~= 'none' and t ~= kt[2] then
+      return redis.error_reply('KEEPER_WRONGTYPE ' .. kt[1] .. ' is a ' .. t .. ', want ' .. kt[2])
+    end
   end
-  if token > f then
-    redis.call('SET', key, token_str)
+  local token = tonumber(ARGV[1])
+  local cur = redis.call('GET', KEYS[1])
+  local f = tonumber(cur or '0') or 0
+  local holder = redis.call('GET', KEYS[2])
+  if token == nil or token < f or (token == f and cur and holder and holder ~= ARGV[2]) then
+    record(task, 0, 0)
+    return redis.error_reply('KEEPER_FENCED ' .. (cur or '0') .. ' ' .. (holder or ''))
   end
   return nil
+end
+
+-- A pass's batch size, its first own argument (ARGV[4]): 1..MAX_BATCH, as
+-- Go checks too, so that no caller can make a pass unbounded.
+local function batch_arg()
+  local n = tonumber(ARGV[4])
+  if not n or n < 1 or n > MAX_BATCH or n ~= math.floor(n) then
+    return nil, redis.error_reply('KEEPER_BADARG batch ' .. ARGV[4] .. ' not in 1..' .. MAX_BATCH)
+  end
+  return n
+end
+
+-- Raise the fence to an accepted token, with its owner: accepted tokens
+-- never decrease.
+local function fence_raise()
+  local f = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  if tonumber(ARGV[1]) > f then
+    redis.call('SET', KEYS[1], ARGV[1])
+    redis.call('SET', KEYS[2], ARGV[2])
+  elseif redis.call('GET', KEYS[2]) ~= ARGV[2] then
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
 end
 
 local function head_score(zkey)
@@ -57,20 +131,23 @@ local function head_score(zkey)
 end
 
 -- Tell the keeper about a deadline earlier than the set's current earliest
--- (or the first one), so it never has to poll to be precise. Call before
--- adding the member.
-local function wake_if_earlier(zkey, due, kind, chan, shard)
+-- (or the first one), so it never has to poll to be precise. earlier reads
+-- (before a script's first write, and before the member is added); wake
+-- publishes.
+local function earlier(zkey, due)
   local h = head_score(zkey)
-  if h < 0 or due < h then
-    redis.call('PUBLISH', chan, kind .. ' ' .. shard .. ' ' .. string.format('%d', due))
-  end
+  return h < 0 or due < h
+end
+
+local function wake(kind, due, chan, shard)
+  redis.call('PUBLISH', chan, kind .. ' ' .. shard .. ' ' .. string.format('%d', due))
 end
 
 -- The keeper measures only shards that changed. The first change after a
 -- measure deletes the clean flag and says so once; later changes are silent.
 local function mark_dirty(clean, chan, shard)
   if redis.call('DEL', clean) == 1 then
-    redis.call('PUBLISH', chan, 'm ' .. shard .. ' 0')
+    redis.call('PUBLISH', chan, WAKE_MEASURE .. ' ' .. shard .. ' 0')
   end
 end
 
@@ -83,11 +160,28 @@ local function parse_meta(m)
   return tonumber(a) or 0, tonumber(b) or 0
 end
 
--- Append each id (or score, id pair) to a list for one bulk call.
+-- Redis 7's Lua refuses to unpack more than LUAI_MAXCSTACK (8000) values,
+-- and a script that fails half-way is not rolled back: every variadic call
+-- takes at most CHUNK values (see luaChunk in scripts.go).
+
+-- Run cmd on key with args (ids, or score, id pairs) in chunks.
 local function bulk(cmd, key, args)
-  if #args > 0 then
-    redis.call(cmd, key, unpack(args))
+  for i = 1, #args, CHUNK do
+    redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
   end
+end
+
+-- HMGET of any number of fields, in chunks; one list in field order (false
+-- for a missing field).
+local function hmget(key, fields)
+  local out = {}
+  for i = 1, #fields, CHUNK do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    for j = 1, #part do
+      out[#out + 1] = part[j]
+    end
+  end
+  return out
 end
 
 -- Forget every per-message field of the given ids.
@@ -96,4 +190,37 @@ local function forget(ids, body, meta, prio, dlv)
   bulk('HDEL', meta, ids)
   bulk('HDEL', prio, ids)
   bulk('HDEL', dlv, ids)
+end
+
+local function is_int(v)
+  return type(v) == 'string' and #v <= 18 and string.find(v, '^-?%d+$') ~= nil
+end
+
+-- A score read back from a hash (a message's priority), as ZADD takes it.
+-- The scripts write integers there; anything else (a hand edit) falls back
+-- to def rather than make ZADD fail half-way through a move.
+local function score_of(v, def)
+  if type(v) == 'string' then
+    if string.find(v, '^-?%d+$') then
+      return v
+    end
+    local n = tonumber(v)
+    if n and n == n then
+      return string.format('%.17g', n)
+    end
+  end
+  return def
+end
+
+-- HINCRBY fails on a field that is not an integer. Scripts check the
+-- counters they will raise before their first write, so that a hand-edited
+-- counter refuses the script instead of failing it half-way.
+local function check_counters(stats, fields)
+  local vals = redis.call('HMGET', stats, unpack(fields))
+  for i = 1, #fields do
+    if vals[i] and not is_int(vals[i]) then
+      return redis.error_reply('KEEPER_WRONGTYPE ' .. stats .. ' field ' .. fields[i] .. ' is ' .. vals[i] .. ', want an integer')
+    end
+  end
+  return nil
 end

@@ -1,25 +1,28 @@
 -- measure (housekeeping): the counts, the head of ready and the cumulative
 -- counters of one shard, then mark it clean so that it is measured again only
 -- after something changes (see mark_dirty in lib.lua).
--- KEYS[1] fence  KEYS[2] ready  KEYS[3] inflight  KEYS[4] locked  KEYS[5] dead
--- KEYS[6] stats  KEYS[7] clean
--- ARGV[1] ownership token
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
+-- KEYS[5] ready  KEYS[6] inflight  KEYS[7] locked  KEYS[8] dead  KEYS[9] stats
+-- KEYS[10] clean
 -- Returns {now_us, ready, inflight, locked, dead, ready_head_score (nil = none;
 -- priorities may be negative, so no number can stand for "none"),
 -- field1, value1, field2, value2, ...} (the stats hash).
--- KEYS[8] history stream  ARGV[2] "1" to record this pass in it
--- Errors: KEEPER_FENCED <fence>.
-local err = check_types({KEYS[1], 'string', KEYS[7], 'string', KEYS[8], 'stream'})
+-- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
+-- Every read and check comes before the first write.
+local READY, INFLIGHT, LOCKED, DEAD, STATS, CLEAN = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local err = fence_check('measure')
 if err then return err end
-err = fence(KEYS[1], ARGV[1], KEYS[8], ARGV[2], 'measure')
+err = check_types({READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', DEAD, 'zset', STATS, 'hash', CLEAN, 'string'})
 if err then return err end
-local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false
-local out = {now_us(), redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3]),
-  redis.call('ZCARD', KEYS[4]), redis.call('ZCARD', KEYS[5]), head}
-local stats = redis.call('HGETALL', KEYS[6])
+local head = redis.call('ZRANGE', READY, 0, 0, 'WITHSCORES')[2] or false
+local out = {now_us(), redis.call('ZCARD', READY), redis.call('ZCARD', INFLIGHT),
+  redis.call('ZCARD', LOCKED), redis.call('ZCARD', DEAD), head}
+local stats = redis.call('HGETALL', STATS)
 for i = 1, #stats do
   out[#out + 1] = stats[i]
 end
-redis.call('SET', KEYS[7], '1')
-record(KEYS[8], ARGV[2], 'measure', ARGV[1], 1, 0)
+
+fence_raise()
+redis.call('SET', CLEAN, '1')
+record('measure', 1, 0)
 return out

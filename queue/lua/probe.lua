@@ -4,23 +4,37 @@
 -- fence to the new token at once, so a previous owner that is paused or cut
 -- off is refused from that moment, not only from the new owner's first
 -- housekeeping pass.
--- KEYS[1] locked  KEYS[2] inflight  KEYS[3] ttl  KEYS[4] ready  KEYS[5] fence
--- KEYS[6] history stream
--- ARGV[1] max size (0 = unbounded: the size is not read)  ARGV[2] ownership
--- token  ARGV[3] "1" to claim (fence) the shard  ARGV[4] "1" to record the
--- claim in the history
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua; the fence is read
+-- only for a claim)
+-- KEYS[5] locked  KEYS[6] inflight  KEYS[7] ttl  KEYS[8] ready
+-- ARGV[4] max_size (0 = unbounded: the size is not read)  ARGV[5] claim: "1"
+-- to claim (fence) the shard
 -- Returns {locked_head_ms, inflight_head_ms, ttl_head_ms, excess}; -1 = none.
--- Errors: KEEPER_FENCED <fence> (claims only), KEEPER_WRONGTYPE.
-if ARGV[3] == '1' then
-  local err = check_types({KEYS[5], 'string', KEYS[6], 'stream'})
+-- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner> (claims only),
+-- KEEPER_WRONGTYPE.
+-- Every read and check comes before the first write.
+local LOCKED, INFLIGHT, TTL, READY = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local claim = ARGV[5] == '1'
+local err = check_live(KEYS[4])
+if err then return err end
+if claim then
+  err = fence_check('claim')
   if err then return err end
-  err = fence(KEYS[5], ARGV[2], KEYS[6], ARGV[4], 'claim')
-  if err then return err end
-  record(KEYS[6], ARGV[4], 'claim', ARGV[2], 1, 0)
 end
+err = check_types({LOCKED, 'zset', INFLIGHT, 'zset', TTL, 'zset', READY, 'zset'})
+if err then return err end
 local excess = 0
-local maxsize = tonumber(ARGV[1])
+local maxsize = tonumber(ARGV[4])
 if maxsize > 0 then
-  excess = redis.call('ZCARD', KEYS[4]) + redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[1]) - maxsize
+  excess = redis.call('ZCARD', READY) + redis.call('ZCARD', INFLIGHT) + redis.call('ZCARD', LOCKED) - maxsize
 end
-return {head_score(KEYS[1]), head_score(KEYS[2]), head_score(KEYS[3]), excess}
+local out = {head_score(LOCKED), head_score(INFLIGHT), head_score(TTL), excess}
+
+if claim then
+  -- Written even when the fence already holds this token and owner, so
+  -- that a WAIT after the claim covers it (see Native.Probe).
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+  record('claim', 1, 0)
+end
+return out

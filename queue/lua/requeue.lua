@@ -2,31 +2,36 @@
 -- message goes back to ready with its score; to dead when it has been
 -- delivered max-deliveries times already; or is dropped when its TTL passed.
 -- Deliveries are counted at pull, so the requeued copy already carries +1.
--- KEYS[1] fence  KEYS[2] inflight  KEYS[3] ready  KEYS[4] dead  KEYS[5] ttl
--- KEYS[6] tok  KEYS[7] dlv  KEYS[8] prio  KEYS[9] meta  KEYS[10] body
--- KEYS[11] stats  KEYS[12] clean
--- ARGV[1] ownership token  ARGV[2] batch size  ARGV[3] max deliveries
--- (0 = unlimited)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
+-- KEYS[5] inflight  KEYS[6] ready  KEYS[7] dead  KEYS[8] ttl  KEYS[9] tok
+-- KEYS[10] dlv  KEYS[11] prio  KEYS[12] meta  KEYS[13] body  KEYS[14] stats
+-- KEYS[15] clean
+-- ARGV[4] batch  ARGV[5] max_deliveries (0 = unlimited)
 -- Returns {handled, next_due_ms, now_us, requeued, dead_lettered, expired,
 -- ttl_head_ms}; -1 for none.
--- KEYS[13] history stream  ARGV[4] "1" to record this pass in it
--- Errors: KEEPER_FENCED <fence>.
-local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
-  KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
-  KEYS[10], 'hash', KEYS[11], 'hash', KEYS[12], 'string', KEYS[13], 'stream'})
+-- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
+-- KEEPER_WRONGTYPE.
+-- Every read and check comes before the first write.
+local INFLIGHT, READY, DEAD, TTL, TOK = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local DLV, PRIO, META, BODY, STATS, CLEAN = KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local batch, err = batch_arg()
 if err then return err end
-err = fence(KEYS[1], ARGV[1], KEYS[13], ARGV[4], 'requeue')
+err = fence_check('requeue')
+if err then return err end
+err = check_types({INFLIGHT, 'zset', READY, 'zset', DEAD, 'zset', TTL, 'zset', TOK, 'hash',
+  DLV, 'hash', PRIO, 'hash', META, 'hash', BODY, 'hash', STATS, 'hash', CLEAN, 'string'})
+if err then return err end
+err = check_counters(STATS, {'requeued', 'dead_lettered', 'expired'})
 if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
-local maxd = tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
-local requeued, dead, expired = 0, 0, 0
+local maxd = tonumber(ARGV[5])
+local ids = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now_ms, 'LIMIT', 0, batch)
+local ready, deadz, ttlz, gone = {}, {}, {}, {}
 if #ids > 0 then
-  local dl = redis.call('HMGET', KEYS[7], unpack(ids))
-  local prios = redis.call('HMGET', KEYS[8], unpack(ids))
-  local metas = redis.call('HMGET', KEYS[9], unpack(ids))
-  local ready, deadz, ttlz, gone = {}, {}, {}, {}
+  local dl = hmget(DLV, ids)
+  local prios = hmget(PRIO, ids)
+  local metas = hmget(META, ids)
   for i, id in ipairs(ids) do
     local _, exp = parse_meta(metas[i])
     if exp > 0 and exp <= now_ms then
@@ -36,7 +41,7 @@ if #ids > 0 then
         deadz[#deadz + 1] = now_ms
         deadz[#deadz + 1] = id
       else
-        ready[#ready + 1] = prios[i] or now_ms
+        ready[#ready + 1] = score_of(prios[i], now_ms)
         ready[#ready + 1] = id
       end
       if exp > 0 then
@@ -45,19 +50,21 @@ if #ids > 0 then
       end
     end
   end
-  bulk('ZREM', KEYS[2], ids)
-  bulk('HDEL', KEYS[6], ids)
-  bulk('ZADD', KEYS[3], ready)
-  bulk('ZADD', KEYS[4], deadz)
-  bulk('ZADD', KEYS[5], ttlz)
-  if #gone > 0 then
-    forget(gone, KEYS[10], KEYS[9], KEYS[8], KEYS[7])
-  end
-  requeued, dead, expired = #ready / 2, #deadz / 2, #gone
-  if requeued > 0 then redis.call('HINCRBY', KEYS[11], 'requeued', requeued) end
-  if dead > 0 then redis.call('HINCRBY', KEYS[11], 'dead_lettered', dead) end
-  if expired > 0 then redis.call('HINCRBY', KEYS[11], 'expired', expired) end
-  redis.call('DEL', KEYS[12])
 end
-record(KEYS[13], ARGV[4], 'requeue', ARGV[1], 1, #ids)
-return {#ids, head_score(KEYS[2]), now, requeued, dead, expired, head_score(KEYS[5])}
+
+fence_raise()
+local requeued, dead, expired = #ready / 2, #deadz / 2, #gone
+if #ids > 0 then
+  bulk('ZREM', INFLIGHT, ids)
+  bulk('HDEL', TOK, ids)
+  bulk('ZADD', READY, ready)
+  bulk('ZADD', DEAD, deadz)
+  bulk('ZADD', TTL, ttlz)
+  forget(gone, BODY, META, PRIO, DLV)
+  if requeued > 0 then redis.call('HINCRBY', STATS, 'requeued', requeued) end
+  if dead > 0 then redis.call('HINCRBY', STATS, 'dead_lettered', dead) end
+  if expired > 0 then redis.call('HINCRBY', STATS, 'expired', expired) end
+  redis.call('DEL', CLEAN)
+end
+record('requeue', 1, #ids)
+return {#ids, head_score(INFLIGHT), now, requeued, dead, expired, head_score(TTL)}

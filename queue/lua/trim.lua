@@ -2,40 +2,48 @@
 -- messages with the lowest score (the oldest, with default priorities), the
 -- way a capped stream drops its oldest entries. In-flight and locked messages
 -- count towards the size but are never dropped.
--- KEYS[1] fence  KEYS[2] ready  KEYS[3] inflight  KEYS[4] locked  KEYS[5] ttl
--- KEYS[6] body  KEYS[7] meta  KEYS[8] prio  KEYS[9] dlv  KEYS[10] stats
--- KEYS[11] clean  KEYS[13] trim-wake flag (cleared: the next enqueue over
--- the cap wakes the keeper again)
--- ARGV[1] ownership token  ARGV[2] batch size  ARGV[3] max size (0 = none)
+-- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
+-- KEYS[5] ready  KEYS[6] inflight  KEYS[7] locked  KEYS[8] ttl  KEYS[9] body
+-- KEYS[10] meta  KEYS[11] prio  KEYS[12] dlv  KEYS[13] stats  KEYS[14] clean
+-- KEYS[15] trimwake: the trim-wake flag (cleared: the next enqueue over the
+-- cap wakes the keeper again)
+-- ARGV[4] batch  ARGV[5] max_size (0 = none)
 -- Returns {trimmed, excess_left, now_us, ready_left}; excess_left may stay
 -- positive when in-flight and locked messages alone exceed the cap.
--- KEYS[12] history stream  ARGV[4] "1" to record this pass in it
--- Errors: KEEPER_FENCED <fence>.
-local err = check_types({KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset', KEYS[4], 'zset',
-  KEYS[5], 'zset', KEYS[6], 'hash', KEYS[7], 'hash', KEYS[8], 'hash', KEYS[9], 'hash',
-  KEYS[10], 'hash', KEYS[11], 'string', KEYS[12], 'stream', KEYS[13], 'string'})
+-- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
+-- KEEPER_WRONGTYPE.
+-- Every read and check comes before the first write.
+local READY, INFLIGHT, LOCKED, TTL = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local BODY, META, PRIO, DLV, STATS, CLEAN, TRIMWAKE = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local batch, err = batch_arg()
 if err then return err end
-err = fence(KEYS[1], ARGV[1], KEYS[12], ARGV[4], 'trim')
+err = fence_check('trim')
 if err then return err end
-redis.call('DEL', KEYS[13])
+err = check_types({READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', TTL, 'zset', BODY, 'hash',
+  META, 'hash', PRIO, 'hash', DLV, 'hash', STATS, 'hash', CLEAN, 'string', TRIMWAKE, 'string'})
+if err then return err end
+err = check_counters(STATS, {'trimmed'})
+if err then return err end
 local now = now_us()
-local maxsize = tonumber(ARGV[3])
-if maxsize <= 0 then
-  record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, 0)
-  return {0, 0, now, 0}
+local maxsize = tonumber(ARGV[5])
+local ready, excess, ids = 0, 0, {}
+if maxsize > 0 then
+  ready = redis.call('ZCARD', READY)
+  excess = ready + redis.call('ZCARD', INFLIGHT) + redis.call('ZCARD', LOCKED) - maxsize
+  local n = math.min(excess, ready, batch)
+  if n > 0 then
+    ids = redis.call('ZRANGE', READY, 0, n - 1)
+  end
 end
-local ready = redis.call('ZCARD', KEYS[2])
-local excess = ready + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4]) - maxsize
-local n = math.min(excess, ready, tonumber(ARGV[2]))
-if n <= 0 then
-  record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, 0)
-  return {0, math.max(excess, 0), now, ready}
+
+fence_raise()
+redis.call('DEL', TRIMWAKE)
+if #ids > 0 then
+  bulk('ZREM', READY, ids)
+  bulk('ZREM', TTL, ids)
+  forget(ids, BODY, META, PRIO, DLV)
+  redis.call('HINCRBY', STATS, 'trimmed', #ids)
+  redis.call('DEL', CLEAN)
 end
-local ids = redis.call('ZRANGE', KEYS[2], 0, n - 1)
-bulk('ZREM', KEYS[2], ids)
-bulk('ZREM', KEYS[5], ids)
-forget(ids, KEYS[6], KEYS[7], KEYS[8], KEYS[9])
-redis.call('HINCRBY', KEYS[10], 'trimmed', #ids)
-redis.call('DEL', KEYS[11])
-record(KEYS[12], ARGV[4], 'trim', ARGV[1], 1, #ids)
-return {#ids, excess - #ids, now, ready - #ids}
+record('trim', 1, #ids)
+return {#ids, math.max(excess - #ids, 0), now, ready - #ids}

@@ -1,0 +1,140 @@
+package chaos
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// memberWatch records when etcd deleted each keeper's member key. A crashed,
+// frozen or cut-off keeper's key goes when etcd expires its lease, which
+// etcd does up to half a second after the TTL even when idle, and later
+// when its leader is starved of CPU; no successor can start before that.
+// The settle bound of those faults counts from the latest moment the lease
+// could have run out (TTL after the fault), and the time etcd took beyond
+// that is reported as its own lateness.
+type memberWatch struct {
+	mu      sync.Mutex
+	deleted map[string][]time.Time
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+func watchMembers(ctx context.Context, cli *clientv3.Client, prefix string) *memberWatch {
+	m := &memberWatch{deleted: map[string][]time.Time{}, done: make(chan struct{})}
+	ctx, m.cancel = context.WithCancel(ctx)
+	keys := prefix + "members/"
+	go func() {
+		defer close(m.done)
+		for ctx.Err() == nil {
+			// The client re-establishes a watch across member failures; a
+			// watch that ends (quorum lost too long, compaction) is opened
+			// again from now.
+			for resp := range cli.Watch(clientv3.WithRequireLeader(ctx), keys, clientv3.WithPrefix()) {
+				now := time.Now()
+				for _, ev := range resp.Events {
+					if ev.Type == clientv3.EventTypeDelete {
+						id := strings.TrimPrefix(string(ev.Kv.Key), keys)
+						m.mu.Lock()
+						m.deleted[id] = append(m.deleted[id], now)
+						m.mu.Unlock()
+					}
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return m
+}
+
+// lateness is how long after from+ttl etcd deleted id's member key (0 when
+// it was on time or is not seen deleted within a minute of from).
+func (m *memberWatch) lateness(id string, from time.Time, ttl time.Duration) time.Duration {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m.mu.Lock()
+		for _, t := range m.deleted[id] {
+			if t.After(from) {
+				m.mu.Unlock()
+				return max(0, t.Sub(from.Add(ttl)))
+			}
+		}
+		m.mu.Unlock()
+		if time.Now().After(deadline) {
+			return 0
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (m *memberWatch) stop() {
+	m.cancel()
+	<-m.done
+}
+
+// stallMonitor measures how late a 100ms ticker in this process fires: on
+// a machine shared with other work, a late tick means every process
+// (keepers, etcd, Redis) may have been starved that long. It is reported
+// beside each fault to read its figures by, never to excuse a violation.
+type stallMonitor struct {
+	start  time.Time
+	mu     sync.Mutex
+	stalls []stall
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+type stall struct {
+	at   float64 // seconds since start
+	late time.Duration
+}
+
+func monitorStalls(ctx context.Context, start time.Time) *stallMonitor {
+	s := &stallMonitor{start: start, done: make(chan struct{})}
+	ctx, s.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(s.done)
+		const every = 100 * time.Millisecond
+		last := time.Now()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				if late := now.Sub(last) - every; late > 100*time.Millisecond {
+					s.mu.Lock()
+					s.stalls = append(s.stalls, stall{at: now.Sub(s.start).Seconds(), late: late})
+					s.mu.Unlock()
+				}
+				last = now
+			}
+		}
+	}()
+	return s
+}
+
+// worst is the longest stall between from and to (seconds since start).
+func (s *stallMonitor) worst(from, to float64) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var w time.Duration
+	for _, st := range s.stalls {
+		if st.at >= from && st.at < to {
+			w = max(w, st.late)
+		}
+	}
+	return w
+}
+
+func (s *stallMonitor) stop() {
+	s.cancel()
+	<-s.done
+}

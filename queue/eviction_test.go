@@ -1,0 +1,131 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/redis/go-redis/v9"
+)
+
+// The eviction policy is read from INFO memory, so the check works where
+// CONFIG is disabled; every policy but noeviction is refused by name.
+func TestCheckEviction(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		args []string
+		want string // "" for accepted
+	}{
+		{nil, ""},
+		{[]string{"--maxmemory-policy", "allkeys-lru"}, "allkeys-lru"},
+		{[]string{"--maxmemory-policy", "volatile-ttl", "--rename-command", "CONFIG", ""}, "volatile-ttl"},
+	} {
+		srv := redisserver.StartConfigTB(t, redisserver.Config{ExtraArgs: tc.args})
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+		err := CheckEviction(ctx, rdb)
+		_ = rdb.Close()
+		if tc.want == "" && err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+		}
+		if tc.want != "" && (!errors.Is(err, ErrEvictionPolicy) || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%v: %v; want ErrEvictionPolicy naming %s", tc.args, err, tc.want)
+		}
+		t.Logf("%v: %v", tc.args, err)
+	}
+}
+
+// With a replica attached, a claim returns only once the replica has the
+// fence; a claim the replica does not acknowledge in time (it is stopped)
+// is reported as ErrClaimNotReplicated, and succeeds again once the
+// replica is back.
+func TestClaimWaitsForAReplica(t *testing.T) {
+	ctx := context.Background()
+	// No wait for more replicas before a full sync.
+	primary := redisserver.StartConfigTB(t, redisserver.Config{ExtraArgs: []string{"--repl-diskless-sync-delay", "0"}})
+	_, port, _ := strings.Cut(primary.Addr, ":")
+	replica := redisserver.StartConfigTB(t, redisserver.Config{ExtraArgs: []string{"--replicaof", "127.0.0.1", port}})
+	stopped := false
+	t.Cleanup(func() {
+		if stopped {
+			_ = syscall.Kill(replica.Pid(), syscall.SIGCONT)
+		}
+	})
+	prdb := redis.NewClient(&redis.Options{Addr: primary.Addr})
+	rrdb := redis.NewClient(&redis.Options{Addr: replica.Addr})
+	t.Cleanup(func() { _ = prdb.Close(); _ = rrdb.Close() })
+	poll.For(t, 20*time.Second, "the replica in sync", func() (bool, string) {
+		info, err := prdb.Info(ctx, "replication").Result()
+		if err != nil {
+			return false, err.Error()
+		}
+		return connectedReplicas(info) == 1 && strings.Contains(info, "state=online"), info
+	})
+	c := NewClient(prdb, ClientOptions{})
+	if err := c.Registry().Create(ctx, "rep", Config{}); err != nil {
+		t.Fatal(err)
+	}
+	// A generous wait while the replica runs (its first acknowledgement
+	// after the sync can take a while on a loaded machine), a short one
+	// while it is stopped.
+	n := NewNative(prdb, "").WithOwner("k/1").WithClaimWait(10 * time.Second)
+	short := n.WithClaimWait(300 * time.Millisecond)
+	s := Shard{"rep", 0}
+	claim := func(token int64) error {
+		r, err := n.Probe(ctx, []ProbeRequest{{Shard: s, Claim: true, Token: token}})
+		if err != nil {
+			return err
+		}
+		return r[0].Err
+	}
+	fenceKey := keysFor(DefaultPrefix, s).Fence
+	for token := int64(5); token <= 7; token++ {
+		if err := claim(token); err != nil {
+			t.Fatal(err)
+		}
+		// WAIT returned: the replica has the fence already.
+		if f, err := rrdb.Get(ctx, fenceKey).Result(); err != nil || f != strconv.FormatInt(token, 10) {
+			t.Fatalf("replica's fence right after claim %d: %q, %v", token, f, err)
+		}
+	}
+
+	if err := syscall.Kill(replica.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	start := time.Now()
+	r, err := short.Probe(ctx, []ProbeRequest{{Shard: s, Claim: true, Token: 8}})
+	if err == nil {
+		err = r[0].Err
+	}
+	if !errors.Is(err, ErrClaimNotReplicated) {
+		t.Fatalf("claim with the replica stopped = %v, want ErrClaimNotReplicated", err)
+	}
+	t.Logf("claim with the replica stopped: %v after %s", err, time.Since(start).Round(time.Millisecond))
+	if err := syscall.Kill(replica.Pid(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	poll.For(t, 20*time.Second, "the claim acknowledged once the replica is back", func() (bool, string) {
+		err := claim(8)
+		return err == nil, fmt.Sprint(err)
+	})
+	if f, _ := rrdb.Get(ctx, fenceKey).Result(); f != "8" {
+		t.Fatalf("replica's fence %q after the repeated claim", f)
+	}
+	// Reads of the shard, with no claim, never wait.
+	if err := syscall.Kill(replica.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	r, err = short.Probe(ctx, []ProbeRequest{{Shard: s, Token: 8}})
+	if err != nil || r[0].Err != nil {
+		t.Fatalf("read-only probe with the replica stopped: %v, %v", err, r[0].Err)
+	}
+}

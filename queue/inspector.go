@@ -1,0 +1,104 @@
+package queue
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Inspector reads and writes a native layout's keys behind the scripts'
+// backs: recorded history, fences, bulk seeding, wake channel names. It is
+// for tests, benchmarks and the chaos checker; a keeper never uses it.
+type Inspector struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+// NewInspector returns an inspector of the native layout under prefix
+// (DefaultPrefix when empty).
+func NewInspector(rdb redis.UniversalClient, prefix string) *Inspector {
+	prefix = cmp.Or(prefix, DefaultPrefix)
+	return &Inspector{rdb: rdb, prefix: prefix}
+}
+
+// SeedLocked writes count locked messages into s: ids idPrefix+index for
+// index in [first, first+count), message i unlocking at firstDueMs + i*step
+// (Redis ms). It bypasses the wake channel on purpose: the keeper under
+// test must learn of them by probing.
+func (in *Inspector) SeedLocked(ctx context.Context, s Shard, idPrefix string, first, count int, firstDueMs int64, step time.Duration, payload []byte) error {
+	k := keysFor(in.prefix, s)
+	for done := 0; done < count; done += maxSeed {
+		c := min(maxSeed, count-done)
+		err := seedScript.on(k, idPrefix, first+done, c, firstDueMs, step.Microseconds(), payload).run(ctx, in.rdb).Err()
+		if err != nil {
+			return fmt.Errorf("seed %s: %w", s, asError(err, s, 0))
+		}
+	}
+	return nil
+}
+
+// HistoryEntry is one recorded housekeeping pass.
+type HistoryEntry struct {
+	ID       string // stream id: Redis ms time and sequence
+	Task     string // a Task's name, or "claim"
+	Token    int64
+	Owner    string // the identity that presented Token (see Native.WithOwner)
+	Accepted bool
+	Moved    int
+}
+
+// History reads a shard's recorded passes, oldest first (see
+// Native.WithHistory).
+func (in *Inspector) History(ctx context.Context, s Shard) ([]HistoryEntry, error) {
+	msgs, err := in.rdb.XRange(ctx, keysFor(in.prefix, s).History, "-", "+").Result()
+	if err != nil {
+		return nil, fmt.Errorf("history of %s: %w", s, err)
+	}
+	return ParseHistory(msgs), nil
+}
+
+// HistoryKey is the stream that s's passes are recorded in (see
+// Native.WithHistory), for a checker that follows it while it grows.
+func (in *Inspector) HistoryKey(s Shard) string { return keysFor(in.prefix, s).History }
+
+// ParseHistory reads entries of a history stream, as XRANGE returns them.
+func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
+	out := make([]HistoryEntry, 0, len(msgs))
+	for _, m := range msgs {
+		e := HistoryEntry{ID: m.ID, Task: fmt.Sprint(m.Values["task"]), Accepted: fmt.Sprint(m.Values["ok"]) == "1"}
+		if o, ok := m.Values["owner"].(string); ok {
+			e.Owner = o
+		}
+		e.Token, _ = strconv.ParseInt(fmt.Sprint(m.Values["token"]), 10, 64)
+		e.Moved, _ = strconv.Atoi(fmt.Sprint(m.Values["moved"]))
+		out = append(out, e)
+	}
+	return out
+}
+
+// Fences reads the fence (highest accepted ownership token) of each shard.
+func (in *Inspector) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
+	cmds := make([]*redis.StringCmd, len(shards))
+	_, err := in.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, s := range shards {
+			cmds[i] = p.Get(ctx, keysFor(in.prefix, s).Fence)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read fences: %w", err)
+	}
+	out := make([]int64, len(shards))
+	for i, c := range cmds {
+		out[i], _ = strconv.ParseInt(c.Val(), 10, 64)
+	}
+	return out, nil
+}
+
+// WakeChannel is the pub/sub channel of s's deadline hints.
+func (in *Inspector) WakeChannel(s Shard) string { return keysFor(in.prefix, s).Wake }
