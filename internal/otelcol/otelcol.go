@@ -245,9 +245,6 @@ func (c *Collector) OTLPEndpoint() string { return c.otlpAddr }
 // PrometheusURL is the URL of the Prometheus exporter's scrape endpoint.
 func (c *Collector) PrometheusURL() string { return "http://" + c.promAddr + "/metrics" }
 
-// TelemetryURL is the scrape URL of the collector's own metrics.
-func (c *Collector) TelemetryURL() string { return "http://" + c.telemetryAddr + "/metrics" }
-
 // Pid is the collector's process id.
 func (c *Collector) Pid() int { return c.cmd.Process.Pid }
 
