@@ -3,6 +3,9 @@
 // configs/otelcol/builder.yaml) on free loopback ports, and scrapes the
 // Prometheus endpoint it exposes. End-to-end tests of keeper's metrics use it
 // so that what they check is what an operator's Prometheus would see.
+//
+// It is one file of about 590 lines: the collector's config, its process
+// and the parser of its scrape are only ever used together.
 package otelcol
 
 import (
