@@ -351,7 +351,7 @@ func TestMetricsOneSeriesAcrossMoves(t *testing.T) {
 		poll.For(t, 30*time.Second, "more scrapes", func() (bool, string) {
 			mu.Lock()
 			defer mu.Unlock()
-			return scrapes[phase] >= n+6, fmt.Sprint(scrapes[phase])
+			return scrapes[phase] >= n+20, fmt.Sprint(scrapes[phase])
 		})
 	}
 
