@@ -179,7 +179,10 @@ func TestMetricsOneSeriesAcrossMoves(t *testing.T) {
 		}
 		return "other"
 	}
+	var scrapeMu sync.Mutex // the ticker and a burst after a resume both scrape
 	scrapeOnce := func() (clean bool) {
+		scrapeMu.Lock()
+		defer scrapeMu.Unlock()
 		at := time.Now()
 		clean = true
 		for exporter, scrape := range map[string]func(context.Context) ([]otelcol.Series, error){
@@ -406,6 +409,47 @@ func TestMetricsOneSeriesAcrossMoves(t *testing.T) {
 	}
 	c.Remove(leader)
 	settle("leader " + leader.ID + " stopped with SIGTERM")
+
+	// A keeper frozen past its TTL loses its shards; when it resumes, its
+	// exporter may run before it has noticed: its points, older values
+	// under a newer timestamp, must not reach the collector. Scraped every
+	// 100ms for a few seconds after the resume.
+	setPhase("owner paused past its TTL")
+	// One that owns a busy shard, whose counters move while it is frozen.
+	var frozen *Keeper
+	for _, k := range c.Keepers() {
+		st, err := k.Status(ctx)
+		if err != nil || st.Leader {
+			continue
+		}
+		for sh := range st.Owned {
+			if strings.HasPrefix(sh, "busy#") {
+				frozen = k
+			}
+		}
+		if frozen == nil && len(st.Owned) > 0 {
+			frozen = k
+		}
+	}
+	if frozen == nil {
+		t.Fatal("no keeper that owns shards without leading")
+	}
+	if err := frozen.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WaitOneOwner(ctx, c.Keepers(), shards, 3*(ttl+time.Second)); err != nil {
+		t.Fatalf("while %s is paused: %v", frozen.ID, err)
+	}
+	// Its successors measure and export what changed meanwhile.
+	sleepCtx(ctx, measure+2*interval)
+	if err := frozen.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		scrapeOnce()
+		sleepCtx(ctx, 100*time.Millisecond)
+	}
+	settle(frozen.ID + " paused and resumed")
 
 	setPhase("scale-out to 4 again")
 	if _, err := c.AddKeeper(ctx, "m6"); err != nil {
