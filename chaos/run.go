@@ -762,7 +762,7 @@ func (r *runner) summarize() {
 	add("no unexpected client error", rep.Workload.ErrorCount == 0,
 		fmt.Sprintf("%d unexpected, %d while Redis was unreachable", rep.Workload.ErrorCount, rep.Workload.TransientErrors), rep.Workload.Errors)
 	if r.col != nil {
-		add("one writer per metric series", len(rep.Metrics) == 0, fmt.Sprintf("%d problems", len(rep.Metrics)), rep.Metrics)
+		add("one series per per-shard and global key, sums equal Redis", len(rep.Metrics) == 0, fmt.Sprintf("%d problems", len(rep.Metrics)), rep.Metrics)
 	}
 	// Problems were added above; the count covers everything seen.
 	rep.Violations = len(r.problems) + max(0, m.ProblemCnt-len(m.Problems)) + max(0, rep.Workload.ErrorCount-len(rep.Workload.Errors))
