@@ -151,7 +151,10 @@ func decodeMeasure(c *redis.Cmd) (Measurement, error) {
 		m.ReadyHead, _ = strconv.ParseFloat(h, 64)
 	}
 	for i := 6; i+1 < len(v); i += 2 {
-		m.Counters.readCounter(toString(v[i]), toString(v[i+1]))
+		name, value := toString(v[i]), toString(v[i+1])
+		if !m.Lag.readLag(name, value) {
+			m.Counters.readCounter(name, value)
+		}
 	}
 	return m, nil
 }

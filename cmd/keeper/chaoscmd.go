@@ -28,7 +28,7 @@ func chaosCmd(args []string, out io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	svg := fs.String("svg", "", "write the run's timeline picture (SVG) to this file")
 	faults := fs.String("faults", strings.Join(chaos.AllFaults, ","), "fault kinds to draw from")
-	otel := fs.Bool("otel", false, "export every keeper's metrics to a real OpenTelemetry Collector ($OTELCOL_BIN, else bin/otelcol-keeper) and check one writer per series at the end")
+	otel := fs.Bool("otel", false, "export every keeper's metrics to a real OpenTelemetry Collector ($OTELCOL_BIN, else bin/otelcol-keeper) and check at the end that every per-shard and global series is one series naming no keeper and that the sums match Redis")
 	quiet := fs.Bool("quiet", false, "no progress on stderr")
 	fs.IntVar(&o.Keepers, "keepers", 3, "keeper processes at the start")
 	fs.DurationVar(&o.Duration, "duration", 150*time.Second, "how long to inject faults")

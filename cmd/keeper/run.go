@@ -190,7 +190,7 @@ func (d *daemon) startPart(ctx context.Context, name string, svc service.Service
 // catalog (a queue config changed) is the keeper's ConfigChanged channel,
 // which the catalog, built after it, reads.
 func (d *daemon) build() error {
-	inst, err := kotel.NewInstruments(d.metrics.Meter("github.com/keeperhq/keeper"))
+	inst, err := kotel.NewInstruments(d.metrics.Meter(kotel.ScopeName))
 	if err != nil {
 		return fmt.Errorf("instruments: %w", err)
 	}
@@ -233,9 +233,12 @@ func (d *daemon) build() error {
 		s.OwnedShards = keeper.OwnedCount()
 		return s
 	})
-	if err := inst.Observe(source, agg, selfSource{keeper, agg}); err != nil {
+	if err := inst.Observe(selfSource{keeper, agg}); err != nil {
 		return fmt.Errorf("instruments: %w", err)
 	}
+	// The fleet series: the owned shards' and, while this keeper leads,
+	// the global ones, under a resource that names no keeper.
+	d.metrics.PublishFleet(source, agg)
 	d.keeper, d.coord, d.catalog, d.agg, d.publisher = keeper, coord, catalog, agg, publisher
 	if d.cfg.HealthAddr != "" {
 		d.health = newHealth(d.cfg.HealthAddr, d)
@@ -422,22 +425,16 @@ func splitList(s string) []string {
 	return out
 }
 
-// shardSource feeds the per-shard instruments from the keeper's last
-// measurements: collection costs Redis nothing. It lists the owned shards
-// too, measured or not, so that the lags of a takeover are kept.
+// shardSource feeds the per-shard series from the keeper's last
+// measurements of the shards it owns: collection costs Redis nothing, and a
+// shard it disowned is not listed from that moment.
 type shardSource struct{ k *tasks.Keeper }
-
-var _ kotel.OwnedSource = shardSource{}
-
-func (s shardSource) EachOwned(fn func(q, shard string)) {
-	s.k.EachOwned(func(sh queue.Shard) { fn(sh.Queue, sh.String()) })
-}
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
 		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
 			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
-			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters})
+			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters, Lag: m.Lag})
 	})
 }
 
