@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"strconv"
@@ -48,9 +49,11 @@ type Config struct {
 	Queues map[string]queue.Config `yaml:"queues" env:"-"`
 }
 
-// RedisConfig says where the queues live.
+// RedisConfig says where the queues live: redis.addr (one server, or a
+// Redis Cluster), or the primary that Redis Sentinel names
+// (redis.sentinel), or neither (a local redis-server).
 type RedisConfig struct {
-	Addr         string `yaml:"addr" help:"redis address host:port (empty: start a local redis-server on a free loopback port)"`
+	Addr         string `yaml:"addr" help:"redis address host:port; several, comma-separated, make a Redis Cluster client (empty, without redis.sentinel: start a local redis-server on a free loopback port)"`
 	Prefix       string `yaml:"prefix" help:"key prefix of every queue key"`
 	Username     string `yaml:"username" help:"redis ACL user"`
 	PasswordFile string `yaml:"password_file" help:"file holding the redis password (or set KEEPER_REDIS_PASSWORD)"`
@@ -64,6 +67,23 @@ type RedisConfig struct {
 	// noeviction) or "warn" (log a warning at start and go on).
 	AllowEviction string        `yaml:"allow_eviction" help:"no: refuse a redis whose maxmemory-policy may evict keys (checked at start and on every new connection); warn: log a warning instead"`
 	ReplicaWait   time.Duration `yaml:"replica_wait" help:"how long a shard claim waits for a replica's acknowledgement (WAIT) when the redis primary has replicas; unacknowledged claims are made again"`
+
+	// Sentinel, when set, names the primary instead of Addr.
+	Sentinel SentinelConfig `yaml:"sentinel"`
+}
+
+// SentinelConfig finds the Redis primary through Redis Sentinel: keeper
+// asks the sentinels for the master's address, and follows a failover to
+// the replica they promote. The data nodes take redis.username, the redis
+// password and redis's TLS settings; the sentinels take the same TLS
+// settings and their own user and password (a sentinel's requirepass is
+// its own, not the monitored servers').
+type SentinelConfig struct {
+	Master       string   `yaml:"master" help:"name of the master the sentinels monitor (sentinel monitor <name> ...); with redis.sentinel.addrs, instead of redis.addr"`
+	Addrs        []string `yaml:"addrs" help:"sentinel addresses host:port, comma-separated; more are discovered from the ones given"`
+	Username     string   `yaml:"username" help:"the sentinels' ACL user (empty: none)"`
+	PasswordFile string   `yaml:"password_file" help:"file holding the sentinels' own password (their requirepass; or set KEEPER_REDIS_SENTINEL_PASSWORD; empty: none)"`
+	Password     string   `yaml:"-" flag:"-" help:"sentinel password (environment only: KEEPER_REDIS_SENTINEL_PASSWORD)"`
 }
 
 // EtcdConfig says where the coordination lives.
@@ -181,6 +201,9 @@ func (c *Config) readSecrets() error {
 	if err := read(c.Redis.PasswordFile, &c.Redis.Password, "redis"); err != nil {
 		return err
 	}
+	if err := read(c.Redis.Sentinel.PasswordFile, &c.Redis.Sentinel.Password, "redis sentinel"); err != nil {
+		return err
+	}
 	return read(c.Etcd.PasswordFile, &c.Etcd.Password, "etcd")
 }
 
@@ -205,9 +228,10 @@ func (c *Config) validate() error {
 	if !c.Redis.TLS && (c.Redis.CAFile != "" || c.Redis.CertFile != "" || c.Redis.KeyFile != "") {
 		problems = append(problems, "redis.ca_file, redis.cert_file and redis.key_file need redis.tls: true")
 	}
-	if c.Redis.TLS && c.Redis.Addr == "" {
-		problems = append(problems, "redis.tls needs redis.addr: the local redis-server started without one speaks plain TCP on loopback")
+	if c.Redis.TLS && c.Redis.Addr == "" && c.Redis.Sentinel.Master == "" {
+		problems = append(problems, "redis.tls needs redis.addr or redis.sentinel: the local redis-server started without them speaks plain TCP on loopback")
 	}
+	problems = append(problems, c.Redis.Sentinel.check(c.Redis.Addr)...)
 	if (c.Redis.CertFile == "") != (c.Redis.KeyFile == "") {
 		problems = append(problems, "redis.cert_file and redis.key_file go together")
 	}
@@ -221,6 +245,32 @@ func (c *Config) validate() error {
 		return fmt.Errorf("bad config: %s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// check validates the sentinel settings; addr is redis.addr.
+func (s SentinelConfig) check(addr string) []string {
+	var problems []string
+	switch {
+	case s.Master == "" && len(s.Addrs) > 0:
+		problems = append(problems, "redis.sentinel.addrs needs redis.sentinel.master (the name the sentinels monitor the primary under)")
+	case s.Master != "" && len(s.Addrs) == 0:
+		problems = append(problems, "redis.sentinel.master needs redis.sentinel.addrs (at least one sentinel's host:port)")
+	case s.Master == "" && (s.Username != "" || s.PasswordFile != "" || s.Password != ""):
+		problems = append(problems, "redis.sentinel.username and the sentinel password need redis.sentinel.master and redis.sentinel.addrs")
+	}
+	if s.Master != "" && addr != "" {
+		problems = append(problems, "redis.addr and redis.sentinel are exclusive: with Sentinel, keeper asks the sentinels where the primary is")
+	}
+	if strings.ContainsAny(s.Master, " \t\r\n") {
+		problems = append(problems, fmt.Sprintf("redis.sentinel.master %q has white space (Sentinel names are single words)", s.Master))
+	}
+	for _, a := range s.Addrs {
+		host, port, err := net.SplitHostPort(a)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			problems = append(problems, fmt.Sprintf("redis.sentinel.addrs: %q is not host:port", a))
+		}
+	}
+	return problems
 }
 
 // limit is the accepted range of one numeric setting. Too small an

@@ -24,7 +24,7 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("queue "+sub, flag.ContinueOnError)
 	file := fs.String("config", envOr(environ, "KEEPER_CONFIG", ""), "YAML config of `keeper run` whose redis settings to use (env KEEPER_CONFIG)")
-	addr := fs.String("redis", "", "redis address (default redis.addr of the config or KEEPER_REDIS_ADDR, else the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
+	addr := fs.String("redis", "", "redis address (default redis.addr or redis.sentinel of the config or KEEPER_REDIS_*, else the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
 	prefix := fs.String("prefix", "", "key prefix (default redis.prefix of the config or KEEPER_REDIS_PREFIX, else "+queue.DefaultPrefix+")")
 	asJSON := fs.Bool("json", false, "print JSON")
 	var qc queue.Config
@@ -66,8 +66,8 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rc := cfg.Redis
-	if rc.Addr = operatorRedisAddr(rc); rc.Addr == "" {
+	rc, known := operatorRedis(cfg.Redis)
+	if !known {
 		rc.Addr = "127.0.0.1:6379"
 	}
 	// go-redis's own warnings (each retried dial) would bury the one error

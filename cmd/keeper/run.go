@@ -102,6 +102,8 @@ type daemon struct {
 	localEtcd  *etcdserver.Server
 	rdb        redis.UniversalClient
 	etcd       *clientv3.Client
+	// sentinelWatch follows Sentinel's failovers for rdb (redis.sentinel).
+	sentinelWatch *sentinelWatch
 
 	metrics   *kotel.Provider
 	inst      *kotel.Instruments
@@ -282,6 +284,9 @@ func (d *daemon) shutdown() {
 	if d.rdb != nil {
 		_ = d.rdb.Close()
 	}
+	if d.sentinelWatch != nil {
+		d.sentinelWatch.Stop()
+	}
 	if d.localRedis != nil {
 		_ = d.localRedis.Stop()
 	}
@@ -291,7 +296,7 @@ func (d *daemon) shutdown() {
 func (d *daemon) startRedis(ctx context.Context) error {
 	c := d.cfg.Redis
 	addrs := splitList(c.Addr)
-	if len(addrs) == 0 {
+	if len(addrs) == 0 && c.Sentinel.Master == "" {
 		if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 			return fmt.Errorf("redis data dir: %w", err)
 		}
@@ -313,15 +318,21 @@ func (d *daemon) startRedis(ctx context.Context) error {
 	}
 	// keeper needs maxmemory-policy noeviction: checked on every new
 	// connection, so at start and on every reconnect.
-	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn"}).onConnect
+	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn",
+		sentinel: c.Sentinel.Master != ""}).onConnect
+	if c.Sentinel.Master != "" {
+		d.sentinelWatch = newSentinelWatch(opt, d.log)
+		d.sentinelWatch.Start(ctx)
+	}
 	d.rdb = redis.NewUniversalClient(opt)
+	where := d.redisAddr()
 	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, queue.ErrEvictionPolicy) {
 		return fmt.Errorf("redis %s: %w; set maxmemory-policy noeviction, or redis.allow_eviction: warn to run anyway",
-			strings.Join(addrs, ","), err)
+			where, err)
 	} else if err != nil {
 		// Keep going: every component retries, and a keeper that cannot
 		// reach Redis still holds its place in the fleet.
-		d.log.Error("redis unreachable at start; retrying in the background", "addr", strings.Join(addrs, ","), "err", err)
+		d.log.Error("redis unreachable at start; retrying in the background", "addr", where, "err", err)
 	}
 	return nil
 }
@@ -411,7 +422,7 @@ func (d *daemon) redisAddr() string {
 	if d.localRedis != nil {
 		return d.localRedis.Addr
 	}
-	return d.cfg.Redis.Addr
+	return describeRedis(d.cfg.Redis)
 }
 
 func (d *daemon) healthAddr() string {
