@@ -199,6 +199,12 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 		s.waitErr = cmd.Wait()
 		close(s.done)
 	}()
+	return s.waitUp(ctx, timeout, "redis-server", "redis.log")
+}
+
+// waitUp waits until the process just started (what, logging to logName in
+// its dir) answers PING on s.Addr, and kills it if it does not in time.
+func (s *Server) waitUp(ctx context.Context, timeout time.Duration, what, logName string) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		if err := ping(s.Addr); err == nil {
@@ -206,16 +212,16 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 		}
 		select {
 		case <-s.done:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			return fmt.Errorf("redis-server on %s exited: %v: %s", s.Addr, s.waitErr, lastLines(string(log), 5))
+			log, _ := os.ReadFile(filepath.Join(s.dir, logName))
+			return fmt.Errorf("%s on %s exited: %v: %s", what, s.Addr, s.waitErr, lastLines(string(log), 5))
 		case <-ctx.Done():
-			s.kill()
+			_ = s.kill()
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			s.kill()
-			return fmt.Errorf("redis-server on %s did not answer within %s", s.Addr, timeout)
+			_ = s.kill()
+			return fmt.Errorf("%s on %s did not answer within %s", what, s.Addr, timeout)
 		}
 	}
 }
