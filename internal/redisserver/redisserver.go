@@ -187,11 +187,17 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 			cmd.Env = append(cmd.Env, "KEEPER_CLOCK_FILE="+s.clock.Name())
 		}
 	}
+	return s.run(ctx, cmd, port, timeout, "redis-server", "redis.log")
+}
+
+// run starts cmd (what, listening on port, logging to logName in its dir)
+// and waits until it answers PING, or kills it if it does not in time.
+func (s *Server) run(ctx context.Context, cmd *exec.Cmd, port int, timeout time.Duration, what, logName string) error {
 	// Own process group so a Ctrl-C of the test runner does not race our
 	// explicit stop, and so we can signal exactly this server.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start redis-server: %w", err)
+		return fmt.Errorf("start %s: %w", what, err)
 	}
 	s.cmd = cmd
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
@@ -199,12 +205,6 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 		s.waitErr = cmd.Wait()
 		close(s.done)
 	}()
-	return s.waitUp(ctx, timeout, "redis-server", "redis.log")
-}
-
-// waitUp waits until the process just started (what, logging to logName in
-// its dir) answers PING on s.Addr, and kills it if it does not in time.
-func (s *Server) waitUp(ctx context.Context, timeout time.Duration, what, logName string) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		if err := ping(s.Addr); err == nil {

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/loopback"
@@ -111,7 +110,7 @@ func StartSentinel(ctx context.Context, cfg SentinelConfig) (*Server, error) {
 		}
 		launch := func(ctx context.Context) error {
 			// The conf as Sentinel last rewrote it: what it learnt survives.
-			return s.launchSentinel(ctx, path, conf, ports[0], timeout)
+			return s.run(ctx, exec.Command(path, conf), ports[0], timeout, "redis-sentinel", "sentinel.log")
 		}
 		if lastErr = launch(ctx); lastErr == nil {
 			s.restart = launch
@@ -161,21 +160,6 @@ func sentinelConf(cfg SentinelConfig, dir, masterHost, masterPort string, port, 
 		line("tls-replication yes")
 	}
 	return b.String()
-}
-
-func (s *Server) launchSentinel(ctx context.Context, path, conf string, port int, timeout time.Duration) error {
-	cmd := exec.Command(path, conf)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start redis-sentinel: %w", err)
-	}
-	s.cmd = cmd
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	go func() {
-		s.waitErr = cmd.Wait()
-		close(s.done)
-	}()
-	return s.waitUp(ctx, timeout, "redis-sentinel", "sentinel.log")
 }
 
 // StartSentinels starts n sentinels of cfg (each in its own directory) and
