@@ -66,12 +66,7 @@ func newSentinelFixture(t *testing.T) *sentinelFixture {
 		MasterAddr: f.primary.Addr, Quorum: 2, AuthPass: dataPassword, RequirePass: sentinelPass})
 	f.etcd = etcdserver.StartTB(t)
 	dir := t.TempDir()
-	pw, spw := filepath.Join(dir, "redis-password"), filepath.Join(dir, "sentinel-password")
-	for p, v := range map[string]string{pw: dataPassword, spw: sentinelPass} {
-		if err := os.WriteFile(p, []byte(v+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pw, spw := passwordFiles(t, dir)
 	var addrs []string
 	for _, s := range f.sentinels {
 		addrs = append(addrs, s.Addr)
@@ -100,6 +95,19 @@ tasks:
 		t.Fatal(err)
 	}
 	return f
+}
+
+// passwordFiles writes the data nodes' and the sentinels' passwords into
+// files in dir, as Secrets would be mounted.
+func passwordFiles(t *testing.T, dir string) (data, sentinel string) {
+	t.Helper()
+	data, sentinel = filepath.Join(dir, "redis-password"), filepath.Join(dir, "sentinel-password")
+	for p, v := range map[string]string{data: dataPassword, sentinel: sentinelPass} {
+		if err := os.WriteFile(p, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return data, sentinel
 }
 
 // client is a failover client with the keepers' settings.
@@ -626,12 +634,7 @@ func TestSentinelOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	pw, spw := filepath.Join(dir, "redis-password"), filepath.Join(dir, "sentinel-password")
-	for p, v := range map[string]string{pw: dataPassword, spw: sentinelPass} {
-		if err := os.WriteFile(p, []byte(v+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	pw, spw := passwordFiles(t, dir)
 	file := filepath.Join(dir, "keeper.yaml")
 	if err := os.WriteFile(file, []byte(fmt.Sprintf(`health_addr: %s
 metrics: {disabled: true}
