@@ -98,6 +98,7 @@ manifests: $(BIN)/helm
 	$(call render-manifest,keeper-daemonset.yaml,--set mode=daemonset)
 	$(call render-manifest,keeper-sidecar.yaml,--set mode=sidecar)
 	$(call render-manifest,keeper-deployment-tls.yaml,-f configs/helm/keeper/examples/values-tls.yaml)
+	$(call render-manifest,keeper-deployment-sentinel.yaml,-f configs/helm/keeper/examples/values-sentinel.yaml)
 
 # The container image (Containerfile): the static bin/keeper, the host's CA
 # bundle and a passwd entry for the unprivileged user, on an empty base.

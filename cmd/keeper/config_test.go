@@ -191,7 +191,7 @@ func TestKubernetesManifests(t *testing.T) {
 			cfgText := doc["data"].(map[string]any)["keeper.yaml"].(string)
 			path := filepath.Join(t.TempDir(), "keeper.yaml")
 			_ = os.WriteFile(path, []byte(cfgText), 0o644)
-			env := []string{"KEEPER_REDIS_PASSWORD=x", "KEEPER_ETCD_PASSWORD=x"}
+			env := []string{"KEEPER_REDIS_PASSWORD=x", "KEEPER_ETCD_PASSWORD=x", "KEEPER_REDIS_SENTINEL_PASSWORD=x"}
 			if _, err := loadConfig("run", []string{"--config", path}, env); err != nil {
 				t.Fatalf("%s: embedded keeper.yaml: %v", f, err)
 			}
