@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/keeperhq/keeper/internal/service"
 )
 
 // sentinelWatch closes every connection `keeper run` still has open to a
@@ -44,8 +46,7 @@ type sentinelWatch struct {
 	primary string                  // the primary the sentinels name
 	former  map[string]bool         // addresses that were the primary before
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	svc service.Base
 }
 
 // newSentinelWatch prepares a watch for the client options opt (a failover
@@ -54,7 +55,7 @@ type sentinelWatch struct {
 func newSentinelWatch(opt *redis.UniversalOptions, log *slog.Logger) *sentinelWatch {
 	w := &sentinelWatch{master: opt.MasterName, addrs: opt.Addrs, tls: opt.TLSConfig, log: log,
 		dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
-		conns:  map[*watchedConn]string{}, former: map[string]bool{}, done: make(chan struct{})}
+		conns:  map[*watchedConn]string{}, former: map[string]bool{}}
 	w.options = func(addr string) *redis.Options {
 		return &redis.Options{Addr: addr, Username: opt.SentinelUsername, Password: opt.SentinelPassword,
 			TLSConfig: opt.TLSConfig, MaxRetries: -1}
@@ -85,10 +86,11 @@ func (w *sentinelWatch) dial(ctx context.Context, network, addr string) (net.Con
 }
 
 // Start follows the sentinels until Stop.
-func (w *sentinelWatch) Start(ctx context.Context) {
-	ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	go func() {
-		defer close(w.done)
+func (w *sentinelWatch) Start(ctx context.Context) error {
+	if _, err := w.svc.StartInit(ctx); err != nil {
+		return err
+	}
+	w.svc.Go(func(ctx context.Context) {
 		backoff := 100 * time.Millisecond
 		for i := 0; ctx.Err() == nil; i++ {
 			if w.follow(ctx, w.addrs[i%len(w.addrs)]) {
@@ -100,16 +102,12 @@ func (w *sentinelWatch) Start(ctx context.Context) {
 			}
 			backoff = min(2*backoff, 2*time.Second)
 		}
-	}()
+	})
+	return w.svc.StartDone(nil)
 }
 
 // Stop ends the following. Connections stay open: they belong to the client.
-func (w *sentinelWatch) Stop() {
-	if w.cancel != nil {
-		w.cancel()
-		<-w.done
-	}
-}
+func (w *sentinelWatch) Stop(ctx context.Context) error { return w.svc.Halt(ctx, nil) }
 
 // follow subscribes to +switch-master on the sentinel at addr and applies
 // each switch until the subscription fails. It reports whether it got as
