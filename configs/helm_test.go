@@ -100,6 +100,8 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{[]string{"--set", "redis.addr=", "--set", "redis.sentinel.master=queues"}, "redis.sentinel.addrs"},
 		{[]string{"--set", "redis.addr=", "--set", "redis.sentinel.master=queues", "--set", "redis.sentinel.addrs={sentinel}"}, "addrs"},
 		{[]string{"--set", "redis.sentinel.mastr=queues"}, "mastr"},
+		{[]string{"--set", "redis.sentinel.addrs={s:26379}"}, "redis.sentinel.master"},
+		{[]string{"--set", "redis.sentinel.password.secretName=spw"}, "redis.sentinel.master"},
 	} {
 		out, err := runErr(helm, append([]string{"template", "keeper", chartDir}, c.args...)...)
 		if err == nil {

@@ -67,6 +67,8 @@ Secrets appear as file paths only.
 {{- $_ := set $s "password_file" (printf "%s/password" (include "keeper.sentinelPasswordDir" .)) -}}
 {{- end -}}
 {{- $_ := set $redis "sentinel" $s -}}
+{{- else if or $sentinel.addrs $sentinel.username (and $sentinel.password $sentinel.password.secretName) -}}
+{{- fail "redis.sentinel.addrs, username and password need redis.sentinel.master (the name the sentinels monitor the primary under)" -}}
 {{- else if $v.redis.addr -}}
 {{- $_ := set $redis "addr" $v.redis.addr -}}
 {{- else -}}
