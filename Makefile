@@ -123,7 +123,8 @@ $(BIN)/etcd: go.mod go.sum
 
 # The long chaos run: every fault kind drawn from the seed for 20 minutes and
 # at least 100 faults, keepers exporting to a real collector. The report goes
-# to bin/chaos.json, the picture to bin/chaos.svg; progress to stderr. Set
+# to bin/chaos.json, the picture to bin/chaos.svg; progress to stderr when
+# it is a terminal. Set
 # CHAOS_SEED to replay a run.
 CHAOS_SEED ?= 0
 chaos: build collector $(BIN)/etcd

@@ -7,9 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -79,6 +83,11 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	}
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if sub == "audit" {
+		// An audit reads every message of the queue: minutes on a large
+		// one. It ends on Ctrl-C or SIGTERM, not at a deadline.
+		ctx, cancel = signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	}
 	defer cancel()
 	c := queue.NewClient(rdb, queue.ClientOptions{Prefix: rc.Prefix})
 	reg := c.Registry()
@@ -186,7 +195,10 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 			}
 		})
 	case "audit":
-		a, err := c.Audit(ctx, rest[0])
+		// Progress on stderr when it is a terminal; nothing otherwise.
+		pr := progress.Stderr()
+		a, err := c.Audit(progress.With(ctx, pr), rest[0])
+		pr.Close()
 		if err != nil {
 			return err
 		}

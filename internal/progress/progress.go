@@ -163,6 +163,17 @@ func (p *Printer) Printf(format string, args ...any) {
 	}
 }
 
+// End ends the phase running, leaving its line, before something else is
+// written to the terminal (a result on stdout).
+func (p *Printer) End() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.finishLocked()
+}
+
 // Close ends the phase running, leaving its line, and stops redrawing.
 func (p *Printer) Close() {
 	if p == nil {
@@ -192,12 +203,17 @@ func (p *Printer) tick(stop chan struct{}) {
 		case <-stop:
 			return
 		case <-t.C:
-			p.mu.Lock()
-			if p.active && !p.closed {
-				p.drawLocked()
-			}
-			p.mu.Unlock()
+			p.redraw()
 		}
+	}
+}
+
+// redraw draws the status line again, if a phase is running.
+func (p *Printer) redraw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.active && !p.closed {
+		p.drawLocked()
 	}
 }
 
@@ -257,7 +273,8 @@ func (p *Printer) lineLocked(final bool) string {
 	case done > 0 || p.unit != "":
 		parts = append(parts, count(done)+unitOf(p.unit))
 	}
-	if p.unit != "" && p.span == 0 && elapsed >= time.Second {
+	// A rate only where there are many: "3/s" of shards says nothing.
+	if p.unit != "" && p.span == 0 && elapsed >= time.Second && done >= 1000 {
 		parts = append(parts, count(int64(float64(done)/elapsed.Seconds()))+"/s")
 	}
 	if final {

@@ -38,19 +38,13 @@ func newTest(width int) (*Printer, *bytes.Buffer, *clock) {
 	return p, &buf, c
 }
 
-func redraw(p *Printer) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.drawLocked()
-}
-
 func TestPhasesCountsAndFinalLines(t *testing.T) {
 	p, buf, c := newTest(0)
 	p.Phase("drain: seeding", 1_000_000, "locks")
 	p.Add(400_000)
 	p.Add(20_000)
 	c.advance(2 * time.Second)
-	redraw(p)
+	p.redraw()
 	got := screen(buf.String())
 	if want := "drain: seeding  420,000/1,000,000 locks  42%  210,000/s  2.0s"; got[len(got)-1] != want {
 		t.Fatalf("status line %q, want %q", got[len(got)-1], want)
@@ -61,7 +55,7 @@ func TestPhasesCountsAndFinalLines(t *testing.T) {
 	p.Detail("%d left", 16)
 	c.advance(500 * time.Millisecond)
 	p.Add(4)
-	redraw(p)
+	p.redraw()
 	got = screen(buf.String())
 	if want := []string{
 		"drain: seeding  1,000,000/1,000,000 locks  200,000/s  done in 5.0s",
@@ -69,14 +63,21 @@ func TestPhasesCountsAndFinalLines(t *testing.T) {
 	}; strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("screen:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	p.Close()
-	p.Close() // twice is fine
+	p.End()
 	got = screen(buf.String())
 	if want := "drain: draining  4/16 shards  done in 0.5s  16 left"; got[1] != want || got[2] != "" || len(got) != 3 {
-		t.Fatalf("after Close: %q, want %q and a newline", got, want)
+		t.Fatalf("after End: %q, want %q and a newline", got, want)
+	}
+	// Ended, the phase is not drawn again, nor finished twice.
+	n := buf.Len()
+	p.redraw() // what the redraw loop does at each tick
+	p.End()
+	p.Close()
+	p.Close() // twice is fine
+	if buf.Len() != n {
+		t.Fatalf("printed after End: %q", buf.String()[n:])
 	}
 	// After Close nothing more is printed.
-	n := buf.Len()
 	p.Phase("late", 1, "")
 	p.Printf("late")
 	if buf.Len() != n {
@@ -89,21 +90,21 @@ func TestTimedPhaseAndNoTotal(t *testing.T) {
 	defer p.Close()
 	p.Phase("starting etcd", 0, "")
 	c.advance(1500 * time.Millisecond)
-	redraw(p)
+	p.redraw()
 	if got := screen(buf.String()); got[0] != "starting etcd  1.5s" {
 		t.Fatalf("no total: %q", got[0])
 	}
 	p.Timed("faults", 150*time.Second)
 	p.Detail("12 faults, last keeper-crash")
 	c.advance(62 * time.Second)
-	redraw(p)
+	p.redraw()
 	got := screen(buf.String())
 	if want := "faults  1m2s/2m30s  41%  12 faults, last keeper-crash"; got[1] != want {
 		t.Fatalf("timed: %q, want %q", got[1], want)
 	}
 	// Past its length a timed phase stays at 100%.
 	c.advance(time.Hour)
-	redraw(p)
+	p.redraw()
 	if got := screen(buf.String()); !strings.HasPrefix(got[1], "faults  2m30s/2m30s  100%") {
 		t.Fatalf("timed past its length: %q", got[1])
 	}
@@ -122,7 +123,7 @@ func TestPrintfAboveStatus(t *testing.T) {
 	p.Add(1)
 	p.Printf("%6.1fs %s", 3.25, "keeper-crash")
 	p.Add(1)
-	redraw(p)
+	p.redraw()
 	got := screen(buf.String())
 	want := []string{"before any phase", "   3.2s keeper-crash", "faults  2/10 faults  20%  0.0s"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
