@@ -31,9 +31,12 @@ build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/keeper ./cmd/keeper
 
 # The daemon on embedded defaults: an embedded single-member etcd and a local
-# redis-server started on a free loopback port.
+# redis-server started on a free loopback port, its metrics served for a
+# Prometheus scrape on loopback (METRICS_ADDR) rather than pushed to a
+# collector that is not there.
+METRICS_ADDR ?= 127.0.0.1:9464
 run: build
-	$(BIN)/keeper run
+	$(BIN)/keeper run --metrics.prometheus_addr $(METRICS_ADDR)
 
 # The whole suite: every package (end-to-end tests against real redis-server,
 # etcd and an OpenTelemetry Collector included; chaos/ runs a short chaos run

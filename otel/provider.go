@@ -77,8 +77,12 @@ type Config struct {
 	// "https://host:port" is TLS, a bare "host:port" keeps the exporter's
 	// default (TLS unless OTEL_EXPORTER_OTLP_INSECURE=true). When everything
 	// is empty the exporter still targets its default, localhost:4317, and
-	// failed exports are only logged.
+	// failed exports are only logged; unless OTLPOnlyIfConfigured.
 	Endpoint string
+	// OTLPOnlyIfConfigured drops the OTLP export when neither Endpoint nor
+	// the environment names an endpoint, instead of sending to
+	// localhost:4317 (see OTLPConfigured).
+	OTLPOnlyIfConfigured bool
 	// ExportInterval is the push period; default OTEL_METRIC_EXPORT_INTERVAL
 	// (milliseconds) when set, else 10s.
 	ExportInterval time.Duration
@@ -162,10 +166,9 @@ func (p *Provider) start(ctx context.Context) error {
 		log.Warn("ignoring OTEL_METRIC_EXPORT_INTERVAL", "err", err, "interval", p.interval)
 	}
 
-	opts, target := exporterOptions(cfg.Endpoint)
-	exp, err := otlpmetricgrpc.New(ctx, opts...)
+	exp, target, err := newExporter(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("otlp metric exporter: %w", err)
+		return err
 	}
 	p.exporter = &loggingExporter{Exporter: exp, errs: newRateLimitedLog(log, exportErrorLogEvery, target)}
 	readers := []sdkmetric.Option{

@@ -31,6 +31,9 @@ type Config struct {
 	MemberID string `yaml:"member_id" help:"member id (default $POD_NAME, else random)"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level" help:"log level: debug, info, warn, error"`
+	// LogFormat is text, json, or auto: text when stderr is a terminal (a
+	// person reads it), JSON otherwise (a log pipeline parses it).
+	LogFormat string `yaml:"log_format" help:"log format: auto (text on a terminal, JSON otherwise), text, json"`
 	// HealthAddr serves /healthz and /readyz; empty disables it.
 	HealthAddr string `yaml:"health_addr" help:"health endpoint address (empty: off)"`
 	// ShutdownTimeout bounds a graceful stop (SIGTERM, SIGINT): the running
@@ -128,14 +131,15 @@ type TasksConfig struct {
 // standard OTEL_* variables (endpoint, headers, TLS, interval).
 type MetricsConfig struct {
 	Disabled       bool          `yaml:"disabled" help:"turn metrics off"`
-	Endpoint       string        `yaml:"endpoint" help:"OTLP gRPC endpoint when OTEL_EXPORTER_OTLP_ENDPOINT is unset (http:// plaintext, https:// TLS)"`
+	Endpoint       string        `yaml:"endpoint" help:"OTLP gRPC endpoint when OTEL_EXPORTER_OTLP_ENDPOINT is unset (http:// plaintext, https:// TLS); with neither, metrics are not pushed"`
 	ExportInterval time.Duration `yaml:"export_interval" help:"export interval (0: OTEL_METRIC_EXPORT_INTERVAL, else 10s)"`
-	PrometheusAddr string        `yaml:"prometheus_addr" help:"optional Prometheus pull endpoint (empty: off)"`
+	PrometheusAddr string        `yaml:"prometheus_addr" help:"optional Prometheus pull endpoint host:port, serving /metrics (empty: off)"`
 }
 
 func defaultConfig() Config {
 	return Config{
 		LogLevel:        "info",
+		LogFormat:       "auto",
 		HealthAddr:      "127.0.0.1:8080",
 		ShutdownTimeout: 30 * time.Second,
 		Redis: RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis", AllowEviction: "no",
@@ -218,6 +222,11 @@ func (c *Config) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		problems = append(problems, fmt.Sprintf("log_level %q is not debug, info, warn or error", c.LogLevel))
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		problems = append(problems, fmt.Sprintf("log_format %q is not auto, text or json", c.LogFormat))
 	}
 	for _, l := range limits {
 		if p := l.check(c); p != "" {

@@ -36,7 +36,7 @@ func runCmd(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	d := &daemon{cfg: cfg, log: newLogger(cfg.LogLevel)}
+	d := &daemon{cfg: cfg, log: newFormatLogger(cfg.LogLevel, cfg.LogFormat)}
 	if err := d.start(ctx); err != nil {
 		d.stopWithin()
 		if ctx.Err() != nil {
@@ -75,13 +75,9 @@ func (d *daemon) shutdownTimeout() time.Duration {
 	return d.cfg.ShutdownTimeout
 }
 
-func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
-	redis.SetLogger(redisLogger{log.With("component", "redis-client")})
-	return log
-}
+// newLogger logs at level on stderr, in the format log_format's default
+// (auto) picks; see newFormatLogger.
+func newLogger(level string) *slog.Logger { return newFormatLogger(level, "auto") }
 
 // redisLogger sends go-redis's own messages (dial failures, pool trouble)
 // through slog, so every line keeper prints is structured.
@@ -146,10 +142,11 @@ func (d *daemon) start(ctx context.Context) error {
 	// Metrics first: every other part records into them.
 	d.metrics = kotel.NewProvider(kotel.Config{MemberID: d.memberID, Endpoint: d.cfg.Metrics.Endpoint,
 		ExportInterval: d.cfg.Metrics.ExportInterval, Disabled: d.cfg.Metrics.Disabled,
-		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, Logger: d.log})
+		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, OTLPOnlyIfConfigured: true, Logger: d.log})
 	if err := d.startPart(ctx, "metrics", d.metrics); err != nil {
 		return err
 	}
+	d.sayWhereMetricsAre()
 	if err := d.build(); err != nil {
 		return err
 	}
