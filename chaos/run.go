@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/otelcol"
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -94,12 +95,16 @@ func Run(ctx context.Context, o RunOptions) (RunReport, error) {
 	r.rep = RunReport{Scenario: "chaos", Seed: o.Seed, Keepers: o.Keepers, OneOwner: true,
 		SettleMaxS: r.limit.Seconds(), ByKind: map[string]KindStats{}}
 	defer r.cleanup()
+	pr := progress.From(ctx)
+	pr.Phase("chaos: starting etcd, redis, keepers and the workload", 0, "")
 	if err := r.setup(ctx); err != nil {
 		return r.rep, err
 	}
+	pr.Timed("chaos: faults", o.Duration)
 	if err := r.faults(ctx); err != nil {
 		return r.rep, err
 	}
+	pr.Phase("chaos: settling and draining", 0, "")
 	if err := r.finish(ctx); err != nil {
 		return r.rep, err
 	}
@@ -402,6 +407,7 @@ func (r *runner) faults(ctx context.Context) error {
 		}
 		r.checkCrashes()
 		r.rep.Faults = append(r.rep.Faults, f)
+		progress.From(ctx).Detail("faults: %d, last %s", len(r.rep.Faults), f.Kind)
 		late := ""
 		if f.EtcdLateS > 0 {
 			late = fmt.Sprintf(" (etcd %.2fs late)", f.EtcdLateS)
@@ -452,6 +458,7 @@ func (r *runner) finish(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	progress.From(ctx).Phase("chaos: checking fences and metrics", 0, "")
 	r.rep.Fencing = r.hist.fenceCheck(r.frozen, r.samp.tokenOwners(), r.start)
 	if r.col != nil {
 		r.rep.Metrics = r.metricsCheck(ctx)

@@ -112,8 +112,12 @@ type Config struct {
 	// "https://host:port" is TLS, a bare "host:port" keeps the exporter's
 	// default (TLS unless OTEL_EXPORTER_OTLP_INSECURE=true). When everything
 	// is empty the exporter still targets its default, localhost:4317, and
-	// failed exports are only logged.
+	// failed exports are only logged; unless OTLPOnlyIfConfigured.
 	Endpoint string
+	// OTLPOnlyIfConfigured drops the OTLP export when neither Endpoint nor
+	// the environment names an endpoint, instead of sending to
+	// localhost:4317 (see OTLPConfigured).
+	OTLPOnlyIfConfigured bool
 	// ExportInterval is the push period; default OTEL_METRIC_EXPORT_INTERVAL
 	// (milliseconds) when set, else 10s.
 	ExportInterval time.Duration
@@ -205,16 +209,15 @@ func (p *Provider) start(ctx context.Context) error {
 
 	// One exporter per provider (an exporter serves one reader); both log
 	// their failures through one rate limit, as they fail together.
-	opts, target := exporterOptions(cfg.Endpoint)
+	exp, target, err := newExporter(ctx, cfg)
 	errs := newRateLimitedLog(log, exportErrorLogEvery, target)
-	exp, err := otlpmetricgrpc.New(ctx, opts...)
 	if err != nil {
-		return fmt.Errorf("otlp metric exporter: %w", err)
+		return err
 	}
-	fleetExp, err := otlpmetricgrpc.New(ctx, opts...)
+	fleetExp, _, err := newExporter(ctx, cfg)
 	if err != nil {
 		_ = exp.Shutdown(ctx)
-		return fmt.Errorf("otlp metric exporter: %w", err)
+		return err
 	}
 	p.exporter = &loggingExporter{Exporter: exp, errs: errs}
 	// The SDK merges the environment's attributes (the pod, ...) into any

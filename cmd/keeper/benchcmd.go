@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/bench"
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/shard"
 )
 
@@ -145,8 +146,17 @@ func benchCmd(args []string, out io.Writer) error {
 		}
 		runs = append(runs, run)
 	}
+	// Progress on stderr when it is a terminal; nothing otherwise.
+	pr := progress.Stderr()
+	defer pr.Close()
+	ctx = progress.With(ctx, pr)
 	for i, run := range runs {
+		if len(runs) > 1 {
+			pr.Printf("bench %s (%d of %d)", names[i], i+1, len(runs))
+		}
+		pr.Phase(names[i]+": starting", 0, "")
 		res, err := run(ctx)
+		pr.End()
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", names[i], err)
 		}

@@ -36,7 +36,7 @@ func runCmd(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	d := &daemon{cfg: cfg, log: newLogger(cfg.LogLevel)}
+	d := &daemon{cfg: cfg, log: newFormatLogger(cfg.LogLevel, cfg.LogFormat)}
 	if err := d.start(ctx); err != nil {
 		d.stopWithin()
 		if ctx.Err() != nil {
@@ -75,13 +75,9 @@ func (d *daemon) shutdownTimeout() time.Duration {
 	return d.cfg.ShutdownTimeout
 }
 
-func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
-	redis.SetLogger(redisLogger{log.With("component", "redis-client")})
-	return log
-}
+// newLogger logs at level on stderr, in the format log_format's default
+// (auto) picks; see newFormatLogger.
+func newLogger(level string) *slog.Logger { return newFormatLogger(level, "auto") }
 
 // redisLogger sends go-redis's own messages (dial failures, pool trouble)
 // through slog, so every line keeper prints is structured.
@@ -103,6 +99,8 @@ type daemon struct {
 	localEtcd  *etcdserver.Server
 	rdb        redis.UniversalClient
 	etcd       *clientv3.Client
+	// sentinelWatch follows Sentinel's failovers for rdb (redis.sentinel).
+	sentinelWatch *sentinelWatch
 
 	memberID  string
 	metrics   *kotel.Provider
@@ -144,10 +142,11 @@ func (d *daemon) start(ctx context.Context) error {
 	// Metrics first: every other part records into them.
 	d.metrics = kotel.NewProvider(kotel.Config{MemberID: d.memberID, Endpoint: d.cfg.Metrics.Endpoint,
 		ExportInterval: d.cfg.Metrics.ExportInterval, Disabled: d.cfg.Metrics.Disabled,
-		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, Logger: d.log})
+		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, OTLPOnlyIfConfigured: true, Logger: d.log})
 	if err := d.startPart(ctx, "metrics", d.metrics); err != nil {
 		return err
 	}
+	d.sayWhereMetricsAre()
 	if err := d.build(); err != nil {
 		return err
 	}
@@ -295,6 +294,9 @@ func (d *daemon) shutdown() {
 	if d.rdb != nil {
 		_ = d.rdb.Close()
 	}
+	if d.sentinelWatch != nil {
+		_ = d.sentinelWatch.Stop(ctx)
+	}
 	if d.localRedis != nil {
 		_ = d.localRedis.Stop()
 	}
@@ -304,7 +306,7 @@ func (d *daemon) shutdown() {
 func (d *daemon) startRedis(ctx context.Context) error {
 	c := d.cfg.Redis
 	addrs := splitList(c.Addr)
-	if len(addrs) == 0 {
+	if len(addrs) == 0 && c.Sentinel.Master == "" {
 		if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 			return fmt.Errorf("redis data dir: %w", err)
 		}
@@ -326,15 +328,23 @@ func (d *daemon) startRedis(ctx context.Context) error {
 	}
 	// keeper needs maxmemory-policy noeviction: checked on every new
 	// connection, so at start and on every reconnect.
-	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn"}).onConnect
+	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn",
+		sentinel: c.Sentinel.Master != ""}).onConnect
+	if c.Sentinel.Master != "" {
+		d.sentinelWatch = newSentinelWatch(opt, d.log)
+		if err := d.sentinelWatch.Start(ctx); err != nil {
+			return fmt.Errorf("sentinel watch: %w", err)
+		}
+	}
 	d.rdb = redis.NewUniversalClient(opt)
+	where := d.redisAddr()
 	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, queue.ErrEvictionPolicy) {
 		return fmt.Errorf("redis %s: %w; set maxmemory-policy noeviction, or redis.allow_eviction: warn to run anyway",
-			strings.Join(addrs, ","), err)
+			where, err)
 	} else if err != nil {
 		// Keep going: every component retries, and a keeper that cannot
 		// reach Redis still holds its place in the fleet.
-		d.log.Error("redis unreachable at start; retrying in the background", "addr", strings.Join(addrs, ","), "err", err)
+		d.log.Error("redis unreachable at start; retrying in the background", "addr", where, "err", err)
 	}
 	return nil
 }
@@ -405,7 +415,7 @@ func (d *daemon) redisAddr() string {
 	if d.localRedis != nil {
 		return d.localRedis.Addr
 	}
-	return d.cfg.Redis.Addr
+	return describeRedis(d.cfg.Redis)
 }
 
 func (d *daemon) healthAddr() string {
