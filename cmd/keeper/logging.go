@@ -5,19 +5,33 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/go-logr/logr"
 	kotel "github.com/keeperhq/keeper/otel"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
 	"golang.org/x/term"
 )
 
 // newFormatLogger logs at level on stderr, as text or JSON lines (format
 // "text", "json", or "auto": text when stderr is a terminal, where a person
-// reads it, JSON otherwise, where a log pipeline parses it). go-redis's own
-// messages go through it too.
+// reads it, JSON otherwise, where a log pipeline parses it).
 func newFormatLogger(level, format string) *slog.Logger {
 	log := slog.New(logHandler(os.Stderr, level, format, term.IsTerminal(int(os.Stderr.Fd()))))
-	redis.SetLogger(redisLogger{log.With("component", "redis-client")})
+	installLogger(log)
 	return log
+}
+
+// installLogger makes log the one way out for the libraries' own messages
+// too, so that every line keeper prints is in one format: go-redis's, the
+// standard log package's (which the OpenTelemetry SDK's default error
+// handler uses: a bare "context canceled" line broke a JSON log at
+// shutdown), and the OpenTelemetry SDK's errors and internal logger.
+func installLogger(log *slog.Logger) {
+	redis.SetLogger(redisLogger{log.With("component", "redis-client")})
+	slog.SetDefault(log)
+	otelLog := log.With("component", "opentelemetry")
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { otelLog.Warn("opentelemetry error", "err", err) }))
+	otel.SetLogger(logr.FromSlogHandler(otelLog.Handler()))
 }
 
 // logHandler writes to w in format; tty says whether w is a terminal.

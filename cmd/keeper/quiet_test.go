@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net/http"
 	"os"
@@ -18,6 +21,7 @@ import (
 	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/otelcol"
 	"github.com/keeperhq/keeper/internal/poll"
+	"go.opentelemetry.io/otel"
 )
 
 // startBare starts `keeper run` as `make run` does: no config file and no
@@ -180,6 +184,28 @@ func TestLogHandlerFormats(t *testing.T) {
 	}
 	if _, err := loadConfig("run", []string{"--log_format", "pretty"}, nil); err == nil || !strings.Contains(err.Error(), "log_format") {
 		t.Errorf("log_format pretty: %v", err)
+	}
+}
+
+// The libraries' own messages come out in keeper's format: the standard log
+// package (the OpenTelemetry SDK's default error handler printed a bare
+// "context canceled" into the JSON log at shutdown) and OpenTelemetry's
+// error handler.
+func TestLibraryLogsInKeepersFormat(t *testing.T) {
+	prev := slog.Default()
+	t.Cleanup(func() { slog.SetDefault(prev); stdlog.SetOutput(os.Stderr); newLogger("error") })
+	var buf syncBuffer
+	installLogger(slog.New(logHandler(&buf, "info", "json", false)))
+	stdlog.Print("context canceled")
+	otel.Handle(errors.New("export: boom"))
+	lines := jsonLines(t, buf.String())
+	if len(lines) != 2 {
+		t.Fatalf("%d lines, want 2:\n%s", len(lines), buf.String())
+	}
+	for i, want := range []string{"context canceled", "export: boom"} {
+		if !strings.Contains(fmt.Sprint(lines[i]), want) {
+			t.Errorf("line %d %v lacks %q", i, lines[i], want)
+		}
 	}
 }
 
