@@ -40,7 +40,7 @@ var scenarios = map[string]scenario{
 			fs.IntVar(&o.Locked, "locked", 1_000_000, "messages locked")
 			fs.IntVar(&o.Rate, "rate", 20_000, "unlocks per second")
 			fs.IntVar(&o.Shards, "shards", 1, "shards")
-			fs.DurationVar(&o.Lead, "lead", 10*time.Second, "time from seeding to the first unlock")
+			fs.DurationVar(&o.Lead, "lead", 3*time.Second, "time from the end of seeding to the first unlock")
 			redisFlag(fs, &o.Redis)
 			return func(ctx context.Context) (any, error) { return bench.Precision(ctx, o) }
 		}},
