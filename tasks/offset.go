@@ -1,0 +1,61 @@
+package tasks
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// offsetWindow is how long a bound on the clock offset is trusted: long
+// enough to hold a tight sample from a quiet moment, short enough to follow
+// the drift between two clocks (parts per million: microseconds a second).
+const offsetWindow = int64(2e9) // ns
+
+// clockOffset estimates Redis's clock minus monoNow, in µs, from scripts'
+// readings of Redis TIME. A reading taken by a script sent at local time
+// start and answered at end bounds the offset: Redis read its clock between
+// the two, so the offset is at least now - end and at most now - start.
+// The estimate is the middle of the tightest bounds seen in the last
+// window or two. A single midpoint per round trip would do on a quiet
+// machine, but a round trip that waited behind others in Redis (a loaded
+// server, a pipeline of a hundred passes) is long, and its midpoint can be
+// off by half of it: deadlines turned into local times with it would come
+// early, and passes find nothing due yet.
+type clockOffset struct {
+	us atomic.Int64 // the estimate, read without the lock
+
+	mu sync.Mutex
+	// lo and hi are the tightest bounds of the current window (since
+	// started) and of the previous one (prevLo, prevHi).
+	lo, hi, prevLo, prevHi int64
+	started                int64
+	valid, prevValid       bool
+}
+
+// load is the estimate (0 before the first sample).
+func (c *clockOffset) load() int64 { return c.us.Load() }
+
+// sample adds a reading: Redis's clock was redisUs at some local time in
+// [start, end] (monoNow's clock, ns).
+func (c *clockOffset) sample(redisUs, start, end int64) {
+	lo, hi := redisUs-end/1000, redisUs-start/1000
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.valid || end-c.started >= offsetWindow {
+		c.prevLo, c.prevHi, c.prevValid = c.lo, c.hi, c.valid
+		c.lo, c.hi, c.started, c.valid = lo, hi, end, true
+	} else {
+		c.lo, c.hi = max(c.lo, lo), min(c.hi, hi)
+	}
+	bestLo, bestHi := c.lo, c.hi
+	if c.prevValid {
+		bestLo, bestHi = max(bestLo, c.prevLo), min(bestHi, c.prevHi)
+	}
+	if bestLo > bestHi {
+		// The bounds disagree: one of the clocks stepped. Start over from
+		// this reading.
+		c.prevValid = false
+		c.lo, c.hi, c.started = lo, hi, end
+		bestLo, bestHi = lo, hi
+	}
+	c.us.Store((bestLo + bestHi) / 2)
+}

@@ -1,0 +1,35 @@
+package tasks
+
+import "testing"
+
+// A round trip that waited behind others in Redis bounds the offset loosely
+// and must not move an estimate that a quick one bounded tightly; a clock
+// that stepped (bounds that disagree) is followed at once.
+func TestClockOffsetKeepsTheTightestBounds(t *testing.T) {
+	const ms = int64(1e6) // ns
+	var c clockOffset
+	// Redis is 5,000,000 µs ahead. A quick trip: sent at 10 ms, answered
+	// 0.2 ms later, Redis read its clock in the middle.
+	c.sample(5_000_000+10_100, 10*ms, 10*ms+200_000)
+	if got := c.load(); got < 5_000_000-100 || got > 5_000_000+100 {
+		t.Fatalf("after a quick trip: %d, want 5,000,000 ± 100", got)
+	}
+	// A slow trip (150 ms) whose first script ran 149 ms after it was sent:
+	// its midpoint would say Redis is 74 ms further ahead.
+	c.sample(5_000_000+20_000+149_000, 20*ms, 170*ms)
+	if got := c.load(); got < 5_000_000-100 || got > 5_000_000+100 {
+		t.Fatalf("after a slow trip: %d, want still 5,000,000 ± 100", got)
+	}
+	// Two windows later only fresh samples count.
+	c.sample(5_000_000+3_000_050, 3_000*ms, 3_000*ms+100_000)
+	c.sample(5_000_000+5_000_050, 5_000*ms, 5_000*ms+100_000)
+	if got := c.load(); got < 5_000_000-60 || got > 5_000_000+60 {
+		t.Fatalf("after fresh samples: %d", got)
+	}
+	// Redis's clock stepped a second back: the bounds disagree with the
+	// old ones, and the estimate follows the new reading.
+	c.sample(4_000_000+5_010_050, 5_010*ms, 5_010*ms+100_000)
+	if got := c.load(); got < 4_000_000-60 || got > 4_000_000+60 {
+		t.Fatalf("after a step: %d, want 4,000,000 ± 60", got)
+	}
+}
