@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keeperhq/keeper/internal/redisserver"
 	"github.com/redis/go-redis/v9"
@@ -27,7 +28,7 @@ func redisFor(ctx context.Context, addr string) (*redis.Client, func(), error) {
 		}
 		addr = srv.Addr
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 32})
+	rdb := redis.NewClient(benchRedisOptions(addr))
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = rdb.Close()
 		if srv != nil {
@@ -42,6 +43,14 @@ func redisFor(ctx context.Context, addr string) (*redis.Client, func(), error) {
 		}
 	}
 	return rdb, stop, nil
+}
+
+// benchRedisOptions are the options of the benchmarks' own clients. A
+// seeding script call can take seconds on a loaded machine: past the
+// default 3s read timeout, go-redis would send it again while the first
+// still runs, and Redis answers BUSY.
+func benchRedisOptions(addr string) *redis.Options {
+	return &redis.Options{Addr: addr, PoolSize: 32, ReadTimeout: time.Minute}
 }
 
 // commandCalls is the total of calls over INFO commandstats.

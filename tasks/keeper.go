@@ -190,12 +190,14 @@ type Keeper struct {
 // New returns a Keeper over layout.
 func New(layout queue.Layout, cfg Config) *Keeper {
 	cfg = cfg.withDefaults()
-	return &Keeper{
+	k := &Keeper{
 		cfg: cfg, layout: layout, log: cfg.Logger,
 		configs: map[string]queue.Config{}, shards: map[queue.Shard]*shardState{},
 		kick: make(chan struct{}, 1), probeCh: make(chan struct{}, 1), jobs: make(chan trip),
 		configChanged: make(chan struct{}, 1),
 	}
+	k.offset.guess()
+	return k
 }
 
 // Start launches the dispatcher, the workers, the sweeper and the wake

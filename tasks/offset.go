@@ -3,6 +3,7 @@ package tasks
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // offsetWindow is how long a bound on the clock offset is trusted: long
@@ -31,7 +32,12 @@ type clockOffset struct {
 	valid, prevValid       bool
 }
 
-// load is the estimate (0 before the first sample).
+// guess starts the estimate from the local wall clock, for the deadlines
+// learnt before the first reading of Redis's (Redis down at start): Redis's
+// clock is usually close to ours.
+func (c *clockOffset) guess() { c.us.Store(time.Now().UnixMicro() - monoNow()/1000) }
+
+// load is the estimate.
 func (c *clockOffset) load() int64 { return c.us.Load() }
 
 // sample adds a reading: Redis's clock was redisUs at some local time in

@@ -1,6 +1,9 @@
 package tasks
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // A round trip that waited behind others in Redis bounds the offset loosely
 // and must not move an estimate that a quick one bounded tightly; a clock
@@ -31,5 +34,17 @@ func TestClockOffsetKeepsTheTightestBounds(t *testing.T) {
 	c.sample(4_000_000+5_010_050, 5_010*ms, 5_010*ms+100_000)
 	if got := c.load(); got < 4_000_000-60 || got > 4_000_000+60 {
 		t.Fatalf("after a step: %d, want 4,000,000 ± 60", got)
+	}
+}
+
+// Before any reading of Redis's clock (Redis down at start), the estimate
+// is our own wall clock: a deadline learnt meanwhile comes due about when
+// it should, not decades late.
+func TestClockOffsetGuessIsTheWallClock(t *testing.T) {
+	var c clockOffset
+	c.guess()
+	local := (time.Now().UnixMicro() - c.load()) * 1000 // now, on monoNow's clock
+	if d := local - monoNow(); d < -int64(time.Second) || d > int64(time.Second) {
+		t.Fatalf("a deadline due now is due %s from now", time.Duration(d))
 	}
 }

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keeperhq/keeper/queue"
@@ -93,4 +95,30 @@ func (g *evictionGuard) onConnect(ctx context.Context, cn *redis.Conn) error {
 	// go-redis hands the caller the error OnConnect returns unwrapped once:
 	// wrapped here, the caller gets err itself, policy named.
 	return fmt.Errorf("redis connection refused: %w", err)
+}
+
+// commandCounter counts the commands this process sends to Redis: a script
+// call is one, a pipeline counts each of its commands. /status shows it, so
+// that `keeper bench scaleout` can tell each keeper's share of the Redis
+// work (Redis 7.0 keeps no per-client counts).
+type commandCounter struct{ n atomic.Int64 }
+
+var _ redis.Hook = (*commandCounter)(nil)
+
+func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) { return next(ctx, network, addr) }
+}
+
+func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
 }

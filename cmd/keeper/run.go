@@ -102,6 +102,7 @@ type daemon struct {
 	localRedis *redisserver.Server
 	localEtcd  *etcdserver.Server
 	rdb        redis.UniversalClient
+	redisCmds  commandCounter // what rdb sent
 	etcd       *clientv3.Client
 
 	memberID  string
@@ -325,6 +326,7 @@ func (d *daemon) startRedis(ctx context.Context) error {
 	// connection, so at start and on every reconnect.
 	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn"}).onConnect
 	d.rdb = redis.NewUniversalClient(opt)
+	d.rdb.AddHook(&d.redisCmds)
 	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, queue.ErrEvictionPolicy) {
 		return fmt.Errorf("redis %s: %w; set maxmemory-policy noeviction, or redis.allow_eviction: warn to run anyway",
 			strings.Join(addrs, ","), err)
