@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/poll"
@@ -37,6 +38,15 @@ type PrecisionResult struct {
 	LagMax   float64 `json:"lag_max_ms"`
 	// SeedS is how long seeding took; the stream started Lead after it.
 	SeedS float64 `json:"seed_s"`
+	// Passes and RoundTrips are what the keeper sent, from its start to
+	// the last unlock (probes aside); KeeperCPUS and RedisCPUS the CPU time
+	// (user+system) this process (the keeper, and the bench's recorder)
+	// and redis-server used meanwhile: the cost of the same work, however
+	// loaded the machine was.
+	Passes     int64   `json:"passes"`
+	RoundTrips int64   `json:"round_trips"`
+	KeeperCPUS float64 `json:"keeper_cpu_s"`
+	RedisCPUS  float64 `json:"redis_cpu_s"`
 }
 
 // Precision locks Locked messages whose unlock times follow each other at a
@@ -92,7 +102,13 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	rec := &lagRecorder{lags: make([]time.Duration, 0, total)}
 	kcfg := o.Keeper
 	kcfg.Recorder = rec
-	k := tasks.New(queue.NewNative(rdb, ""), kcfg)
+	layout := &tripCounter{Layout: queue.NewNative(rdb, "")}
+	cpu0 := cpuTime()
+	redis0, err := redisCPU(ctx, rdb)
+	if err != nil {
+		return PrecisionResult{}, err
+	}
+	k := tasks.New(layout, kcfg)
 	if err := k.Start(ctx); err != nil {
 		return PrecisionResult{}, err
 	}
@@ -105,10 +121,29 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	if _, err := poll.Until(wctx, 100*time.Millisecond, poll.Holds(func() bool { return rec.count() >= total })); err != nil {
 		return PrecisionResult{}, fmt.Errorf("%d of %d unlocked: %w", rec.count(), total, err)
 	}
+	cpu1 := cpuTime()
+	redis1, err := redisCPU(ctx, rdb)
+	if err != nil {
+		return PrecisionResult{}, err
+	}
 	lags := rec.sorted()
 	return PrecisionResult{Scenario: "precision", Locked: total, Rate: o.Rate, Shards: o.Shards,
 		LagP50: pctMs(lags, 0.50), LagP99: pctMs(lags, 0.99), LagMax: pctMs(lags, 1),
-		SeedS: round(seeded.Seconds(), 1)}, nil
+		SeedS: round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
+		KeeperCPUS: round((cpu1 - cpu0).Seconds(), 2), RedisCPUS: round(redis1-redis0, 2)}, nil
+}
+
+// tripCounter counts the round trips (Passes calls) and passes a keeper
+// sends through it.
+type tripCounter struct {
+	queue.Layout
+	trips, passes atomic.Int64
+}
+
+func (c *tripCounter) Passes(ctx context.Context, reqs []queue.PassRequest) []queue.PassOutcome {
+	c.trips.Add(1)
+	c.passes.Add(int64(len(reqs)))
+	return c.Layout.Passes(ctx, reqs)
 }
 
 // pctMs is the q-quantile of sorted lags, in ms.

@@ -67,19 +67,24 @@ func (s *lockStream) due(p, j int) int64 {
 // unlock (Redis ms).
 func (s *lockStream) rotate(ctx context.Context, lead time.Duration) (int64, error) {
 	in := queue.NewInspector(s.rdb, "")
+	var took time.Duration // the last round
 	for round := 0; ; round++ {
 		now, err := redisNow(ctx, s.rdb)
 		if err != nil {
 			return 0, err
 		}
 		first := s.first()
-		if first >= now.Add(lead/2).UnixMilli() {
+		// A lead shorter than a round (a loaded machine) cannot be kept:
+		// once a round left nothing overdue, the stream starts as soon as
+		// it can.
+		if first >= now.Add(lead/2).UnixMilli() || (round > 0 && first > now.UnixMilli()) {
 			return first, nil
 		}
 		if round == 20 {
 			return 0, fmt.Errorf("the stream could not be laid out %s ahead of Redis's clock in %d rounds", lead, round)
 		}
-		cutoff := now.Add(lead).UnixMilli()
+		start := time.Now()
+		cutoff := now.Add(max(lead, 2*took)).UnixMilli()
 		for p, sh := range s.shards {
 			// Messages are in unlock order within a shard's current turn;
 			// runs of equal new turns are seeded again in one call (the
@@ -105,6 +110,7 @@ func (s *lockStream) rotate(ctx context.Context, lead time.Duration) (int64, err
 				j = end
 			}
 		}
+		took = time.Since(start)
 	}
 }
 

@@ -21,8 +21,15 @@ const offsetWindow = int64(2e9) // ns
 // server, a pipeline of a hundred passes) is long, and its midpoint can be
 // off by half of it: deadlines turned into local times with it would come
 // early, and passes find nothing due yet.
+//
+// Deadlines are turned into local times with the lower bound (see due): a
+// pass sent then reaches Redis when the deadline has passed by Redis's own
+// clock, never before, at the cost of the bounds' width (a quick round
+// trip: tens of microseconds). Deadlines of the same millisecond then map
+// to the same local time in every shard, and go out together.
 type clockOffset struct {
-	us atomic.Int64 // the estimate, read without the lock
+	us    atomic.Int64 // the estimate, read without the lock
+	lower atomic.Int64 // its lower bound
 
 	mu sync.Mutex
 	// lo and hi are the tightest bounds of the current window (since
@@ -35,10 +42,18 @@ type clockOffset struct {
 // guess starts the estimate from the local wall clock, for the deadlines
 // learnt before the first reading of Redis's (Redis down at start): Redis's
 // clock is usually close to ours.
-func (c *clockOffset) guess() { c.us.Store(time.Now().UnixMicro() - monoNow()/1000) }
+func (c *clockOffset) guess() {
+	g := time.Now().UnixMicro() - monoNow()/1000
+	c.us.Store(g)
+	c.lower.Store(g)
+}
 
 // load is the estimate.
 func (c *clockOffset) load() int64 { return c.us.Load() }
+
+// due is the local time (monoNow's clock) from which Redis's clock is
+// surely at or past dueMs (Redis ms since the Unix epoch).
+func (c *clockOffset) due(dueMs int64) int64 { return (dueMs*1000 - c.lower.Load()) * 1000 }
 
 // sample adds a reading: Redis's clock was redisUs at some local time in
 // [start, end] (monoNow's clock, ns).
@@ -64,4 +79,5 @@ func (c *clockOffset) sample(redisUs, start, end int64) {
 		bestLo, bestHi = lo, hi
 	}
 	c.us.Store((bestLo + bestHi) / 2)
+	c.lower.Store(bestLo)
 }

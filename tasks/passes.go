@@ -30,10 +30,10 @@ type trip struct {
 
 // dispatch hands due passes to workers, never more than Workers round trips
 // at once, and sleeps until the next deadline otherwise. Whatever is due
-// when a worker is free goes in one pipelined round trip, spread over the
-// free workers: one pass when one is due, and when thousands of shards come
-// due together (or Redis is slow and passes queue up), a round trip per
-// worker carrying each of them, rather than one round trip per pass.
+// when a worker is free goes in one pipelined round trip: one pass when one
+// is due, and when thousands of shards come due together (or Redis is slow
+// and passes queue up) as many round trips of up to maxPipeline passes as
+// workers are free, evenly filled, rather than one round trip per pass.
 func (k *Keeper) dispatch(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -50,7 +50,8 @@ func (k *Keeper) dispatch(ctx context.Context) {
 				}
 				break
 			}
-			per := (len(due) + free - 1) / free
+			trips := (len(due) + maxPipeline - 1) / maxPipeline
+			per := (len(due) + trips - 1) / trips
 			for len(due) > 0 {
 				t := trip{ctx: k.passContextLocked(), jobs: due[:min(per, len(due))]}
 				due = due[len(t.jobs):]
@@ -201,6 +202,9 @@ func (k *Keeper) run(t trip) {
 			refused = append(refused, refusal{st, fe, task})
 		case errors.Is(o.Err, queue.ErrUnknownQueue):
 			k.deletedLocked(st, task, o.Err)
+		case st.deleted:
+			// Another pass found the queue deleted meanwhile: a probe
+			// decides when passes resume.
 		case o.Err != nil:
 			k.failLocked(st, task, o.Err, end)
 		default:
@@ -304,10 +308,8 @@ func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResul
 }
 
 // localMono turns a Redis deadline (ms since the Unix epoch) into monoNow's
-// clock.
-func (k *Keeper) localMono(dueMs int64) int64 {
-	return (dueMs*1000 - k.offset.load()) * 1000
-}
+// clock (see clockOffset.due).
+func (k *Keeper) localMono(dueMs int64) int64 { return k.offset.due(dueMs) }
 
 // redisNowUs is Redis's clock (µs) at monoNow's time at.
 func (k *Keeper) redisNowUs(at int64) int64 { return at/1000 + k.offset.load() }
