@@ -50,7 +50,8 @@ type PrecisionResult struct {
 }
 
 // Precision locks Locked messages whose unlock times follow each other at a
-// steady Rate over Shards shards (message i in shard i mod Shards), lets a
+// steady Rate over Shards shards (message i in shard i mod Shards; queues
+// of at most 1,000 partitions), lets a
 // keeper return them, and reports the lag of each: moved time minus unlock
 // time, both by Redis TIME (measured inside the unlock script). The stream
 // starts Lead after seeding ended, however long seeding took (see
@@ -73,17 +74,11 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 		return PrecisionResult{}, err
 	}
 	defer stop()
-	const name = "bench-precision"
-	reg := queue.NewRegistry(rdb, "")
-	_ = reg.Delete(ctx, name)
-	if err := reg.Create(ctx, name, queue.Config{Partitions: o.Shards}); err != nil {
+	shards, cfgs, drop, err := benchQueues(ctx, rdb, "bench-precision", o.Shards, 1000)
+	if err != nil {
 		return PrecisionResult{}, err
 	}
-	defer func() { _ = reg.Delete(context.WithoutCancel(ctx), name) }()
-	shards := make([]queue.Shard, o.Shards)
-	for p := range shards {
-		shards[p] = queue.Shard{Queue: name, Partition: p}
-	}
+	defer drop()
 	seedStart := time.Now()
 	now, err := redisNow(ctx, rdb)
 	if err != nil {
@@ -113,7 +108,7 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 		return PrecisionResult{}, err
 	}
 	defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
-	k.SetConfig(name, queue.Config{Partitions: o.Shards}.WithDefaults())
+	k.SetConfigs(cfgs)
 	k.Own(shards, 1)
 	wait := o.Lead + time.Duration(total)*time.Second/time.Duration(o.Rate) + time.Minute
 	wctx, cancel := context.WithTimeout(ctx, wait)

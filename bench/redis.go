@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/queue"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -98,4 +99,31 @@ func round(v float64, digits int) float64 {
 		return -float64(int64(-v*p+0.5)) / p
 	}
 	return float64(int64(v*p+0.5)) / p
+}
+
+// benchQueues creates queues name-0, name-1, ... of at most perQueue
+// partitions each (a queue holds at most queue.MaxPartitions), n shards in
+// all, replacing queues of those names. drop deletes them.
+func benchQueues(ctx context.Context, rdb *redis.Client, name string, n, perQueue int) (shards []queue.Shard, cfgs map[string]queue.Config, drop func(), err error) {
+	reg := queue.NewRegistry(rdb, "")
+	cfgs = map[string]queue.Config{}
+	drop = func() {
+		for q := range cfgs {
+			_ = reg.Delete(context.WithoutCancel(ctx), q)
+		}
+	}
+	for q := 0; len(shards) < n; q++ {
+		qn := fmt.Sprintf("%s-%d", name, q)
+		parts := min(perQueue, n-len(shards))
+		_ = reg.Delete(ctx, qn)
+		if err := reg.Create(ctx, qn, queue.Config{Partitions: parts}); err != nil {
+			drop()
+			return nil, nil, nil, err
+		}
+		cfgs[qn] = queue.Config{Partitions: parts}.WithDefaults()
+		for p := 0; p < parts; p++ {
+			shards = append(shards, queue.Shard{Queue: qn, Partition: p})
+		}
+	}
+	return shards, cfgs, drop, nil
 }

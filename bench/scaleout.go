@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"os"
@@ -32,7 +33,7 @@ import (
 type ScaleoutOptions struct {
 	// Keepers are the fleet sizes run in turn; default 1, 2, 4, 8.
 	Keepers []int
-	Shards  int // default 2,000 (one queue)
+	Shards  int // default 2,000 (queues of up to 1,000 partitions)
 	Rate    int // unlocks per second over all shards; default 30,000
 	Leases  int // leases expiring per second over all shards; default 5,000
 	// Window is how long each fleet is measured, once every shard is owned
@@ -164,17 +165,12 @@ type scaleoutEnv struct {
 // run measures one fleet of n keepers.
 func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 	o := e.o
-	name := fmt.Sprintf("bench-scaleout-%d", n)
-	reg := queue.NewRegistry(e.rdb, "")
-	_ = reg.Delete(ctx, name)
-	if err := reg.Create(ctx, name, queue.Config{Partitions: o.Shards}); err != nil {
+	shards, cfgs, drop, err := benchQueues(ctx, e.rdb, fmt.Sprintf("bench-scaleout-%d", n), o.Shards, 1000)
+	if err != nil {
 		return ScaleoutResult{}, err
 	}
-	defer func() { _ = reg.Delete(context.WithoutCancel(ctx), name) }()
-	shards := make([]queue.Shard, o.Shards)
-	for p := range shards {
-		shards[p] = queue.Shard{Queue: name, Partition: p}
-	}
+	defer drop()
+	names := slices.Sorted(maps.Keys(cfgs))
 
 	// The keepers start after seeding and need some seconds to share the
 	// shards out; the streams start after that and run past the window.
@@ -197,7 +193,7 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 	if err != nil {
 		return ScaleoutResult{}, err
 	}
-	if err := e.pullLeases(ctx, name, first, int(float64(o.Leases)*span.Seconds())); err != nil {
+	if err := e.pullLeases(ctx, names, first, int(float64(o.Leases)*span.Seconds())); err != nil {
 		return ScaleoutResult{}, err
 	}
 
@@ -225,7 +221,7 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 		return ScaleoutResult{}, ctx.Err()
 	case <-time.After(max(time.Until(time.UnixMilli(first).Add(time.Second)), 2*time.Second)):
 	}
-	before, err := e.sample(ctx, fleet, name, true)
+	before, err := e.sample(ctx, fleet, names, true)
 	if err != nil {
 		return ScaleoutResult{}, err
 	}
@@ -234,7 +230,7 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 		return ScaleoutResult{}, ctx.Err()
 	case <-time.After(o.Window):
 	}
-	after, err := e.sample(ctx, fleet, name, false)
+	after, err := e.sample(ctx, fleet, names, false)
 	if err != nil {
 		return ScaleoutResult{}, err
 	}
@@ -283,7 +279,7 @@ func (e scaleoutEnv) seedLeases(ctx context.Context, shards []queue.Shard, count
 // pullLeases leases count ready messages, a hundred at a time, so that the
 // leases run out at Leases per second from first (Redis ms) on: none is
 // ever acked, so the keepers requeue each.
-func (e scaleoutEnv) pullLeases(ctx context.Context, name string, first int64, count int) error {
+func (e scaleoutEnv) pullLeases(ctx context.Context, names []string, first int64, count int) error {
 	c := queue.NewClient(e.rdb, queue.ClientOptions{})
 	const chunk = 100
 	step := time.Duration(float64(time.Second) * chunk / float64(e.o.Leases))
@@ -296,7 +292,7 @@ func (e scaleoutEnv) pullLeases(ctx context.Context, name string, first int64, c
 		if lease < time.Millisecond {
 			return fmt.Errorf("leasing took longer than the lead: lease %d would end at once", i)
 		}
-		ds, err := c.Pull(ctx, name, min(chunk, count-i*chunk), lease)
+		ds, err := c.Pull(ctx, names[i%len(names)], min(chunk, count-i*chunk), lease)
 		if err != nil {
 			return fmt.Errorf("pull leases: %w", err)
 		}
@@ -467,12 +463,17 @@ type sample struct {
 // sample reads the window's start (first) or end. Redis's counters are read
 // outside the window (before INFO at its start, after it at its end), so
 // the only command of the bench's in it is the first INFO.
-func (e scaleoutEnv) sample(ctx context.Context, fleet []*fleetKeeper, name string, first bool) (sample, error) {
+func (e scaleoutEnv) sample(ctx context.Context, fleet []*fleetKeeper, names []string, first bool) (sample, error) {
 	s := sample{lag: lagHistogram{}}
 	requeued := func() error {
-		stats, err := queue.NewClient(e.rdb, queue.ClientOptions{}).Stats(ctx, name)
-		s.requeued = stats.Counters.Requeued
-		return err
+		for _, name := range names {
+			stats, err := queue.NewClient(e.rdb, queue.ClientOptions{}).Stats(ctx, name)
+			if err != nil {
+				return err
+			}
+			s.requeued += stats.Counters.Requeued
+		}
+		return nil
 	}
 	if first {
 		if err := requeued(); err != nil {

@@ -6,37 +6,35 @@ import (
 	"time"
 )
 
-// offsetWindow is how long a bound on the clock offset is trusted: long
-// enough to hold a tight sample from a quiet moment, short enough to follow
-// the drift between two clocks (parts per million: microseconds a second).
-const offsetWindow = int64(2e9) // ns
+// driftPPM is how fast the bounds on the clock offset are let widen as they
+// age, in parts per million (µs a second): what two machines' clocks may
+// drift apart between readings. One machine's two clocks do not drift.
+const driftPPM = 50
 
 // clockOffset estimates Redis's clock minus monoNow, in µs, from scripts'
 // readings of Redis TIME. A reading taken by a script sent at local time
 // start and answered at end bounds the offset: Redis read its clock between
 // the two, so the offset is at least now - end and at most now - start.
-// The estimate is the middle of the tightest bounds seen in the last
-// window or two. A single midpoint per round trip would do on a quiet
-// machine, but a round trip that waited behind others in Redis (a loaded
-// server, a pipeline of a hundred passes) is long, and its midpoint can be
-// off by half of it: deadlines turned into local times with it would come
-// early, and passes find nothing due yet.
+// Every reading narrows the bounds the earlier ones set (each widened by
+// driftPPM for its age), so one quick round trip keeps them tight while the
+// others are slow: a round trip that waited behind others in Redis (a
+// loaded server, a pipeline of a hundred passes) can last a second, and the
+// midpoint of its own bounds be off by half of it. Bounds that no longer
+// meet mean a clock stepped: the estimate starts over from the reading.
 //
 // Deadlines are turned into local times with the lower bound (see due): a
 // pass sent then reaches Redis when the deadline has passed by Redis's own
-// clock, never before, at the cost of the bounds' width (a quick round
-// trip: tens of microseconds). Deadlines of the same millisecond then map
-// to the same local time in every shard, and go out together.
+// clock, never before, at the cost of the bounds' width (tens of
+// microseconds after a quick round trip). Deadlines of the same millisecond
+// then map to the same local time in every shard, and go out together.
 type clockOffset struct {
-	us    atomic.Int64 // the estimate, read without the lock
-	lower atomic.Int64 // its lower bound
+	us    atomic.Int64 // the estimate (the bounds' middle), read without the lock
+	lower atomic.Int64 // the lower bound
 
-	mu sync.Mutex
-	// lo and hi are the tightest bounds of the current window (since
-	// started) and of the previous one (prevLo, prevHi).
-	lo, hi, prevLo, prevHi int64
-	started                int64
-	valid, prevValid       bool
+	mu     sync.Mutex
+	lo, hi int64 // the bounds, as of at
+	at     int64 // monoNow's clock
+	valid  bool
 }
 
 // guess starts the estimate from the local wall clock, for the deadlines
@@ -61,23 +59,14 @@ func (c *clockOffset) sample(redisUs, start, end int64) {
 	lo, hi := redisUs-end/1000, redisUs-start/1000
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.valid || end-c.started >= offsetWindow {
-		c.prevLo, c.prevHi, c.prevValid = c.lo, c.hi, c.valid
-		c.lo, c.hi, c.started, c.valid = lo, hi, end, true
-	} else {
-		c.lo, c.hi = max(c.lo, lo), min(c.hi, hi)
+	if c.valid {
+		widen := max(0, end-c.at) / 1000 * driftPPM / 1_000_000
+		klo, khi := c.lo-widen, c.hi+widen
+		if lo <= khi && hi >= klo {
+			lo, hi = max(lo, klo), min(hi, khi)
+		}
 	}
-	bestLo, bestHi := c.lo, c.hi
-	if c.prevValid {
-		bestLo, bestHi = max(bestLo, c.prevLo), min(bestHi, c.prevHi)
-	}
-	if bestLo > bestHi {
-		// The bounds disagree: one of the clocks stepped. Start over from
-		// this reading.
-		c.prevValid = false
-		c.lo, c.hi, c.started = lo, hi, end
-		bestLo, bestHi = lo, hi
-	}
-	c.us.Store((bestLo + bestHi) / 2)
-	c.lower.Store(bestLo)
+	c.lo, c.hi, c.at, c.valid = lo, hi, end, true
+	c.us.Store((lo + hi) / 2)
+	c.lower.Store(lo)
 }

@@ -30,10 +30,12 @@ type trip struct {
 
 // dispatch hands due passes to workers, never more than Workers round trips
 // at once, and sleeps until the next deadline otherwise. Whatever is due
-// when a worker is free goes in one pipelined round trip: one pass when one
-// is due, and when thousands of shards come due together (or Redis is slow
-// and passes queue up) as many round trips of up to maxPipeline passes as
-// workers are free, evenly filled, rather than one round trip per pass.
+// when workers are free goes at once, spread evenly over them, each share
+// in one pipelined round trip: a pass alone when few are due, and when
+// thousands of shards come due together (or Redis is slow and passes queue
+// up) up to maxPipeline passes a round trip rather than one each. Spreading
+// keeps every worker's round trip in flight: on a loaded machine a round
+// trip's time is mostly waiting to be scheduled, not work.
 func (k *Keeper) dispatch(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -50,8 +52,7 @@ func (k *Keeper) dispatch(ctx context.Context) {
 				}
 				break
 			}
-			trips := (len(due) + maxPipeline - 1) / maxPipeline
-			per := (len(due) + trips - 1) / trips
+			per := (len(due) + free - 1) / free
 			for len(due) > 0 {
 				t := trip{ctx: k.passContextLocked(), jobs: due[:min(per, len(due))]}
 				due = due[len(t.jobs):]

@@ -76,7 +76,7 @@ var scenarios = map[string]scenario{
 			var o bench.ScaleoutOptions
 			var keepers string
 			fs.StringVar(&keepers, "keepers", "1,2,4,8", "fleet sizes, run in turn")
-			fs.IntVar(&o.Shards, "shards", 2000, "shards (one queue)")
+			fs.IntVar(&o.Shards, "shards", 2000, "shards (queues of up to 1,000 partitions)")
 			fs.IntVar(&o.Rate, "rate", 30_000, "unlocks per second over all shards")
 			fs.IntVar(&o.Leases, "leases", 5000, "leases expiring per second over all shards")
 			fs.DurationVar(&o.Window, "window", 20*time.Second, "measuring window per fleet size")
