@@ -115,8 +115,8 @@ image: build
 	$(CONTAINER) build -f Containerfile --build-arg VERSION=$(or $(VERSION),dev) \
 		--build-arg REVISION=$(or $(REVISION),unknown) -t $(IMAGE) $(BIN)/image
 
-bench: build
-	$(BIN)/keeper bench all --json
+bench: build $(BIN)/etcd
+	ETCD_BIN=$(CURDIR)/$(BIN)/etcd $(BIN)/keeper bench all --json
 
 # The etcd server of the module's etcd version, for the three-member etcd
 # clusters of the chaos harness (`go install` of the server module fails on

@@ -425,15 +425,13 @@ func TestRedisRestartIsSurvived(t *testing.T) {
 		h.k.mu.Lock()
 		defer h.k.mu.Unlock()
 		for _, st := range h.k.shards {
-			for _, b := range st.backoff {
-				if b > 0 {
-					return true
-				}
+			if st.fail != nil {
+				return true
 			}
 		}
 		// Force a pass so there is something to fail.
 		for _, st := range h.k.shards {
-			h.k.heap.schedule(st, Unlock, time.Now())
+			h.k.heap.schedule(st, Unlock, monoNow())
 		}
 		h.k.signal(h.k.kick)
 		return false
@@ -670,7 +668,7 @@ func TestStopWhileHandingAPassLetsDisownReturn(t *testing.T) {
 		k.mu.Lock()
 		defer k.mu.Unlock()
 		st := k.shards[b]
-		return st != nil && st.busy == 1 && k.busy == 1
+		return st != nil && st.busy == 1 && k.trips == 1
 	})
 	go func() { _ = k.Stop(context.Background()) }()
 	waitFor(t, 10*time.Second, "keeper stopping", func() bool { return k.base.Life().Err() != nil })

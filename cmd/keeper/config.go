@@ -119,7 +119,7 @@ type RingConfig struct {
 
 // TasksConfig tunes housekeeping.
 type TasksConfig struct {
-	Workers         int           `yaml:"workers" help:"passes running at once"`
+	Workers         int           `yaml:"workers" help:"round trips to Redis in flight, each carrying up to 128 due passes"`
 	Batch           int           `yaml:"batch" help:"messages per pass"`
 	MeasureInterval time.Duration `yaml:"measure_interval" help:"how often a changed shard is measured"`
 	SweepInterval   time.Duration `yaml:"sweep_interval" help:"safety sweep period over all owned shards"`

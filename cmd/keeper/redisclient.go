@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keeperhq/keeper/queue"
@@ -135,4 +137,30 @@ func (g *evictionGuard) onConnect(ctx context.Context, cn *redis.Conn) error {
 func isSentinel(ctx context.Context, cn *redis.Conn) bool {
 	info, err := cn.Info(ctx, "server").Result()
 	return err == nil && strings.Contains(info, "redis_mode:sentinel")
+}
+
+// commandCounter counts the commands this process sends to Redis: a script
+// call is one, a pipeline counts each of its commands. /status shows it, so
+// that `keeper bench scaleout` can tell each keeper's share of the Redis
+// work (Redis 7.0 keeps no per-client counts).
+type commandCounter struct{ n atomic.Int64 }
+
+var _ redis.Hook = (*commandCounter)(nil)
+
+func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) { return next(ctx, network, addr) }
+}
+
+func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
 }

@@ -98,6 +98,7 @@ type daemon struct {
 	localRedis *redisserver.Server
 	localEtcd  *etcdserver.Server
 	rdb        redis.UniversalClient
+	redisCmds  commandCounter // what rdb sent
 	etcd       *clientv3.Client
 	// sentinelWatch follows Sentinel's failovers for rdb (redis.sentinel).
 	sentinelWatch *sentinelWatch
@@ -338,6 +339,7 @@ func (d *daemon) startRedis(ctx context.Context) error {
 	}
 	d.rdb = redis.NewUniversalClient(opt)
 	where := d.redisAddr()
+	d.rdb.AddHook(&d.redisCmds)
 	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, queue.ErrEvictionPolicy) {
 		return fmt.Errorf("redis %s: %w; set maxmemory-policy noeviction, or redis.allow_eviction: warn to run anyway",
 			where, err)
