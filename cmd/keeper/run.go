@@ -223,7 +223,7 @@ func (d *daemon) build() error {
 		})
 	agg := election.NewAggregator(d.etcd, election.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.memberID,
 		SessionTTL: d.cfg.Etcd.SessionTTL, Units: ring.Units, Logger: d.log}, catalog.Shards)
-	source := shardSource{keeper}
+	source := shardSource{k: keeper, live: coord.Live}
 	publisher := election.NewPublisher(d.etcd, election.PublisherConfig{Prefix: d.cfg.Etcd.Prefix,
 		MemberID: d.memberID, Interval: d.metrics.ExportInterval(), SessionTTL: d.cfg.Etcd.SessionTTL,
 		Logger: d.log}, func() election.Summary {
@@ -440,9 +440,17 @@ func splitList(s string) []string {
 // shardSource feeds the per-shard series from the keeper's last
 // measurements of the shards it owns: collection costs Redis nothing, and a
 // shard it disowned is not listed from that moment.
-type shardSource struct{ k *tasks.Keeper }
+type shardSource struct {
+	k *tasks.Keeper
+	// live: the session under which the shards are owned still holds
+	// (shard.Coordinator.Live); while it does not, nothing is listed.
+	live func() bool
+}
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
+	if !s.live() {
+		return
+	}
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
 		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
 			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
