@@ -1,0 +1,25 @@
+-- deckard_lib.lua: helpers of the Deckard layout's scripts, which
+-- scripts.go prepends after lib.lua (newDeckardScript). Deckard's scores are
+-- epoch milliseconds from its pods' clocks, never Redis TIME, and may be
+-- any double: negative ones included (a pod whose clock reads before the
+-- epoch, a hand edit), which Deckard's own housekeeper never returns.
+
+-- How far ahead a reported deadline may lie: a score further away (or
+-- +inf) is reported as a year from now, so that the keeper's timer
+-- arithmetic stays in range; the safety sweep reads it again long before.
+local YEAR_MS = 365 * 86400000
+
+-- The earliest deadline of a Deckard pool as keeper schedules it: -1 when
+-- the pool is empty; 0 (due) for a negative score, so that it is never
+-- stranded.
+local function due_head(zkey, now_ms)
+  local h = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')[2]
+  if h == nil then
+    return -1
+  end
+  local s = tonumber(h)
+  if s < 0 then
+    return 0
+  end
+  return math.min(math.floor(s), now_ms + YEAR_MS)
+end
