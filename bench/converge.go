@@ -3,8 +3,6 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +15,8 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/memberid"
+	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -92,9 +92,7 @@ func Converge(ctx context.Context, o ConvergeOptions) (ConvergeResult, error) {
 		defer func() { _ = srv.Stop() }()
 		endpoints = srv.Endpoints()
 	} else {
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		prefix = "/keeper-bench-" + hex.EncodeToString(b[:]) + "/"
+		prefix = "/keeper-bench-" + memberid.New() + "/"
 	}
 	newClient := func() (*clientv3.Client, error) {
 		cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second,
@@ -117,10 +115,10 @@ func Converge(ctx context.Context, o ConvergeOptions) (ConvergeResult, error) {
 		}()
 	}
 
-	catalog := make([]string, o.Shards)
-	counter := &ownerCounter{index: make(map[string]int, o.Shards), counts: make([]atomic.Int32, o.Shards)}
+	catalog := make([]queue.Shard, o.Shards)
+	counter := &ownerCounter{index: make(map[queue.Shard]int, o.Shards), counts: make([]atomic.Int32, o.Shards)}
 	for i := range catalog {
-		catalog[i] = fmt.Sprintf("q%05d#%d", i/4, i%4)
+		catalog[i] = queue.Shard{Queue: fmt.Sprintf("q%05d", i/4), Partition: i % 4}
 		counter.index[catalog[i]] = i
 	}
 
@@ -225,10 +223,10 @@ func Converge(ctx context.Context, o ConvergeOptions) (ConvergeResult, error) {
 	if err != nil {
 		return ConvergeResult{}, fmt.Errorf("status: %w", err)
 	}
-	res.Units = st.Ring.Partitions
+	res.Units = st.Ring.Units
 	used := map[int]bool{}
 	for _, sh := range catalog {
-		used[shard.UnitOf(sh, st.Ring.Partitions)] = true
+		used[shard.UnitOf(sh, st.Ring.Units)] = true
 	}
 	res.UnitsUsed = len(used)
 
@@ -310,7 +308,7 @@ func metricValue(r io.Reader, name string) (float64, bool, error) {
 // ownerCounter counts owners per shard across all keepers, and how many
 // shards have exactly one.
 type ownerCounter struct {
-	index  map[string]int // read-only after setup
+	index  map[queue.Shard]int // read-only after setup
 	counts []atomic.Int32
 	good   atomic.Int64
 }
@@ -340,31 +338,35 @@ type countingListener struct {
 	owned map[int]struct{}
 }
 
-func (l *countingListener) Own(shard string, _ int64) {
-	i, ok := l.c.index[shard]
-	if !ok {
-		return
-	}
-	l.mu.Lock()
-	_, had := l.owned[i]
-	l.owned[i] = struct{}{}
-	l.mu.Unlock()
-	if !had {
-		l.c.inc(i)
+func (l *countingListener) Own(shards []queue.Shard, _ int64) {
+	for _, sh := range shards {
+		i, ok := l.c.index[sh]
+		if !ok {
+			continue
+		}
+		l.mu.Lock()
+		_, had := l.owned[i]
+		l.owned[i] = struct{}{}
+		l.mu.Unlock()
+		if !had {
+			l.c.inc(i)
+		}
 	}
 }
 
-func (l *countingListener) Disown(shard string) {
-	i, ok := l.c.index[shard]
-	if !ok {
-		return
-	}
-	l.mu.Lock()
-	_, had := l.owned[i]
-	delete(l.owned, i)
-	l.mu.Unlock()
-	if had {
-		l.c.dec(i)
+func (l *countingListener) Disown(shards []queue.Shard) {
+	for _, sh := range shards {
+		i, ok := l.c.index[sh]
+		if !ok {
+			continue
+		}
+		l.mu.Lock()
+		_, had := l.owned[i]
+		delete(l.owned, i)
+		l.mu.Unlock()
+		if had {
+			l.c.dec(i)
+		}
 	}
 }
 

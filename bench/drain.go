@@ -75,11 +75,9 @@ func Drain(ctx context.Context, o DrainOptions) (DrainResult, error) {
 		if err := k.Start(ctx); err != nil {
 			return err
 		}
-		defer k.Stop()
-		cfg := queue.Config{Partitions: len(shards)}.WithDefaults()
-		for _, s := range shards {
-			k.Own(s, cfg, 1)
-		}
+		defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
+		k.SetConfig(shards[0].Queue, queue.Config{Partitions: len(shards)}.WithDefaults())
+		k.Own(shards, 1)
 		var probeErr error
 		_, err := poll.Until(ctx, 5*time.Millisecond, func() (bool, string) {
 			left, err := lockedLeft(ctx, n, shards)

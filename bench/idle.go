@@ -78,10 +78,9 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 	if err := k.Start(ctx); err != nil {
 		return IdleResult{}, err
 	}
-	defer k.Stop()
-	for _, s := range shards {
-		k.Own(s, cfgs[s.Queue], 1)
-	}
+	defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
+	k.SetConfigs(cfgs)
+	k.Own(shards, 1)
 	measured := func() int {
 		c := 0
 		k.EachMeasurement(func(tasks.ShardMeasurement) { c++ })

@@ -91,11 +91,13 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	if err := k.Start(ctx); err != nil {
 		return PrecisionResult{}, err
 	}
-	defer k.Stop()
-	cfg := queue.Config{Partitions: o.Shards}.WithDefaults()
-	for p := 0; p < o.Shards; p++ {
-		k.Own(queue.Shard{Queue: name, Partition: p}, cfg, 1)
+	defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
+	k.SetConfig(name, queue.Config{Partitions: o.Shards}.WithDefaults())
+	shards := make([]queue.Shard, o.Shards)
+	for p := range shards {
+		shards[p] = queue.Shard{Queue: name, Partition: p}
 	}
+	k.Own(shards, 1)
 	wait := o.Lead + time.Duration(total)*step + time.Minute
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()

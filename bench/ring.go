@@ -121,7 +121,7 @@ func ringSweep(ctx context.Context, o RingOptions, name func(int, *rand.Rand) st
 	var w ringWorst
 	r := shard.NewRing(cur, o.Ring)
 	w.cfg = r.Config()
-	p := float64(w.cfg.Partitions)
+	p := float64(w.cfg.Units)
 	note := func(moved, before, after int, change string) {
 		ratio := float64(moved) / p * float64(max(before, after))
 		if ratio > w.moved {

@@ -8,17 +8,16 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/keeperhq/keeper/internal/service"
 	"github.com/keeperhq/keeper/otel"
+	"github.com/keeperhq/keeper/shard"
 )
-
-const defaultInterval = 10 * time.Second
 
 // Summary is what one keeper publishes about the shards it owns. The JSON
 // field names are one letter and zero counts are left out, so a keeper with
@@ -60,25 +59,26 @@ func Summarize(member string, src otel.ShardSource) Summary {
 	return s
 }
 
-func summariesPrefix(prefix string) string { return prefix + "summaries/" }
+// IntervalDefault is PublisherConfig.Interval's default.
+const IntervalDefault = 10 * time.Second
 
 // PublisherConfig configures a Publisher. Zero values take the defaults
 // noted.
 type PublisherConfig struct {
-	// Prefix is the etcd key prefix; default "/keeper/". A missing trailing
-	// '/' is added.
+	// Prefix is the etcd key prefix; default shard.PrefixDefault. A missing
+	// trailing '/' is added.
 	Prefix string
 	// MemberID is this keeper's shard member id; required, because the
 	// leader only counts summaries of live members.
 	MemberID string
-	// Interval is how often the source is read; default 10s. The summary is
-	// written only when it changed since the last write, so at most once
-	// per Interval; only a summary lost with its lease, or a failed write,
-	// is written again sooner (with backoff).
+	// Interval is how often the source is read; default IntervalDefault.
+	// The summary is written only when it changed since the last write, so
+	// at most once per Interval; only a summary lost with its lease, or a
+	// failed write, is written again sooner (with backoff).
 	Interval time.Duration
 	// SessionTTL is the TTL of the lease the summary is bound to, rounded up
-	// to whole seconds, at least 2s; default 3s. A crashed keeper's summary
-	// goes away within about this long.
+	// to whole seconds, at least 2s; default shard.SessionTTLDefault. A
+	// crashed keeper's summary goes away within about this long.
 	SessionTTL time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -88,18 +88,15 @@ type PublisherConfig struct {
 // bound to its own lease, so the aggregator leader can sum the fleet without
 // reading Redis.
 type Publisher struct {
+	base   service.Base
 	cli    *clientv3.Client
 	cfg    PublisherConfig
 	source func() Summary
 	log    *slog.Logger
 	key    string
 
-	mu         sync.Mutex
-	started    bool
-	stopped    bool
-	sessCancel context.CancelFunc // sessions' context, outlives the loop
-	loopCancel context.CancelFunc
-	done       chan struct{}
+	endLoop context.CancelFunc
+	done    chan struct{}
 	// sess is the loop's session when it returned, for Stop to revoke.
 	sess *concurrency.Session
 }
@@ -108,81 +105,73 @@ type Publisher struct {
 // source is called once per Interval from the publisher's goroutine and
 // should be cheap (e.g. Summarize over the last shard snapshots).
 func NewPublisher(cli *clientv3.Client, cfg PublisherConfig, source func() Summary) *Publisher {
-	cfg.Prefix = normPrefix(cfg.Prefix)
+	keys := shard.NewKeys(cfg.Prefix)
+	cfg.Prefix = keys.Prefix()
 	if cfg.SessionTTL <= 0 {
-		cfg.SessionTTL = defaultSessionTTL
+		cfg.SessionTTL = shard.SessionTTLDefault
 	}
-	cfg.SessionTTL = time.Duration(ttlSeconds(cfg.SessionTTL)) * time.Second
+	cfg.SessionTTL = shard.LeaseTTL(cfg.SessionTTL)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Interval <= 0 {
-		cfg.Interval = defaultInterval
+		cfg.Interval = IntervalDefault
 	}
 	return &Publisher{
 		cli:    cli,
 		cfg:    cfg,
 		source: source,
 		log:    cfg.Logger.With("component", "summary", "member", cfg.MemberID),
-		key:    summariesPrefix(cfg.Prefix) + cfg.MemberID,
+		key:    keys.Summary(cfg.MemberID),
 	}
 }
 
 // Key is the etcd key the summary is written to.
 func (p *Publisher) Key() string { return p.key }
 
+func (p *Publisher) timeout() time.Duration { return shard.RequestTimeout(p.cfg.SessionTTL) }
+
 // Start publishes the first summary as soon as a lease is granted and keeps
-// publishing until Stop or until ctx is done. It returns at once.
+// publishing until Stop. It returns at once.
 func (p *Publisher) Start(ctx context.Context) error {
+	if _, err := p.base.StartInit(ctx); err != nil {
+		return fmt.Errorf("summary publisher: %w", err)
+	}
 	if p.cfg.MemberID == "" || strings.Contains(p.cfg.MemberID, "/") {
-		return fmt.Errorf("summary publisher: invalid member id %q", p.cfg.MemberID)
+		return p.base.StartDone(fmt.Errorf("summary publisher: invalid member id %q", p.cfg.MemberID))
 	}
 	if p.source == nil {
-		return errors.New("summary publisher: no source")
+		return p.base.StartDone(errors.New("summary publisher: no source"))
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.started {
-		return errors.New("summary publisher already started")
-	}
-	p.started = true
-	sessCtx, sessCancel := context.WithCancel(ctx)
-	loopCtx, loopCancel := context.WithCancel(sessCtx)
-	p.sessCancel, p.loopCancel = sessCancel, loopCancel
-	p.done = make(chan struct{})
-	go p.run(sessCtx, loopCtx)
-	return nil
+	loopCtx, endLoop := context.WithCancel(p.base.Life())
+	p.endLoop, p.done = endLoop, make(chan struct{})
+	p.base.Go(func(sessCtx context.Context) { p.run(sessCtx, loopCtx) })
+	return p.base.StartDone(nil)
 }
 
 // Stop ends publishing and deletes the summary by revoking its lease, so the
 // leader stops counting it at once.
 func (p *Publisher) Stop(ctx context.Context) error {
-	p.mu.Lock()
-	if !p.started || p.stopped {
-		p.mu.Unlock()
+	return p.base.Halt(ctx, func(ctx context.Context) error {
+		p.endLoop()
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return fmt.Errorf("stop summary publisher: %w", ctx.Err())
+		}
+		if p.sess == nil {
+			return nil
+		}
+		p.sess.Orphan()
+		// Bounded like every other etcd call here: with etcd unreachable the
+		// lease cannot be revoked, and the summary expires with it anyway.
+		rctx, cancel := context.WithTimeout(ctx, p.timeout())
+		defer cancel()
+		if _, err := p.cli.Revoke(rctx, p.sess.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("stop summary publisher: revoke lease: %w", err)
+		}
 		return nil
-	}
-	p.stopped = true
-	p.mu.Unlock()
-	defer p.sessCancel()
-	p.loopCancel()
-	select {
-	case <-p.done:
-	case <-ctx.Done():
-		return fmt.Errorf("stop summary publisher: %w", ctx.Err())
-	}
-	if p.sess == nil {
-		return nil
-	}
-	p.sess.Orphan()
-	// Bounded like every other etcd call here: with etcd unreachable the
-	// lease cannot be revoked, and the summary expires with it anyway.
-	rctx, cancel := context.WithTimeout(ctx, max(2*time.Second, p.cfg.SessionTTL))
-	defer cancel()
-	if _, err := p.cli.Revoke(rctx, p.sess.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return fmt.Errorf("stop summary publisher: revoke lease: %w", err)
-	}
-	return nil
+	})
 }
 
 func (p *Publisher) run(sessCtx, ctx context.Context) {
@@ -214,11 +203,11 @@ func (p *Publisher) run(sessCtx, ctx context.Context) {
 		case <-sessDone:
 			// The key went with the lease: write it again now rather
 			// than at the next tick.
-			p.log.Info("summary lease ended; publishing under a new one", "lease", leaseHex(sess.Lease()))
+			p.log.Info("summary lease ended; publishing under a new one", "lease", fmt.Sprintf("%x", int64(sess.Lease())))
 			sess, last = nil, nil
 		}
 		if sess == nil {
-			s, err := concurrency.NewSession(p.cli, concurrency.WithTTL(int(ttlSeconds(p.cfg.SessionTTL))),
+			s, err := concurrency.NewSession(p.cli, concurrency.WithTTL(int(p.cfg.SessionTTL/time.Second)),
 				concurrency.WithContext(sessCtx))
 			if err != nil {
 				fail("cannot open summary session", err)
@@ -236,7 +225,7 @@ func (p *Publisher) run(sessCtx, ctx context.Context) {
 		if bytes.Equal(b, last) {
 			continue
 		}
-		octx, cancel := context.WithTimeout(ctx, max(2*time.Second, p.cfg.SessionTTL))
+		octx, cancel := context.WithTimeout(ctx, p.timeout())
 		_, err = p.cli.Put(octx, p.key, string(b), clientv3.WithLease(sess.Lease()))
 		cancel()
 		if err != nil {

@@ -13,7 +13,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/service"
+	"github.com/keeperhq/keeper/internal/service/servicetest"
 	"github.com/keeperhq/keeper/otel"
+	"github.com/keeperhq/keeper/shard"
 )
 
 // shardList is a fixed otel.ShardSource.
@@ -210,4 +213,23 @@ func TestPublisherRefusesBadConfig(t *testing.T) {
 	if err := NewPublisher(c.admin, PublisherConfig{MemberID: "k"}, nil).Start(context.Background()); err == nil {
 		t.Fatalf("publisher without a source started")
 	}
+}
+
+// The publisher keeps the lifecycle rules (internal/service); a stopped
+// publisher leaves no summary.
+func TestPublisherStartStop(t *testing.T) {
+	c := newCluster(t)
+	n := 0
+	servicetest.Stress(t, 10, func(t *testing.T) service.Service {
+		n++
+		return NewPublisher(c.admin, PublisherConfig{MemberID: fmt.Sprintf("s%d", n), Interval: 10 * time.Millisecond,
+			SessionTTL: testTTL, Logger: c.log}, func() Summary { return Summary{OwnedShards: 1} })
+	})
+	poll.For(t, 2*testTTL+5*time.Second, "no summary left", func() (bool, string) {
+		resp, err := c.admin.Get(context.Background(), shard.NewKeys("").Summaries(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return false, err.Error()
+		}
+		return resp.Count == 0, fmt.Sprintf("%d summaries", resp.Count)
+	})
 }

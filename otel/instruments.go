@@ -4,15 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/keeperhq/keeper/queue"
 )
@@ -167,6 +164,7 @@ type SelfSource interface {
 // Instruments are keeper's instruments on one meter. A nil *Instruments is
 // valid and records nothing, so tasks can run without metrics.
 type Instruments struct {
+	meter        metric.Meter
 	lag          *ownedHistograms        // with a Provider's meter
 	lagSync      metric.Float64Histogram // with any other meter
 	passDuration metric.Float64Histogram
@@ -180,22 +178,34 @@ type Instruments struct {
 	producers *producerSet
 }
 
-// RegisterInstruments creates the instruments on m and registers the
-// callbacks that read the sources at collection time. Any source may be nil,
-// which leaves its metrics out.
+// RegisterInstruments is NewInstruments and Observe in one call.
+func RegisterInstruments(m metric.Meter, shards ShardSource, global GlobalSource, self SelfSource) (*Instruments, error) {
+	i, err := NewInstruments(m)
+	if err != nil {
+		return nil, err
+	}
+	if err := i.Observe(shards, global, self); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+// NewInstruments creates the instruments on m. What the keeper records
+// (passes, errors, refusals, unlock lags) works at once; the gauges that
+// read the keeper's state are registered by Observe, once that state
+// exists: a task keeper records into these instruments from its start, and
+// the instruments read it back, so it is built in between.
 //
 // With a meter from (*Provider).Meter, the unlock-lag histogram is kept per
-// owned shard and dropped when the shard leaves (see ownedHistograms; owned
-// means listed by shards' EachOwned when it is an OwnedSource, else by
-// EachShard); with
+// owned shard and dropped when the shard leaves (see ownedHistograms); with
 // any other meter it falls back to a plain SDK histogram, whose series stay
 // with this keeper after a shard moves.
-func RegisterInstruments(m metric.Meter, shards ShardSource, global GlobalSource, self SelfSource) (*Instruments, error) {
-	i := &Instruments{lastSuccess: map[string]float64{}}
+func NewInstruments(m metric.Meter) (*Instruments, error) {
+	i := &Instruments{meter: m, lastSuccess: map[string]float64{}}
 	var err error
 	if pm, ok := m.(*providerMeter); ok {
 		i.lag = newOwnedHistograms(instrumentation.Scope{Name: pm.name}, MetricUnlockLag,
-			"Time from a locked message's due time to its move back to ready.", "s", LagBuckets, shards)
+			"Time from a locked message's due time to its move back to ready.", "s", LagBuckets)
 		i.producers = pm.producers
 	} else {
 		i.lagSync, err = m.Float64Histogram(MetricUnlockLag,
@@ -220,15 +230,24 @@ func RegisterInstruments(m metric.Meter, shards ShardSource, global GlobalSource
 		metric.WithUnit("{refusal}")); err != nil {
 		return nil, fmt.Errorf("instrument %s: %w", MetricFenceRefusals, err)
 	}
+	return i, nil
+}
 
-	if err := i.registerCallbacks(m, shards, global, self); err != nil {
+// Observe registers the callbacks that read the sources at collection time,
+// and the per-shard unlock-lag histograms, which report the shards owned
+// (listed by shards' EachOwned when it is an OwnedSource, else by
+// EachShard). Any source may be nil, which leaves its metrics out. Call it
+// once.
+func (i *Instruments) Observe(shards ShardSource, global GlobalSource, self SelfSource) error {
+	if err := i.registerCallbacks(i.meter, shards, global, self); err != nil {
 		i.Unregister()
-		return nil, err
+		return err
 	}
 	if i.lag != nil {
+		i.lag.shards = shards
 		i.producers.add(i.lag)
 	}
-	return i, nil
+	return nil
 }
 
 func (i *Instruments) registerCallbacks(m metric.Meter, shards ShardSource, global GlobalSource, self SelfSource) error {
@@ -467,118 +486,4 @@ func (i *Instruments) RecordFenceRefusal(ctx context.Context, queue, shard strin
 		return
 	}
 	i.refusals.Add(ctx, 1, metric.WithAttributes(attribute.String(AttrQueue, queue), attribute.String(AttrShard, shard)))
-}
-
-// ownedHistograms is a cumulative histogram per (queue, shard) that is only
-// reported for shards ShardSource lists at collection time, and forgotten
-// when a shard leaves. The SDK's own histograms keep every attribute set
-// they ever saw for as long as the process lives, so after a shard moves the
-// old owner would keep exporting its frozen series next to the new owner's,
-// breaking "one writer per series" (invariant 5). It is exported through the
-// readers as an sdkmetric.Producer. If the shard comes back, its histogram
-// restarts with a new start time, which Prometheus reads as a counter reset.
-// Without a ShardSource every shard that has data is reported. Ownership is
-// read from OwnedSource when the ShardSource implements it, so that samples
-// of a shard owned but not measured yet are kept.
-type ownedHistograms struct {
-	scope  instrumentation.Scope
-	name   string
-	desc   string
-	unit   string
-	bounds []float64
-	shards ShardSource
-
-	mu      sync.Mutex
-	byShard map[shardKey]*histState
-}
-
-type shardKey struct{ queue, shard string }
-
-type histState struct {
-	attrs    attribute.Set
-	start    time.Time
-	counts   []uint64
-	count    uint64
-	sum      float64
-	min, max float64
-}
-
-var _ sdkmetric.Producer = (*ownedHistograms)(nil)
-
-func newOwnedHistograms(scope instrumentation.Scope, name, desc, unit string, bounds []float64, shards ShardSource) *ownedHistograms {
-	return &ownedHistograms{
-		scope: scope, name: name, desc: desc, unit: unit,
-		bounds: append([]float64(nil), bounds...), shards: shards,
-		byShard: map[shardKey]*histState{},
-	}
-}
-
-func (h *ownedHistograms) record(queue, shard string, v float64) {
-	k := shardKey{queue, shard}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	st := h.byShard[k]
-	if st == nil {
-		st = &histState{
-			attrs:  attribute.NewSet(attribute.String(AttrQueue, queue), attribute.String(AttrShard, shard)),
-			start:  time.Now(),
-			counts: make([]uint64, len(h.bounds)+1),
-			min:    v, max: v,
-		}
-		h.byShard[k] = st
-	}
-	// Buckets are upper-inclusive, (bounds[i-1], bounds[i]], as in the SDK.
-	st.counts[sort.SearchFloat64s(h.bounds, v)]++
-	st.count++
-	st.sum += v
-	st.min = min(st.min, v)
-	st.max = max(st.max, v)
-}
-
-// Produce implements sdkmetric.Producer.
-func (h *ownedHistograms) Produce(context.Context) ([]metricdata.ScopeMetrics, error) {
-	var owned map[shardKey]bool
-	if o, ok := h.shards.(OwnedSource); ok {
-		owned = map[shardKey]bool{}
-		o.EachOwned(func(queue, shard string) { owned[shardKey{queue, shard}] = true })
-	} else if h.shards != nil {
-		owned = map[shardKey]bool{}
-		h.shards.EachShard(func(s ShardSnapshot) { owned[shardKey{s.Queue, s.Shard}] = true })
-	}
-	now := time.Now()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	dps := make([]metricdata.HistogramDataPoint[float64], 0, len(h.byShard))
-	for k, st := range h.byShard {
-		if owned != nil && !owned[k] {
-			delete(h.byShard, k)
-			continue
-		}
-		dps = append(dps, metricdata.HistogramDataPoint[float64]{
-			Attributes:   st.attrs,
-			StartTime:    st.start,
-			Time:         now,
-			Count:        st.count,
-			Bounds:       append([]float64(nil), h.bounds...),
-			BucketCounts: append([]uint64(nil), st.counts...),
-			Min:          metricdata.NewExtrema(st.min),
-			Max:          metricdata.NewExtrema(st.max),
-			Sum:          st.sum,
-		})
-	}
-	if len(dps) == 0 {
-		return nil, nil
-	}
-	return []metricdata.ScopeMetrics{{
-		Scope: h.scope,
-		Metrics: []metricdata.Metrics{{
-			Name:        h.name,
-			Description: h.desc,
-			Unit:        h.unit,
-			Data: metricdata.Histogram[float64]{
-				Temporality: metricdata.CumulativeTemporality,
-				DataPoints:  dps,
-			},
-		}},
-	}}, nil
 }

@@ -17,8 +17,6 @@ package otel
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -31,6 +29,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/memberid"
+	"github.com/keeperhq/keeper/internal/service"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/attribute"
@@ -44,15 +44,15 @@ import (
 )
 
 const (
-	// DefaultServiceName is service.name unless Config or OTEL_SERVICE_NAME
+	// ServiceNameDefault is service.name unless Config or OTEL_SERVICE_NAME
 	// says otherwise.
-	DefaultServiceName = "keeper"
-	// DefaultExportInterval is how often metrics are pushed when neither
+	ServiceNameDefault = "keeper"
+	// ExportIntervalDefault is how often metrics are pushed when neither
 	// Config.ExportInterval nor OTEL_METRIC_EXPORT_INTERVAL is set. The SDK's
 	// own default (60s) is too coarse for queue depth and unlock lag, and the
 	// collector's metric_expiration (configs/otelcol) is sized as a multiple
 	// of this value.
-	DefaultExportInterval = 10 * time.Second
+	ExportIntervalDefault = 10 * time.Second
 
 	// exportErrorLogEvery bounds how often a failing export is logged: a
 	// collector that is down for an hour must not produce 360 identical
@@ -95,8 +95,13 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Provider is keeper's meter provider.
+// Provider is keeper's meter provider. It is a long-running part with the
+// lifecycle of package service: NewProvider, then Start builds and starts
+// the exporters (Meter is usable from then on), and Stop exports what is
+// left and stops them.
 type Provider struct {
+	base      service.Base
+	cfg       Config
 	log       *slog.Logger
 	mp        *sdkmetric.MeterProvider // nil when disabled
 	meters    metric.MeterProvider
@@ -108,25 +113,34 @@ type Provider struct {
 	promSrv  *http.Server
 	promAddr string
 	promDone chan struct{}
-
-	shutdownOnce sync.Once
-	shutdownErr  error
 }
 
-// Start builds the provider and its exporters. It does not wait for the
-// collector: the first export happens one interval later, and an
-// unreachable collector is logged, never fatal.
-func Start(ctx context.Context, cfg Config) (*Provider, error) {
+// NewProvider returns a provider of cfg; Start starts it.
+func NewProvider(cfg Config) *Provider {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("component", "otel")
-	p := &Provider{log: log, producers: &producerSet{}}
+	return &Provider{cfg: cfg, log: log.With("component", "otel"), producers: &producerSet{}}
+}
+
+// Start builds the exporters and the meter provider. It does not wait for
+// the collector: the first export happens one interval later, and an
+// unreachable collector is logged, never fatal. ctx bounds the start only.
+func (p *Provider) Start(ctx context.Context) error {
+	startCtx, err := p.base.StartInit(ctx)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return p.base.StartDone(p.start(startCtx))
+}
+
+func (p *Provider) start(ctx context.Context) error {
+	cfg, log := p.cfg, p.log
 	if cfg.Disabled {
 		p.meters = noop.NewMeterProvider()
 		log.Info("metrics disabled")
-		return p, nil
+		return nil
 	}
 
 	memberID := cfg.MemberID
@@ -134,13 +148,13 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 		memberID = instanceIDFromEnv()
 	}
 	if memberID == "" {
-		memberID = randomID()
+		memberID = memberid.New()
 		log.Warn("no member id for service.instance.id; using a random one", "service.instance.id", memberID)
 	}
 	p.memberID = memberID
 	res, err := newResource(ctx, cfg.ServiceName, memberID)
 	if err != nil {
-		return nil, err
+		return err
 	}
 
 	p.interval, err = exportInterval(cfg.ExportInterval)
@@ -151,7 +165,7 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	opts, target := exporterOptions(cfg.Endpoint)
 	exp, err := otlpmetricgrpc.New(ctx, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("otlp metric exporter: %w", err)
+		return fmt.Errorf("otlp metric exporter: %w", err)
 	}
 	p.exporter = &loggingExporter{Exporter: exp, errs: newRateLimitedLog(log, exportErrorLogEvery, target)}
 	readers := []sdkmetric.Option{
@@ -166,12 +180,12 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 		promReader, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithProducer(p.producers))
 		if err != nil {
 			_ = exp.Shutdown(ctx)
-			return nil, fmt.Errorf("prometheus exporter: %w", err)
+			return fmt.Errorf("prometheus exporter: %w", err)
 		}
 		readers = append(readers, sdkmetric.WithReader(promReader))
 		if err := p.servePrometheus(cfg.PrometheusAddr, reg); err != nil {
 			_ = exp.Shutdown(ctx)
-			return nil, err
+			return err
 		}
 	}
 
@@ -179,10 +193,11 @@ func Start(ctx context.Context, cfg Config) (*Provider, error) {
 	p.meters = p.mp
 	log.Info("metrics export started", "otlp_endpoint", target, "interval", p.interval,
 		"service.instance.id", memberID, "prometheus", p.promAddr)
-	return p, nil
+	return nil
 }
 
-// Meter returns a meter of this provider. Pass it to RegisterInstruments.
+// Meter returns a meter of this provider, once started. Pass it to
+// NewInstruments.
 func (p *Provider) Meter(name string) metric.Meter {
 	m := p.meters.Meter(name)
 	if p.mp == nil {
@@ -270,10 +285,10 @@ func (p *Provider) ForceFlush(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown exports what is left, then stops the exporters and the scrape
-// endpoint. Later calls return the first call's result.
-func (p *Provider) Shutdown(ctx context.Context) error {
-	p.shutdownOnce.Do(func() {
+// Stop exports what is left, then stops the exporters and the scrape
+// endpoint, within ctx. Later calls return the first call's result.
+func (p *Provider) Stop(ctx context.Context) error {
+	return p.base.Halt(ctx, func(ctx context.Context) error {
 		var errs []error
 		if p.mp != nil {
 			if err := p.mp.Shutdown(ctx); err != nil {
@@ -284,11 +299,14 @@ func (p *Provider) Shutdown(ctx context.Context) error {
 			if err := p.promSrv.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shutdown prometheus endpoint: %w", err))
 			}
-			<-p.promDone
+			select {
+			case <-p.promDone:
+			case <-ctx.Done():
+				errs = append(errs, fmt.Errorf("prometheus endpoint: %w", ctx.Err()))
+			}
 		}
-		p.shutdownErr = errors.Join(errs...)
+		return errors.Join(errs...)
 	})
-	return p.shutdownErr
 }
 
 func (p *Provider) servePrometheus(addr string, reg *prometheus.Registry) error {
@@ -316,7 +334,7 @@ func (p *Provider) servePrometheus(addr string, reg *prometheus.Registry) error 
 // service name and add attributes such as the pod or node.
 func newResource(ctx context.Context, serviceName, memberID string) (*resource.Resource, error) {
 	if serviceName == "" {
-		serviceName = DefaultServiceName
+		serviceName = ServiceNameDefault
 	}
 	res, err := resource.New(ctx,
 		resource.WithTelemetrySDK(),
@@ -342,12 +360,6 @@ func instanceIDFromEnv() string {
 	return ""
 }
 
-func randomID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // exportInterval applies Config, then OTEL_METRIC_EXPORT_INTERVAL, then the
 // default. The SDK would read the variable itself, but silently falls back to
 // its 60s default on a bad value; parsing it here makes a typo visible.
@@ -357,11 +369,11 @@ func exportInterval(cfg time.Duration) (time.Duration, error) {
 	}
 	v := strings.TrimSpace(os.Getenv("OTEL_METRIC_EXPORT_INTERVAL"))
 	if v == "" {
-		return DefaultExportInterval, nil
+		return ExportIntervalDefault, nil
 	}
 	ms, err := strconv.Atoi(v)
 	if err != nil || ms <= 0 {
-		return DefaultExportInterval, fmt.Errorf("OTEL_METRIC_EXPORT_INTERVAL=%q is not a positive number of milliseconds", v)
+		return ExportIntervalDefault, fmt.Errorf("OTEL_METRIC_EXPORT_INTERVAL=%q is not a positive number of milliseconds", v)
 	}
 	return time.Duration(ms) * time.Millisecond, nil
 }

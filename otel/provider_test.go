@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/keeperhq/keeper/internal/otelcol"
 	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/service"
+	"github.com/keeperhq/keeper/internal/service/servicetest"
 	"github.com/keeperhq/keeper/internal/testpki"
 )
 
@@ -72,17 +75,23 @@ func closedPort(t *testing.T) string {
 	return addr
 }
 
+// startProvider is NewProvider and Start.
+func startProvider(ctx context.Context, cfg Config) (*Provider, error) {
+	p := NewProvider(cfg)
+	return p, p.Start(ctx)
+}
+
 func shutdownAtCleanup(t *testing.T, p *Provider) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = p.Shutdown(ctx)
+		_ = p.Stop(ctx)
 	})
 }
 
 func TestExportInterval(t *testing.T) {
 	clearOTelEnv(t)
-	if d, err := exportInterval(0); d != DefaultExportInterval || err != nil {
+	if d, err := exportInterval(0); d != ExportIntervalDefault || err != nil {
 		t.Errorf("default: %v %v", d, err)
 	}
 	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "2500")
@@ -93,7 +102,7 @@ func TestExportInterval(t *testing.T) {
 		t.Errorf("config must win over env: %v", d)
 	}
 	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "10s")
-	if d, err := exportInterval(0); d != DefaultExportInterval || err == nil {
+	if d, err := exportInterval(0); d != ExportIntervalDefault || err == nil {
 		t.Errorf("bad env: %v %v, want default and an error", d, err)
 	}
 }
@@ -168,7 +177,7 @@ func TestRateLimitedLog(t *testing.T) {
 }
 
 func TestDisabledIsNoop(t *testing.T) {
-	p, err := Start(context.Background(), Config{Disabled: true})
+	p, err := startProvider(context.Background(), Config{Disabled: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +192,7 @@ func TestDisabledIsNoop(t *testing.T) {
 	if err := p.ForceFlush(context.Background()); err != nil {
 		t.Error(err)
 	}
-	if err := p.Shutdown(context.Background()); err != nil {
+	if err := p.Stop(context.Background()); err != nil {
 		t.Error(err)
 	}
 }
@@ -194,7 +203,7 @@ func TestUnreachableCollectorIsLoggedOnce(t *testing.T) {
 	clearOTelEnv(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
 	var out logBuffer
-	p, err := Start(context.Background(), Config{
+	p, err := startProvider(context.Background(), Config{
 		MemberID:       "m1",
 		Endpoint:       "http://" + closedPort(t),
 		ExportInterval: time.Hour, // only the flushes below export
@@ -225,14 +234,14 @@ func TestUnreachableCollectorIsLoggedOnce(t *testing.T) {
 func TestNoEndpointConfiguredStillStarts(t *testing.T) {
 	clearOTelEnv(t)
 	var out logBuffer
-	p, err := Start(context.Background(), Config{MemberID: "m1", ExportInterval: time.Hour,
+	p, err := startProvider(context.Background(), Config{MemberID: "m1", ExportInterval: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(&out, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_ = p.Shutdown(ctx) // may fail to deliver the final export; must return
+	_ = p.Stop(ctx) // may fail to deliver the final export; must return
 	if !strings.Contains(out.String(), "no endpoint configured") || p.ExportInterval() != time.Hour || p.MemberID() != "m1" {
 		t.Errorf("start log:\n%s", out.String())
 	}
@@ -241,7 +250,7 @@ func TestNoEndpointConfiguredStillStarts(t *testing.T) {
 func TestPrometheusPullEndpoint(t *testing.T) {
 	clearOTelEnv(t)
 	t.Setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "300")
-	p, err := Start(context.Background(), Config{
+	p, err := startProvider(context.Background(), Config{
 		MemberID:       "m1",
 		Endpoint:       "http://" + closedPort(t),
 		ExportInterval: time.Hour,
@@ -281,7 +290,7 @@ func TestPrometheusPullEndpoint(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = p.Shutdown(ctx)
+	_ = p.Stop(ctx)
 	if _, err := http.Get(url); err == nil {
 		t.Errorf("%s still serves after Shutdown", url)
 	}
@@ -305,7 +314,7 @@ func TestEndToEndThroughCollector(t *testing.T) {
 		glob *global
 	}
 	start := func(member string, src *shards) keeper {
-		p, err := Start(ctx, Config{
+		p, err := startProvider(ctx, Config{
 			MemberID:       member,
 			Endpoint:       "http://" + col.OTLPEndpoint(),
 			ExportInterval: interval,
@@ -476,7 +485,7 @@ func TestStandardEnvironment(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out logBuffer
-	p, err := Start(ctx, Config{
+	p, err := startProvider(ctx, Config{
 		MemberID: "keeper-0",
 		Endpoint: "http://" + closedPort(t), // must lose to the environment
 		Logger:   slog.New(slog.NewTextHandler(&out, nil)),
@@ -539,7 +548,7 @@ func TestOTLPOverMutualTLS(t *testing.T) {
 	// Without a client certificate the handshake fails; the exporter's
 	// error reaches the keeper's log.
 	var refused logBuffer
-	bad, err := Start(ctx, Config{MemberID: "keeper-nocert", Logger: slog.New(slog.NewTextHandler(&refused, nil))})
+	bad, err := startProvider(ctx, Config{MemberID: "keeper-nocert", Logger: slog.New(slog.NewTextHandler(&refused, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,13 +561,13 @@ func TestOTLPOverMutualTLS(t *testing.T) {
 	})
 	t.Logf("without a client certificate: %s", refused.String()[strings.Index(refused.String(), "metrics export failed"):])
 	shutdownCtx, stop := context.WithTimeout(ctx, 2*time.Second)
-	_ = bad.Shutdown(shutdownCtx)
+	_ = bad.Stop(shutdownCtx)
 	stop()
 
 	t.Setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", pki.ClientCert)
 	t.Setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", pki.ClientKey)
 	var out logBuffer
-	p, err := Start(ctx, Config{MemberID: "keeper-tls", Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	p, err := startProvider(ctx, Config{MemberID: "keeper-tls", Logger: slog.New(slog.NewTextHandler(&out, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -582,4 +591,15 @@ func TestOTLPOverMutualTLS(t *testing.T) {
 	if m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"instance": "keeper-nocert"}); len(m) != 0 {
 		t.Fatalf("%d series from the keeper without a client certificate", len(m))
 	}
+}
+
+// The provider keeps the lifecycle rules (internal/service), exporting to a
+// collector that is not there, and with a scrape endpoint that must be
+// released by every Stop.
+func TestProviderStartStop(t *testing.T) {
+	clearOTelEnv(t)
+	servicetest.Stress(t, 10, func(*testing.T) service.Service {
+		return NewProvider(Config{MemberID: "stress", Endpoint: "http://" + closedPort(t), ExportInterval: 50 * time.Millisecond,
+			PrometheusAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	})
 }

@@ -2,19 +2,29 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"reflect"
 	"sync"
 	"time"
+
+	"github.com/keeperhq/keeper/internal/service"
 )
+
+// CatalogIntervalDefault is CatalogConfig.Interval's default.
+const CatalogIntervalDefault = 30 * time.Second
 
 // CatalogConfig tunes a Catalog. Zero values take the defaults noted.
 type CatalogConfig struct {
-	// Interval between full re-reads of the registry; default 30s. Changes
-	// made through Registry are also announced, and Refresh reacts at once.
+	// Interval between full re-reads of the registry; default
+	// CatalogIntervalDefault. Changes made through Registry are also
+	// announced, and Refresh reacts at once.
 	Interval time.Duration
-	Logger   *slog.Logger
+	// Refresh, when set, asks for a re-read each time it delivers (a task
+	// keeper's ConfigChanged, which hears the announcements).
+	Refresh <-chan struct{}
+	Logger  *slog.Logger
 }
 
 // Catalog keeps the list of queues and their configs fresh for a keeper: it
@@ -23,6 +33,7 @@ type CatalogConfig struct {
 // entries are logged once per change and left out, so one bad config never
 // stops the others from being served.
 type Catalog struct {
+	base     service.Base
 	reg      *Registry
 	cfg      CatalogConfig
 	onChange func(map[string]Config)
@@ -31,16 +42,13 @@ type Catalog struct {
 	mu      sync.Mutex
 	current map[string]Config
 	bad     map[string]string
-
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 // NewCatalog returns a catalog over reg; onChange runs on the catalog's
 // goroutine.
 func NewCatalog(reg *Registry, cfg CatalogConfig, onChange func(map[string]Config)) *Catalog {
 	if cfg.Interval <= 0 {
-		cfg.Interval = 30 * time.Second
+		cfg.Interval = CatalogIntervalDefault
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -48,23 +56,24 @@ func NewCatalog(reg *Registry, cfg CatalogConfig, onChange func(map[string]Confi
 	return &Catalog{reg: reg, cfg: cfg, onChange: onChange, refresh: make(chan struct{}, 1), bad: map[string]string{}}
 }
 
-// Start reads the registry once (so the caller starts with a full view, or
-// an error if Redis is unreachable) and then keeps it fresh until Stop.
+// Start reads the registry once, so the caller starts with a full view,
+// and then keeps it fresh until Stop. A registry that cannot be read (Redis
+// unreachable) is logged and read again later; ctx bounds the first read
+// only.
 func (c *Catalog) Start(ctx context.Context) error {
-	err := c.load(ctx)
-	ctx, c.cancel = context.WithCancel(ctx)
-	c.done = make(chan struct{})
-	go c.loop(ctx)
-	return err
+	startCtx, err := c.base.StartInit(ctx)
+	if err != nil {
+		return fmt.Errorf("catalog: %w", err)
+	}
+	if err := c.load(startCtx); err != nil {
+		c.cfg.Logger.Error("queue registry unreadable at start; retrying", "err", err)
+	}
+	c.base.Go(c.loop)
+	return c.base.StartDone(nil)
 }
 
-// Stop ends the refresh loop.
-func (c *Catalog) Stop() {
-	if c.cancel != nil {
-		c.cancel()
-		<-c.done
-	}
-}
+// Stop ends the refresh loop, within ctx.
+func (c *Catalog) Stop(ctx context.Context) error { return c.base.Halt(ctx, nil) }
 
 // Refresh asks for a re-read as soon as possible.
 func (c *Catalog) Refresh() {
@@ -103,7 +112,6 @@ func (c *Catalog) Shards() []Shard {
 }
 
 func (c *Catalog) loop(ctx context.Context) {
-	defer close(c.done)
 	t := time.NewTicker(c.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -112,6 +120,7 @@ func (c *Catalog) loop(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-c.refresh:
+		case <-c.cfg.Refresh:
 		}
 		if err := c.load(ctx); err != nil && ctx.Err() == nil {
 			c.cfg.Logger.Warn("queue registry unreadable; keeping the last view", "err", err)

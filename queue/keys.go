@@ -45,6 +45,15 @@ func keysUnder(b string) shardKeys {
 	}
 }
 
+// bareKeys are the key names without prefix and shard.
+var bareKeys = keysUnder("")
+
+// wakeChannel is keysFor(prefix, s).Wake without building the other keys:
+// Watch names thousands of shards at a time.
+func wakeChannel(prefix string, s Shard) string {
+	return prefix + ":{" + s.String() + "}:" + bareKeys.Wake
+}
+
 // messages lists the keys a queue delete removes: all but control.
 func (k shardKeys) messages() []string {
 	return []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.TTL, k.Body, k.Meta, k.Prio,

@@ -146,7 +146,7 @@ type wakeSubs struct {
 func (n *Native) Watch(shards []Shard, on bool) {
 	n.subs.mu.Lock()
 	for _, s := range shards {
-		ch := keysFor(n.prefix, s).Wake
+		ch := wakeChannel(n.prefix, s)
 		if on {
 			n.subs.want[ch] = true
 		} else {

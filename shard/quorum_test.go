@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -10,12 +11,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
-
-type nopListener struct{}
-
-func (nopListener) Own(string, int64) {}
-func (nopListener) Disown(string)     {}
-func (nopListener) DisownAll()        {}
 
 // With two of three etcd members down, opening a session fails at once
 // ("no leader") instead of holding the grant for the whole operation
@@ -38,8 +33,8 @@ func TestOpenSessionWithoutQuorumFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cli.Close() })
-	c := NewCoordinator(cli, Config{MemberID: "q1", SessionTTL: 3 * time.Second}, nopListener{})
-	if _, _, err := c.openSession(ctx); err != nil {
+	m := newMember(cli, NewKeys(""), "q1", 3*time.Second, slog.Default(), &countingOwner{})
+	if _, err := m.open(ctx); err != nil {
 		t.Fatalf("with a quorum: %v", err)
 	}
 
@@ -54,13 +49,13 @@ func TestOpenSessionWithoutQuorumFailsFast(t *testing.T) {
 		return err == nil && leader == 0, "it still knows a leader"
 	})
 	start := time.Now()
-	_, _, err = c.openSession(ctx)
+	_, err = m.open(ctx)
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("a session opened without a quorum")
 	}
 	// Before, it failed only at the operation timeout (3s).
-	if limit := c.opTimeout() - 500*time.Millisecond; took > limit {
+	if limit := m.timeout() - 500*time.Millisecond; took > limit {
 		t.Fatalf("without a quorum the grant was held %s before failing (limit %s): %v", took.Round(time.Millisecond), limit, err)
 	}
 	t.Logf("without a quorum: failed after %s: %v", took.Round(time.Millisecond), err)
@@ -76,7 +71,7 @@ func TestOpenSessionWithoutQuorumFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll.For(t, 20*time.Second, "a session once the quorum is back", func() (bool, string) {
-		_, _, err := c.openSession(ctx)
+		_, err := m.open(ctx)
 		return err == nil, errString(err)
 	})
 }

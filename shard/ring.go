@@ -1,17 +1,15 @@
-// Package shard decides which keeper owns which shard: membership in etcd,
-// the consistent-hash ring over the live members, and ownership of ring
-// partitions ("units") with fencing tokens. Shards are opaque strings here;
-// this package knows nothing about Redis.
 package shard
 
 import (
+	"cmp"
 	"encoding/binary"
 	"math"
 	"slices"
-	"sync"
+	"strconv"
 
-	"github.com/buraksezer/consistent"
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/keeperhq/keeper/queue"
 )
 
 // Ring defaults, chosen by measurement. bench.Ring over every member count
@@ -22,7 +20,8 @@ import (
 //	max units per member / mean            1.2497  (≤ 1.25 guaranteed, see Load)
 //	units moved per change / ideal 1/N     1.2552  (worst, a join at N=756)
 //
-// What drives the choice: consistent's bounded-load cap is ceil(P/N × Load).
+// P is the unit count (consistent calls units partitions). What drives the
+// choice: consistent's bounded-load cap is ceil(P/N × Load).
 // With few units per member the natural spread of a member's share (about
 // 1/√(P/N)) puts many members at that cap, and every change of the cap
 // between N and N±1 then reassigns one unit of each capped member, in
@@ -31,50 +30,54 @@ import (
 // P=65536 1.36×, P=81920 1.31×, P=98304 1.25× ideal. Fewer vnodes (150) gave
 // 1.31× at P=98304; more (256) did not help at P=65536. Every keeper keeps one
 // etcd key per unit: 98304 keys are small for etcd (20 keepers acquire them
-// all in a few seconds, see bench.Converge) and, unlike the partition count,
-// do not grow with the number of shards. Fleets below ~200 keepers would meet
+// all in a few seconds, see bench.Converge) and, unlike the shard count,
+// they are bounded. Fleets below ~200 keepers would meet
 // both targets with P=16384; changing P later moves every unit once.
 const (
-	DefaultPartitions        = 98304
-	DefaultReplicationFactor = 200
-	DefaultLoad              = 1.2398
+	UnitsDefault             = 98304
+	ReplicationFactorDefault = 200
+	LoadDefault              = 1.2398
 )
 
-// MaxPartitions bounds RingConfig.Partitions. Every keeper recomputes the
-// whole table on each membership change, in time linear in the partitions:
-// measured on the 2-core test machine, 0.15–0.5 s at 98,304, 1.0–2.0 s at
-// 262,144 and 1.8–4.3 s at 1,048,576 (3 and 100 members). A takeover must
-// finish within the session TTL plus a second (invariant 4), so the ring may
-// not be much larger than the default; the bound also caps the ownership
-// keys in etcd, one per partition.
-const MaxPartitions = 131072
+// MaxUnits bounds RingConfig.Units. Every keeper recomputes the whole table
+// on each membership change, in time linear in the units and in the
+// virtual nodes: measured on the (shared, loaded) 2-core test machine,
+// 15–30 ms at 98,304 and 131,072 units with 3 or 100 members and 170 ms with
+// 1000, 0.1–0.2 s at 262,144 and 0.2–0.35 s at 1,048,576. More units also
+// mean more ownership keys in etcd (one per unit that holds a shard) and
+// more of them to move in a takeover, which must finish within the session
+// TTL plus a second (invariant 4); so the ring may not be much larger than
+// the default.
+const MaxUnits = 131072
 
 // RingConfig shapes the ring. Zero values take the defaults above. Every
 // keeper of a deployment must use the same values (the coordinator refuses to
 // start otherwise).
 type RingConfig struct {
-	// Partitions is the number of ring partitions, which are also the
-	// ownership units: one etcd key each.
-	Partitions int `json:"partitions"`
+	// Units is the number of ring partitions, which are the ownership
+	// units: one etcd key each. Stored as "partitions", its name before
+	// units had one, so that keepers of both versions agree on the
+	// record at <prefix>ring during a rolling upgrade.
+	Units int `json:"partitions"`
 	// ReplicationFactor is the number of virtual nodes per member.
 	ReplicationFactor int `json:"replication_factor"`
 	// Load is consistent's bounded-load factor: no member owns more than
-	// ceil(Partitions/N × Load) units. Because of the ceiling, the bound
-	// relative to the mean is Load + N/Partitions; the default is
+	// ceil(Units/N × Load) units. Because of the ceiling, the bound
+	// relative to the mean is Load + N/Units; the default is
 	// 1.25 − 1000/98304 rounded down, so no member ever owns more than
 	// 1.25 × the mean for N ≤ 1000 members. Values below 1 are raised to 1.
 	Load float64 `json:"load"`
 }
 
 func (c RingConfig) withDefaults() RingConfig {
-	if c.Partitions <= 0 {
-		c.Partitions = DefaultPartitions
+	if c.Units <= 0 {
+		c.Units = UnitsDefault
 	}
 	if c.ReplicationFactor <= 0 {
-		c.ReplicationFactor = DefaultReplicationFactor
+		c.ReplicationFactor = ReplicationFactorDefault
 	}
 	if c.Load == 0 {
-		c.Load = DefaultLoad
+		c.Load = LoadDefault
 	}
 	if c.Load < 1 {
 		c.Load = 1
@@ -82,104 +85,128 @@ func (c RingConfig) withDefaults() RingConfig {
 	return c
 }
 
-// UnitOf is the ownership unit (ring partition) of a shard. It depends only
-// on the shard name and the partition count, never on the members, so every
-// keeper and every tool agrees on it.
-func UnitOf(shard string, partitions int) int {
-	if partitions <= 0 {
-		partitions = DefaultPartitions
+// UnitOf is the ownership unit (ring partition) of a shard: the xxhash of
+// its name modulo the unit count. It depends only on the shard and the unit
+// count, never on the members, so every keeper and every tool agrees on it.
+func UnitOf(s queue.Shard, units int) int {
+	if units <= 0 {
+		units = UnitsDefault
 	}
-	return int(xxhash.Sum64String(shard) % uint64(partitions))
+	return int(xxhash.Sum64String(s.String()) % uint64(units))
 }
 
 // Ring is an immutable ownership table: unit -> member.
+//
+// The table is github.com/buraksezer/consistent v1.0.0's, with its bounded
+// load and ringHasher (below): every keeper must compute the same one, and
+// keepers that used the library itself must agree with keepers that use
+// this. It is computed here rather than by the library because the library
+// keeps it in maps (a map lookup per unit per step, a *Member allocation
+// per unit), which made a membership change cost 80 ms on an idle 2-core
+// machine and over half a second on a loaded one, on the critical path of
+// every takeover and handoff; with slices it is a tenth of that.
+// TestRingMatchesConsistent holds the two to the same table.
 type Ring struct {
 	cfg     RingConfig
 	members []string
 	owner   []string
 	units   map[string][]int
-
-	// mu guards c, the consistent instance this table was computed from.
-	// Next hands it to the successor ring so that one membership change
-	// costs one redistribution, not a rebuild.
-	mu sync.Mutex
-	c  *consistent.Consistent
 }
 
 // NewRing computes the table for members (order and duplicates do not
-// matter). Building from scratch costs one sort of all virtual nodes per
-// member inside consistent; for large fleets prefer Next on the previous
-// ring.
+// matter).
 func NewRing(members []string, cfg RingConfig) *Ring {
 	cfg = cfg.withDefaults()
 	ms := normalize(members)
-	var c *consistent.Consistent
-	if len(ms) > 0 {
-		cm := make([]consistent.Member, len(ms))
-		for i, m := range ms {
-			cm[i] = member(m)
-		}
-		c = consistent.New(cm, consistentConfig(cfg))
-	}
-	return newRingFrom(cfg, ms, c)
-}
-
-// Next returns the ring for members, reusing the state of r when that is
-// cheaper than a rebuild (a few members joined or left). r stays valid. The
-// result is identical to NewRing(members, r's config).
-func (r *Ring) Next(members []string) *Ring {
-	ms := normalize(members)
-	r.mu.Lock()
-	c := r.c
-	r.c = nil
-	r.mu.Unlock()
-	if c == nil || len(ms) == 0 {
-		return NewRing(ms, r.cfg)
-	}
-	add, del := diff(r.members, ms)
-	if !incrementalCheaper(len(add)+len(del), len(ms), r.cfg) {
-		return NewRing(ms, r.cfg)
-	}
-	// Add before Remove so the ring never becomes empty in between, which
-	// consistent would answer by resetting its table.
-	for _, m := range add {
-		c.Add(member(m))
-	}
-	for _, m := range del {
-		c.Remove(m)
-	}
-	return newRingFrom(r.cfg, ms, c)
-}
-
-// incrementalCheaper compares k Add/Remove calls (one sort of all virtual
-// nodes and one redistribution of every partition each) with consistent.New
-// (one sort per member, growing, and one redistribution).
-func incrementalCheaper(k, n int, cfg RingConfig) bool {
-	vnodes := float64(n * cfg.ReplicationFactor)
-	sortCost := vnodes * math.Log2(vnodes+2)
-	distCost := float64(cfg.Partitions) * math.Log2(vnodes+2) * 4
-	incremental := float64(k) * (sortCost + distCost)
-	rebuild := float64(n)/2*sortCost + distCost
-	return incremental <= rebuild
-}
-
-func newRingFrom(cfg RingConfig, members []string, c *consistent.Consistent) *Ring {
 	r := &Ring{
 		cfg:     cfg,
-		members: members,
-		owner:   make([]string, cfg.Partitions),
-		units:   make(map[string][]int, len(members)),
-		c:       c,
+		members: ms,
+		owner:   make([]string, cfg.Units),
+		units:   make(map[string][]int, len(ms)),
 	}
-	if c == nil {
+	if len(ms) == 0 {
 		return r
 	}
-	for u := range r.owner {
-		m := c.GetPartitionOwner(u).String()
-		r.owner[u] = m
-		r.units[m] = append(r.units[m], u)
+	byMember := make([][]int, len(ms))
+	for u, m := range distribute(cfg, ms) {
+		r.owner[u] = ms[m]
+		byMember[m] = append(byMember[m], u)
+	}
+	for m, us := range byMember {
+		if len(us) > 0 {
+			r.units[ms[m]] = us
+		}
 	}
 	return r
+}
+
+// Next is the ring for members under r's configuration.
+func (r *Ring) Next(members []string) *Ring { return NewRing(members, r.cfg) }
+
+// vnode is one virtual node on the ring: its hash and its member's index.
+type vnode struct {
+	h uint64
+	m int32
+}
+
+// distribute is consistent's table for members (sorted, distinct, at least
+// one), as member indexes per unit. Like consistent.New it places
+// ReplicationFactor virtual nodes per member at the hash of "<i>:<member>"
+// (a later member wins a hash two share), and gives each unit, in unit
+// order, to the member of the first virtual node at or after the unit's
+// hash that has room under the bounded load ceil(Units/N × Load), walking
+// clockwise past members that are full.
+func distribute(cfg RingConfig, members []string) []int32 {
+	hasher := ringHasher{step: math.MaxUint64 / uint64(cfg.Units)}
+	vs := make([]vnode, 0, len(members)*cfg.ReplicationFactor)
+	var buf []byte
+	for m, name := range members {
+		for i := 0; i < cfg.ReplicationFactor; i++ {
+			buf = append(append(strconv.AppendInt(buf[:0], int64(i), 10), ':'), name...)
+			vs = append(vs, vnode{h: hasher.Sum64(buf), m: int32(m)})
+		}
+	}
+	slices.SortFunc(vs, func(a, b vnode) int { return cmp.Compare(a.h, b.h) })
+	// consistent keeps one member per hash (the last added): give every
+	// virtual node of a shared hash that member.
+	for i := 0; i < len(vs); {
+		j, last := i, vs[i].m
+		for j < len(vs) && vs[j].h == vs[i].h {
+			last = max(last, vs[j].m)
+			j++
+		}
+		for ; i < j; i++ {
+			vs[i].m = last
+		}
+	}
+	avg := math.Ceil(float64(cfg.Units) / float64(len(members)) * cfg.Load)
+	loads := make([]float64, len(members))
+	owner := make([]int32, cfg.Units)
+	next := 0 // unit hashes ascend with the unit: the search only moves on
+	for u := range owner {
+		key := hasher.unit(u)
+		for next < len(vs) && vs[next].h < key {
+			next++
+		}
+		i := next
+		if i >= len(vs) {
+			i = 0
+		}
+		for n := 1; ; n++ {
+			if n > len(vs) {
+				panic("not enough room to distribute partitions")
+			}
+			if m := vs[i].m; loads[m]+1 <= avg {
+				owner[u] = m
+				loads[m]++
+				break
+			}
+			if i++; i >= len(vs) {
+				i = 0
+			}
+		}
+	}
+	return owner
 }
 
 // Config is the ring's configuration with defaults applied.
@@ -188,8 +215,8 @@ func (r *Ring) Config() RingConfig { return r.cfg }
 // Members are the ring's members, sorted.
 func (r *Ring) Members() []string { return slices.Clone(r.members) }
 
-// Partitions is the number of units.
-func (r *Ring) Partitions() int { return r.cfg.Partitions }
+// UnitCount is the number of units.
+func (r *Ring) UnitCount() int { return r.cfg.Units }
 
 // Owner is the member that owns unit, or "" if the ring has no members or
 // unit is out of range.
@@ -230,38 +257,6 @@ func normalize(members []string) []string {
 	return slices.Compact(ms)
 }
 
-// diff returns the members in b but not a, and in a but not b; both sorted.
-func diff(a, b []string) (add, del []string) {
-	i, j := 0, 0
-	for i < len(a) || j < len(b) {
-		switch {
-		case j == len(b) || (i < len(a) && a[i] < b[j]):
-			del = append(del, a[i])
-			i++
-		case i == len(a) || b[j] < a[i]:
-			add = append(add, b[j])
-			j++
-		default:
-			i++
-			j++
-		}
-	}
-	return add, del
-}
-
-type member string
-
-func (m member) String() string { return string(m) }
-
-func consistentConfig(cfg RingConfig) consistent.Config {
-	return consistent.Config{
-		Hasher:            ringHasher{step: math.MaxUint64 / uint64(cfg.Partitions)},
-		PartitionCount:    cfg.Partitions,
-		ReplicationFactor: cfg.ReplicationFactor,
-		Load:              cfg.Load,
-	}
-}
-
 // ringHasher is xxhash for the members' virtual nodes, but places partition
 // p at p × 2⁶⁴/P: consistent hashes a partition id as 8 little-endian bytes
 // and assigns partitions in id order, so evenly spaced partitions make that
@@ -278,7 +273,10 @@ type ringHasher struct{ step uint64 }
 
 func (h ringHasher) Sum64(b []byte) uint64 {
 	if len(b) == 8 && b[7] == 0 {
-		return binary.LittleEndian.Uint64(b) * h.step
+		return h.unit(int(binary.LittleEndian.Uint64(b)))
 	}
 	return xxhash.Sum64(b)
 }
+
+// unit is the hash of unit u, where consistent places partition u.
+func (h ringHasher) unit(u int) uint64 { return uint64(u) * h.step }

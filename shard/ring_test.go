@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+
+	"github.com/buraksezer/consistent"
+	"github.com/keeperhq/keeper/queue"
 )
 
 func podNames(n int) []string {
@@ -19,8 +22,8 @@ func podNames(n int) []string {
 
 func sameTable(t *testing.T, what string, a, b *Ring) {
 	t.Helper()
-	if a.Partitions() != b.Partitions() {
-		t.Fatalf("%s: partitions %d vs %d", what, a.Partitions(), b.Partitions())
+	if a.UnitCount() != b.UnitCount() {
+		t.Fatalf("%s: units %d vs %d", what, a.UnitCount(), b.UnitCount())
 	}
 	if d := a.Moved(b); d != 0 {
 		t.Fatalf("%s: %d units differ", what, d)
@@ -28,27 +31,28 @@ func sameTable(t *testing.T, what string, a, b *Ring) {
 }
 
 func TestUnitOfIsPureAndStable(t *testing.T) {
-	for _, s := range []string{"orders#0", "orders#1", "a", ""} {
+	for _, s := range []queue.Shard{{Queue: "orders"}, {Queue: "orders", Partition: 1}, {Queue: "a", Partition: 99}} {
 		u := UnitOf(s, 1024)
 		if u < 0 || u >= 1024 {
-			t.Fatalf("UnitOf(%q) = %d out of range", s, u)
+			t.Fatalf("UnitOf(%s) = %d out of range", s, u)
 		}
 		if UnitOf(s, 1024) != u {
-			t.Fatalf("UnitOf(%q) not deterministic", s)
+			t.Fatalf("UnitOf(%s) not deterministic", s)
 		}
 	}
 	// A golden value: changing the hash would move every shard of every
 	// running deployment at the next rollout.
-	if got := UnitOf("orders#0", DefaultPartitions); got != UnitOf("orders#0", 0) {
-		t.Fatalf("UnitOf with 0 partitions does not use the default")
+	orders0 := queue.Shard{Queue: "orders"}
+	if got := UnitOf(orders0, UnitsDefault); got != UnitOf(orders0, 0) {
+		t.Fatalf("UnitOf with 0 units does not use the default")
 	}
-	if got, want := UnitOf("orders#0", 98304), 43315; got != want {
+	if got, want := UnitOf(orders0, 98304), 43315; got != want {
 		t.Fatalf("UnitOf(orders#0, 98304) = %d, want %d", got, want)
 	}
 }
 
 func TestRingDeterministic(t *testing.T) {
-	cfg := RingConfig{Partitions: 4096, ReplicationFactor: 50}
+	cfg := RingConfig{Units: 4096, ReplicationFactor: 50}
 	members := podNames(17)
 	a := NewRing(members, cfg)
 	shuffled := slices.Clone(members)
@@ -80,7 +84,7 @@ func TestRingDeterministic(t *testing.T) {
 }
 
 func TestRingOwnerUnitsLoads(t *testing.T) {
-	cfg := RingConfig{Partitions: 2048}
+	cfg := RingConfig{Units: 2048}
 	r := NewRing([]string{"a", "b", "c"}, cfg)
 	total := 0
 	for m, n := range r.Loads() {
@@ -113,10 +117,10 @@ func TestRingOwnerUnitsLoads(t *testing.T) {
 // The default Load must keep consistent's cap, ceil(P/N × Load) computed in
 // float64 as consistent does, at or below 1.25 × the mean for every N up to
 // 1000: this is what makes the max-load bound hold for any member names.
-func TestDefaultLoadCapBound(t *testing.T) {
-	p := float64(DefaultPartitions)
+func TestLoadDefaultCapBound(t *testing.T) {
+	p := float64(UnitsDefault)
 	for n := 1; n <= 1000; n++ {
-		capacity := math.Ceil(p / float64(n) * DefaultLoad)
+		capacity := math.Ceil(p / float64(n) * LoadDefault)
 		if capacity > 1.25*p/float64(n) {
 			t.Fatalf("N=%d: cap %v > 1.25 × mean %v", n, capacity, 1.25*p/float64(n))
 		}
@@ -131,14 +135,14 @@ func TestDefaultRingBalance(t *testing.T) {
 	for _, n := range []int{2, 3, 20, 21} {
 		members := podNames(n)
 		r := NewRing(members, RingConfig{})
-		mean := float64(r.Partitions()) / float64(n)
+		mean := float64(r.UnitCount()) / float64(n)
 		for m, l := range r.Loads() {
 			if float64(l) > 1.25*mean {
 				t.Fatalf("N=%d: %s owns %d units, mean %.1f", n, m, l, mean)
 			}
 		}
 		if prev != nil && len(prev.Members())+1 == n {
-			moved := float64(prev.Moved(r)) / float64(r.Partitions())
+			moved := float64(prev.Moved(r)) / float64(r.UnitCount())
 			t.Logf("join %d->%d moved %.4f of units (ideal %.4f)", n-1, n, moved, 1/float64(n))
 			if moved > 1.3/float64(n) {
 				t.Fatalf("join %d->%d moved %.4f, more than 1.3 × ideal", n-1, n, moved)
@@ -165,8 +169,8 @@ func TestRingHasherSeparatesKeys(t *testing.T) {
 // The ring works at both ends of the partitions keeper run accepts: every
 // unit has an owner, and Next after a join gives the table NewRing does.
 func TestRingAtPartitionBounds(t *testing.T) {
-	for _, p := range []int{1, MaxPartitions} {
-		cfg := RingConfig{Partitions: p}
+	for _, p := range []int{1, MaxUnits} {
+		cfg := RingConfig{Units: p}
 		r := NewRing(podNames(3), cfg)
 		total := 0
 		for _, n := range r.Loads() {
@@ -176,5 +180,71 @@ func TestRingAtPartitionBounds(t *testing.T) {
 			t.Fatalf("P=%d: %d units owned, last owned by %q", p, total, r.Owner(p-1))
 		}
 		sameTable(t, fmt.Sprintf("P=%d after a join", p), r.Next(podNames(4)), NewRing(podNames(4), cfg))
+	}
+}
+
+// ringMember is a member of the reference ring (consistent.Member).
+type ringMember string
+
+func (m ringMember) String() string { return string(m) }
+
+// reference is the table github.com/buraksezer/consistent v1.0.0 computes.
+func reference(members []string, cfg RingConfig) []string {
+	cfg = cfg.withDefaults()
+	ms := normalize(members)
+	cm := make([]consistent.Member, len(ms))
+	for i, m := range ms {
+		cm[i] = ringMember(m)
+	}
+	c := consistent.New(cm, consistent.Config{
+		Hasher:            ringHasher{step: math.MaxUint64 / uint64(cfg.Units)},
+		PartitionCount:    cfg.Units,
+		ReplicationFactor: cfg.ReplicationFactor,
+		Load:              cfg.Load,
+	})
+	out := make([]string, cfg.Units)
+	for u := range out {
+		out[u] = c.GetPartitionOwner(u).String()
+	}
+	return out
+}
+
+func randomIDs(rng *rand.Rand, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%016x", rng.Uint64())
+	}
+	return out
+}
+
+// The ring's table is consistent v1.0.0's, unit for unit, so that keepers
+// that computed it with the library and keepers that compute it here agree
+// during a rollout: pod names and random ids, the default ring and small
+// ones where the bounded load makes units walk far.
+func TestRingMatchesConsistent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	cases := []struct {
+		cfg     RingConfig
+		members []string
+	}{
+		{RingConfig{}, podNames(1)},
+		{RingConfig{}, podNames(2)},
+		{RingConfig{}, podNames(3)},
+		{RingConfig{}, randomIDs(rng, 7)},
+		{RingConfig{}, podNames(64)},
+		{RingConfig{}, randomIDs(rng, 150)},
+		{RingConfig{Units: MaxUnits}, randomIDs(rng, 5)},
+		{RingConfig{Units: 64, ReplicationFactor: 3}, randomIDs(rng, 100)},
+		{RingConfig{Units: 1}, podNames(10)},
+		{RingConfig{Units: 4096, ReplicationFactor: 50, Load: 1}, podNames(33)},
+		{RingConfig{Units: 1000, ReplicationFactor: 1, Load: 1.05}, randomIDs(rng, 997)},
+	}
+	for _, c := range cases {
+		got, want := NewRing(c.members, c.cfg), reference(c.members, c.cfg)
+		for u, m := range want {
+			if got.Owner(u) != m {
+				t.Fatalf("%+v over %d members: unit %d owned by %q, consistent says %q", c.cfg, len(c.members), u, got.Owner(u), m)
+			}
+		}
 	}
 }

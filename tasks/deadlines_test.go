@@ -71,11 +71,12 @@ func BenchmarkOwnedShardMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		k := New(nil, Config{})
-		cfg := queue.Config{Partitions: shards}.WithDefaults()
+		k := New(queue.NewNative(nil, ""), Config{})
+		k.SetConfig("bench", queue.Config{Partitions: shards}.WithDefaults())
 		for p := 0; p < shards; p++ {
-			k.Own(queue.Shard{Queue: "bench", Partition: p}, cfg, 1)
-			st := k.shards[queue.Shard{Queue: "bench", Partition: p}.String()]
+			s := queue.Shard{Queue: "bench", Partition: p}
+			k.Own([]queue.Shard{s}, 1)
+			st := k.shards[s]
 			k.heap.schedule(st, Unlock, time.Now().Add(time.Minute))
 			k.heap.schedule(st, Requeue, time.Now().Add(time.Minute))
 		}
@@ -83,5 +84,26 @@ func BenchmarkOwnedShardMemory(b *testing.B) {
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/shards, "bytes/shard")
 		runtime.KeepAlive(k)
+	}
+}
+
+// BenchmarkOwnAndDisown50k is the keeper's side of a large handoff: taking
+// 50,000 shards in one Own and giving them back in one Disown (no Redis:
+// the probes they queue are not run). It reports the cost per shard.
+func BenchmarkOwnAndDisown50k(b *testing.B) {
+	const n = 50_000
+	shards := make([]queue.Shard, n)
+	for p := range shards {
+		shards[p] = queue.Shard{Queue: "bench", Partition: p}
+	}
+	for i := 0; i < b.N; i++ {
+		k := New(queue.NewNative(nil, ""), Config{})
+		k.SetConfig("bench", queue.Config{Partitions: n}.WithDefaults())
+		t0 := time.Now()
+		k.Own(shards, 1)
+		t1 := time.Now()
+		k.Disown(shards)
+		b.ReportMetric(float64(t1.Sub(t0).Nanoseconds())/n, "own-ns/shard")
+		b.ReportMetric(float64(time.Since(t1).Nanoseconds())/n, "disown-ns/shard")
 	}
 }

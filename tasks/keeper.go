@@ -2,22 +2,23 @@
 // requeue, expire, trim and measure, each pass at the shard's next due time.
 //
 // The Keeper holds one deadline per (shard, task) in a heap and runs a pass
-// when it comes due, on a bounded pool of workers. It learns deadlines from
-// the passes themselves (each returns the set's next deadline), from the
-// layout's wake channel (a client that sets a deadline earlier than the
-// shard's earliest says so), and from a slow, bounded safety sweep. An idle
-// shard therefore costs nothing until something happens to it.
+// when it comes due, on a bounded pool of workers (passes.go). It learns
+// deadlines from the passes themselves (each returns the set's next
+// deadline), from the layout's wake channel (wakes.go: a client that sets a
+// deadline earlier than the shard's earliest says so), and from a slow,
+// bounded safety sweep (sweep.go). An idle shard therefore costs nothing
+// until something happens to it.
 package tasks
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/service"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -40,50 +41,57 @@ type Recorder interface {
 	RecordFenceRefusal(ctx context.Context, queue, shard string)
 }
 
-// Config tunes a Keeper. Zero values take the defaults noted.
+// Defaults of Config.
+const (
+	WorkersDefault         = 4
+	BatchDefault           = 1000
+	MeasureIntervalDefault = 10 * time.Second
+	SweepIntervalDefault   = 60 * time.Second
+	MaxBackoffDefault      = 5 * time.Second
+)
+
+// Config tunes a Keeper. Zero values take the defaults above.
 type Config struct {
-	// Workers bounds the passes running at once; default 4. Each is one
-	// script call, so a few workers keep Redis busy without queueing on it.
+	// Workers bounds the passes running at once. Each is one script call,
+	// so a few workers keep Redis busy without queueing on it.
 	Workers int
-	// Batch is the most messages one pass handles; default 1000 (about a
+	// Batch is the most messages one pass handles (1000 is about a
 	// millisecond of Redis time). A full batch runs again at once.
 	Batch int
-	// MeasureInterval is how often a changed shard is measured; default 10s.
-	// Shards that did not change are not measured at all.
+	// MeasureInterval is how often a changed shard is measured. Shards
+	// that did not change are not measured at all.
 	MeasureInterval time.Duration
 	// SweepInterval is the period of the safety sweep, which probes every
 	// owned shard once per interval (spread evenly) for deadlines the keeper
-	// could not have heard of, such as writes by other tools; default 60s.
+	// could not have heard of, such as writes by other tools.
 	SweepInterval time.Duration
-	// MaxBackoff caps the retry delay of a failing pass; default 5s.
+	// MaxBackoff caps the retry delay of a failing pass.
 	MaxBackoff time.Duration
 	// Recorder gets lags, pass durations and errors; optional.
 	Recorder Recorder
 	// OnFenced is called (outside the keeper's locks) when Redis refused a
-	// shard's token: the keeper has already dropped the shard.
+	// shard's token: the keeper has already dropped the shard. The daemon
+	// passes shard.Refusals.Report.
 	OnFenced func(s queue.Shard, token int64)
-	// OnConfigChanged is called when the layout announces a queue config
-	// change, so the caller can refresh its catalog.
-	OnConfigChanged func()
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
 	if c.Workers <= 0 {
-		c.Workers = 4
+		c.Workers = WorkersDefault
 	}
 	if c.Batch <= 0 {
-		c.Batch = 1000
+		c.Batch = BatchDefault
 	}
 	if c.MeasureInterval <= 0 {
-		c.MeasureInterval = 10 * time.Second
+		c.MeasureInterval = MeasureIntervalDefault
 	}
 	if c.SweepInterval <= 0 {
-		c.SweepInterval = 60 * time.Second
+		c.SweepInterval = SweepIntervalDefault
 	}
 	if c.MaxBackoff <= 0 {
-		c.MaxBackoff = 5 * time.Second
+		c.MaxBackoff = MaxBackoffDefault
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -127,28 +135,31 @@ type shardState struct {
 	m           queue.Measurement
 }
 
-// Keeper runs the housekeeping of the shards it is told it owns.
+// Keeper runs the housekeeping of the shards it is told it owns. It
+// implements shard.Listener: ownership comes and goes a unit (a batch of
+// shards under one token) at a time.
 type Keeper struct {
+	base   service.Base
 	cfg    Config
 	layout queue.Layout
 	log    *slog.Logger
 
-	mu     sync.Mutex
-	shards map[string]*shardState
-	heap   deadlines
-	busy   int // passes running, all shards
-	probe  []*shardState
+	mu      sync.Mutex
+	configs map[string]queue.Config // by queue, as last set
+	shards  map[queue.Shard]*shardState
+	heap    deadlines
+	busy    int // passes running, all shards
+	probe   []*shardState
 
 	kick    chan struct{} // wakes the dispatcher
 	probeCh chan struct{} // wakes the sweeper for urgent probes
 	jobs    chan *entry
+	// configChanged is signalled when the layout announces a queue config
+	// change (see ConfigChanged).
+	configChanged chan struct{}
 	// offsetUs is Redis's clock minus ours, from the latest pass; wake
 	// deadlines (Redis time) are turned into local timer times with it.
 	offsetUs atomic.Int64
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
 }
 
 // New returns a Keeper over layout.
@@ -156,96 +167,83 @@ func New(layout queue.Layout, cfg Config) *Keeper {
 	cfg = cfg.withDefaults()
 	return &Keeper{
 		cfg: cfg, layout: layout, log: cfg.Logger,
-		shards: map[string]*shardState{}, kick: make(chan struct{}, 1),
-		probeCh: make(chan struct{}, 1), jobs: make(chan *entry),
+		configs: map[string]queue.Config{}, shards: map[queue.Shard]*shardState{},
+		kick: make(chan struct{}, 1), probeCh: make(chan struct{}, 1), jobs: make(chan *entry),
+		configChanged: make(chan struct{}, 1),
 	}
 }
 
 // Start launches the dispatcher, the workers, the sweeper and the wake
-// subscription. It returns at once; Stop ends them. ctx bounds the start
-// only (and lends its values): a caller that starts under a signal context
-// must still be able to let running passes finish while it hands its shards
-// over, so ending ctx stops nothing.
+// subscription, and returns. ctx bounds the start only (reading Redis's
+// clock); ending it later stops nothing: a caller that starts under a
+// signal context must still be able to let running passes finish while it
+// hands its shards over.
 func (k *Keeper) Start(ctx context.Context) error {
-	k.ctx, k.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	if now, err := k.layout.Now(k.ctx); err == nil {
+	startCtx, err := k.base.StartInit(ctx)
+	if err != nil {
+		return err
+	}
+	if now, err := k.layout.Now(startCtx); err == nil {
 		k.offsetUs.Store(now.UnixMicro() - time.Now().UnixMicro())
 	} else {
 		// Not fatal: Redis may come later; passes will set the offset.
 		k.log.Warn("cannot read redis clock at start", "err", err)
 	}
 	for i := 0; i < k.cfg.Workers; i++ {
-		k.wg.Add(1)
-		go k.worker()
+		k.base.Go(k.worker)
 	}
-	k.wg.Add(3)
-	go k.dispatch()
-	go k.sweep()
-	go k.subscribe()
-	return nil
+	k.base.Go(k.dispatch)
+	k.base.Go(k.sweep)
+	k.base.Go(k.subscribe)
+	return k.base.StartDone(nil)
 }
 
-// Stop stops starting passes, cancels the running ones, waits for them to
-// return and returns. The shards stay owned as far as the keeper knows;
-// callers release them first (Disown) for a graceful handoff. Disown and
-// DisownAll still return after Stop. Stop may be called more than once, and
-// while a Disown waits: it is how a bounded shutdown cuts a pass short.
-func (k *Keeper) Stop() {
-	if k.cancel == nil {
-		return
-	}
-	k.cancel()
-	k.wg.Wait()
+// Stop stops starting passes, cancels the running ones and returns once
+// they returned (or ctx ended). The shards stay owned as far as the keeper
+// knows; callers release them first (Disown) for a graceful handoff. Disown
+// and DisownAll still return after Stop. Stop may be called while a Disown
+// waits: it is how a bounded shutdown cuts a pass short.
+func (k *Keeper) Stop(ctx context.Context) error {
+	return k.base.Halt(ctx, nil)
 }
 
-// Own starts housekeeping of s under token, or raises the token of a shard
-// already owned. The shard is probed at once to learn its deadlines.
-func (k *Keeper) Own(s queue.Shard, cfg queue.Config, token int64) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	name := s.String()
-	if st, ok := k.shards[name]; ok {
-		if token > st.token {
-			st.token = token
-			st.claimed = false
-			k.queueProbeLocked(st)
-			k.signal(k.probeCh)
-		}
-		st.cfg = cfg
-		return
+// life is the context passes run under: the keeper's once started.
+func (k *Keeper) life() context.Context {
+	if l := k.base.Life(); l != nil {
+		return l
 	}
-	parent := k.ctx
-	if parent == nil {
-		parent = context.Background()
-	}
-	st := &shardState{shard: s, name: name, cfg: cfg, token: token, dirty: true}
-	st.ctx, st.cancel = context.WithCancel(parent)
-	k.shards[name] = st
-	// Probed now and again once the subscription is confirmed (a Resync):
-	// a hint published between this probe and the subscription is covered
-	// by the second.
-	k.layout.Watch([]queue.Shard{s}, true)
-	k.queueProbeLocked(st)
-	// Spread first measurements over one interval so that taking over
-	// thousands of shards does not measure them all at once.
-	k.heap.schedule(st, Measure, time.Now().Add(rand.N(k.cfg.MeasureInterval/4+1)))
-	k.signal(k.probeCh)
-	k.signal(k.kick)
+	return context.Background()
 }
 
-// queueProbeLocked puts st on the probe list unless it is there already.
-func (k *Keeper) queueProbeLocked(st *shardState) {
-	if st.queued {
-		return
-	}
-	st.queued = true
-	k.probe = append(k.probe, st)
-}
-
-// SetConfig updates the config of every owned shard of a queue.
+// SetConfig sets the config of a queue, for shards owned from now on and
+// for every owned shard of it.
 func (k *Keeper) SetConfig(queueName string, cfg queue.Config) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.setConfigLocked(queueName, cfg)
+}
+
+// SetConfigs replaces the configs of all queues (the catalog's view).
+// Owned shards of a queue no longer listed keep their last config until
+// they are disowned.
+func (k *Keeper) SetConfigs(queues map[string]queue.Config) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for name := range k.configs {
+		if _, ok := queues[name]; !ok {
+			delete(k.configs, name)
+		}
+	}
+	for name, cfg := range queues {
+		k.setConfigLocked(name, cfg)
+	}
+}
+
+func (k *Keeper) setConfigLocked(queueName string, cfg queue.Config) {
+	if cur, ok := k.configs[queueName]; ok && cur == cfg {
+		return
+	}
+	k.configs[queueName] = cfg
 	for _, st := range k.shards {
 		if st.shard.Queue == queueName && st.cfg != cfg {
 			sizeChanged := st.cfg.MaxSize != cfg.MaxSize
@@ -258,13 +256,69 @@ func (k *Keeper) SetConfig(queueName string, cfg queue.Config) {
 	}
 }
 
-// Disown stops housekeeping of s and returns once none of its passes is
-// running: the graceful half of a handoff.
-func (k *Keeper) Disown(s queue.Shard) {
+// Own starts housekeeping of shards under token, or raises the token of
+// shards already owned; each is probed at once (claimed: its fence rises to
+// token) to learn its deadlines. Shards of a queue whose config was never
+// set are left out and logged. It does not block on Redis.
+func (k *Keeper) Own(shards []queue.Shard, token int64) {
+	var unknown []queue.Shard
 	k.mu.Lock()
-	st := k.dropLocked(s.String(), false)
+	watch := make([]queue.Shard, 0, len(shards))
+	parent := k.life()
+	for _, s := range shards {
+		if st, ok := k.shards[s]; ok {
+			if token > st.token {
+				st.token = token
+				st.claimed = false
+				k.queueProbeLocked(st)
+			}
+			continue
+		}
+		cfg, ok := k.configs[s.Queue]
+		if !ok {
+			unknown = append(unknown, s)
+			continue
+		}
+		st := &shardState{shard: s, name: s.String(), cfg: cfg, token: token, dirty: true}
+		st.ctx, st.cancel = context.WithCancel(parent)
+		k.shards[s] = st
+		watch = append(watch, s)
+		k.queueProbeLocked(st)
+		// Spread first measurements over a quarter interval so that taking
+		// over thousands of shards does not measure them all at once.
+		k.heap.schedule(st, Measure, time.Now().Add(rand.N(k.cfg.MeasureInterval/4+1)))
+	}
+	// Probed now and again once the subscription is confirmed (a Resync):
+	// a hint published between this probe and the subscription is covered
+	// by the second.
+	if len(watch) > 0 {
+		k.layout.Watch(watch, true)
+	}
 	k.mu.Unlock()
-	if st != nil {
+	k.signal(k.probeCh)
+	k.signal(k.kick)
+	if len(unknown) > 0 {
+		k.log.Warn("owned shards of queues without a config are not housekept", "shards", len(unknown),
+			"shard", unknown[0].String(), "queue", unknown[0].Queue)
+	}
+}
+
+// queueProbeLocked puts st on the probe list unless it is there already.
+func (k *Keeper) queueProbeLocked(st *shardState) {
+	if st.queued {
+		return
+	}
+	st.queued = true
+	k.probe = append(k.probe, st)
+}
+
+// Disown stops housekeeping of shards and returns once none of their
+// passes is running: the graceful half of a handoff.
+func (k *Keeper) Disown(shards []queue.Shard) {
+	k.mu.Lock()
+	sts := k.dropLocked(shards, false)
+	k.mu.Unlock()
+	for _, st := range sts {
 		<-st.idle
 	}
 }
@@ -274,44 +328,67 @@ func (k *Keeper) Disown(s queue.Shard) {
 // writes are fenced), but DisownAll returns only after they have returned.
 func (k *Keeper) DisownAll() {
 	k.mu.Lock()
-	var sts []*shardState
-	for name := range k.shards {
-		sts = append(sts, k.dropLocked(name, true))
+	all := make([]queue.Shard, 0, len(k.shards))
+	for s := range k.shards {
+		all = append(all, s)
 	}
+	sts := k.dropLocked(all, true)
 	k.mu.Unlock()
 	for _, st := range sts {
 		<-st.idle
 	}
 }
 
-func (k *Keeper) dropLocked(name string, cancel bool) *shardState {
-	st, ok := k.shards[name]
-	if !ok {
-		return nil
+// dropLocked forgets the shards (those owned), unwatches them in one call,
+// and returns their states, whose idle channels close once their last pass
+// ended. cancel cancels running passes too.
+func (k *Keeper) dropLocked(shards []queue.Shard, cancel bool) []*shardState {
+	sts := make([]*shardState, 0, len(shards))
+	unwatch := make([]queue.Shard, 0, len(shards))
+	for _, s := range shards {
+		st, ok := k.shards[s]
+		if !ok {
+			continue
+		}
+		delete(k.shards, s)
+		unwatch = append(unwatch, s)
+		k.heap.remove(st)
+		st.gone = true
+		st.idle = make(chan struct{})
+		if cancel || st.busy == 0 {
+			st.cancel()
+		}
+		if st.busy == 0 {
+			close(st.idle)
+		}
+		sts = append(sts, st)
 	}
-	delete(k.shards, name)
-	k.layout.Watch([]queue.Shard{st.shard}, false)
-	k.heap.remove(st)
-	st.gone = true
-	st.idle = make(chan struct{})
-	if cancel || st.busy == 0 {
-		st.cancel()
+	if len(unwatch) > 0 {
+		k.layout.Watch(unwatch, false)
 	}
-	if st.busy == 0 {
-		close(st.idle)
-	}
-	return st
+	return sts
 }
+
+// ConfigChanged is signalled (coalesced) when the layout announces that a
+// queue config was created or changed: the catalog refreshes on it.
+func (k *Keeper) ConfigChanged() <-chan struct{} { return k.configChanged }
 
 // Owned reports the shards owned and their tokens.
 func (k *Keeper) Owned() map[string]int64 {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	out := make(map[string]int64, len(k.shards))
-	for n, st := range k.shards {
-		out[n] = st.token
+	for _, st := range k.shards {
+		out[st.name] = st.token
 	}
 	return out
+}
+
+// OwnedCount is the number of shards owned.
+func (k *Keeper) OwnedCount() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.shards)
 }
 
 // EachOwned calls fn for every owned shard, measured yet or not: what the
@@ -319,8 +396,8 @@ func (k *Keeper) Owned() map[string]int64 {
 func (k *Keeper) EachOwned(fn func(queue.Shard)) {
 	k.mu.Lock()
 	out := make([]queue.Shard, 0, len(k.shards))
-	for _, st := range k.shards {
-		out = append(out, st.shard)
+	for s := range k.shards {
+		out = append(out, s)
 	}
 	k.mu.Unlock()
 	for _, s := range out {
@@ -362,294 +439,4 @@ func (k *Keeper) signal(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
-}
-
-// dispatch hands due entries to workers, earliest first, never more than
-// Workers at once, and sleeps until the next deadline otherwise.
-func (k *Keeper) dispatch() {
-	defer k.wg.Done()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		k.mu.Lock()
-		var wait time.Duration = time.Hour
-		for k.busy < k.cfg.Workers {
-			e := k.heap.peek()
-			if e == nil {
-				break
-			}
-			now := time.Now()
-			if e.due.After(now) {
-				wait = e.due.Sub(now)
-				break
-			}
-			k.heap.pop()
-			if e.st.running[e.task] {
-				// One pass per (shard, task) at a time; run again after it.
-				e.st.rerun[e.task] = true
-				continue
-			}
-			e.st.running[e.task] = true
-			e.st.busy++
-			k.busy++
-			k.mu.Unlock()
-			select {
-			case k.jobs <- e:
-			case <-k.ctx.Done():
-				// No worker took the pass: it never ran, so it must not
-				// stay counted, or Disown would wait for it forever.
-				k.mu.Lock()
-				if !e.st.gone {
-					k.heap.schedule(e.st, e.task, e.due)
-				}
-				k.passEndedLocked(e.st, e.task)
-				k.mu.Unlock()
-				return
-			}
-			k.mu.Lock()
-		}
-		k.mu.Unlock()
-		timer.Reset(wait)
-		select {
-		case <-k.ctx.Done():
-			return
-		case <-k.kick:
-		case <-timer.C:
-		}
-	}
-}
-
-func (k *Keeper) worker() {
-	defer k.wg.Done()
-	for {
-		select {
-		case <-k.ctx.Done():
-			return
-		case e := <-k.jobs:
-			k.run(e)
-		}
-	}
-}
-
-// run does one pass and schedules what comes next from its result.
-func (k *Keeper) run(e *entry) {
-	st, task := e.st, e.task
-	k.mu.Lock()
-	s, cfg, token, ctx := st.shard, st.cfg, st.token, st.ctx
-	k.mu.Unlock()
-
-	start := time.Now()
-	out := k.layout.Passes(ctx, []queue.PassRequest{{Shard: s, Task: task, Token: token, Batch: k.cfg.Batch, Config: cfg}})[0]
-	res, m, err := out.Result, out.Measurement, out.Err
-	end := time.Now()
-	if err == nil {
-		// Redis ran the script between start and end; the midpoint is the
-		// best local estimate of its "now".
-		mid := start.Add(end.Sub(start) / 2)
-		k.offsetUs.Store(res.NowUs - mid.UnixMicro())
-	}
-	if rec := k.cfg.Recorder; rec != nil {
-		rec.RecordPass(ctx, task.String(), end.Sub(start), err)
-		if task == Unlock {
-			for _, lag := range res.Lags {
-				rec.RecordUnlockLag(ctx, s.Queue, st.name, lag)
-			}
-		}
-	}
-
-	var fenced *queue.FencedError
-	k.mu.Lock()
-	k.passEndedLocked(st, task)
-	switch {
-	case st.gone:
-		// Disowned while running: drop the result.
-	case errors.As(err, &fenced):
-		k.dropLocked(st.name, true)
-	case err != nil:
-		k.failLocked(st, task, err, end)
-	default:
-		k.doneLocked(st, task, res, m, end)
-	}
-	k.releaseIfIdleLocked(st)
-	k.mu.Unlock()
-	k.signal(k.kick)
-
-	if fenced != nil {
-		k.reportFenced(st, fenced, task.String())
-	}
-}
-
-// passEndedLocked undoes what the dispatcher counted when it handed a pass
-// out: the pass ran and returned, or no worker ever took it.
-func (k *Keeper) passEndedLocked(st *shardState, task queue.Task) {
-	st.running[task] = false
-	st.busy--
-	k.busy--
-	k.releaseIfIdleLocked(st)
-}
-
-// releaseIfIdleLocked lets a Disown of st return once its last pass ended.
-func (k *Keeper) releaseIfIdleLocked(st *shardState) {
-	if st.gone && st.busy == 0 && st.idle != nil {
-		select {
-		case <-st.idle:
-		default:
-			st.cancel()
-			close(st.idle)
-		}
-	}
-}
-
-// reportFenced tells the log, the metrics and the owner of the ownership
-// (OnFenced) that Redis refused our token for a shard we already dropped.
-func (k *Keeper) reportFenced(st *shardState, fe *queue.FencedError, what string) {
-	k.log.Warn("fenced: redis refused our token, dropping shard",
-		"shard", st.name, "queue", st.shard.Queue, "token", fe.Token, "fence", fe.Fence, "task", what)
-	if rec := k.cfg.Recorder; rec != nil {
-		rec.RecordFenceRefusal(context.Background(), st.shard.Queue, st.name)
-	}
-	if k.cfg.OnFenced != nil {
-		k.cfg.OnFenced(st.shard, fe.Token)
-	}
-}
-
-func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResult, m queue.Measurement, now time.Time) {
-	if st.backoff[task] > 0 {
-		k.log.Info("pass recovered", "shard", st.name, "queue", st.shard.Queue, "task", task.String())
-		st.backoff[task] = 0
-	}
-	if task == Measure {
-		st.m, st.measured, st.lastMeasure, st.dirty = m, true, now, false
-	}
-	if res.Moved > 0 {
-		k.markDirtyLocked(st)
-	}
-	switch task {
-	case Trim:
-		st.overCap = res.Excess > 0
-	case Unlock, Requeue:
-		if st.overCap && res.Moved > 0 {
-			k.heap.schedule(st, Trim, now)
-		}
-	}
-	switch {
-	case res.Full || st.rerun[task]:
-		k.heap.schedule(st, task, now)
-	case res.NextMs >= 0:
-		k.heap.schedule(st, task, k.localTime(res.NextMs, res.NowUs, now))
-	}
-	st.rerun[task] = false
-	for _, h := range res.Hints {
-		k.heap.schedule(st, h.Task, k.localTime(h.AtMs, res.NowUs, now))
-	}
-}
-
-// localTime turns a Redis deadline (ms) into a local time, given Redis's
-// clock (µs) at local time at.
-func (k *Keeper) localTime(dueMs, redisNowUs int64, at time.Time) time.Time {
-	return at.Add(time.Duration(dueMs*1000-redisNowUs) * time.Microsecond)
-}
-
-func (k *Keeper) markDirtyLocked(st *shardState) {
-	st.dirty = true
-	next := st.lastMeasure.Add(k.cfg.MeasureInterval)
-	k.heap.schedule(st, Measure, next)
-}
-
-func (k *Keeper) failLocked(st *shardState, task queue.Task, err error, now time.Time) {
-	b := st.backoff[task]
-	if b == 0 {
-		b = 50 * time.Millisecond
-	} else {
-		b = min(2*b, k.cfg.MaxBackoff)
-	}
-	st.backoff[task] = b
-	kind := ErrorKind(err)
-	if rec := k.cfg.Recorder; rec != nil {
-		rec.RecordError(context.Background(), kind)
-	}
-	// One line per failing (shard, task) every 10s, not one per retry.
-	if now.Sub(st.lastLog[task]) >= 10*time.Second {
-		st.lastLog[task] = now
-		k.log.Error("pass failed", "shard", st.name, "queue", st.shard.Queue, "task", task.String(),
-			"kind", kind, "retry_in", b, "err", err)
-	}
-	k.heap.schedule(st, task, now.Add(b))
-	st.rerun[task] = false
-}
-
-// ErrorKind classifies a pass error for metrics and logs.
-func ErrorKind(err error) string {
-	var fe *queue.FencedError
-	switch {
-	case errors.As(err, &fe):
-		return "fenced"
-	case errors.Is(err, queue.ErrWrongType):
-		return "wrongtype"
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	}
-	var ne interface{ Timeout() bool }
-	if errors.As(err, &ne) && ne.Timeout() {
-		return "timeout"
-	}
-	return "redis"
-}
-
-// subscribe feeds wake hints into the heap for as long as the keeper runs.
-func (k *Keeper) subscribe() {
-	defer k.wg.Done()
-	for k.ctx.Err() == nil {
-		err := k.layout.Wakes(k.ctx, k.onWake)
-		if k.ctx.Err() != nil {
-			return
-		}
-		k.log.Warn("wake subscription ended; resubscribing", "err", err)
-		select {
-		case <-k.ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (k *Keeper) onWake(w queue.Wake) {
-	switch {
-	case w.ConfigChanged:
-		if k.cfg.OnConfigChanged != nil {
-			k.cfg.OnConfigChanged()
-		}
-		return
-	case w.Resync:
-		// Hints sent while we were not subscribed are lost: look again.
-		k.mu.Lock()
-		if st, ok := k.shards[w.Shard.String()]; ok {
-			k.queueProbeLocked(st)
-		}
-		k.mu.Unlock()
-		k.signal(k.probeCh)
-		return
-	}
-	task := w.Due.Task
-	if task >= numTasks {
-		return
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	st, ok := k.shards[w.Shard.String()]
-	if !ok {
-		return
-	}
-	if task == Measure {
-		k.markDirtyLocked(st)
-	} else {
-		at := time.Now()
-		if task != Trim {
-			at = k.localTime(w.Due.AtMs, at.UnixMicro()+k.offsetUs.Load(), at)
-		}
-		k.heap.schedule(st, task, at)
-	}
-	k.signal(k.kick)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/internal/service"
+	"github.com/keeperhq/keeper/internal/service/servicetest"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/redis/go-redis/v9"
 )
@@ -44,7 +47,7 @@ func newHarness(t *testing.T, redisCfg redisserver.Config, cfg Config) *harness 
 	if err := h.k.Start(h.ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(h.k.Stop)
+	stopAtCleanup(t, h.k)
 	return h
 }
 
@@ -54,9 +57,12 @@ func (h *harness) create(name string, cfg queue.Config, token int64) queue.Confi
 		h.t.Fatal(err)
 	}
 	cfg = cfg.WithDefaults()
-	for p := 0; p < cfg.Partitions; p++ {
-		h.k.Own(queue.Shard{Queue: name, Partition: p}, cfg, token)
+	h.k.SetConfig(name, cfg)
+	shards := make([]queue.Shard, cfg.Partitions)
+	for p := range shards {
+		shards[p] = queue.Shard{Queue: name, Partition: p}
 	}
+	h.k.Own(shards, token)
 	return cfg
 }
 
@@ -67,6 +73,23 @@ func (h *harness) stats(q string) queue.QueueStats {
 		h.t.Fatal(err)
 	}
 	return st
+}
+
+// stopAtCleanup stops k when the test ends.
+func stopAtCleanup(t *testing.T, k *Keeper) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := k.Stop(ctx); err != nil {
+			t.Errorf("stop keeper: %v", err)
+		}
+	})
+}
+
+// own sets cfg for s's queue and owns s under token.
+func own(k *Keeper, s queue.Shard, cfg queue.Config, token int64) {
+	k.SetConfig(s.Queue, cfg)
+	k.Own([]queue.Shard{s}, token)
 }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
@@ -242,14 +265,14 @@ func TestDisownWaitsForRunningPass(t *testing.T) {
 	if err := k.Start(h.ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(k.Stop)
+	stopAtCleanup(t, k)
 	cfg := h.create("d", queue.Config{}, 1)
 	h.k.DisownAll()
 	s := queue.Shard{Queue: "d", Partition: 0}
-	k.Own(s, cfg, 1)
+	own(k, s, cfg, 1)
 	<-slow.started
 	done := make(chan struct{})
-	go func() { k.Disown(s); close(done) }()
+	go func() { k.Disown([]queue.Shard{s}); close(done) }()
 	select {
 	case <-done:
 		t.Fatal("Disown returned while a pass was running")
@@ -381,8 +404,8 @@ func TestKeeperHearsOnlyOwnedShards(t *testing.T) {
 	}
 	cfg := queue.Config{Partitions: 3}.WithDefaults()
 	s := func(p int) queue.Shard { return queue.Shard{Queue: "own", Partition: p} }
-	h.k.Own(s(0), cfg, 1)
-	h.k.Own(s(1), cfg, 1)
+	own(h.k, s(0), cfg, 1)
+	own(h.k, s(1), cfg, 1)
 	subscribers := func(p int) int64 {
 		ch := queue.NewInspector(h.rdb, "").WakeChannel(s(p))
 		n, err := h.rdb.PubSubNumSub(h.ctx, ch).Result()
@@ -395,7 +418,7 @@ func TestKeeperHearsOnlyOwnedShards(t *testing.T) {
 		got := []int64{subscribers(0), subscribers(1), subscribers(2)}
 		return got[0] == 1 && got[1] == 1 && got[2] == 0, fmt.Sprint("subscribers per partition ", got)
 	})
-	h.k.Disown(s(1))
+	h.k.Disown([]queue.Shard{s(1)})
 	poll.For(t, 5*time.Second, "disowned shard unsubscribed", func() (bool, string) {
 		got := []int64{subscribers(0), subscribers(1), subscribers(2)}
 		return got[0] == 1 && got[1] == 0 && got[2] == 0, fmt.Sprint("subscribers per partition ", got)
@@ -508,7 +531,7 @@ func TestOwnClaimsTheShardAtOnce(t *testing.T) {
 	if _, err := h.unlock(s, 6, 10); err != nil { // the previous owner
 		t.Fatal(err)
 	}
-	h.k.Own(s, queue.Config{}.WithDefaults(), 7)
+	own(h.k, s, queue.Config{}.WithDefaults(), 7)
 	waitFor(t, 5*time.Second, "fence raised to 7", func() bool {
 		f, err := queue.NewInspector(h.rdb, "").Fences(h.ctx, []queue.Shard{s})
 		return err == nil && f[0] == 7
@@ -518,13 +541,13 @@ func TestOwnClaimsTheShardAtOnce(t *testing.T) {
 		t.Fatalf("previous owner's write after the claim: %v", err)
 	}
 	// A claim under a token below the fence drops the shard at once.
-	h.k.Own(queue.Shard{Queue: "c", Partition: 2}, queue.Config{}.WithDefaults(), 7)
+	own(h.k, queue.Shard{Queue: "c", Partition: 2}, queue.Config{}.WithDefaults(), 7)
 	s2 := queue.Shard{Queue: "c", Partition: 2}
 	if _, err := h.unlock(s2, 9, 10); err != nil {
 		t.Fatal(err)
 	}
 	h.k.DisownAll()
-	h.k.Own(s2, queue.Config{}.WithDefaults(), 8)
+	own(h.k, s2, queue.Config{}.WithDefaults(), 8)
 	select {
 	case got := <-h.fenced:
 		if got != s2 {
@@ -553,7 +576,8 @@ func TestStopWhileHandingAPassLetsDisownReturn(t *testing.T) {
 	if err := k.Start(h.ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { releaseWorker(); k.Stop() })
+	t.Cleanup(releaseWorker)
+	stopAtCleanup(t, k)
 	for _, q := range []string{"a", "b"} {
 		if err := h.client.Registry().Create(h.ctx, q, queue.Config{}); err != nil {
 			t.Fatal(err)
@@ -564,11 +588,11 @@ func TestStopWhileHandingAPassLetsDisownReturn(t *testing.T) {
 
 	// Take a and wait for its claim; probes after the claim only read, so
 	// the refusal below comes from a worker's pass.
-	k.Own(a, cfg, 5)
+	own(k, a, cfg, 5)
 	waitFor(t, 10*time.Second, "a claimed", func() bool {
 		k.mu.Lock()
 		defer k.mu.Unlock()
-		st := k.shards[a.String()]
+		st := k.shards[a]
 		return st != nil && st.claimed
 	})
 	if _, err := h.unlock(a, 6, 10); err != nil { // a successor
@@ -585,17 +609,17 @@ func TestStopWhileHandingAPassLetsDisownReturn(t *testing.T) {
 
 	// The worker is stuck in OnFenced; b's first measurement comes due and
 	// the dispatcher blocks handing it over.
-	k.Own(b, cfg, 5)
+	own(k, b, cfg, 5)
 	waitFor(t, 10*time.Second, "dispatcher handing b's pass", func() bool {
 		k.mu.Lock()
 		defer k.mu.Unlock()
-		st := k.shards[b.String()]
+		st := k.shards[b]
 		return st != nil && st.busy == 1 && k.busy == 1
 	})
-	go k.Stop()
-	waitFor(t, 10*time.Second, "keeper stopping", func() bool { return k.ctx.Err() != nil })
+	go func() { _ = k.Stop(context.Background()) }()
+	waitFor(t, 10*time.Second, "keeper stopping", func() bool { return k.base.Life().Err() != nil })
 	var disowned atomic.Bool
-	go func() { k.Disown(b); disowned.Store(true) }()
+	go func() { k.Disown([]queue.Shard{b}); disowned.Store(true) }()
 	waitFor(t, 10*time.Second, "Disown(b) to return after Stop", disowned.Load)
 	releaseWorker()
 }
@@ -610,12 +634,12 @@ func TestStartContextDoesNotStopPasses(t *testing.T) {
 	if err := k.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(k.Stop)
+	stopAtCleanup(t, k)
 	cancel()
 	if err := h.client.Registry().Create(h.ctx, "s", queue.Config{}); err != nil {
 		t.Fatal(err)
 	}
-	k.Own(queue.Shard{Queue: "s"}, queue.Config{}.WithDefaults(), 1)
+	own(k, queue.Shard{Queue: "s"}, queue.Config{}.WithDefaults(), 1)
 	if _, err := h.client.Enqueue(h.ctx, "s", queue.Message{ID: "x", Delay: 50 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
@@ -632,13 +656,13 @@ func TestEachOwnedListsShardsNotMeasuredYet(t *testing.T) {
 	if err := k.Start(h.ctx); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(k.Stop)
+	stopAtCleanup(t, k)
 	t.Cleanup(func() { close(slow.release) })
 	if err := h.client.Registry().Create(h.ctx, "m", queue.Config{}); err != nil {
 		t.Fatal(err)
 	}
 	s := queue.Shard{Queue: "m"}
-	k.Own(s, queue.Config{}.WithDefaults(), 1)
+	own(k, s, queue.Config{}.WithDefaults(), 1)
 	select {
 	case <-slow.started: // the first measurement is held
 	case <-time.After(10 * time.Second):
@@ -650,5 +674,80 @@ func TestEachOwnedListsShardsNotMeasuredYet(t *testing.T) {
 	k.EachMeasurement(func(ShardMeasurement) { measured++ })
 	if len(owned) != 1 || owned[0] != s || measured != 0 {
 		t.Fatalf("owned %v, measured %d; want [%v] and 0", owned, measured, s)
+	}
+}
+
+// The keeper keeps the lifecycle rules (internal/service).
+func TestKeeperStartStop(t *testing.T) {
+	srv := redisserver.StartConfigTB(t, redisserver.Config{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	servicetest.Stress(t, 20, func(t *testing.T) service.Service {
+		k := New(queue.NewNative(rdb, ""), Config{})
+		k.SetConfig("q", queue.Config{}.WithDefaults())
+		k.Own([]queue.Shard{{Queue: "q"}}, 1)
+		return k
+	})
+}
+
+// watchCounter counts the layout's Watch calls.
+type watchCounter struct {
+	queue.Layout
+	mu    sync.Mutex
+	calls []int // shards per call, + on, - off
+}
+
+func (w *watchCounter) Watch(shards []queue.Shard, on bool) {
+	w.mu.Lock()
+	n := len(shards)
+	if !on {
+		n = -n
+	}
+	w.calls = append(w.calls, n)
+	w.mu.Unlock()
+	w.Layout.Watch(shards, on)
+}
+
+// Owning and disowning a unit's shards costs one Watch call each, whatever
+// the number of shards: a handoff's cost follows the units that move.
+func TestOwnAndDisownAUnitInOneCall(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	wc := &watchCounter{Layout: queue.NewNative(h.rdb, "")}
+	k := New(wc, Config{})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t, k)
+	cfg := queue.Config{Partitions: 1000}.WithDefaults()
+	if err := h.client.Registry().Create(h.ctx, "u", cfg); err != nil {
+		t.Fatal(err)
+	}
+	k.SetConfig("u", cfg)
+	shards := make([]queue.Shard, 1000)
+	for p := range shards {
+		shards[p] = queue.Shard{Queue: "u", Partition: p}
+	}
+	k.Own(shards, 3)
+	waitFor(t, 30*time.Second, "every shard claimed", func() bool {
+		f, err := queue.NewInspector(h.rdb, "").Fences(h.ctx, shards)
+		if err != nil {
+			return false
+		}
+		for _, v := range f {
+			if v != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	k.Disown(shards[:500])
+	k.DisownAll()
+	wc.mu.Lock()
+	defer wc.mu.Unlock()
+	if want := []int{1000, -500, -500}; !slices.Equal(wc.calls, want) {
+		t.Fatalf("Watch calls %v, want %v", wc.calls, want)
+	}
+	if n := k.OwnedCount(); n != 0 {
+		t.Fatalf("%d shards still owned", n)
 	}
 }

@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -15,8 +16,7 @@ const probeChunk = 500
 // newly owned shards and all shards after a lost subscription at once, and
 // every owned shard once per SweepInterval, spread evenly, as a safety net
 // (for example against writers that bypass the native client).
-func (k *Keeper) sweep() {
-	defer k.wg.Done()
+func (k *Keeper) sweep(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var (
@@ -26,7 +26,7 @@ func (k *Keeper) sweep() {
 	)
 	for {
 		select {
-		case <-k.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-k.probeCh:
 		case <-tick.C:
@@ -64,12 +64,12 @@ func (k *Keeper) sweep() {
 			if n == 0 {
 				break
 			}
-			k.probeBatch(batch)
+			k.probeBatch(ctx, batch)
 		}
 	}
 }
 
-func (k *Keeper) probeBatch(batch []*shardState) {
+func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 	reqs := make([]queue.ProbeRequest, 0, len(batch))
 	k.mu.Lock()
 	live := batch[:0]
@@ -84,15 +84,17 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 	if len(reqs) == 0 {
 		return
 	}
-	res, err := k.layout.Probe(k.ctx, reqs)
+	start := time.Now()
+	res, err := k.layout.Probe(ctx, reqs)
 	now := time.Now()
+	k.log.Debug("probed", "shards", len(reqs), "took", now.Sub(start).Round(time.Millisecond))
 	if err != nil {
-		if k.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return
 		}
 		k.log.Error("probe failed; will retry", "shards", len(reqs), "err", err)
 		if rec := k.cfg.Recorder; rec != nil {
-			rec.RecordError(k.ctx, ErrorKind(err))
+			rec.RecordError(ctx, ErrorKind(err))
 		}
 		// Try again in a second rather than lose these shards' deadlines.
 		time.AfterFunc(time.Second, func() {
@@ -108,6 +110,7 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 	redisNowUs := now.UnixMicro() + k.offsetUs.Load()
 	var fenced []*queue.FencedError
 	var fencedShards []*shardState
+	var drop []queue.Shard
 	k.mu.Lock()
 	for i, st := range live {
 		r := res[i]
@@ -116,7 +119,7 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 		}
 		var fe *queue.FencedError
 		if errors.As(r.Err, &fe) {
-			k.dropLocked(st.name, true)
+			drop = append(drop, st.shard)
 			fenced, fencedShards = append(fenced, fe), append(fencedShards, st)
 			continue
 		}
@@ -140,6 +143,7 @@ func (k *Keeper) probeBatch(batch []*shardState) {
 			k.heap.schedule(st, Trim, now)
 		}
 	}
+	k.dropLocked(drop, true)
 	k.mu.Unlock()
 	k.signal(k.kick)
 	for i, fe := range fenced {

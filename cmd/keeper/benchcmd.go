@@ -94,7 +94,7 @@ var scenarios = map[string]scenario{
 }
 
 func ringFlags(fs *flag.FlagSet, r *shard.RingConfig) {
-	fs.IntVar(&r.Partitions, "partitions", 0, "ring partitions (0: default)")
+	fs.IntVar(&r.Units, "units", 0, "ring units (0: default)")
 	fs.IntVar(&r.ReplicationFactor, "replication", 0, "virtual nodes per member (0: default)")
 	fs.Float64Var(&r.Load, "load", 0, "bounded-load factor (0: default)")
 }

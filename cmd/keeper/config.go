@@ -14,6 +14,7 @@ import (
 
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
+	"github.com/keeperhq/keeper/tasks"
 	"gopkg.in/yaml.v3"
 )
 
@@ -83,9 +84,12 @@ type EtcdConfig struct {
 }
 
 // RingConfig shapes the consistent-hash ring; every keeper of a fleet must
-// use the same values.
+// use the same values. The unit count keeps its first name, ring.partitions
+// (KEEPER_RING_PARTITIONS, --ring.partitions), which existing config files,
+// manifests and the ring record in etcd use: renaming it would buy a word
+// at the price of a second, deprecated spelling to accept.
 type RingConfig struct {
-	Partitions        int     `yaml:"partitions" help:"ownership units on the ring (0: built-in default)"`
+	Units             int     `yaml:"partitions" help:"ownership units on the ring (0: built-in default)"`
 	ReplicationFactor int     `yaml:"replication_factor" help:"virtual nodes per keeper (0: built-in default)"`
 	Load              float64 `yaml:"load" help:"bounded-load factor (0: built-in default)"`
 }
@@ -116,10 +120,11 @@ func defaultConfig() Config {
 		ShutdownTimeout: 30 * time.Second,
 		Redis: RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis", AllowEviction: "no",
 			ReplicaWait: queue.DefaultClaimWait},
-		Etcd: EtcdConfig{Prefix: "/keeper/", DataDir: "keeper-data/etcd", SessionTTL: 3 * time.Second,
-			DialTimeout: 5 * time.Second, FenceRetry: 30 * time.Second},
-		Tasks: TasksConfig{Workers: 4, Batch: 1000, MeasureInterval: 10 * time.Second,
-			SweepInterval: 60 * time.Second, CatalogInterval: 30 * time.Second},
+		Etcd: EtcdConfig{Prefix: shard.PrefixDefault, DataDir: "keeper-data/etcd", SessionTTL: shard.SessionTTLDefault,
+			DialTimeout: 5 * time.Second, FenceRetry: shard.FenceRetryDefault},
+		Tasks: TasksConfig{Workers: tasks.WorkersDefault, Batch: tasks.BatchDefault,
+			MeasureInterval: tasks.MeasureIntervalDefault, SweepInterval: tasks.SweepIntervalDefault,
+			CatalogInterval: queue.CatalogIntervalDefault},
 	}
 }
 
@@ -253,9 +258,9 @@ var limits = []limit{
 	// Each retry is a claim probe of every refused shard.
 	{path: "etcd.fence_retry", get: func(c *Config) int64 { return int64(c.Etcd.FenceRetry) },
 		min: int64(time.Second), duration: true},
-	// Ownership units: see shard.MaxPartitions.
-	{path: "ring.partitions", get: func(c *Config) int64 { return int64(c.Ring.Partitions) },
-		min: 1, max: shard.MaxPartitions, zeroDefault: true},
+	// Ownership units: see shard.MaxUnits.
+	{path: "ring.partitions", get: func(c *Config) int64 { return int64(c.Ring.Units) },
+		min: 1, max: shard.MaxUnits, zeroDefault: true},
 	{path: "ring.replication_factor", get: func(c *Config) int64 { return int64(c.Ring.ReplicationFactor) },
 		min: 1, zeroDefault: true},
 	// Each worker runs one script at a time on a single-threaded Redis and

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,7 +13,9 @@ import (
 
 	"github.com/keeperhq/keeper/election"
 	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/memberid"
 	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/internal/service"
 	kotel "github.com/keeperhq/keeper/otel"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
@@ -91,9 +91,10 @@ func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	r.log.WarnContext(ctx, fmt.Sprintf(format, v...))
 }
 
-// daemon is one keeper process: the components of the design brief wired
-// in the order data flows (etcd membership -> ring -> owned shards -> tasks
-// -> Redis; tasks report to otel).
+// daemon is one keeper process: its parts wired in the order data flows
+// (etcd membership -> ring -> owned shards -> tasks -> Redis; tasks report
+// to otel), each built from parts built before it, started in dependency
+// order and stopped in reverse.
 type daemon struct {
 	cfg Config
 	log *slog.Logger
@@ -103,6 +104,7 @@ type daemon struct {
 	rdb        redis.UniversalClient
 	etcd       *clientv3.Client
 
+	memberID  string
 	metrics   *kotel.Provider
 	inst      *kotel.Instruments
 	keeper    *tasks.Keeper
@@ -111,121 +113,150 @@ type daemon struct {
 	agg       *election.Aggregator
 	publisher *election.Publisher
 	health    *healthServer
+
+	// started are the parts started so far, in start order.
+	started []part
+}
+
+// part is one long-running part of the daemon, named for the logs.
+type part struct {
+	name string
+	svc  service.Service
 }
 
 // start brings the daemon up. ctx bounds the start (waiting for etcd, the
 // first reads); it is the signal context, so it must not be what ends the
-// running parts: they get life, which keeps ctx's values but not its
-// cancellation, and end in shutdown, in handoff order.
+// running parts, and it is not: a part's start context bounds its start
+// only (internal/service), and the parts end in shutdown, in handoff order.
 func (d *daemon) start(ctx context.Context) error {
-	life := context.WithoutCancel(ctx)
-	var err error
-	if err = d.startRedis(ctx); err != nil {
+	if err := d.startRedis(ctx); err != nil {
 		return err
 	}
-	if err = d.startEtcd(ctx); err != nil {
+	if err := d.startEtcd(ctx); err != nil {
 		return err
 	}
-	ringCfg := shard.RingConfig{Partitions: d.cfg.Ring.Partitions,
-		ReplicationFactor: d.cfg.Ring.ReplicationFactor, Load: d.cfg.Ring.Load}
-	// The coordinator settles the member id (random when none is given);
-	// everything else names this keeper the same way.
-	d.coord = shard.NewCoordinator(d.etcd, shard.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.cfg.MemberID,
-		SessionTTL: d.cfg.Etcd.SessionTTL, FenceRetry: d.cfg.Etcd.FenceRetry, Ring: ringCfg, Logger: d.log}, ownership{d})
-	memberID := d.coord.MemberID()
+	d.memberID = d.cfg.MemberID
+	if d.memberID == "" {
+		d.memberID = memberid.New()
+	}
 	d.applyQueues(ctx)
 
-	d.metrics, err = kotel.Start(ctx, kotel.Config{MemberID: memberID, Endpoint: d.cfg.Metrics.Endpoint,
+	// Metrics first: every other part records into them.
+	d.metrics = kotel.NewProvider(kotel.Config{MemberID: d.memberID, Endpoint: d.cfg.Metrics.Endpoint,
 		ExportInterval: d.cfg.Metrics.ExportInterval, Disabled: d.cfg.Metrics.Disabled,
 		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, Logger: d.log})
-	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
+	if err := d.startPart(ctx, "metrics", d.metrics); err != nil {
+		return err
 	}
-
-	// The fences know this process by its member id and a random nonce, so
-	// that an equal token held by another keeper (etcd restored from a
-	// backup) is refused.
-	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix).WithOwner(memberID + "/" + processNonce()).
-		WithClaimWait(d.cfg.Redis.ReplicaWait)
-	if d.cfg.Tasks.RecordHistory {
-		layout = layout.WithHistory()
+	if err := d.build(); err != nil {
+		return err
 	}
-	rec := &recorderProxy{}
-	d.keeper = tasks.New(layout, tasks.Config{
-		Workers: d.cfg.Tasks.Workers, Batch: d.cfg.Tasks.Batch,
-		MeasureInterval: d.cfg.Tasks.MeasureInterval, SweepInterval: d.cfg.Tasks.SweepInterval,
-		Recorder: rec, Logger: d.log,
-		OnFenced: func(s queue.Shard, token int64) {
-			if d.coord != nil {
-				d.coord.Fenced(s.String(), token)
-			}
-		},
-		OnConfigChanged: func() {
-			if d.catalog != nil {
-				d.catalog.Refresh()
-			}
-		},
-	})
-	d.catalog = queue.NewCatalog(queue.NewRegistry(d.rdb, d.cfg.Redis.Prefix),
-		queue.CatalogConfig{Interval: d.cfg.Tasks.CatalogInterval, Logger: d.log}, d.onCatalog)
-	d.agg = election.NewAggregator(d.etcd, election.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: memberID,
-		SessionTTL: d.cfg.Etcd.SessionTTL, Partitions: ringCfg.Partitions, Logger: d.log},
-		d.catalogShardNames)
-	d.publisher = election.NewPublisher(d.etcd, election.PublisherConfig{Prefix: d.cfg.Etcd.Prefix,
-		MemberID: memberID, Interval: d.metrics.ExportInterval(), SessionTTL: d.cfg.Etcd.SessionTTL,
-		Logger: d.log}, d.summary)
-	d.inst, err = kotel.RegisterInstruments(d.metrics.Meter("github.com/keeperhq/keeper"),
-		shardSource{d.keeper}, d.agg, selfSource{d})
-	if err != nil {
-		return fmt.Errorf("instruments: %w", err)
-	}
-	rec.set(d.inst)
 	// The health endpoint comes up before the keeper joins the fleet: while
 	// etcd or Redis is unreachable, /healthz keeps a liveness probe from
 	// restarting a process that is only waiting, and /readyz says what it
 	// waits for.
-	if d.cfg.HealthAddr != "" {
-		d.health, err = startHealth(d.cfg.HealthAddr, d)
-		if err != nil {
+	if d.health != nil {
+		if err := d.startPart(ctx, "health", d.health); err != nil {
 			return err
 		}
 	}
-
-	if err := d.keeper.Start(ctx); err != nil {
-		return fmt.Errorf("tasks: %w", err)
+	// Dependency order: the tasks before anyone owns shards, the catalog
+	// (which tells the keeper the configs and the coordinator the shards)
+	// before the coordinator joins the fleet, and the coordinator last: no
+	// part depends on it, and stopped first it hands the shards over while
+	// everything else still runs.
+	for _, p := range []part{{"tasks", d.keeper}, {"catalog", d.catalog}, {"summary publisher", d.publisher},
+		{"aggregator", d.agg}, {"coordinator", d.coord}} {
+		if err := d.startPart(ctx, p.name, p.svc); err != nil {
+			return err
+		}
 	}
-	if err := d.catalog.Start(life); err != nil {
-		// Not fatal: the catalog retries, and shards are taken as soon as
-		// queues become readable.
-		d.log.Error("queue registry unreadable at start; retrying", "err", err)
-	}
-	if err := d.coord.Start(ctx); err != nil {
-		return fmt.Errorf("join the fleet: %w", err)
-	}
-	d.onCatalog(d.catalog.Queues())
-	if err := d.agg.Start(life); err != nil {
-		return fmt.Errorf("aggregator: %w", err)
-	}
-	if err := d.publisher.Start(life); err != nil {
-		return fmt.Errorf("summary publisher: %w", err)
-	}
-	d.log.Info("keeper running", "redis", d.redisAddr(), "etcd", strings.Join(d.etcd.Endpoints(), ","),
+	d.log.Info("keeper running", "member", d.memberID, "redis", d.redisAddr(), "etcd", strings.Join(d.etcd.Endpoints(), ","),
 		"health", d.healthAddr())
 	return nil
 }
 
-// shutdown hands shards over first (graceful handoff: running passes finish,
-// ownership keys are deleted so successors take over at once), then resigns
-// leadership, then stops everything else. Safe after a partial start.
+func (d *daemon) startPart(ctx context.Context, name string, svc service.Service) error {
+	if err := svc.Start(ctx); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	d.started = append(d.started, part{name, svc})
+	return nil
+}
+
+// build wires the parts, each from parts built before it. The one signal
+// that flows back, a fence refusal from the tasks to the coordinator, goes
+// through shard.Refusals, built first; the one notice the tasks hear for the
+// catalog (a queue config changed) is the keeper's ConfigChanged channel,
+// which the catalog, built after it, reads.
+func (d *daemon) build() error {
+	inst, err := kotel.NewInstruments(d.metrics.Meter("github.com/keeperhq/keeper"))
+	if err != nil {
+		return fmt.Errorf("instruments: %w", err)
+	}
+	d.inst = inst
+	refusals := shard.NewRefusals()
+	// The fences know this process by its member id and a random nonce, so
+	// that an equal token held by another keeper (etcd restored from a
+	// backup) is refused.
+	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix).WithOwner(d.memberID + "/" + memberid.New()).
+		WithClaimWait(d.cfg.Redis.ReplicaWait)
+	if d.cfg.Tasks.RecordHistory {
+		layout = layout.WithHistory()
+	}
+	keeper := tasks.New(layout, tasks.Config{
+		Workers: d.cfg.Tasks.Workers, Batch: d.cfg.Tasks.Batch,
+		MeasureInterval: d.cfg.Tasks.MeasureInterval, SweepInterval: d.cfg.Tasks.SweepInterval,
+		Recorder: inst, OnFenced: refusals.Report, Logger: d.log,
+	})
+	ring := shard.RingConfig{Units: d.cfg.Ring.Units, ReplicationFactor: d.cfg.Ring.ReplicationFactor, Load: d.cfg.Ring.Load}
+	coord := shard.NewCoordinator(d.etcd, shard.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.memberID,
+		SessionTTL: d.cfg.Etcd.SessionTTL, FenceRetry: d.cfg.Etcd.FenceRetry, Ring: ring, Refusals: refusals,
+		Logger: d.log}, keeper)
+	catalog := queue.NewCatalog(queue.NewRegistry(d.rdb, d.cfg.Redis.Prefix),
+		queue.CatalogConfig{Interval: d.cfg.Tasks.CatalogInterval, Refresh: keeper.ConfigChanged(), Logger: d.log},
+		func(queues map[string]queue.Config) {
+			// Configs first: the keeper must know a queue before it is
+			// told to own its shards.
+			keeper.SetConfigs(queues)
+			coord.SetShards(shardsOf(queues))
+		})
+	agg := election.NewAggregator(d.etcd, election.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.memberID,
+		SessionTTL: d.cfg.Etcd.SessionTTL, Units: ring.Units, Logger: d.log}, catalog.Shards)
+	source := shardSource{keeper}
+	publisher := election.NewPublisher(d.etcd, election.PublisherConfig{Prefix: d.cfg.Etcd.Prefix,
+		MemberID: d.memberID, Interval: d.metrics.ExportInterval(), SessionTTL: d.cfg.Etcd.SessionTTL,
+		Logger: d.log}, func() election.Summary {
+		// The same snapshots the per-shard metrics report, plus the
+		// shards owned but not measured yet.
+		s := election.Summarize(d.memberID, source)
+		s.OwnedShards = keeper.OwnedCount()
+		return s
+	})
+	if err := inst.Observe(source, agg, selfSource{keeper, agg}); err != nil {
+		return fmt.Errorf("instruments: %w", err)
+	}
+	d.keeper, d.coord, d.catalog, d.agg, d.publisher = keeper, coord, catalog, agg, publisher
+	if d.cfg.HealthAddr != "" {
+		d.health = newHealth(d.cfg.HealthAddr, d)
+	}
+	return nil
+}
+
+// shutdown stops the started parts in reverse order, within one budget:
+// the coordinator first (graceful handoff: running passes finish, the
+// member key goes, then the lease and every ownership key bound to it, so
+// successors take over at once), then the aggregator (resigns), the
+// summary publisher, the catalog, the tasks, the health endpoint and the
+// metrics (a last export). Safe after a partial start.
 //
 // It ends within shutdown_timeout (T). Passes take milliseconds, but one
 // stuck on an unresponsive Redis would hold its shard's handoff: passes
 // still running at T/4 are cancelled, and return within the Redis client's
-// read timeout (3s) at most. The etcd steps (leave, delete the ownership
-// keys, resign, revoke) end by 4/5 of T, each also bounded on its own, which
-// leaves the last fifth for the final metrics export, closing the clients
-// and stopping a local redis-server or embedded etcd. The catalog is of no
-// use to a keeper that is leaving: it stops at once, alongside the handoff.
+// read timeout (3s) at most. The parts' stops end by 4/5 of T, each also
+// bounded on its own, which leaves the last fifth for the final metrics
+// export, closing the clients and stopping a local redis-server or embedded
+// etcd.
 func (d *daemon) shutdown() {
 	budget := d.shutdownTimeout()
 	start := time.Now()
@@ -234,44 +265,23 @@ func (d *daemon) shutdown() {
 	if d.keeper != nil {
 		cut := time.AfterFunc(budget/4, func() {
 			d.log.Warn("shutdown: cancelling passes still running", "after", budget/4)
-			d.keeper.Stop()
+			_ = d.keeper.Stop(ctx)
 		})
 		defer cut.Stop()
 	}
-	catalogStopped := make(chan struct{})
-	go func() {
-		defer close(catalogStopped)
-		if d.catalog != nil {
-			d.catalog.Stop()
+	for i := len(d.started) - 1; i >= 0; i-- {
+		p := d.started[i]
+		stopCtx, stopCancel := ctx, context.CancelFunc(func() {})
+		if p.svc == service.Service(d.metrics) {
+			// The last export gets a short grace: a collector that is down
+			// must not hold the shutdown for long.
+			grace := min(2*time.Second, time.Until(start.Add(budget-budget/10)))
+			stopCtx, stopCancel = context.WithTimeout(context.Background(), grace)
 		}
-	}()
-	if d.health != nil {
-		d.health.stop(ctx)
-	}
-	if d.coord != nil {
-		if err := d.coord.Stop(ctx); err != nil {
-			d.log.Warn("handoff", "err", err)
+		if err := p.svc.Stop(stopCtx); err != nil {
+			d.log.Warn("stop "+p.name, "err", err)
 		}
-	}
-	if d.agg != nil {
-		if err := d.agg.Stop(ctx); err != nil {
-			d.log.Warn("resign", "err", err)
-		}
-	}
-	if d.publisher != nil {
-		d.publisher.Stop(ctx)
-	}
-	if d.keeper != nil {
-		d.keeper.Stop()
-	}
-	<-catalogStopped
-	if d.metrics != nil {
-		// The last export gets a short grace: a collector that is down must
-		// not hold the shutdown for long.
-		grace := min(2*time.Second, time.Until(start.Add(budget-budget/10)))
-		mctx, mcancel := context.WithTimeout(context.Background(), grace)
-		_ = d.metrics.Shutdown(mctx)
-		mcancel()
+		stopCancel()
 	}
 	if d.etcd != nil {
 		_ = d.etcd.Close()
@@ -377,34 +387,15 @@ func (d *daemon) applyQueues(ctx context.Context) {
 	}
 }
 
-// onCatalog hands the current queues to the tasks (configs) and to the
-// coordinator (the shard list it assigns).
-func (d *daemon) onCatalog(queues map[string]queue.Config) {
-	if d.keeper == nil || d.coord == nil {
-		return
-	}
+// shardsOf lists every shard of the queues.
+func shardsOf(queues map[string]queue.Config) []queue.Shard {
+	var out []queue.Shard
 	for name, cfg := range queues {
-		d.keeper.SetConfig(name, cfg)
+		for p := 0; p < cfg.Partitions; p++ {
+			out = append(out, queue.Shard{Queue: name, Partition: p})
+		}
 	}
-	d.coord.SetShards(d.catalogShardNames())
-}
-
-func (d *daemon) catalogShardNames() []string {
-	shards := d.catalog.Shards()
-	names := make([]string, len(shards))
-	for i, s := range shards {
-		names[i] = s.String()
-	}
-	return names
-}
-
-// summary is what this keeper publishes for the aggregator: the same
-// snapshots its per-shard metrics report, plus the shards it owns but has
-// not measured yet.
-func (d *daemon) summary() election.Summary {
-	s := election.Summarize(d.coord.MemberID(), shardSource{d.keeper})
-	s.OwnedShards = len(d.keeper.Owned())
-	return s
+	return out
 }
 
 func (d *daemon) redisAddr() string {
@@ -421,14 +412,6 @@ func (d *daemon) healthAddr() string {
 	return d.health.addr
 }
 
-// processNonce tells this process from an earlier or later one with the
-// same member id.
-func processNonce() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -438,30 +421,6 @@ func splitList(s string) []string {
 	}
 	return out
 }
-
-// ownership adapts the coordinator's string shard names to the keeper.
-type ownership struct{ d *daemon }
-
-func (o ownership) Own(name string, token int64) {
-	s, err := queue.ParseShard(name)
-	if err != nil {
-		o.d.log.Error("coordinator named a bad shard", "shard", name, "err", err)
-		return
-	}
-	cfg, ok := o.d.catalog.Config(s.Queue)
-	if !ok {
-		return
-	}
-	o.d.keeper.Own(s, cfg, token)
-}
-
-func (o ownership) Disown(name string) {
-	if s, err := queue.ParseShard(name); err == nil {
-		o.d.keeper.Disown(s)
-	}
-}
-
-func (o ownership) DisownAll() { o.d.keeper.DisownAll() }
 
 // shardSource feeds the per-shard instruments from the keeper's last
 // measurements: collection costs Redis nothing. It lists the owned shards
@@ -482,33 +441,11 @@ func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	})
 }
 
-type selfSource struct{ d *daemon }
+// selfSource describes this keeper for its self metrics.
+type selfSource struct {
+	k   *tasks.Keeper
+	agg *election.Aggregator
+}
 
-func (s selfSource) OwnedShards() int { return len(s.d.keeper.Owned()) }
-func (s selfSource) IsLeader() bool   { return s.d.agg != nil && s.d.agg.IsLeader() }
-
-// recorderProxy lets the keeper be built before the instruments, which need
-// the keeper as their shard source.
-type recorderProxy struct{ r tasks.Recorder }
-
-func (p *recorderProxy) set(r tasks.Recorder) { p.r = r }
-func (p *recorderProxy) RecordUnlockLag(ctx context.Context, q, s string, lag time.Duration) {
-	if p.r != nil {
-		p.r.RecordUnlockLag(ctx, q, s, lag)
-	}
-}
-func (p *recorderProxy) RecordPass(ctx context.Context, task string, d time.Duration, err error) {
-	if p.r != nil {
-		p.r.RecordPass(ctx, task, d, err)
-	}
-}
-func (p *recorderProxy) RecordError(ctx context.Context, kind string) {
-	if p.r != nil {
-		p.r.RecordError(ctx, kind)
-	}
-}
-func (p *recorderProxy) RecordFenceRefusal(ctx context.Context, q, s string) {
-	if p.r != nil {
-		p.r.RecordFenceRefusal(ctx, q, s)
-	}
-}
+func (s selfSource) OwnedShards() int { return s.k.OwnedCount() }
+func (s selfSource) IsLeader() bool   { return s.agg.IsLeader() }

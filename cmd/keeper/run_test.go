@@ -542,7 +542,7 @@ func TestRunAtTheLimits(t *testing.T) {
 	healthAddr := loopback.Addr(port)
 	cfg, err := loadConfig("run", []string{"--redis.addr", rs.Addr, "--etcd.endpoints", es.Endpoints()[0],
 		"--health_addr", healthAddr, "--metrics.disabled", "--log_level", "error",
-		"--ring.partitions", fmt.Sprint(shard.MaxPartitions), "--tasks.workers", "256",
+		"--ring.partitions", fmt.Sprint(shard.MaxUnits), "--tasks.workers", "256",
 		"--tasks.measure_interval", "100ms", "--tasks.sweep_interval", "1s", "--tasks.catalog_interval", "1s",
 		"--etcd.session_ttl", "2s", "--etcd.fence_retry", "1s", "--shutdown_timeout", "10s"}, nil)
 	if err != nil {

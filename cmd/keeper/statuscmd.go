@@ -79,7 +79,7 @@ func statusCmd(args []string, out io.Writer) error {
 	}
 	defer d.etcd.Close()
 	redisAddr := operatorRedisAddr(cfg.Redis)
-	var shards []string
+	var shards []queue.Shard
 	if redisAddr != "" {
 		rdb, err := redisClient(cfg.Redis, splitList(redisAddr))
 		if err != nil {
@@ -92,19 +92,17 @@ func statusCmd(args []string, out io.Writer) error {
 		}
 		for _, e := range entries {
 			for p := 0; e.Err == nil && p < e.Config.Partitions; p++ {
-				shards = append(shards, queue.Shard{Queue: e.Name, Partition: p}.String())
+				shards = append(shards, queue.Shard{Queue: e.Name, Partition: p})
 			}
 		}
 	}
-	coord := shard.NewCoordinator(d.etcd, shard.Config{Prefix: cfg.Etcd.Prefix,
-		Ring:   shard.RingConfig{Partitions: cfg.Ring.Partitions, ReplicationFactor: cfg.Ring.ReplicationFactor, Load: cfg.Ring.Load},
-		Logger: d.log}, nil)
-	coord.SetShards(shards)
-	st, err := coord.Status(ctx)
+	keys := shard.NewKeys(cfg.Etcd.Prefix)
+	st, err := shard.ReadStatus(ctx, d.etcd, keys,
+		shard.RingConfig{Units: cfg.Ring.Units, ReplicationFactor: cfg.Ring.ReplicationFactor, Load: cfg.Ring.Load}, shards)
 	if err != nil {
 		return err
 	}
-	leader, err := election.Leader(ctx, d.etcd, cfg.Etcd.Prefix)
+	leader, err := election.Leader(ctx, d.etcd, keys)
 	if err != nil && !errors.Is(err, election.ErrNoLeader) {
 		return fmt.Errorf("aggregator: %w", err)
 	}
@@ -118,7 +116,7 @@ func statusCmd(args []string, out io.Writer) error {
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "etcd\t%s (prefix %s, revision %d)\n", strings.Join(endpoints, ","), st.Prefix, st.Revision)
-	fmt.Fprintf(w, "ring\t%d units, %d virtual nodes per member, load %.4g\n", st.Ring.Partitions, st.Ring.ReplicationFactor, st.Ring.Load)
+	fmt.Fprintf(w, "ring\t%d units, %d virtual nodes per member, load %.4g\n", st.Ring.Units, st.Ring.ReplicationFactor, st.Ring.Load)
 	fmt.Fprintf(w, "aggregator\t%s\n", orNone(leader))
 	fmt.Fprintf(w, "shards\t%d (%d unowned), units unowned %d, units in handoff %d\n",
 		st.Shards, len(st.UnownedShards), len(st.UnownedUnits), st.Misplaced)

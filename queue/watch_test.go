@@ -1,0 +1,10 @@
+package queue
+
+import "testing"
+
+func TestWakeChannelIsTheShardsWakeKey(t *testing.T) {
+	s := Shard{Queue: "q", Partition: 7}
+	if got, want := wakeChannel("p", s), keysFor("p", s).Wake; got != want {
+		t.Fatalf("wakeChannel = %q, keysFor(...).Wake = %q", got, want)
+	}
+}

@@ -1,0 +1,420 @@
+package shard
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+)
+
+// settle is how long no member may have joined before the ring is
+// recomputed, so that keepers starting together do not hand units around
+// once per arrival; maxSettle bounds the wait under churn. A member that
+// leaves (a handoff, a crash) is not waited for: its units are free, or
+// about to be, and every millisecond until the ring is recomputed is a
+// millisecond of the takeover.
+const (
+	settle    = 50 * time.Millisecond
+	maxSettle = time.Second
+)
+
+// loopState is the reconcile loop's own state; only the loop goroutine
+// touches it.
+type loopState struct {
+	epoch      uint64
+	held       []int64 // unit -> token (0: not held), this session
+	nheld      int
+	unitShards map[int]map[queue.Shard]struct{} // shards told Own, per unit
+	synced     map[int]uint64                   // catalog generation a unit's shards match
+	dropped    map[queue.Shard]int64            // fenced shards kept dropped, with the token
+	ahead      map[queue.Shard]aheadShard       // dropped because the fence is ahead of etcd
+	// releasing are held units whose shards were disowned for a release
+	// that did not report success: the key may be gone already (the reply
+	// was lost), so they are released again, never owned again, until
+	// etcd shows their key gone or replaced.
+	releasing map[int]bool
+	ring      *Ring
+	catGen    uint64
+	byUnit    map[int][]queue.Shard
+}
+
+// loop reconciles whenever a watch, the catalog, the session or a fence
+// report changes something, and every TTL/3 (at least every 500ms) in case
+// etcd was unreachable.
+func (c *Coordinator) loop(ctx context.Context) {
+	tick := time.NewTicker(max(c.cfg.SessionTTL/3, 500*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kickCh:
+		case <-c.refusals.notify:
+		case <-tick.C:
+		}
+		c.waitSettled(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		c.reconcile(ctx)
+		c.TestSignals.Round.Signal(struct{}{})
+	}
+}
+
+func (c *Coordinator) waitSettled(ctx context.Context) {
+	start := time.Now()
+	for {
+		since := c.members.sinceJoin()
+		if since >= settle || time.Since(start) >= maxSettle {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(settle - since):
+		}
+	}
+}
+
+func (c *Coordinator) resetEpoch(epoch uint64) {
+	c.st.epoch = epoch
+	c.st.held = make([]int64, c.ring.Units)
+	c.st.nheld = 0
+	c.st.unitShards = map[int]map[queue.Shard]struct{}{}
+	c.st.synced = map[int]uint64{}
+	c.st.dropped = map[queue.Shard]int64{}
+	c.st.ahead = map[queue.Shard]aheadShard{}
+	c.st.releasing = map[int]bool{}
+}
+
+func (c *Coordinator) memberSnapshot() ([]string, int64, bool) {
+	c.members.mu.Lock()
+	defer c.members.mu.Unlock()
+	if !c.members.synced {
+		return nil, 0, false
+	}
+	ids := c.members.store.(*memberStore).ids
+	out := make([]string, 0, len(ids)+1)
+	for id := range ids {
+		out = append(out, id)
+	}
+	return out, c.members.rev, true
+}
+
+func (c *Coordinator) refreshCatalog() {
+	c.catMu.Lock()
+	gen, cat := c.catGen, c.catalog
+	c.catMu.Unlock()
+	if gen == c.st.catGen && c.st.byUnit != nil {
+		return
+	}
+	by := make(map[int][]queue.Shard)
+	for _, sh := range cat {
+		u := UnitOf(sh, c.ring.Units)
+		by[u] = append(by[u], sh)
+	}
+	c.st.byUnit, c.st.catGen = by, gen
+}
+
+// updateRing recomputes the ring when the member set changed.
+func (c *Coordinator) updateRing(members []string) {
+	if c.st.ring == nil {
+		c.st.ring = NewRing(members, c.ring)
+		return
+	}
+	ms := normalize(members)
+	if slices.Equal(ms, c.st.ring.members) {
+		return
+	}
+	prev := c.st.ring
+	start := time.Now()
+	c.st.ring = prev.Next(ms)
+	c.log.Info("ring changed", "members", len(ms), "moved_units", prev.Moved(c.st.ring),
+		"my_units", len(c.st.ring.units[c.id]), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// plan is what one round does: units to acquire, to release (the ring moved
+// them away), lost (their key is gone or someone else's), and held units
+// whose shards no longer match the catalog.
+type plan struct {
+	acquire             []int
+	release, lost, sync []unitToken
+	lostTo              []ownerEntry
+}
+
+// reconcile moves this keeper towards what the ring says: acquire units it
+// should own whose keys are free, release units the ring moved away, drop
+// units whose keys are gone, and keep each held unit's shards in line with
+// the catalog.
+func (c *Coordinator) reconcile(ctx context.Context) {
+	s, live := c.currentSession()
+	if s == nil {
+		return
+	}
+	if s.epoch != c.st.epoch {
+		c.resetEpoch(s.epoch)
+	}
+	if !live {
+		return
+	}
+	members, mrev, ok := c.memberSnapshot()
+	if !ok {
+		return
+	}
+	if !slices.Contains(members, c.id) {
+		if mrev >= s.registered {
+			c.member.reregister(ctx, s)
+		}
+		// Until the watch shows it, count ourselves in anyway.
+		members = append(members, c.id)
+	}
+	c.updateRing(members)
+	c.refreshCatalog()
+	c.handleRefusals(ctx, s)
+	c.retryAhead()
+
+	p, ok := c.decide(s)
+	if !ok {
+		return
+	}
+	c.syncUnits(s, p.sync)
+	for i, ut := range p.lost {
+		c.log.Warn("unit lost: its key is gone or replaced", "unit", ut.unit, "token", ut.token,
+			"now", p.lostTo[i].member, "now_token", p.lostTo[i].create)
+	}
+	c.runRound(ctx, s, p)
+}
+
+// decide compares every unit's ownership key with the ring, under the
+// mirror's lock: copying the whole table every round cost more than
+// everything else at 98304 units.
+func (c *Coordinator) decide(s *session) (plan, bool) {
+	var p plan
+	ring := c.st.ring
+	c.owners.mu.Lock()
+	defer c.owners.mu.Unlock()
+	if !c.owners.synced {
+		return p, false
+	}
+	owners := c.owners.store.(*ownerStore).units
+	orev := c.owners.rev
+	lease := int64(s.lease.ID())
+	for u := range owners {
+		e := &owners[u]
+		// Only units that hold shards are owned: etcd keys, handoffs and
+		// takeovers then scale with the shards a fleet has, never with
+		// the ring's unit count.
+		mine := ring.owner[u] == c.id && len(c.st.byUnit[u]) > 0
+		t := c.st.held[u]
+		if t == 0 && e.create != 0 && e.lease == lease {
+			// Acquired under this session but the reply was lost.
+			t = e.create
+			c.st.held[u] = t
+			c.st.nheld++
+		}
+		held := t != 0
+		switch {
+		case held && orev >= t && (e.create != t || e.lease != lease):
+			if c.st.releasing[u] {
+				// Our own release went through after all.
+				delete(c.st.releasing, u)
+				c.dropHeld(u)
+				continue
+			}
+			p.lost = append(p.lost, unitToken{u, t})
+			p.lostTo = append(p.lostTo, *e)
+		case held && (!mine || c.st.releasing[u]):
+			p.release = append(p.release, unitToken{u, t})
+		case held:
+			if g, ok := c.st.synced[u]; !ok || g != c.st.catGen {
+				p.sync = append(p.sync, unitToken{u, t})
+			}
+		case mine && e.create == 0:
+			p.acquire = append(p.acquire, u)
+		}
+	}
+	return p, true
+}
+
+// syncUnits makes the shards told Own for held units match the catalog:
+// the shards a unit lost are disowned in one call, the ones it gained are
+// owned in one call per token.
+func (c *Coordinator) syncUnits(s *session, uts []unitToken) {
+	var del []queue.Shard
+	add := map[int64][]queue.Shard{}
+	for _, ut := range uts {
+		u, t := ut.unit, ut.token
+		cur := c.st.unitShards[u]
+		if cur == nil {
+			cur = map[queue.Shard]struct{}{}
+			c.st.unitShards[u] = cur
+		}
+		want := make(map[queue.Shard]struct{}, len(c.st.byUnit[u]))
+		for _, sh := range c.st.byUnit[u] {
+			if dt, ok := c.st.dropped[sh]; ok && dt == t {
+				continue
+			}
+			want[sh] = struct{}{}
+			if _, ok := cur[sh]; !ok {
+				add[t] = append(add[t], sh)
+			}
+		}
+		for sh := range cur {
+			if _, ok := want[sh]; !ok {
+				del = append(del, sh)
+				delete(cur, sh)
+			}
+		}
+	}
+	c.disown(del)
+	owned := map[int64]bool{}
+	for t, shards := range add {
+		owned[t] = c.own(s, shards, t)
+	}
+	for _, ut := range uts {
+		if len(add[ut.token]) > 0 && !owned[ut.token] {
+			continue // the session is over: nothing is ours
+		}
+		cur := c.st.unitShards[ut.unit]
+		for _, sh := range c.st.byUnit[ut.unit] {
+			if dt, ok := c.st.dropped[sh]; !ok || dt != ut.token {
+				cur[sh] = struct{}{}
+			}
+		}
+		c.st.synced[ut.unit] = c.st.catGen
+	}
+}
+
+// roundResult is one batch's outcome, applied by the loop goroutine.
+type roundResult struct {
+	acquired []unitToken // one transaction: one token
+	released []int       // keys deleted (or no longer ours): stop tracking
+	lost     int
+}
+
+// runRound acquires and releases in parallel batches and applies results as
+// they arrive, so a slow Disown does not hold back acquisitions. Each batch
+// is one etcd transaction and one call to the listener.
+func (c *Coordinator) runRound(ctx context.Context, s *session, p plan) {
+	if len(p.acquire)+len(p.release)+len(p.lost) == 0 {
+		return
+	}
+	start := time.Now()
+	results := make(chan roundResult)
+	var wg sync.WaitGroup
+	conc := c.cfg.AcquireConcurrency
+	if len(p.lost) > 0 {
+		// Lost units: disown only; the keys are not ours to delete.
+		var shards []queue.Shard
+		for _, ut := range p.lost {
+			shards = append(shards, c.takeUnit(ut.unit)...)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.disown(shards)
+			results <- roundResult{lost: len(p.lost)}
+		}()
+	}
+	relBatches := batches(p.release, conc)
+	relShards := make([][]queue.Shard, len(relBatches))
+	for i, b := range relBatches {
+		for _, ut := range b {
+			relShards[i] = append(relShards[i], c.takeUnitShards(ut.unit)...)
+		}
+	}
+	for _, ut := range p.release {
+		// Until the release is confirmed, the unit is never owned again.
+		c.st.releasing[ut.unit] = true
+	}
+	c.parallel(&wg, len(relBatches), conc, func(i int) {
+		c.disown(relShards[i])
+		done, err := c.release(ctx, relBatches[i])
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("release failed, will retry", "units", len(relBatches[i]), "err", err)
+		}
+		results <- roundResult{released: done}
+	})
+	acqBatches := batches(p.acquire, conc)
+	c.parallel(&wg, len(acqBatches), conc, func(i int) {
+		got, err := c.acquire(ctx, s, acqBatches[i])
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("acquire failed", "units", len(acqBatches[i]), "err", err)
+		}
+		results <- roundResult{acquired: got}
+	})
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+	nAcq, nRel, nLost := 0, 0, 0
+	for r := range results {
+		for _, ut := range r.acquired {
+			if c.st.held[ut.unit] == 0 {
+				c.st.nheld++
+			}
+			c.st.held[ut.unit] = ut.token
+			delete(c.st.synced, ut.unit)
+		}
+		c.syncUnits(s, r.acquired)
+		nAcq += len(r.acquired)
+		for _, u := range r.released {
+			c.dropHeld(u)
+			delete(c.st.releasing, u)
+		}
+		nRel += len(r.released)
+		nLost += r.lost
+	}
+	if nAcq+nRel+nLost > 0 {
+		c.log.Debug("round", "acquired", nAcq, "released", nRel, "lost", nLost, "held", c.st.nheld,
+			"took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// parallel runs f(0..n-1) on up to conc goroutines counted in wg, and
+// returns at once.
+func (c *Coordinator) parallel(wg *sync.WaitGroup, n, conc int, f func(i int)) {
+	next := make(chan int, n)
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	for w := 0; w < min(conc, n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+}
+
+func (c *Coordinator) dropHeld(u int) {
+	if c.st.held[u] != 0 {
+		c.st.held[u] = 0
+		c.st.nheld--
+	}
+}
+
+// takeUnitShards forgets a unit's shards (the caller disowns them) so a
+// later sync starts from nothing.
+func (c *Coordinator) takeUnitShards(u int) []queue.Shard {
+	out := make([]queue.Shard, 0, len(c.st.unitShards[u]))
+	for sh := range c.st.unitShards[u] {
+		out = append(out, sh)
+	}
+	delete(c.st.unitShards, u)
+	delete(c.st.synced, u)
+	return out
+}
+
+// takeUnit stops holding a unit that is lost and returns its shards.
+func (c *Coordinator) takeUnit(u int) []queue.Shard {
+	shards := c.takeUnitShards(u)
+	c.dropHeld(u)
+	delete(c.st.releasing, u)
+	return shards
+}

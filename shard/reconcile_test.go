@@ -1,0 +1,142 @@
+package shard
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/queue"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// A catalog change writes to etcd only for units that gain their first
+// shard or lose their last one: keys track the shards, never more.
+func TestCatalogChangesWriteOnlyChangedUnits(t *testing.T) {
+	h := newHarness(t, 200)
+	live := []*keeper{h.start("a"), h.start("b")}
+	poll.For(t, 20*time.Second, "settled", h.settled(live))
+	rev := func() int64 {
+		r, err := h.raw.Get(context.Background(), "/t/ring")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Header.Revision
+	}
+	before := rev()
+	old := usedUnitSet(h.catalog)
+	h.catalog = append(h.catalog[50:], queue.Shard{Queue: "new-queue", Partition: 0}, queue.Shard{Queue: "new-queue", Partition: 1})
+	now := usedUnitSet(h.catalog)
+	changed := 0
+	for u := range old {
+		if !now[u] {
+			changed++
+		}
+	}
+	for u := range now {
+		if !old[u] {
+			changed++
+		}
+	}
+	for _, k := range live {
+		k.c.SetShards(h.catalog)
+	}
+	poll.For(t, 20*time.Second, "catalog applied", h.settled(live))
+	poll.For(t, 20*time.Second, "emptied units released", func() (bool, string) {
+		r, err := h.raw.Get(context.Background(), "/t/owners/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return false, err.Error()
+		}
+		return int(r.Count) == len(now), fmt.Sprintf("%d owner keys, %d used units", r.Count, len(now))
+	})
+	// Each changed unit costs one acquire or one release; batches of
+	// them share a revision, so this is an upper bound.
+	if after := rev(); after-before > int64(changed) {
+		t.Fatalf("catalog change of %d units wrote %d revisions", changed, after-before)
+	}
+	h.w.check()
+}
+
+// A release whose transaction did not report success may still have
+// deleted the key (the reply was lost). Until etcd shows the key gone, the
+// unit's shards must not be owned again under the old token, even if the
+// ring gives the unit back: a successor may hold the unit already, and our
+// copy of etcd may not show it yet. The next round releases it again.
+func TestReleaseWithoutReplyIsNotOwnedAgain(t *testing.T) {
+	h := newHarness(t, 0)
+	rec := newRecorder(h.w, "me")
+	c := NewCoordinator(h.raw, Config{Prefix: "/t/", MemberID: "me", Ring: RingConfig{Units: testPartitions}, Logger: h.log}, rec)
+	ctx := context.Background()
+	s, err := c.member.open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.lease.Revoke(context.Background()) })
+	c.opened(s)
+	c.resetEpoch(s.epoch)
+	c.st.ring = NewRing([]string{"me"}, c.ring)
+	sh := queue.Shard{Queue: "q"}
+	u := UnitOf(sh, testPartitions)
+	c.st.byUnit = map[int][]queue.Shard{u: {sh}}
+	got, err := c.acquire(ctx, s, []int{u})
+	if err != nil || len(got) != 1 {
+		t.Fatalf("acquire: %v %v", got, err)
+	}
+	tok := got[0].token
+	c.st.held[u], c.st.nheld = tok, 1
+	c.syncUnits(s, got)
+	if owned, _ := rec.snapshot(); owned[sh] != tok {
+		t.Fatalf("shard not owned after the acquisition: %v", owned)
+	}
+	// The copy of etcd still shows our key.
+	mirrorOwners := func(entry ownerEntry, rev int64) {
+		c.owners.mu.Lock()
+		c.owners.store.(*ownerStore).units[u] = entry
+		c.owners.rev, c.owners.synced = rev, true
+		c.owners.mu.Unlock()
+	}
+	mirrorOwners(ownerEntry{member: "me", create: tok, lease: int64(s.lease.ID())}, tok)
+
+	// A release the ring asked for: its shards are disowned, and its
+	// transaction reports no success (here: it is never sent) while the key
+	// goes anyway (here: deleted by hand, as a committed delete whose reply
+	// was lost).
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	c.runRound(cancelled, s, plan{release: []unitToken{{u, tok}}})
+	if owned, _ := rec.snapshot(); len(owned) != 0 {
+		t.Fatalf("shards owned after the release: %v", owned)
+	}
+	if _, err := h.raw.Delete(ctx, c.keys.Owner(u)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The ring still names us: the unit must be released again, not
+	// owned again under tok.
+	p, ok := c.decide(s)
+	if !ok || len(p.release) != 1 || len(p.sync) != 0 || len(p.acquire) != 0 {
+		t.Fatalf("decision after a release without reply: release %v, sync %v, acquire %v", p.release, p.sync, p.acquire)
+	}
+	c.syncUnits(s, p.sync)
+	c.runRound(ctx, s, p)
+	if owned, _ := rec.snapshot(); len(owned) != 0 {
+		t.Fatalf("shards owned again under the released token: %v", owned)
+	}
+	// Once etcd shows the key gone, the unit is free, and acquired again
+	// under a new token.
+	r, err := h.raw.Get(ctx, c.keys.Owner(u))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirrorOwners(ownerEntry{}, r.Header.Revision)
+	p, _ = c.decide(s)
+	if len(p.acquire) != 1 || len(p.lost) != 0 {
+		t.Fatalf("decision once the key is gone: acquire %v, lost %v", p.acquire, p.lost)
+	}
+	c.runRound(ctx, s, p)
+	if owned, _ := rec.snapshot(); owned[sh] <= tok {
+		t.Fatalf("shard owned under %d after the new acquisition, want above %d", owned[sh], tok)
+	}
+	h.w.check()
+}
