@@ -880,3 +880,63 @@ func startRedisNoConfig(t *testing.T) string {
 	t.Helper()
 	return redisserver.StartConfigTB(t, redisserver.Config{ExtraArgs: []string{"--rename-command", "CONFIG", ""}}).Addr
 }
+
+// Discover finds every queue that has a key in any pool, by one pattern,
+// on every primary; keeper's own keys, Deckard's recovery keys and foreign
+// keys that happen to match are not queues; names keeper cannot housekeep
+// are reported, not returned; glob characters in the prefix match only
+// themselves.
+func TestDeckardDiscover(t *testing.T) {
+	e := newEnv(t)
+	for _, prefix := range []string{e.prefix, e.prefix + "[x]*?"} {
+		d, err := NewDeckard(e.rdb, prefix, DeckardWakeConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pod := deckardtest.New(e.rdb, prefix)
+		ctx := e.ctx
+		// ready only; tmp only; lock_ack only (with its score); lock_nack.
+		must := func(err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err = pod.Add(ctx, "ready-only", deckardtest.Message{ID: "a"})
+		must(err)
+		_, err = pod.Add(ctx, "tmp::only", deckardtest.Message{ID: "a"})
+		must(err)
+		_, err = pod.Pull(ctx, "tmp::only", 1, deckardtest.Pull{})
+		must(err)
+		for _, q := range []string{"acked", "nacked"} {
+			_, err = pod.Add(ctx, q, deckardtest.Message{ID: "a"})
+			must(err)
+			_, err = pod.Pull(ctx, q, 1, deckardtest.Pull{})
+			must(err)
+			f := pod.Ack
+			if q == "nacked" {
+				f = pod.Nack
+			}
+			_, err = f(ctx, q, "a", deckardtest.Reply{Lock: time.Hour, Score: 3})
+			must(err)
+		}
+		p := d.Prefix()
+		must(e.rdb.ZAdd(ctx, p+":queue:{a{b}", redis.Z{Score: 1, Member: "x"}).Err()) // name with a brace: refused
+		must(e.rdb.Set(ctx, p+":queue:{foreign}:other", "x", 0).Err())              // no pool of Deckard's
+		must(e.rdb.Set(ctx, p+":{recovery}", "x", 0).Err())
+		must(e.rdb.Set(ctx, deckardOwnPrefix(p)+":{own}:fence", "1", 0).Err())
+		if prefix != e.prefix {
+			// A key the unescaped pattern would match.
+			must(e.rdb.ZAdd(ctx, e.prefix+"xx:queue:{glob}", redis.Z{Score: 1, Member: "x"}).Err())
+		}
+		got, st, err := d.Discover(ctx)
+		must(err)
+		want := []string{"acked", "nacked", "ready-only", "tmp::only"}
+		if !slices.Equal(got, want) {
+			t.Fatalf("prefix %q: discovered %v, want %v", prefix, got, want)
+		}
+		if st.RefusedCount != 1 || st.Refused[0] != "a{b" || st.Keys != 7 || st.Calls < len(testAddrs) {
+			t.Fatalf("prefix %q: stats %+v", prefix, st)
+		}
+	}
+}
