@@ -922,7 +922,7 @@ func TestDeckardDiscover(t *testing.T) {
 		}
 		p := d.Prefix()
 		must(e.rdb.ZAdd(ctx, p+":queue:{a{b}", redis.Z{Score: 1, Member: "x"}).Err()) // name with a brace: refused
-		must(e.rdb.Set(ctx, p+":queue:{foreign}:other", "x", 0).Err())              // no pool of Deckard's
+		must(e.rdb.Set(ctx, p+":queue:{foreign}:other", "x", 0).Err())                // no pool of Deckard's
 		must(e.rdb.Set(ctx, p+":{recovery}", "x", 0).Err())
 		must(e.rdb.Set(ctx, deckardOwnPrefix(p)+":{own}:fence", "1", 0).Err())
 		if prefix != e.prefix {
