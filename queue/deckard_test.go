@@ -861,16 +861,26 @@ func TestDeckardPollWakes(t *testing.T) {
 		t.Fatal("a change polled asked for no measure")
 	}
 	t.Logf("idle queue: new deadline seen by polling after %s (PollMax 320ms)", seen)
-	// Busy: each change is polled within about PollMin. Ten changes, each
-	// awaited, in far less than ten PollMax.
-	start = time.Now()
-	for i := 0; i < 10; i++ {
-		_, _ = pod.Nack(e.ctx, "q", ids[0], deckardtest.Reply{})
-		ids, _ = pod.Pull(e.ctx, "q", 1, deckardtest.Pull{AckDeadline: time.Hour})
-		nextPoll()
+	// The interval itself: a poll that sees a change comes back to
+	// PollMin, one that sees none doubles it up to PollMax.
+	p := &polled{s: s, every: 320 * time.Millisecond}
+	w := d.wakes
+	w.pollOnce(e.ctx, sink.add, []*polled{p})
+	if !p.seen || p.every != 20*time.Millisecond {
+		t.Fatalf("first poll: every %s, seen %v; want PollMin", p.every, p.seen)
 	}
-	if busy := time.Since(start); busy > 10*320*time.Millisecond/2 {
-		t.Fatalf("ten changes polled in %s: the interval did not come back to PollMin", busy)
+	for _, want := range []time.Duration{40, 80, 160, 320, 320} {
+		w.pollOnce(e.ctx, sink.add, []*polled{p})
+		if p.every != want*time.Millisecond {
+			t.Fatalf("unchanged queue: every %s, want %s", p.every, want*time.Millisecond)
+		}
+	}
+	sink.reset()
+	_, _ = pod.Nack(e.ctx, "q", ids[0], deckardtest.Reply{Lock: time.Hour})
+	w.pollOnce(e.ctx, sink.add, []*polled{p})
+	if p.every != 20*time.Millisecond || !sink.find(func(w Wake) bool { return w.Due.Task == TaskMeasure }) ||
+		!sink.find(func(w Wake) bool { return w.Due.Task == TaskUnlock }) {
+		t.Fatalf("a change: every %s, wakes %+v; want PollMin, a measure and the lock's deadline", p.every, sink.wakes)
 	}
 }
 
