@@ -34,6 +34,12 @@ import (
 //	keeper.queue.trimmed           counter {message}  dropped by size cap               keeper_queue_trimmed_total
 //	keeper.unlock.lag              histogram s        due time -> moved time            keeper_unlock_lag_seconds_{bucket,sum,count}
 //
+// A shard of a layout with two lock pools (Deckard's :lock_ack and
+// :lock_nack; ShardSnapshot.SplitLocks) reports state=locked and the
+// unlocked counter as two series each, with lock=ack and lock=nack, instead
+// of one: sums over lock give the totals, and the attribute set of each
+// series stays the same for the shard's whole life.
+//
 // The messages gauge is one instrument with a state attribute rather than
 // four gauges, so that `sum by (state)` and stacked dashboards need no
 // label_replace, and adding a state later adds no metric name.
@@ -91,11 +97,15 @@ const (
 	AttrTask    = "task"
 	AttrOutcome = "outcome"
 	AttrKind    = "kind"
+	AttrLock    = "lock"
 
 	StateReady    = "ready"
 	StateInflight = "inflight"
 	StateLocked   = "locked"
 	StateDead     = "dead"
+
+	LockAck  = "ack"
+	LockNack = "nack"
 )
 
 // LagBuckets are the unlock-lag histogram boundaries in seconds: keeper aims
@@ -113,6 +123,11 @@ type ShardSnapshot struct {
 	Queue, Shard                  string
 	Ready, Inflight, Locked, Dead int64
 	OldestReadyAge                time.Duration
+	// SplitLocks: the layout has two lock pools, LockedAck and LockedNack
+	// (their sum is Locked), and counts unlocks by pool (UnlockedAck,
+	// UnlockedNack in Counters).
+	SplitLocks            bool
+	LockedAck, LockedNack int64
 	// Cumulative since queue creation, read from Redis by the owner, so the
 	// series continues across an owner change.
 	queue.Counters
@@ -318,17 +333,28 @@ func (i *Instruments) registerShards(m metric.Meter, src ShardSource) error {
 		attribute.String(AttrState, StateReady), attribute.String(AttrState, StateInflight),
 		attribute.String(AttrState, StateLocked), attribute.String(AttrState, StateDead),
 	}
+	lockAck, lockNack := attribute.String(AttrLock, LockAck), attribute.String(AttrLock, LockNack)
 	reg, err := m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		src.EachShard(func(s ShardSnapshot) {
 			q, sh := attribute.String(AttrQueue, s.Queue), attribute.String(AttrShard, s.Shard)
 			base := metric.WithAttributeSet(attribute.NewSet(q, sh))
 			for k, v := range [4]int64{s.Ready, s.Inflight, s.Locked, s.Dead} {
+				if k == 2 && s.SplitLocks {
+					o.ObserveInt64(messages, s.LockedAck, metric.WithAttributeSet(attribute.NewSet(q, sh, states[k], lockAck)))
+					o.ObserveInt64(messages, s.LockedNack, metric.WithAttributeSet(attribute.NewSet(q, sh, states[k], lockNack)))
+					continue
+				}
 				o.ObserveInt64(messages, v, metric.WithAttributeSet(attribute.NewSet(q, sh, states[k])))
 			}
 			o.ObserveFloat64(age, max(s.OldestReadyAge, 0).Seconds(), base)
 			o.ObserveInt64(enqueued, s.Enqueued, base)
 			o.ObserveInt64(acked, s.Acked, base)
-			o.ObserveInt64(unlocked, s.Unlocked, base)
+			if s.SplitLocks {
+				o.ObserveInt64(unlocked, s.UnlockedAck, metric.WithAttributeSet(attribute.NewSet(q, sh, lockAck)))
+				o.ObserveInt64(unlocked, s.UnlockedNack, metric.WithAttributeSet(attribute.NewSet(q, sh, lockNack)))
+			} else {
+				o.ObserveInt64(unlocked, s.Unlocked, base)
+			}
 			o.ObserveInt64(requeued, s.Requeued, base)
 			o.ObserveInt64(expired, s.Expired, base)
 			o.ObserveInt64(dead, s.DeadLettered, base)

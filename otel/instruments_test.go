@@ -495,3 +495,35 @@ func TestUnlockLagOfShardOwnedButNotMeasuredYet(t *testing.T) {
 		t.Fatalf("lags of a shard that left still reported: count %v", got)
 	}
 }
+
+// A shard with two lock pools (Deckard's) reports locked messages and
+// unlocks by pool, lock=ack and lock=nack, and no series without the
+// attribute; a native shard beside it keeps its single series.
+func TestSplitLocks(t *testing.T) {
+	r, m := providerMeterForTest()
+	dk := snapshot("dk", "dk#0", 0)
+	dk.SplitLocks, dk.LockedAck, dk.LockedNack = true, 1, 2
+	dk.UnlockedAck, dk.UnlockedNack = 5, 7
+	src := newShards(dk, snapshot("n", "n#0", 0))
+	if _, err := RegisterInstruments(m, src, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	ps := collectPoints(t, r)
+	msgs := pointsOf(ps, MetricQueueMessages)
+	for attrs, want := range map[string]float64{
+		"lock=ack,queue=dk,shard=dk#0,state=locked": 1, "lock=nack,queue=dk,shard=dk#0,state=locked": 2,
+		"queue=dk,shard=dk#0,state=ready": 1, "queue=n,shard=n#0,state=locked": 3,
+	} {
+		if got, ok := msgs[attrs]; !ok || got != want {
+			t.Errorf("messages{%s} = %v (present %v), want %v", attrs, got, ok, want)
+		}
+	}
+	if _, ok := msgs["queue=dk,shard=dk#0,state=locked"]; ok {
+		t.Error("a split shard also reports locked without lock")
+	}
+	unlocked := pointsOf(ps, MetricQueueUnlocked)
+	want := map[string]float64{"lock=ack,queue=dk,shard=dk#0": 5, "lock=nack,queue=dk,shard=dk#0": 7, "queue=n,shard=n#0": 12}
+	if fmt.Sprint(unlocked) != fmt.Sprint(want) {
+		t.Fatalf("unlocked:\n got %v\nwant %v", unlocked, want)
+	}
+}

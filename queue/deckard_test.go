@@ -950,3 +950,63 @@ func TestDeckardDiscover(t *testing.T) {
 		}
 	}
 }
+
+// StatsOf reads what operators see without writing: pools, saved scores,
+// next deadlines, oldest-ready age, keeper's fence, owner and counters; a
+// queue without keys reads as empty; a key of another type is an error.
+func TestDeckardStatsOf(t *testing.T) {
+	e := newDeckardEnv(t, DeckardWakeConfig{})
+	q := "st"
+	nowMs := e.redisNowMs()
+	e.add(q, deckardtest.Message{ID: "a", Score: 1}, deckardtest.Message{ID: "b", Score: 2},
+		deckardtest.Message{ID: "c", Score: 3}, deckardtest.Message{ID: "d", Score: 4})
+	e.pullAll(q, 4, time.Hour)
+	e.podClock(-time.Hour)
+	e.reply(q, "a", true, deckardtest.Reply{Lock: time.Minute, Score: 9})
+	e.podClock(0)
+	e.reply(q, "b", false, deckardtest.Reply{Lock: time.Hour, Score: 1})
+	e.reply(q, "c", false, deckardtest.Reply{Lock: 2 * time.Hour})
+	e.add(q, deckardtest.Message{ID: "old", Score: float64(nowMs - 90_000)})
+	d := e.dk.WithOwner("k/1")
+	if r, err := unlockPass(d, e.ctx, Shard{Queue: q}, 5, 10); err != nil || r.Moved != 1 {
+		t.Fatalf("unlock %+v, %v", r, err)
+	}
+	before := e.dsnapshot()
+	st, err := e.dk.StatsOf(e.ctx, []string{q, "empty"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.sameAsD(before)
+	s := st[0]
+	if s.Queue != q || s.Ready != 2 || s.Inflight != 1 || s.LockAck != 0 || s.LockNack != 2 || s.SavedAck != 0 ||
+		s.SavedNack != 1 || s.Fence != 5 || s.Owner != "k/1" || s.Counters.UnlockedAck != 1 || s.Counters.Unlocked != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	tmp := e.zscores(e.dkeys(q).Tmp)["d"]
+	if s.NextTimeoutMs != int64(tmp) || s.NextUnlockMs != int64(e.zscores(e.dkeys(q).LockNack)["b"]) {
+		t.Fatalf("next deadlines %d %d", s.NextTimeoutMs, s.NextUnlockMs)
+	}
+	if age := s.OldestReadyAge(); age < 90*time.Second || age > 100*time.Second {
+		t.Fatalf("oldest ready age %s, want about 90s", age)
+	}
+	if z := st[1]; z.Queue != "empty" || z.Ready+z.Inflight+z.LockAck+z.LockNack != 0 || z.NextTimeoutMs != -1 || z.NextUnlockMs != -1 {
+		t.Fatalf("empty queue %+v", z)
+	}
+	e.rdb.Set(e.ctx, e.dkeys("bad").Tmp, "x", 0)
+	if _, err := e.dk.StatsOf(e.ctx, []string{"bad"}); err == nil {
+		t.Fatal("a key of another type read as stats")
+	}
+	if want := fmt.Sprint("local ADD_TIME_MIN = ", int64(DeckardAddTimeMin)); !strings.Contains(mustRead("deckard_lib"), want) {
+		t.Fatalf("deckard_lib.lua does not say %q", want)
+	}
+	if _, err := e.dk.StatsOf(e.ctx, []string{"a{b"}); !errors.Is(err, ErrBadName) {
+		t.Fatalf("a bad name: %v", err)
+	}
+}
+
+func (e *denv) sameAsD(before map[string]string) {
+	e.t.Helper()
+	if after := e.dsnapshot(); !maps.Equal(after, before) {
+		e.t.Fatal("a read changed a key")
+	}
+}

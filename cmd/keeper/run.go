@@ -248,7 +248,7 @@ func (d *daemon) build() error {
 	if d.deckard != nil {
 		d.discovery = d.newDiscovery(agg, setQueues)
 	}
-	source := shardSource{keeper}
+	source := shardSource{keeper, d.deckard != nil}
 	publisher := election.NewPublisher(d.etcd, election.PublisherConfig{Prefix: d.cfg.Etcd.Prefix,
 		MemberID: d.memberID, Interval: d.metrics.ExportInterval(), SessionTTL: d.cfg.Etcd.SessionTTL,
 		Logger: d.log}, func() election.Summary {
@@ -450,7 +450,11 @@ func splitList(s string) []string {
 // shardSource feeds the per-shard instruments from the keeper's last
 // measurements: collection costs Redis nothing. It lists the owned shards
 // too, measured or not, so that the lags of a takeover are kept.
-type shardSource struct{ k *tasks.Keeper }
+type shardSource struct {
+	k *tasks.Keeper
+	// splitLocks: the layout has two lock pools (Deckard's).
+	splitLocks bool
+}
 
 var _ kotel.OwnedSource = shardSource{}
 
@@ -462,6 +466,7 @@ func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
 		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
 			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
+			SplitLocks: s.splitLocks, LockedAck: m.LockedAck, LockedNack: m.LockedNack,
 			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters})
 	})
 }

@@ -9,6 +9,10 @@
 -- arithmetic stays in range; the safety sweep reads it again long before.
 local YEAR_MS = 365 * 86400000
 
+-- The lowest ready score read as an add time (epoch ms, September 2001);
+-- lower ones are priorities a client chose (see DeckardAddTimeMin).
+local ADD_TIME_MIN = 1000000000000
+
 -- The earliest deadline of a Deckard pool as keeper schedules it: -1 when
 -- the pool is empty; 0 (due) for a negative score, so that it is never
 -- stranded.
