@@ -177,6 +177,73 @@ func TestRunDeckardEndToEnd(t *testing.T) {
 	if owned != 2 {
 		t.Fatalf("the keepers own %d queues, want 2", owned)
 	}
+
+	// keeper status names the layout and the discovered set, and counts
+	// the Deckard queues as shards, all owned.
+	var out strings.Builder
+	if err := statusCmd([]string{"--etcd.endpoints", f.es.Endpoints()[0], "--redis.addr", f.rs.Addr,
+		"--redis.layout", "deckard"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"layout      deckard (redis prefix deckard_v1); 2 queues discovered", "shards      2 (0 unowned)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("keeper status does not say %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	if err := statusCmd([]string{"--etcd.endpoints", f.es.Endpoints()[0], "--json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Layout     string `json:"layout"`
+		Shards     int    `json:"shards"`
+		Discovered struct {
+			Queues int `json:"queues"`
+		} `json:"discovered"`
+	}
+	if err := json.Unmarshal([]byte(out.String()), &st); err != nil || st.Layout != "deckard" || st.Discovered.Queues != 2 {
+		t.Fatalf("keeper status --json without the layout configured: %+v, %v\n%s", st, err, out.String())
+	}
+
+	// keeper queue list|stats|inspect read Deckard's queues and keeper's
+	// counters for them.
+	env := []string{"KEEPER_REDIS_ADDR=" + f.rs.Addr, "KEEPER_REDIS_LAYOUT=deckard"}
+	q := func(args ...string) string {
+		t.Helper()
+		out, err := queueRun(env, args...)
+		if err != nil {
+			t.Fatalf("keeper queue %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(q("list", "--json")), &rows); err != nil || len(rows) != 2 ||
+		rows[0]["queue"] != "late::q" || rows[1]["queue"] != "orders" || rows[1]["ready"].(float64) != 4 {
+		t.Fatalf("queue list: %v, %v", rows, err)
+	}
+	var stats struct {
+		Ready    int64 `json:"ready"`
+		Fence    int64 `json:"fence"`
+		Owner    string
+		Counters map[string]int64 `json:"counters"`
+	}
+	if err := json.Unmarshal([]byte(q("stats", "orders", "--json")), &stats); err != nil || stats.Ready != 4 ||
+		stats.Fence == 0 || stats.Counters["unlocked_ack"] != 1 || stats.Counters["unlocked_nack"] != 1 ||
+		stats.Counters["requeued"] != 1 {
+		t.Fatalf("queue stats: %+v, %v", stats, err)
+	}
+	if text := q("stats", "orders"); !strings.Contains(text, "timed_out      1") {
+		t.Fatalf("queue stats text:\n%s", text)
+	}
+	if text := q("inspect", "orders", "acked"); !strings.Contains(text, "ready  7") {
+		t.Fatalf("queue inspect:\n%s", text)
+	}
+	if _, err := queueRun(env, "inspect", "orders", "nobody"); err == nil || !strings.Contains(err.Error(), "in no pool") {
+		t.Fatalf("inspect of an unknown id: %v", err)
+	}
+	if _, err := queueRun(env, "create", "x"); err == nil || !strings.Contains(err.Error(), "not with the deckard layout") {
+		t.Fatalf("queue create with the deckard layout: %v", err)
+	}
 }
 
 // spawnKeeper runs bin with args (and env added to the test's), its output
