@@ -367,3 +367,17 @@ func (d *Deckard) InspectDeckard(ctx context.Context, q, id string) ([]DeckardPl
 	}
 	return out, nil
 }
+
+// History reads a Deckard queue's recorded passes, oldest first (see
+// WithHistory).
+func (d *Deckard) History(ctx context.Context, q string) ([]HistoryEntry, error) {
+	msgs, err := d.rdb.XRange(ctx, d.keys(Shard{Queue: q}).History, "-", "+").Result()
+	if err != nil {
+		return nil, fmt.Errorf("history of deckard queue %s: %w", q, err)
+	}
+	return ParseHistory(msgs), nil
+}
+
+// OwnKeysPattern is the SCAN pattern of every key keeper keeps for the
+// Deckard queues under this prefix (outside Deckard's prefix).
+func (d *Deckard) OwnKeysPattern() string { return globEscape(deckardOwnPrefix(d.prefix)) + ":*" }

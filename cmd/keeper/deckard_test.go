@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,13 +32,19 @@ type deckardFleet struct {
 	ctx    context.Context
 	bin    string
 	es     *etcdserver.Server
-	rs     *redisserver.Server
-	rdb    *redis.Client
+	addr   string // redis.addr: one server, or every primary of a cluster
+	rdb    redis.UniversalClient
 	pod    *deckardtest.Server
 	logDir string
 }
 
 func newDeckardFleet(t *testing.T, prefix string) *deckardFleet {
+	return newDeckardFleetOn(t, prefix, 0)
+}
+
+// newDeckardFleetOn is a deckardFleet on one redis-server (primaries 0) or
+// on a Redis Cluster of that many primaries.
+func newDeckardFleetOn(t *testing.T, prefix string, primaries int) *deckardFleet {
 	t.Helper()
 	bin, err := chaos.KeeperBinary()
 	if err != nil {
@@ -48,8 +55,14 @@ func newDeckardFleet(t *testing.T, prefix string) *deckardFleet {
 	f.ctx, cancel = context.WithTimeout(context.Background(), 10*time.Minute)
 	t.Cleanup(cancel)
 	f.es = etcdserver.StartTB(t)
-	f.rs = redisserver.StartTB(t)
-	f.rdb = redis.NewClient(&redis.Options{Addr: f.rs.Addr})
+	var addrs []string
+	if primaries > 0 {
+		addrs = redisserver.StartClusterTB(t, primaries).Addrs()
+	} else {
+		addrs = []string{redisserver.StartTB(t).Addr}
+	}
+	f.addr = strings.Join(addrs, ",")
+	f.rdb = redis.NewUniversalClient(&redis.UniversalOptions{Addrs: addrs})
 	t.Cleanup(func() { _ = f.rdb.Close() })
 	f.pod = deckardtest.New(f.rdb, prefix)
 	return f
@@ -65,11 +78,11 @@ func (f *deckardFleet) start(id string, args ...string) *keeperProc {
 	}
 	k := spawnKeeper(f.t, f.bin, filepath.Join(f.logDir, id+".log"), loopback.Addr(port), nil,
 		append([]string{"run", "--member_id", id, "--redis.layout", "deckard",
-			"--redis.addr", f.rs.Addr, "--etcd.endpoints", f.es.Endpoints()[0], "--etcd.session_ttl", "2s",
+			"--redis.addr", f.addr, "--etcd.endpoints", f.es.Endpoints()[0], "--etcd.session_ttl", "2s",
 			"--health_addr", loopback.Addr(port), "--metrics.disabled", "--deckard.discovery_interval", "1s",
 			"--log_level", "info"}, args...)...)
 	f.t.Cleanup(func() {
-		if _, err := k.term(20 * time.Second); err != nil {
+		if _, err := k.term(20 * time.Second); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			f.t.Logf("%s: %v", id, err)
 		}
 		if f.t.Failed() {
@@ -181,7 +194,7 @@ func TestRunDeckardEndToEnd(t *testing.T) {
 	// keeper status names the layout and the discovered set, and counts
 	// the Deckard queues as shards, all owned.
 	var out strings.Builder
-	if err := statusCmd([]string{"--etcd.endpoints", f.es.Endpoints()[0], "--redis.addr", f.rs.Addr,
+	if err := statusCmd([]string{"--etcd.endpoints", f.es.Endpoints()[0], "--redis.addr", f.addr,
 		"--redis.layout", "deckard"}, &out); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +220,7 @@ func TestRunDeckardEndToEnd(t *testing.T) {
 
 	// keeper queue list|stats|inspect read Deckard's queues and keeper's
 	// counters for them.
-	env := []string{"KEEPER_REDIS_ADDR=" + f.rs.Addr, "KEEPER_REDIS_LAYOUT=deckard"}
+	env := []string{"KEEPER_REDIS_ADDR=" + f.addr, "KEEPER_REDIS_LAYOUT=deckard"}
 	q := func(args ...string) string {
 		t.Helper()
 		out, err := queueRun(env, args...)
