@@ -137,7 +137,7 @@ func drainOnce(ctx context.Context, rdb *redis.Client, name string, o DrainOptio
 }
 
 // lockedLeft counts the shards that still hold locked messages.
-func lockedLeft(ctx context.Context, n *queue.Native, shards []queue.Shard) (int64, error) {
+func lockedLeft(ctx context.Context, n queue.Layout, shards []queue.Shard) (int64, error) {
 	reqs := make([]queue.ProbeRequest, len(shards))
 	for i, s := range shards {
 		reqs[i] = queue.ProbeRequest{Shard: s}
