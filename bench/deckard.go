@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -47,40 +46,13 @@ func DeckardDrain(ctx context.Context, o DrainOptions) (DeckardDrainResult, erro
 	defer stop()
 	res := DeckardDrainResult{DrainResult{Scenario: "drain", Msgs: o.Msgs, Shards: o.Shards}, "deckard"}
 	raw, err := deckardDrainOnce(ctx, rdb, "bench-dk-raw", o, func(dk *queue.Deckard, shards []queue.Shard) error {
-		for _, s := range shards {
-			for {
-				r := dk.Passes(ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: 1, Batch: o.Batch}})[0]
-				if r.Err != nil {
-					return r.Err
-				}
-				if r.Result.Moved == 0 {
-					break
-				}
-			}
-		}
-		return nil
+		return rawDrain(ctx, dk, shards, o.Batch)
 	})
 	if err != nil {
 		return res, fmt.Errorf("raw drain: %w", err)
 	}
 	kept, err := deckardDrainOnce(ctx, rdb, "bench-dk-keeper", o, func(dk *queue.Deckard, shards []queue.Shard) error {
-		k := tasks.New(dk, tasks.Config{Batch: o.Batch, Workers: o.Workers})
-		if err := k.Start(ctx); err != nil {
-			return err
-		}
-		defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
-		k.SetConfigs(deckardConfigs(shards))
-		k.Own(shards, 1)
-		var probeErr error
-		_, err := poll.Until(ctx, 5*time.Millisecond, func() (bool, string) {
-			left, err := lockedLeft(ctx, dk, shards)
-			if err != nil {
-				probeErr = err
-				return true, ""
-			}
-			return left == 0, fmt.Sprintf("%d queues still hold locked ids", left)
-		})
-		return errors.Join(err, probeErr)
+		return keeperDrain(ctx, dk, shards, deckardConfigs(shards), o)
 	})
 	if err != nil {
 		return res, fmt.Errorf("keeper drain: %w", err)
@@ -255,16 +227,9 @@ func DeckardPrecision(ctx context.Context, o DeckardPrecisionOptions) (DeckardPr
 		return DeckardPrecisionResult{}, err
 	}
 	defer stop()
-	events := queue.KeyspaceOff
-	if o.Wake == queue.WakeKeyspace {
-		events = queue.KeyspaceAuto
-	}
-	wake, why, err := queue.SetupKeyspaceEvents(ctx, rdb, events)
+	wake, err := setupWake(ctx, rdb, o.Wake)
 	if err != nil {
 		return DeckardPrecisionResult{}, err
-	}
-	if wake != o.Wake {
-		return DeckardPrecisionResult{}, fmt.Errorf("wake %s asked for, %s possible: %s", o.Wake, wake, why)
 	}
 	const prefix = "bench-dk-precision"
 	dk, err := queue.NewDeckard(rdb, prefix, queue.DeckardWakeConfig{Mode: wake})
@@ -348,6 +313,23 @@ func freshLags(ctx context.Context, rdb redis.UniversalClient, dk *queue.Deckard
 	return fresh, nil
 }
 
+// setupWake sets Redis up for the wake mode asked for (keyspace events on
+// for keyspace, left alone for poll) and fails if it cannot be had.
+func setupWake(ctx context.Context, rdb redis.UniversalClient, want string) (string, error) {
+	events := queue.KeyspaceOff
+	if want == queue.WakeKeyspace {
+		events = queue.KeyspaceAuto
+	}
+	wake, why, err := queue.SetupKeyspaceEvents(ctx, rdb, events)
+	if err != nil {
+		return "", err
+	}
+	if wake != want {
+		return "", fmt.Errorf("wake %s asked for, %s possible: %s", want, wake, why)
+	}
+	return wake, nil
+}
+
 // pctOf is the q-quantile of sorted lags, in ms.
 func pctOf(sorted []time.Duration, q float64) float64 {
 	if len(sorted) == 0 {
@@ -398,16 +380,9 @@ func DeckardIdle(ctx context.Context, o DeckardIdleOptions) (DeckardIdleResult, 
 		return DeckardIdleResult{}, err
 	}
 	defer stop()
-	events := queue.KeyspaceOff
-	if o.Wake == queue.WakeKeyspace {
-		events = queue.KeyspaceAuto
-	}
-	wake, why, err := queue.SetupKeyspaceEvents(ctx, rdb, events)
+	wake, err := setupWake(ctx, rdb, o.Wake)
 	if err != nil {
 		return DeckardIdleResult{}, err
-	}
-	if wake != o.Wake {
-		return DeckardIdleResult{}, fmt.Errorf("wake %s asked for, %s possible: %s", o.Wake, wake, why)
 	}
 	const prefix = "bench-dk-idle"
 	dk, err := queue.NewDeckard(rdb, prefix, queue.DeckardWakeConfig{Mode: wake})
@@ -441,48 +416,12 @@ func DeckardIdle(ctx context.Context, o DeckardIdleOptions) (DeckardIdleResult, 
 	defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
 	k.SetConfigs(deckardConfigs(shards))
 	k.Own(shards, 1)
-	measured := func() int {
-		c := 0
-		k.EachMeasurement(func(tasks.ShardMeasurement) { c++ })
-		return c
-	}
-	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if _, err := poll.Until(sctx, 100*time.Millisecond, poll.Holds(func() bool { return measured() == len(shards) })); err != nil {
-		return DeckardIdleResult{}, fmt.Errorf("settling: %d of %d queues measured: %w", measured(), len(shards), err)
-	}
-
-	cmds0, err := commandCalls(ctx, rdb)
+	r, err := idleMeasure(ctx, rdb, k, len(shards), o.Window, o.Discovery, func() error {
+		_, _, err := dk.Discover(ctx)
+		return err
+	})
 	if err != nil {
 		return DeckardIdleResult{}, err
 	}
-	cpu0, wall0 := cpuTime(), time.Now()
-	collect := time.NewTicker(10 * time.Second)
-	defer collect.Stop()
-	discover := time.NewTicker(o.Discovery)
-	defer discover.Stop()
-	end := time.After(o.Window)
-	for done := false; !done; {
-		select {
-		case <-ctx.Done():
-			return DeckardIdleResult{}, ctx.Err()
-		case <-collect.C:
-			measured()
-		case <-discover.C:
-			if _, _, err := dk.Discover(ctx); err != nil {
-				return DeckardIdleResult{}, err
-			}
-		case <-end:
-			done = true
-		}
-	}
-	cpu1, wall1 := cpuTime(), time.Now()
-	cmds1, err := commandCalls(ctx, rdb)
-	if err != nil {
-		return DeckardIdleResult{}, err
-	}
-	wall := wall1.Sub(wall0).Seconds()
-	return DeckardIdleResult{IdleResult: IdleResult{Scenario: "idle", Shards: len(shards), WindowS: round(wall, 1),
-		RedisCmdsPerS: round(float64(cmds1-cmds0-1)/wall, 1), KeeperCPUFrac: round((cpu1-cpu0).Seconds()/wall, 4)},
-		Layout: "deckard", Wake: wake, DiscoveryCalls: st.Calls, DiscoveryKeys: st.Keys}, nil
+	return DeckardIdleResult{IdleResult: r, Layout: "deckard", Wake: wake, DiscoveryCalls: st.Calls, DiscoveryKeys: st.Keys}, nil
 }
