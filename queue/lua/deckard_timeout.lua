@@ -30,7 +30,8 @@ end
 fence_raise()
 if #ids > 0 then
   bulk('ZADD', READY, zargs)
-  bulk('ZREM', TMP, ids)
+  -- The lowest ranks: ZRANGEBYSCORE from -inf returned them in rank order.
+  redis.call('ZREMRANGEBYRANK', TMP, 0, #ids - 1)
   redis.call('HINCRBY', STATS, 'requeued', #ids)
 end
 record('requeue', 1, #ids)

@@ -26,7 +26,13 @@ if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
 local acks = redis.call('ZRANGEBYSCORE', ACK, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
-local nacks = redis.call('ZRANGEBYSCORE', NACK, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
+-- When lock_ack alone fills the batch, no nack due after its last one can
+-- be taken: read nacks only up to it.
+local nack_max = now_ms
+if #acks == 2 * batch then
+  nack_max = acks[#acks]
+end
+local nacks = redis.call('ZRANGEBYSCORE', NACK, '-inf', nack_max, 'WITHSCORES', 'LIMIT', 0, batch)
 local out = {0, -1, now}
 -- Merge the two ascending lists, oldest first, up to batch.
 local ack_ids, nack_ids = {}, {}
@@ -46,33 +52,42 @@ while #ack_ids + #nack_ids < batch do
     out[#out + 1] = now - math.floor(s * 1000)
   end
 end
--- Scores to restore: the saved one, else the pool's default.
+-- Scores to restore: the saved one, else the pool's default; the ids that
+-- had a saved score, whose entry goes with them.
 local zargs = {}
 local function restore(ids, saved_key, default)
+  local had = {}
   if #ids == 0 then
-    return
+    return had
   end
   local saved = chunked_get('ZMSCORE', saved_key, ids)
   for i, id in ipairs(ids) do
     zargs[#zargs + 1] = saved[i] or default
     zargs[#zargs + 1] = id
+    if saved[i] then
+      had[#had + 1] = id
+    end
   end
+  return had
 end
-restore(ack_ids, ACK_SCORE, now_ms)
-restore(nack_ids, NACK_SCORE, 0)
+local ack_saved = restore(ack_ids, ACK_SCORE, now_ms)
+local nack_saved = restore(nack_ids, NACK_SCORE, 0)
 
+-- The ids taken from a pool are its lowest ranks (ZRANGEBYSCORE from -inf
+-- returns them in rank order, and the merge takes a prefix of each), so
+-- they go by rank: no lookup per id.
 fence_raise()
 if #zargs > 0 then
   bulk('ZADD', READY, zargs)
 end
 if #ack_ids > 0 then
-  bulk('ZREM', ACK, ack_ids)
-  bulk('ZREM', ACK_SCORE, ack_ids)
+  redis.call('ZREMRANGEBYRANK', ACK, 0, #ack_ids - 1)
+  bulk('ZREM', ACK_SCORE, ack_saved)
   redis.call('HINCRBY', STATS, 'unlocked_ack', #ack_ids)
 end
 if #nack_ids > 0 then
-  bulk('ZREM', NACK, nack_ids)
-  bulk('ZREM', NACK_SCORE, nack_ids)
+  redis.call('ZREMRANGEBYRANK', NACK, 0, #nack_ids - 1)
+  bulk('ZREM', NACK_SCORE, nack_saved)
   redis.call('HINCRBY', STATS, 'unlocked_nack', #nack_ids)
 end
 out[1] = #ack_ids + #nack_ids
