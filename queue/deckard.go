@@ -139,7 +139,7 @@ var (
 	})
 	deckardProbeScript = newDeckardScript("deckard_probe", func(k deckardKeys) []string {
 		return []string{k.LockAck, k.LockNack, k.Tmp, k.Ready}
-	}, "claim")
+	}, "claim", "sizes")
 	deckardInspectScript = newScript("deckard_inspect", func(k deckardKeys) []string {
 		return []string{k.Ready, k.Tmp, k.LockAck, k.LockNack, k.LockAckScore, k.LockNackScore}
 	}, "id")
@@ -294,19 +294,23 @@ func decodeDeckardMeasure(c *redis.Cmd) (Measurement, error) {
 	return m, nil
 }
 
-// deckardProbe is a deckard_probe reply: {locked_head_ms, tmp_head_ms,
-// ready, tmp, lock_ack, lock_nack}.
+// deckardProbe is a deckard_probe reply: {locked_head_ms, tmp_head_ms}
+// and, when asked for (the poller), {ready, tmp, lock_ack, lock_nack}.
 type deckardProbe struct {
 	LockedHead, TmpHead           int64
 	Ready, Tmp, LockAck, LockNack int64
 }
 
 func decodeDeckardProbe(c *redis.Cmd) (deckardProbe, error) {
-	v, err := ints(c, "deckard_probe", 6)
+	v, err := ints(c, "deckard_probe", 2)
 	if err != nil {
 		return deckardProbe{}, err
 	}
-	return deckardProbe{LockedHead: v[0], TmpHead: v[1], Ready: v[2], Tmp: v[3], LockAck: v[4], LockNack: v[5]}, nil
+	p := deckardProbe{LockedHead: v[0], TmpHead: v[1]}
+	if len(v) >= 6 {
+		p.Ready, p.Tmp, p.LockAck, p.LockNack = v[2], v[3], v[4], v[5]
+	}
+	return p, nil
 }
 
 // Probe implements Layout (see prober). A Deckard queue has no TTL set and
@@ -319,7 +323,7 @@ func (d *Deckard) prober() prober {
 	return prober{rdb: d.rdb, claimWait: d.claimWait,
 		node: func(s Shard) string { return d.keys(s).Fence },
 		call: func(r ProbeRequest) call {
-			return d.fenced(deckardProbeScript, r.Shard, r.Token, claimArg(r.Claim))
+			return d.fenced(deckardProbeScript, r.Shard, r.Token, claimArg(r.Claim), "0")
 		},
 		decode: func(c *redis.Cmd) (ProbeResult, error) {
 			p, err := decodeDeckardProbe(c)

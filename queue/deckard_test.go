@@ -996,8 +996,11 @@ func TestDeckardStatsOf(t *testing.T) {
 	if _, err := e.dk.StatsOf(e.ctx, []string{"bad"}); err == nil {
 		t.Fatal("a key of another type read as stats")
 	}
-	if want := fmt.Sprint("local ADD_TIME_MIN = ", int64(DeckardAddTimeMin)); !strings.Contains(mustRead("deckard_lib"), want) {
-		t.Fatalf("deckard_lib.lua does not say %q", want)
+	for _, want := range []string{fmt.Sprint("local ADD_TIME_MIN = ", int64(DeckardAddTimeMin)),
+		fmt.Sprint("local MAX_DUE_MS = ", int64(maxWakeMs))} {
+		if !strings.Contains(mustRead("deckard_lib"), want) {
+			t.Fatalf("deckard_lib.lua does not say %q", want)
+		}
 	}
 	if _, err := e.dk.StatsOf(e.ctx, []string{"a{b"}); !errors.Is(err, ErrBadName) {
 		t.Fatalf("a bad name: %v", err)
@@ -1008,5 +1011,36 @@ func (e *denv) sameAsD(before map[string]string) {
 	e.t.Helper()
 	if after := e.dsnapshot(); !maps.Equal(after, before) {
 		e.t.Fatal("a read changed a key")
+	}
+}
+
+// A pool key of another type fails every pass and probe of the queue with
+// ErrWrongType and changes nothing, claims included; the other queues of
+// the same probe are read.
+func TestDeckardWrongType(t *testing.T) {
+	e := newDeckardEnv(t, DeckardWakeConfig{})
+	e.add("ok", deckardtest.Message{ID: "a"})
+	k := e.dkeys("bad")
+	e.rdb.Set(e.ctx, k.LockNack, "x", 0)
+	before := e.dsnapshot()
+	for _, claim := range []bool{false, true} {
+		res, err := e.dk.Probe(e.ctx, []ProbeRequest{{Shard: Shard{Queue: "bad"}, Claim: claim, Token: 3},
+			{Shard: Shard{Queue: "ok"}, Claim: claim, Token: 3}})
+		if err != nil || !errors.Is(res[0].Err, ErrWrongType) || res[1].Err != nil {
+			t.Fatalf("probe (claim %v): %+v, %v", claim, res, err)
+		}
+	}
+	delete(before, e.dkeys("ok").Fence)
+	// (The timeout pass does not read lock_nack.)
+	for _, task := range []Task{TaskUnlock, TaskMeasure} {
+		if o := pass(e.dk, e.ctx, PassRequest{Shard: Shard{Queue: "bad"}, Task: task, Token: 3, Batch: 10}); !errors.Is(o.Err, ErrWrongType) {
+			t.Fatalf("%s: %v", task, o.Err)
+		}
+	}
+	after := e.dsnapshot()
+	delete(after, e.dkeys("ok").Fence)
+	delete(after, e.dkeys("ok").FenceOwner)
+	if !maps.Equal(after, before) {
+		t.Fatal("a refused pass or probe changed a key")
 	}
 }

@@ -378,7 +378,7 @@ func (w *deckardWakes) pollOnce(ctx context.Context, fn func(Wake), due []*polle
 	}
 	calls := make([]call, len(due))
 	for i, p := range due {
-		calls[i] = w.d.fenced(deckardProbeScript, p.s, 0, claimArg(false))
+		calls[i] = w.d.fenced(deckardProbeScript, p.s, 0, claimArg(false), "1")
 	}
 	for i, cmd := range runAll(ctx, w.d.rdb, calls) {
 		p := due[i]

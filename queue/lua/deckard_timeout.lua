@@ -35,4 +35,4 @@ if #ids > 0 then
   redis.call('HINCRBY', STATS, 'requeued', #ids)
 end
 record('requeue', 1, #ids)
-return {#ids, due_head(TMP, now_ms), now}
+return {#ids, due_head(TMP), now}

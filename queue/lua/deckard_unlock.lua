@@ -92,7 +92,7 @@ if #nack_ids > 0 then
 end
 out[1] = #ack_ids + #nack_ids
 record('unlock', 1, out[1])
-local ha, hn = due_head(ACK, now_ms), due_head(NACK, now_ms)
+local ha, hn = due_head(ACK), due_head(NACK)
 if ha < 0 or (hn >= 0 and hn < ha) then
   ha = hn
 end
