@@ -15,6 +15,8 @@ import (
 
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/internal/service"
+	"github.com/keeperhq/keeper/internal/service/servicetest"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/queue/deckardtest"
 )
@@ -210,4 +212,22 @@ func TestDiscoveredEncoding(t *testing.T) {
 	if _, err := DecodeDiscovered([]byte("not gzip")); err == nil {
 		t.Fatal("garbage decoded")
 	}
+}
+
+// Discovery keeps the lifecycle rules (internal/service), leading or not.
+func TestDiscoveryStartStop(t *testing.T) {
+	c := newCluster(t)
+	leader := c.aggregator("lead", Config{}, nil)
+	oneLeader(t, []*Aggregator{leader}, 20*time.Second)
+	scan := func(context.Context) ([]string, queue.DiscoverStats, error) { return []string{"q"}, queue.DiscoverStats{}, nil }
+	n := 0
+	servicetest.Stress(t, 10, func(t *testing.T) service.Service {
+		n++
+		agg := leader
+		if n%2 == 0 {
+			agg = nil
+		}
+		return NewDiscovery(c.admin, DiscoveryConfig{Interval: 10 * time.Millisecond, Scan: scan, Leader: agg,
+			MemberID: fmt.Sprint("d", n), Logger: c.log})
+	})
 }
