@@ -219,7 +219,9 @@ func TestDiscoveryStartStop(t *testing.T) {
 	c := newCluster(t)
 	leader := c.aggregator("lead", Config{}, nil)
 	oneLeader(t, []*Aggregator{leader}, 20*time.Second)
-	scan := func(context.Context) ([]string, queue.DiscoverStats, error) { return []string{"q"}, queue.DiscoverStats{}, nil }
+	scan := func(context.Context) ([]string, queue.DiscoverStats, error) {
+		return []string{"q"}, queue.DiscoverStats{}, nil
+	}
 	n := 0
 	servicetest.Stress(t, 10, func(t *testing.T) service.Service {
 		n++
