@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -607,15 +608,16 @@ func TestDeckardMeasureAndInspect(t *testing.T) {
 	e.reply(q, "old", true, deckardtest.Reply{Lock: time.Hour, Score: 12})
 	e.reply(q, "a", false, deckardtest.Reply{Lock: time.Hour})
 	e.reply(q, "zero", false, deckardtest.Reply{})
-	// Ready: zero at 0 (the top priority), mid added 30 s ago, a priority
-	// and an add time still to come; neither of the last two is an age.
+	// Ready: zero at 0 (the top priority), mid added 30 s ago, a small
+	// priority a client gave, a large one and an add time still to come;
+	// none but mid's is an age.
 	e.add(q, deckardtest.Message{ID: "mid", Score: nowMs - 30_000}, deckardtest.Message{ID: "prio", Score: 9e15},
-		deckardtest.Message{ID: "c", Score: nowMs + 3_600_000})
+		deckardtest.Message{ID: "c", Score: nowMs + 3_600_000}, deckardtest.Message{ID: "small", Score: 5})
 	m, err := measurePass(e.dk, e.ctx, s, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Ready != 4 || m.Inflight != 0 || m.Locked != 2 || m.LockedAck != 1 || m.LockedNack != 1 || m.Dead != 0 {
+	if m.Ready != 5 || m.Inflight != 0 || m.Locked != 2 || m.LockedAck != 1 || m.LockedNack != 1 || m.Dead != 0 {
 		t.Fatalf("counts %+v", m)
 	}
 	if age := m.OldestReadyAge(); !m.HasReady || m.ReadyHead != nowMs-30_000 || age < 29*time.Second || age > 40*time.Second {
@@ -1042,5 +1044,56 @@ func TestDeckardWrongType(t *testing.T) {
 	delete(after, e.dkeys("ok").FenceOwner)
 	if !maps.Equal(after, before) {
 		t.Fatal("a refused pass or probe changed a key")
+	}
+}
+
+// A read-only probe (the safety sweep's) costs Redis three ZRANGEs per
+// queue and nothing else; the poller's adds the four pool sizes. (It once
+// also checked four key types, read the sizes and Redis's clock: thirteen
+// commands per queue, twice the idle budget at 10,000 queues.)
+func TestDeckardProbeCost(t *testing.T) {
+	e := newDeckardEnv(t, DeckardWakeConfig{})
+	if len(testAddrs) > 1 {
+		t.Skip("counts commands on one server")
+	}
+	const n = 50
+	var reqs []ProbeRequest
+	for i := 0; i < n; i++ {
+		q := fmt.Sprint("c", i)
+		e.add(q, deckardtest.Message{ID: "a"})
+		reqs = append(reqs, ProbeRequest{Shard: Shard{Queue: q}})
+	}
+	calls := func() map[string]int64 {
+		info, err := e.rdb.Info(e.ctx, "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int64{}
+		for _, l := range strings.Split(info, "\n") {
+			name, rest, ok := strings.Cut(strings.TrimPrefix(l, "cmdstat_"), ":calls=")
+			if ok {
+				c, _ := strconv.ParseInt(strings.SplitN(rest, ",", 2)[0], 10, 64)
+				out[name] = c
+			}
+		}
+		return out
+	}
+	if _, err := e.dk.Probe(e.ctx, reqs); err != nil { // scripts loaded
+		t.Fatal(err)
+	}
+	before := calls()
+	if _, err := e.dk.Probe(e.ctx, reqs); err != nil {
+		t.Fatal(err)
+	}
+	after := calls()
+	delete(after, "info")
+	spent := map[string]int64{}
+	for name, c := range after {
+		if d := c - before[name]; d > 0 {
+			spent[name] = d
+		}
+	}
+	if want := map[string]int64{"evalsha": n, "zrange": 3 * n}; !maps.Equal(spent, want) {
+		t.Fatalf("%d read-only probes cost %v, want %v", n, spent, want)
 	}
 }
