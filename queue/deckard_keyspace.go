@@ -64,10 +64,13 @@ func (w *deckardWakes) parseKey(key string) (Shard, int, bool) {
 	if !ok {
 		return Shard{}, 0, false
 	}
-	pool := map[string]int{"": poolReady, ":tmp": poolTmp, ":lock_ack": poolLockAck, ":lock_nack": poolLockNack}
-	p, ok := pool[suffix]
+	p, ok := watchedPools[suffix]
 	return Shard{Queue: q}, p, ok
 }
+
+// watchedPools are the pools whose keyspace channels keeper follows, by
+// key suffix.
+var watchedPools = map[string]int{"": poolReady, ":tmp": poolTmp, ":lock_ack": poolLockAck, ":lock_nack": poolLockNack}
 
 // keyspaceSub is the subscription on one Redis node.
 type keyspaceSub struct {
