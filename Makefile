@@ -31,9 +31,12 @@ build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/keeper ./cmd/keeper
 
 # The daemon on embedded defaults: an embedded single-member etcd and a local
-# redis-server started on a free loopback port.
+# redis-server started on a free loopback port, its metrics served for a
+# Prometheus scrape on loopback (METRICS_ADDR) rather than pushed to a
+# collector that is not there.
+METRICS_ADDR ?= 127.0.0.1:9464
 run: build
-	$(BIN)/keeper run
+	$(BIN)/keeper run --metrics.prometheus_addr $(METRICS_ADDR)
 
 # The whole suite: every package (end-to-end tests against real redis-server,
 # etcd and an OpenTelemetry Collector included; chaos/ runs a short chaos run
@@ -98,6 +101,7 @@ manifests: $(BIN)/helm
 	$(call render-manifest,keeper-daemonset.yaml,--set mode=daemonset)
 	$(call render-manifest,keeper-sidecar.yaml,--set mode=sidecar)
 	$(call render-manifest,keeper-deployment-tls.yaml,-f configs/helm/keeper/examples/values-tls.yaml)
+	$(call render-manifest,keeper-deployment-sentinel.yaml,-f configs/helm/keeper/examples/values-sentinel.yaml)
 
 # The container image (Containerfile): the static bin/keeper, the host's CA
 # bundle and a passwd entry for the unprivileged user, on an empty base.
@@ -111,8 +115,8 @@ image: build
 	$(CONTAINER) build -f Containerfile --build-arg VERSION=$(or $(VERSION),dev) \
 		--build-arg REVISION=$(or $(REVISION),unknown) -t $(IMAGE) $(BIN)/image
 
-bench: build
-	$(BIN)/keeper bench all --json
+bench: build $(BIN)/etcd
+	ETCD_BIN=$(CURDIR)/$(BIN)/etcd $(BIN)/keeper bench all --json
 
 # The etcd server of the module's etcd version, for the three-member etcd
 # clusters of the chaos harness (`go install` of the server module fails on
@@ -122,7 +126,8 @@ $(BIN)/etcd: go.mod go.sum
 
 # The long chaos run: every fault kind drawn from the seed for 20 minutes and
 # at least 100 faults, keepers exporting to a real collector. The report goes
-# to bin/chaos.json, the picture to bin/chaos.svg; progress to stderr. Set
+# to bin/chaos.json, the picture to bin/chaos.svg; progress to stderr when
+# it is a terminal. Set
 # CHAOS_SEED to replay a run.
 CHAOS_SEED ?= 0
 chaos: build collector $(BIN)/etcd

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keeperhq/keeper/internal/etcdserver"
 	"github.com/keeperhq/keeper/internal/memberid"
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -160,6 +161,8 @@ func Converge(ctx context.Context, o ConvergeOptions) (ConvergeResult, error) {
 	}
 
 	start := time.Now()
+	pr := progress.From(ctx)
+	pr.Phase("converge: shards with one owner", int64(o.Shards), "shards")
 	errs := make([]error, o.Keepers)
 	var wg sync.WaitGroup
 	for i := range coords {
@@ -189,6 +192,7 @@ func Converge(ctx context.Context, o ConvergeOptions) (ConvergeResult, error) {
 			return ConvergeResult{}, fmt.Errorf("converge: %d of %d shards with exactly one owner after 5 minutes", counter.good.Load(), o.Shards)
 		}
 		now := time.Now()
+		pr.Set(counter.good.Load())
 		if counter.good.Load() != int64(o.Shards) {
 			streakStart = time.Time{}
 			time.Sleep(5 * time.Millisecond)

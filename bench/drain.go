@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/tasks"
 	"github.com/redis/go-redis/v9"
@@ -75,6 +76,7 @@ func Drain(ctx context.Context, o DrainOptions) (DrainResult, error) {
 // anything.
 func rawDrain(ctx context.Context, l queue.Layout, shards []queue.Shard, batch int) error {
 	for _, s := range shards {
+		progress.From(ctx).Add(1)
 		for {
 			r := l.Passes(ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: 1, Batch: batch}})[0]
 			if r.Err != nil {
@@ -105,6 +107,7 @@ func keeperDrain(ctx context.Context, l queue.Layout, shards []queue.Shard, cfgs
 			probeErr = err // retrying cannot help a refused probe: stop
 			return true, ""
 		}
+		progress.From(ctx).Set(int64(len(shards)) - left)
 		return left == 0, fmt.Sprintf("%d shards still hold locked messages", left)
 	})
 	return errors.Join(err, probeErr)
@@ -126,6 +129,8 @@ func drainOnce(ctx context.Context, rdb *redis.Client, name string, o DrainOptio
 	}
 	shards := make([]queue.Shard, o.Shards)
 	per := o.Msgs / o.Shards
+	pr := progress.From(ctx)
+	pr.Phase(name+": seeding", int64(o.Msgs), "locks")
 	for i := range shards {
 		shards[i] = queue.Shard{Queue: name, Partition: i}
 		count := per
@@ -136,7 +141,9 @@ func drainOnce(ctx context.Context, rdb *redis.Client, name string, o DrainOptio
 		if err := queue.NewInspector(rdb, "").SeedLocked(ctx, shards[i], "m", 0, count, now.Add(-time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
 			return 0, err
 		}
+		pr.Add(int64(count))
 	}
+	pr.Phase(name+": draining", int64(o.Shards), "shards")
 	start := time.Now()
 	if err := drain(n, shards); err != nil {
 		return 0, err

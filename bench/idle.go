@@ -49,30 +49,19 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 		return IdleResult{}, err
 	}
 	defer stop()
-	reg := queue.NewRegistry(rdb, "")
 	n := queue.NewNative(rdb, "")
 	now, err := n.Now(ctx)
 	if err != nil {
 		return IdleResult{}, err
 	}
-	const perQueue = 100
-	var shards []queue.Shard
-	cfgs := map[string]queue.Config{}
-	for q := 0; len(shards) < o.Shards; q++ {
-		name := fmt.Sprintf("bench-idle-%d", q)
-		parts := min(perQueue, o.Shards-len(shards))
-		_ = reg.Delete(ctx, name)
-		if err := reg.Create(ctx, name, queue.Config{Partitions: parts}); err != nil {
+	shards, cfgs, drop, err := benchQueues(ctx, rdb, "bench-idle", o.Shards, 100)
+	if err != nil {
+		return IdleResult{}, err
+	}
+	defer drop()
+	for _, s := range shards {
+		if err := queue.NewInspector(rdb, "").SeedLocked(ctx, s, "m", 0, 1, now.Add(time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
 			return IdleResult{}, err
-		}
-		defer func() { _ = reg.Delete(context.Background(), name) }()
-		cfgs[name] = queue.Config{Partitions: parts}.WithDefaults()
-		for p := 0; p < parts; p++ {
-			s := queue.Shard{Queue: name, Partition: p}
-			shards = append(shards, s)
-			if err := queue.NewInspector(rdb, "").SeedLocked(ctx, s, "m", 0, 1, now.Add(time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
-				return IdleResult{}, err
-			}
 		}
 	}
 	k := tasks.New(n, o.Keeper)

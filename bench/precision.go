@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/poll"
@@ -17,10 +18,13 @@ type PrecisionOptions struct {
 	Redis  string // address; empty starts a private redis-server
 	Locked int    // messages locked; default 1,000,000
 	Rate   int    // unlocks per second; default 20,000
-	Shards int    // default 1: one shard is the hardest case
-	// Lead is the time between the start of seeding and the first unlock;
-	// default 10s (seeding a million messages takes a few seconds).
+	Shards int    // default 1
+	// Lead is the time between the end of seeding and the first unlock,
+	// for the keeper to start and probe its shards; default 3s. However
+	// long seeding takes, the stream starts this long after it ended.
 	Lead time.Duration
+	// Keeper is the keeper's config; zero values are the daemon's defaults.
+	Keeper tasks.Config
 }
 
 // PrecisionResult is one line of `keeper bench precision --json`.
@@ -32,12 +36,26 @@ type PrecisionResult struct {
 	LagP50   float64 `json:"lag_p50_ms"`
 	LagP99   float64 `json:"lag_p99_ms"`
 	LagMax   float64 `json:"lag_max_ms"`
+	// SeedS is how long seeding took; the stream started Lead after it.
+	SeedS float64 `json:"seed_s"`
+	// Passes and RoundTrips are what the keeper sent, from its start to
+	// the last unlock (probes aside); KeeperCPUS and RedisCPUS the CPU time
+	// (user+system) this process (the keeper, and the bench's recorder)
+	// and redis-server used meanwhile: the cost of the same work, however
+	// loaded the machine was.
+	Passes     int64   `json:"passes"`
+	RoundTrips int64   `json:"round_trips"`
+	KeeperCPUS float64 `json:"keeper_cpu_s"`
+	RedisCPUS  float64 `json:"redis_cpu_s"`
 }
 
 // Precision locks Locked messages whose unlock times follow each other at a
-// steady Rate, lets a keeper return them, and reports the lag of each: moved
-// time minus unlock time, both by Redis TIME (measured inside the unlock
-// script).
+// steady Rate over Shards shards (message i in shard i mod Shards; queues
+// of at most 1,000 partitions), lets a
+// keeper return them, and reports the lag of each: moved time minus unlock
+// time, both by Redis TIME (measured inside the unlock script). The stream
+// starts Lead after seeding ended, however long seeding took (see
+// lockStream), so the result does not depend on how fast the machine seeds.
 func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error) {
 	if o.Locked <= 0 {
 		o.Locked = 1_000_000
@@ -49,67 +67,86 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 		o.Shards = 1
 	}
 	if o.Lead <= 0 {
-		o.Lead = 10 * time.Second
+		o.Lead = 3 * time.Second
 	}
 	rdb, stop, err := redisFor(ctx, o.Redis)
 	if err != nil {
 		return PrecisionResult{}, err
 	}
 	defer stop()
-	const name = "bench-precision"
-	reg := queue.NewRegistry(rdb, "")
-	_ = reg.Delete(ctx, name)
-	if err := reg.Create(ctx, name, queue.Config{Partitions: o.Shards}); err != nil {
-		return PrecisionResult{}, err
-	}
-	defer func() { _ = reg.Delete(ctx, name) }()
-	n := queue.NewNative(rdb, "")
-	now, err := n.Now(ctx)
+	shards, cfgs, drop, err := benchQueues(ctx, rdb, "bench-precision", o.Shards, 1000)
 	if err != nil {
 		return PrecisionResult{}, err
 	}
-	t0 := now.Add(o.Lead)
-	// Message i unlocks at t0 + i/Rate; shards take every o.Shards-th one,
-	// so the whole stream keeps the rate.
-	step := time.Second / time.Duration(o.Rate)
-	per := o.Locked / o.Shards
-	for p := 0; p < o.Shards; p++ {
-		first := t0.Add(time.Duration(p) * step)
-		err := queue.NewInspector(rdb, "").SeedLocked(ctx, queue.Shard{Queue: name, Partition: p}, "m", 0, per, first.UnixMilli(),
-			step*time.Duration(o.Shards), []byte("x"))
-		if err != nil {
-			return PrecisionResult{}, err
-		}
+	defer drop()
+	seedStart := time.Now()
+	now, err := redisNow(ctx, rdb)
+	if err != nil {
+		return PrecisionResult{}, err
 	}
-	total := per * o.Shards
-	if seeded, _ := n.Now(ctx); !seeded.Before(t0.Add(-time.Second)) {
-		return PrecisionResult{}, fmt.Errorf("seeding took longer than the lead of %s; raise it", o.Lead)
+	stream, err := newLockStream(ctx, rdb, shards, o.Locked, o.Rate, now.Add(o.Lead))
+	if err != nil {
+		return PrecisionResult{}, err
 	}
+	if _, err := stream.rotate(ctx, o.Lead); err != nil {
+		return PrecisionResult{}, err
+	}
+	seeded := time.Since(seedStart)
+	total := stream.count()
 
 	rec := &lagRecorder{lags: make([]time.Duration, 0, total)}
-	k := tasks.New(n, tasks.Config{Recorder: rec})
+	kcfg := o.Keeper
+	kcfg.Recorder = rec
+	layout := &tripCounter{Layout: queue.NewNative(rdb, "")}
+	cpu0 := cpuTime()
+	redis0, err := redisCPU(ctx, rdb)
+	if err != nil {
+		return PrecisionResult{}, err
+	}
+	k := tasks.New(layout, kcfg)
 	if err := k.Start(ctx); err != nil {
 		return PrecisionResult{}, err
 	}
 	defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
-	k.SetConfig(name, queue.Config{Partitions: o.Shards}.WithDefaults())
-	shards := make([]queue.Shard, o.Shards)
-	for p := range shards {
-		shards[p] = queue.Shard{Queue: name, Partition: p}
-	}
+	k.SetConfigs(cfgs)
 	k.Own(shards, 1)
-	wait := o.Lead + time.Duration(total)*step + time.Minute
+	wait := o.Lead + time.Duration(total)*time.Second/time.Duration(o.Rate) + time.Minute
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	if _, err := poll.Until(wctx, 100*time.Millisecond, poll.Holds(func() bool { return rec.count() >= total })); err != nil {
 		return PrecisionResult{}, fmt.Errorf("%d of %d unlocked: %w", rec.count(), total, err)
 	}
-	lags := rec.sorted()
-	pct := func(q float64) float64 {
-		return round(float64(lags[int(q*float64(len(lags)-1))])/float64(time.Millisecond), 3)
+	cpu1 := cpuTime()
+	redis1, err := redisCPU(ctx, rdb)
+	if err != nil {
+		return PrecisionResult{}, err
 	}
+	lags := rec.sorted()
 	return PrecisionResult{Scenario: "precision", Locked: total, Rate: o.Rate, Shards: o.Shards,
-		LagP50: pct(0.50), LagP99: pct(0.99), LagMax: pct(1)}, nil
+		LagP50: pctMs(lags, 0.50), LagP99: pctMs(lags, 0.99), LagMax: pctMs(lags, 1),
+		SeedS: round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
+		KeeperCPUS: round((cpu1 - cpu0).Seconds(), 2), RedisCPUS: round(redis1-redis0, 2)}, nil
+}
+
+// tripCounter counts the round trips (Passes calls) and passes a keeper
+// sends through it.
+type tripCounter struct {
+	queue.Layout
+	trips, passes atomic.Int64
+}
+
+func (c *tripCounter) Passes(ctx context.Context, reqs []queue.PassRequest) []queue.PassOutcome {
+	c.trips.Add(1)
+	c.passes.Add(int64(len(reqs)))
+	return c.Layout.Passes(ctx, reqs)
+}
+
+// pctMs is the q-quantile of sorted lags, in ms.
+func pctMs(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return round(float64(sorted[int(q*float64(len(sorted)-1))])/float64(time.Millisecond), 3)
 }
 
 // lagRecorder keeps every unlock lag; the rest of tasks.Recorder is unused.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/shard"
 )
 
@@ -62,6 +63,7 @@ func Ring(ctx context.Context, o RingOptions) (RingResult, error) {
 	}
 	parts := make([]ringWorst, len(families))
 	errs := make([]error, len(families))
+	progress.From(ctx).Phase("ring: member counts", int64(len(families)*(o.MaxMembers-1)), "rings")
 	var wg sync.WaitGroup
 	for i, name := range families {
 		wg.Add(1)
@@ -132,6 +134,7 @@ func ringSweep(ctx context.Context, o RingOptions, name func(int, *rand.Rand) st
 		if err := ctx.Err(); err != nil {
 			return w, fmt.Errorf("ring scenario at %d members: %w", n, err)
 		}
+		progress.From(ctx).Add(1)
 		maxLoad := 0
 		for _, l := range r.Loads() {
 			maxLoad = max(maxLoad, l)

@@ -43,6 +43,10 @@ var renderCases = []renderCase{
 		kind: "Deployment", secretFiles: 8},
 	{name: "daemonset-tls", args: []string{"--set", "mode=daemonset", "-f", chartDir + "/examples/values-tls.yaml"},
 		kind: "DaemonSet", secretFiles: 8},
+	{name: "sentinel", args: []string{"-f", chartDir + "/examples/values-sentinel.yaml"}, manifest: "keeper-deployment-sentinel.yaml",
+		kind: "Deployment", secretFiles: 2},
+	{name: "sentinel-tls", args: []string{"--set", "mode=daemonset", "-f", chartDir + "/examples/values-tls.yaml",
+		"-f", chartDir + "/examples/values-sentinel.yaml"}, kind: "DaemonSet", secretFiles: 9},
 	{name: "sidecar-layout", args: []string{"--set", "mode=sidecar", "--set", "redis.layout=deckard",
 		"--set", "redis.password.secretName=rpw"}, kind: "Deployment", secretFiles: 1},
 }
@@ -55,6 +59,7 @@ func TestHelmChart(t *testing.T) {
 	helm := tool(t, "HELM_BIN", "helm")
 	run(t, helm, "lint", "--strict", chartDir)
 	run(t, helm, "lint", "--strict", chartDir, "-f", chartDir+"/examples/values-tls.yaml")
+	run(t, helm, "lint", "--strict", chartDir, "-f", chartDir+"/examples/values-sentinel.yaml")
 	budget := shutdownBudget(t)
 	for _, c := range renderCases {
 		t.Run(c.name, func(t *testing.T) {
@@ -91,6 +96,12 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{[]string{"--set", "etcd.tls.enabled=true"}, "etcd.tls.secretName"},
 		{[]string{"--set", "mode=sidecar", "--set", "sidecar.containers=null"}, "sidecar.containers"},
 		{[]string{"--set", "etcd.sessionTTL=3"}, "sessionTTL"},
+		{[]string{"--set", "redis.sentinel.master=queues", "--set", "redis.sentinel.addrs={s:26379}"}, "exclusive"},
+		{[]string{"--set", "redis.addr=", "--set", "redis.sentinel.master=queues"}, "redis.sentinel.addrs"},
+		{[]string{"--set", "redis.addr=", "--set", "redis.sentinel.master=queues", "--set", "redis.sentinel.addrs={sentinel}"}, "addrs"},
+		{[]string{"--set", "redis.sentinel.mastr=queues"}, "mastr"},
+		{[]string{"--set", "redis.sentinel.addrs={s:26379}"}, "redis.sentinel.master"},
+		{[]string{"--set", "redis.sentinel.password.secretName=spw"}, "redis.sentinel.master"},
 	} {
 		out, err := runErr(helm, append([]string{"template", "keeper", chartDir}, c.args...)...)
 		if err == nil {
@@ -309,11 +320,16 @@ func checkContract(t *testing.T, c renderCase, r rendered, budget time.Duration)
 			t.Errorf("argv carries a secret: %q", a)
 		}
 	}
-	// Every *_file keeper reads is in a mounted Secret that has that key.
+	// Every *_file keeper reads (redis.sentinel's too) is in a mounted
+	// Secret that has that key.
 	files := 0
-	for _, section := range []string{"etcd", "redis"} {
-		m, _ := cfg[section].(map[string]any)
+	var walk func(section string, m map[string]any)
+	walk = func(section string, m map[string]any) {
 		for k, v := range m {
+			if sub, ok := v.(map[string]any); ok {
+				walk(section+"."+k, sub)
+				continue
+			}
 			if !strings.HasSuffix(k, "_file") {
 				continue
 			}
@@ -332,6 +348,15 @@ func checkContract(t *testing.T, c renderCase, r rendered, budget time.Duration)
 				t.Errorf("%s.%s %s: Secret %s mounts no %s", section, k, file, vol.Secret.SecretName, path.Base(file))
 			}
 		}
+	}
+	for _, section := range []string{"etcd", "redis"} {
+		m, _ := cfg[section].(map[string]any)
+		walk(section, m)
+	}
+	// redis.addr or redis.sentinel, never both.
+	if redis, _ := cfg["redis"].(map[string]any); (redis["addr"] != nil) == (redis["sentinel"] != nil) ||
+		strings.Contains(c.name, "sentinel") != (redis["sentinel"] != nil) {
+		t.Errorf("redis.addr %v, redis.sentinel %v", redis["addr"], redis["sentinel"])
 	}
 	if files != c.secretFiles {
 		t.Errorf("keeper.yaml has %d *_file settings, want %d:\n%s", files, c.secretFiles, cfgText)

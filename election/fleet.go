@@ -47,7 +47,8 @@ type view struct {
 	catalog     []queue.Shard
 	unitShards  []int // catalog shards per unit
 	queueShards map[string]int
-	ownedShards int // catalog shards whose unit has an owner key
+	queueCover  map[string]uint64 // sum of each queue's shard fingerprints
+	ownedShards int               // catalog shards whose unit has an owner key
 
 	st        statsValue
 	statsMod  int64 // ModRevision of stats/rebalances, 0 while absent
@@ -218,9 +219,11 @@ func (v *view) setCatalog(shards []queue.Shard) {
 	v.catalog = slices.Clone(shards)
 	v.unitShards = make([]int, v.units)
 	v.queueShards = map[string]int{}
+	v.queueCover = map[string]uint64{}
 	for _, sh := range shards {
 		v.unitShards[shard.UnitOf(sh, v.units)]++
 		v.queueShards[sh.Queue]++
+		v.queueCover[sh.Queue] += shardFingerprint(sh.String())
 	}
 	v.ownedShards = 0
 	for u := range v.owners {

@@ -36,6 +36,29 @@ type QueueSummary struct {
 	Inflight int64 `json:"i,omitempty"`
 	Locked   int64 `json:"l,omitempty"`
 	Dead     int64 `json:"d,omitempty"`
+	// Cover is the sum of the shards' fingerprints (shardFingerprint): the
+	// aggregator tells from it which shards the summaries count, without
+	// their names, and leaves out a total that counts a shard twice or not
+	// at all (one in transit between owners). 0 in summaries of keepers
+	// from before it existed.
+	Cover uint64 `json:"c,omitempty"`
+}
+
+// shardFingerprint is a 64-bit hash of a shard's name (FNV-1a, then
+// splitmix64's finalizer to spread it). The sum of the fingerprints of a
+// set of shards identifies the set: another set with the same count and
+// sum is a 2^-64 accident.
+func shardFingerprint(name string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
 }
 
 // Summarize builds a Summary from the shard snapshots a keeper already keeps
@@ -53,6 +76,7 @@ func Summarize(member string, src otel.ShardSource) Summary {
 		q.Inflight += sh.Inflight
 		q.Locked += sh.Locked
 		q.Dead += sh.Dead
+		q.Cover += shardFingerprint(sh.Shard)
 		s.Queues[sh.Queue] = q
 		s.OwnedShards++
 	})

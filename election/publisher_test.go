@@ -84,8 +84,8 @@ func TestSummarize(t *testing.T) {
 		{Queue: "b", Shard: "b#0", Ready: 5},
 	})
 	want := Summary{Member: "k1", OwnedShards: 3, Queues: map[string]QueueSummary{
-		"a": {Shards: 2, Ready: 11, Inflight: 22, Locked: 33, Dead: 44},
-		"b": {Shards: 1, Ready: 5},
+		"a": {Shards: 2, Ready: 11, Inflight: 22, Locked: 33, Dead: 44, Cover: shardFingerprint("a#0") + shardFingerprint("a#1")},
+		"b": {Shards: 1, Ready: 5, Cover: shardFingerprint("b#0")},
 	}}
 	got, _ := json.Marshal(s)
 	exp, _ := json.Marshal(want)

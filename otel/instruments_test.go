@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
@@ -179,24 +181,58 @@ func histogramOf(t *testing.T, r sdkmetric.Reader, metric string) metricdata.His
 	return metricdata.Histogram[float64]{}
 }
 
-// providerMeterForTest wires a ManualReader the way Start wires its readers,
-// so the owned-shard lag histogram is exercised without an exporter.
-func providerMeterForTest() (*sdkmetric.ManualReader, *providerMeter) {
-	ps := &producerSet{}
-	r := sdkmetric.NewManualReader(sdkmetric.WithProducer(ps))
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
-	return r, &providerMeter{Meter: mp.Meter("test"), name: "test", producers: ps}
+// fleetReader collects the fleet series of shards and global the way
+// PublishFleet hangs them on the provider's fleet reader.
+func fleetReader(shards ShardSource, global GlobalSource) *sdkmetric.ManualReader {
+	r := sdkmetric.NewManualReader(sdkmetric.WithProducer(
+		&fleetProducer{scope: instrumentation.Scope{Name: ScopeName}, shards: shards, global: global}))
+	sdkmetric.NewMeterProvider(sdkmetric.WithReader(r))
+	return r
+}
+
+// selfReader is a meter on a ManualReader, for a keeper's own instruments.
+func selfReader() (*sdkmetric.ManualReader, metric.Meter) {
+	r := sdkmetric.NewManualReader()
+	return r, sdkmetric.NewMeterProvider(sdkmetric.WithReader(r)).Meter(ScopeName)
+}
+
+// startTimes lists the distinct start times of every cumulative point.
+func startTimes(t *testing.T, r sdkmetric.Reader) map[time.Time]bool {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[time.Time]bool{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, dp := range d.DataPoints {
+					out[dp.StartTime] = true
+				}
+			case metricdata.Histogram[float64]:
+				for _, dp := range d.DataPoints {
+					out[dp.StartTime] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+func withLag(s ShardSnapshot, counts map[int]int64, sumUs int64) ShardSnapshot {
+	for i, n := range counts {
+		s.Lag.Counts[i] = n
+	}
+	s.Lag.SumUs = sumUs
+	return s
 }
 
 func TestShardThatLeavesDisappearsAtNextCollection(t *testing.T) {
-	r, m := providerMeterForTest()
-	src := newShards(snapshot("q1", "q1#0", 0), snapshot("q1", "q1#1", 100))
-	inst, err := RegisterInstruments(m, src, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inst.RecordUnlockLag(context.Background(), "q1", "q1#0", 3*time.Millisecond)
-	inst.RecordUnlockLag(context.Background(), "q1", "q1#1", 3*time.Millisecond)
+	src := newShards(withLag(snapshot("q1", "q1#0", 0), map[int]int64{1: 1}, 900),
+		withLag(snapshot("q1", "q1#1", 100), map[int]int64{3: 2}, 7000))
+	r := fleetReader(src, nil)
 
 	ps := collectPoints(t, r)
 	msgs := pointsOf(ps, MetricQueueMessages)
@@ -221,8 +257,9 @@ func TestShardThatLeavesDisappearsAtNextCollection(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, v)
 		}
 	}
-	if n := len(pointsOf(ps, MetricUnlockLag)); n != 2 {
-		t.Errorf("unlock lag series: %d, want 2", n)
+	if got := pointsOf(ps, MetricUnlockLag); fmt.Sprint(got) != fmt.Sprint(map[string]float64{
+		"queue=q1,shard=q1#0": 1, "queue=q1,shard=q1#1": 2}) {
+		t.Errorf("unlock lag counts %v", got)
 	}
 
 	src.drop("q1#1")
@@ -240,35 +277,47 @@ func TestShardThatLeavesDisappearsAtNextCollection(t *testing.T) {
 	}
 }
 
-func TestCumulativeCounterContinuesOnNewOwner(t *testing.T) {
-	ra, ma := providerMeterForTest()
-	rb, mb := providerMeterForTest()
-	a := newShards(ShardSnapshot{Queue: "q", Shard: "q#0", Counters: queue.Counters{Unlocked: 100}})
+// A new owner continues the old one's series: the same attributes, the
+// counters and the histogram where Redis has them, and the same (unknown)
+// start time, so nothing reads the change of writer as a reset.
+func TestFleetSeriesContinueOnNewOwner(t *testing.T) {
+	a := newShards(withLag(ShardSnapshot{Queue: "q", Shard: "q#0", Counters: queue.Counters{Unlocked: 100}},
+		map[int]int64{2: 100}, 150_000))
 	b := newShards()
-	if _, err := RegisterInstruments(ma, a, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := RegisterInstruments(mb, b, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	ra, rb := fleetReader(a, nil), fleetReader(b, nil)
 	if got := pointsOf(collectPoints(t, ra), MetricQueueUnlocked)["queue=q,shard=q#0"]; got != 100 {
 		t.Fatalf("A reports %v, want 100", got)
 	}
+	startA := startTimes(t, ra)
 	a.drop("q#0")
-	b.put(ShardSnapshot{Queue: "q", Shard: "q#0", Counters: queue.Counters{Unlocked: 130}})
-	if got := pointsOf(collectPoints(t, ra), MetricQueueUnlocked); len(got) != 0 {
+	b.put(withLag(ShardSnapshot{Queue: "q", Shard: "q#0", Counters: queue.Counters{Unlocked: 130}},
+		map[int]int64{2: 110, 5: 20}, 400_000))
+	if got := collectPoints(t, ra); len(got) != 0 {
 		t.Fatalf("A still reports after the move: %v", got)
 	}
 	if got := pointsOf(collectPoints(t, rb), MetricQueueUnlocked)["queue=q,shard=q#0"]; got != 130 {
 		t.Fatalf("B reports %v, want 130", got)
 	}
+	h := histogramOf(t, rb, MetricUnlockLag)
+	if len(h.DataPoints) != 1 || h.DataPoints[0].Count != 130 || h.DataPoints[0].Sum != 0.4 {
+		t.Fatalf("B's histogram %+v, want 130 lags summing to 0.4s", h.DataPoints)
+	}
+	startB := startTimes(t, rb)
+	if len(startA) != 1 || fmt.Sprint(startA) != fmt.Sprint(startB) || !startA[time.Unix(0, 0)] {
+		t.Fatalf("start times: A %v, B %v; want both the unknown start, Unix 0", startA, startB)
+	}
 }
 
 func TestGlobalOnlyWhileLeader(t *testing.T) {
-	r, m := providerMeterForTest()
 	g := &global{}
 	src := newShards(snapshot("q1", "q1#0", 0))
-	if _, err := RegisterInstruments(m, src, g, self{src, g}); err != nil {
+	r := fleetReader(src, g)
+	sr, m := selfReader()
+	inst, err := NewInstruments(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Observe(self{src, g}); err != nil {
 		t.Fatal(err)
 	}
 	clusterMetrics := []string{MetricClusterMembers, MetricClusterShards, MetricClusterUnowned,
@@ -281,18 +330,18 @@ func TestGlobalOnlyWhileLeader(t *testing.T) {
 			}
 		}
 	}
-	ps := collectPoints(t, r)
-	noGlobal(ps)
-	if got := pointsOf(ps, MetricMemberLeader)[""]; got != 0 {
+	noGlobal(collectPoints(t, r))
+	own := collectPoints(t, sr)
+	if got := pointsOf(own, MetricMemberLeader)[""]; got != 0 {
 		t.Errorf("leader gauge %v, want 0", got)
 	}
-	if got := pointsOf(ps, MetricMemberOwnedShards)[""]; got != 1 {
+	if got := pointsOf(own, MetricMemberOwnedShards)[""]; got != 1 {
 		t.Errorf("owned shards %v, want 1", got)
 	}
 
 	g.set(true, GlobalSnapshot{Members: 3, Shards: 8, UnownedShards: 1, Rebalances: 5,
-		Queues: []QueueTotals{{Queue: "q1", Shards: 8, Ready: 10, Inflight: 2, Locked: 3, Dead: 1}}})
-	ps = collectPoints(t, r)
+		Queues: []QueueTotals{{Queue: "q1", Shards: 8, Ready: 10, Inflight: 2, Locked: 3, Dead: 1, Complete: true}}})
+	ps := collectPoints(t, r)
 	for name, want := range map[string]map[string]float64{
 		MetricClusterMembers:       {"": 3},
 		MetricClusterShards:        {"": 8},
@@ -300,91 +349,50 @@ func TestGlobalOnlyWhileLeader(t *testing.T) {
 		MetricClusterRebalances:    {"": 5},
 		MetricClusterQueueShards:   {"queue=q1": 8},
 		MetricClusterQueueMessages: {"queue=q1,state=ready": 10, "queue=q1,state=inflight": 2, "queue=q1,state=locked": 3, "queue=q1,state=dead": 1},
-		MetricMemberLeader:         {"": 1},
 	} {
 		if got := pointsOf(ps, name); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("%s: got %v, want %v", name, got, want)
 		}
+	}
+	if got := pointsOf(collectPoints(t, sr), MetricMemberLeader)[""]; got != 1 {
+		t.Errorf("leader gauge %v, want 1", got)
 	}
 
 	g.set(false, GlobalSnapshot{})
 	noGlobal(collectPoints(t, r))
 }
 
-func TestUnlockLagBucketsAndRestart(t *testing.T) {
-	r, m := providerMeterForTest()
-	src := newShards(snapshot("q", "q#0", 0))
-	inst, err := RegisterInstruments(m, src, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, d := range []time.Duration{700 * time.Microsecond, time.Millisecond, 40 * time.Millisecond, -time.Millisecond, time.Minute} {
-		inst.RecordUnlockLag(ctx, "q", "q#0", d)
-	}
-	h := histogramOf(t, r, MetricUnlockLag)
+// The per-shard histogram is the one Redis keeps (queue.LagHistogram),
+// exported as is: its buckets, count and sum; a shard that never unlocked
+// anything has none.
+func TestUnlockLagFromRedisHistogram(t *testing.T) {
+	src := newShards(withLag(snapshot("q", "q#0", 0), map[int]int64{0: 1, 1: 2, 6: 1, len(queue.LagBoundsUs): 1}, 60_042_400),
+		snapshot("q", "q#1", 0))
+	h := histogramOf(t, fleetReader(src, nil), MetricUnlockLag)
 	if h.Temporality != metricdata.CumulativeTemporality || len(h.DataPoints) != 1 {
-		t.Fatalf("histogram %+v", h)
+		t.Fatalf("histogram %+v, want one point (q#1 has no lags)", h)
 	}
 	dp := h.DataPoints[0]
 	want := make([]uint64, len(LagBuckets)+1)
-	want[0] = 1               // -1ms clamps to 0
-	want[1] = 2               // 0.7ms and 1ms (upper bound inclusive)
-	want[6] = 1               // 40ms in (25ms, 50ms]
-	want[len(LagBuckets)] = 1 // a minute overflows
-	if fmt.Sprint(dp.BucketCounts) != fmt.Sprint(want) || dp.Count != 5 {
-		t.Errorf("buckets %v count %d, want %v count 5", dp.BucketCounts, dp.Count, want)
+	want[0], want[1], want[6], want[len(LagBuckets)] = 1, 2, 1, 1
+	if fmt.Sprint(dp.BucketCounts) != fmt.Sprint(want) || dp.Count != 5 || dp.Sum != 60.0424 {
+		t.Errorf("buckets %v count %d sum %v, want %v count 5 sum 60.0424", dp.BucketCounts, dp.Count, dp.Sum, want)
 	}
-	if mx, _ := dp.Max.Value(); mx != 60 {
-		t.Errorf("max %v, want 60", mx)
+	if fmt.Sprint(dp.Bounds) != fmt.Sprint([]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}) {
+		t.Errorf("bounds %v", dp.Bounds)
 	}
-	if mn, _ := dp.Min.Value(); mn != 0 {
-		t.Errorf("min %v, want 0", mn)
-	}
-	start := dp.StartTime
-
-	// The shard leaves and comes back: the histogram restarts rather than
-	// resuming the old series.
-	src.drop("q#0")
-	if h := histogramOf(t, r, MetricUnlockLag); len(h.DataPoints) != 0 {
-		t.Fatalf("left shard still has lag points: %+v", h.DataPoints)
-	}
-	src.put(snapshot("q", "q#0", 0))
-	inst.RecordUnlockLag(ctx, "q", "q#0", time.Millisecond)
-	dp = histogramOf(t, r, MetricUnlockLag).DataPoints[0]
-	if dp.Count != 1 || dp.StartTime.Before(start) {
-		t.Errorf("after return: count %d start %v (old start %v), want a fresh series", dp.Count, dp.StartTime, start)
-	}
-
-	inst.Unregister()
-	if h := histogramOf(t, r, MetricUnlockLag); len(h.DataPoints) != 0 {
-		t.Errorf("unregistered instruments still produce lag: %+v", h.DataPoints)
-	}
-	if got := pointsOf(collectPoints(t, r), MetricQueueMessages); len(got) != 0 {
-		t.Errorf("unregistered instruments still observe shards: %v", got)
+	if _, ok := dp.Min.Value(); ok {
+		t.Error("min set: Redis keeps no minimum")
 	}
 }
 
-// With a meter that is not a Provider's, unlock lag falls back to the SDK's
-// histogram with the same boundaries.
-func TestUnlockLagOnForeignMeter(t *testing.T) {
-	r := sdkmetric.NewManualReader()
-	m := sdkmetric.NewMeterProvider(sdkmetric.WithReader(r)).Meter("foreign")
-	inst, err := RegisterInstruments(m, newShards(snapshot("q", "q#0", 0)), nil, nil)
+func TestRecordPassErrorRefusalAndLag(t *testing.T) {
+	r, m := selfReader()
+	inst, err := NewInstruments(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	inst.RecordUnlockLag(context.Background(), "q", "q#0", 2*time.Millisecond)
-	h := histogramOf(t, r, MetricUnlockLag)
-	if len(h.DataPoints) != 1 || fmt.Sprint(h.DataPoints[0].Bounds) != fmt.Sprint(LagBuckets) {
-		t.Fatalf("histogram %+v", h)
-	}
-}
-
-func TestRecordPassErrorAndRefusal(t *testing.T) {
-	r, m := providerMeterForTest()
-	inst, err := RegisterInstruments(m, nil, nil, nil)
-	if err != nil {
+	if err := inst.Observe(nil); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -395,6 +403,9 @@ func TestRecordPassErrorAndRefusal(t *testing.T) {
 	inst.RecordError(ctx, "etcd")
 	inst.RecordFenceRefusal(ctx, "q", "q#3")
 	inst.RecordFenceRefusal(ctx, "q", "q#3")
+	for _, d := range []time.Duration{700 * time.Microsecond, -time.Millisecond, time.Minute} {
+		inst.RecordUnlockLag(ctx, "q", "q#0", d)
+	}
 
 	ps := collectPoints(t, r)
 	if got := pointsOf(ps, MetricTaskPassDuration); fmt.Sprint(got) != fmt.Sprint(map[string]float64{
@@ -412,6 +423,15 @@ func TestRecordPassErrorAndRefusal(t *testing.T) {
 	if got := pointsOf(ps, MetricFenceRefusals)["queue=q,shard=q#3"]; got != 2 {
 		t.Errorf("fence refusals %v, want 2", got)
 	}
+	// The keeper's own lag histogram has no queue or shard: those series
+	// are the fleet's.
+	h := histogramOf(t, r, MetricMemberUnlockLag)
+	if len(h.DataPoints) != 1 || h.DataPoints[0].Attributes.Len() != 0 || h.DataPoints[0].Count != 3 {
+		t.Fatalf("member unlock lag %+v", h.DataPoints)
+	}
+	if b := h.DataPoints[0].BucketCounts; b[0] != 1 || b[1] != 1 || b[len(LagBuckets)] != 1 {
+		t.Errorf("member unlock lag buckets %v (-1ms counts as 0, a minute above every bound)", b)
+	}
 }
 
 func TestNilAndNoopInstruments(t *testing.T) {
@@ -423,107 +443,13 @@ func TestNilAndNoopInstruments(t *testing.T) {
 	inst.RecordFenceRefusal(ctx, "q", "q#0")
 	inst.Unregister()
 
-	inst, err := RegisterInstruments(noop.NewMeterProvider().Meter("x"), newShards(), &global{}, nil)
+	inst, err := NewInstruments(noop.NewMeterProvider().Meter("x"))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.Observe(self{newShards(), &global{}}); err != nil {
 		t.Fatal(err)
 	}
 	inst.RecordUnlockLag(ctx, "q", "q#0", time.Millisecond)
 	inst.RecordPass(ctx, "t", time.Millisecond, errors.New("x"))
-}
-
-// ownedShards is a ShardSource whose owned set is wider than its measured
-// one, as a keeper's is right after it takes shards over.
-type ownedShards struct {
-	*shards
-	mu    sync.Mutex
-	owned map[string]string // shard -> queue
-}
-
-func (o *ownedShards) own(queue, shard string) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.owned[shard] = queue
-}
-
-func (o *ownedShards) disown(shard string) {
-	o.mu.Lock()
-	delete(o.owned, shard)
-	o.mu.Unlock()
-	o.drop(shard)
-}
-
-func (o *ownedShards) EachOwned(f func(queue, shard string)) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for sh, q := range o.owned {
-		f(q, sh)
-	}
-}
-
-// The unlock lags of a shard just taken over, recorded before its first
-// measurement, are exported and kept across collections while it is owned
-// (they used to be dropped at the next collection, because only measured
-// shards counted as owned), and go when it leaves.
-func TestUnlockLagOfShardOwnedButNotMeasuredYet(t *testing.T) {
-	r, m := providerMeterForTest()
-	src := &ownedShards{shards: newShards(snapshot("q", "q#0", 0)), owned: map[string]string{"q#0": "q"}}
-	inst, err := RegisterInstruments(m, src, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	src.own("q", "q#1") // taken over; not measured yet
-	for i := 0; i < 3; i++ {
-		inst.RecordUnlockLag(ctx, "q", "q#1", 2*time.Second)
-	}
-	lagCount := func() map[string]float64 { return pointsOf(collectPoints(t, r), MetricUnlockLag) }
-	for round := 0; round < 2; round++ {
-		if got := lagCount()["queue=q,shard=q#1"]; got != 3 {
-			t.Fatalf("collection %d: takeover lags of the unmeasured shard: count %v, want 3", round, got)
-		}
-	}
-	if got := pointsOf(collectPoints(t, r), MetricQueueMessages)["queue=q,shard=q#1,state=ready"]; got != 0 {
-		t.Fatalf("an unmeasured shard must have no gauges; ready = %v", got)
-	}
-	src.put(snapshot("q", "q#1", 0)) // first measurement
-	inst.RecordUnlockLag(ctx, "q", "q#1", time.Millisecond)
-	if got := lagCount()["queue=q,shard=q#1"]; got != 4 {
-		t.Fatalf("after the first measurement: count %v, want 4 (the series continues)", got)
-	}
-	src.disown("q#1")
-	if got, ok := lagCount()["queue=q,shard=q#1"]; ok {
-		t.Fatalf("lags of a shard that left still reported: count %v", got)
-	}
-}
-
-// A shard with two lock pools (Deckard's) reports locked messages and
-// unlocks by pool, lock=ack and lock=nack, and no series without the
-// attribute; a native shard beside it keeps its single series.
-func TestSplitLocks(t *testing.T) {
-	r, m := providerMeterForTest()
-	dk := snapshot("dk", "dk#0", 0)
-	dk.SplitLocks, dk.LockedAck, dk.LockedNack = true, 1, 2
-	dk.UnlockedAck, dk.UnlockedNack = 5, 7
-	src := newShards(dk, snapshot("n", "n#0", 0))
-	if _, err := RegisterInstruments(m, src, nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	ps := collectPoints(t, r)
-	msgs := pointsOf(ps, MetricQueueMessages)
-	for attrs, want := range map[string]float64{
-		"lock=ack,queue=dk,shard=dk#0,state=locked": 1, "lock=nack,queue=dk,shard=dk#0,state=locked": 2,
-		"queue=dk,shard=dk#0,state=ready": 1, "queue=n,shard=n#0,state=locked": 3,
-	} {
-		if got, ok := msgs[attrs]; !ok || got != want {
-			t.Errorf("messages{%s} = %v (present %v), want %v", attrs, got, ok, want)
-		}
-	}
-	if _, ok := msgs["queue=dk,shard=dk#0,state=locked"]; ok {
-		t.Error("a split shard also reports locked without lock")
-	}
-	unlocked := pointsOf(ps, MetricQueueUnlocked)
-	want := map[string]float64{"lock=ack,queue=dk,shard=dk#0": 5, "lock=nack,queue=dk,shard=dk#0": 7, "queue=n,shard=n#0": 12}
-	if fmt.Sprint(unlocked) != fmt.Sprint(want) {
-		t.Fatalf("unlocked:\n got %v\nwant %v", unlocked, want)
-	}
 }

@@ -1,15 +1,39 @@
 // Package otel owns keeper's metrics: the meter provider that exports them
-// over OTLP (and, optionally, serves them for a Prometheus scrape), and the
-// instruments the housekeeping tasks and the aggregator report through (see
-// instruments.go).
+// over OTLP (and, optionally, serves them for a Prometheus scrape), the
+// instruments of the keeper itself (instruments.go), and the series of the
+// fleet, per shard and global (fleet.go).
 //
-// Every series leaves with the resource attributes service.name (default
-// "keeper") and service.instance.id (the member id), which the collector's
-// Prometheus exporter turns into the job and instance labels. The standard
-// OTEL_* environment variables work: OTEL_EXPORTER_OTLP_* (endpoint,
-// headers, TLS/insecure, timeout, compression) are read by the OTLP exporter
-// itself, OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME by the resource, and
-// OTEL_METRIC_EXPORT_INTERVAL when Config.ExportInterval is zero.
+// Two kinds of series leave keeper, under two resources:
+//
+//   - A keeper's own series (keeper.member.*, keeper.task.*, errors, fence
+//     refusals) describe that keeper. They carry service.name (default
+//     "keeper") and service.instance.id (the member id), which the
+//     collector's Prometheus exporter turns into the job and instance
+//     labels, plus whatever OTEL_RESOURCE_ATTRIBUTES adds (the pod, the
+//     node).
+//   - The fleet's series (per shard: keeper.queue.*, keeper.unlock.lag; global:
+//     keeper.cluster.*) describe Redis and etcd, not the keeper that happens
+//     to write them. They carry service.name and service.namespace and the
+//     fleet-wide attributes of FleetResourceKeys, never anything that names a
+//     keeper (no instance id, no pod, not even the SDK version, which differs
+//     between keepers during an upgrade), so when a shard moves, its new owner
+//     continues the very same series, and so does a new aggregator.
+//
+// Each kind has its own SDK meter provider and OTLP exporter (the resource
+// belongs to the provider). The fleet series are not SDK instruments but a
+// producer that reads the owned shards and the aggregator's snapshot at
+// each collection, so a shard the keeper let go is not exported again from
+// that moment, and the start time of every fleet counter is left unknown
+// (0): the counters are read from Redis, whose totals survive every change
+// of owner, and a start time that changed with the writer would make a
+// consumer that honours start times (Prometheus's created-timestamp
+// ingestion, its OTLP receiver) invent a reset.
+//
+// The standard OTEL_* environment variables work: OTEL_EXPORTER_OTLP_*
+// (endpoint, headers, TLS/insecure, timeout, compression) are read by the
+// OTLP exporters themselves, OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
+// by the resources, and OTEL_METRIC_EXPORT_INTERVAL when
+// Config.ExportInterval is zero.
 //
 // Temporality stays cumulative (the SDK default) because Prometheus, the
 // main consumer, needs cumulative counters and histograms.
@@ -38,6 +62,7 @@ import (
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -60,12 +85,22 @@ const (
 	exportErrorLogEvery = time.Minute
 )
 
+// FleetResourceKeys are the resource attributes the fleet series keep from
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES: the ones that name the
+// fleet (which service, namespace, environment, cluster), the same on every
+// keeper of it. Any other attribute could differ between two keepers, split
+// a shard's series in two when it moves, and stays on the keeper's own
+// series only. Two fleets exporting to one collector must differ in one of
+// these (service.namespace, typically), or their queues' series collide.
+var FleetResourceKeys = []attribute.Key{"service.name", "service.namespace",
+	"deployment.environment.name", "deployment.environment", "k8s.cluster.name", "k8s.namespace.name"}
+
 // Config describes the provider. Zero values take the documented defaults.
 type Config struct {
-	// MemberID becomes service.instance.id, i.e. the `instance` label every
-	// series carries, so two keepers never write the same series. Default:
-	// service.instance.id from OTEL_RESOURCE_ATTRIBUTES, else a random id
-	// (logged), which is only right for one-off processes.
+	// MemberID becomes service.instance.id of the keeper's own series,
+	// i.e. their `instance` label, so two keepers never write the same one.
+	// Default: service.instance.id from OTEL_RESOURCE_ATTRIBUTES, else a
+	// random id (logged), which is only right for one-off processes.
 	MemberID string
 	// ServiceName becomes service.name; default "keeper". OTEL_SERVICE_NAME,
 	// when set, wins, as the OpenTelemetry specification requires.
@@ -77,8 +112,12 @@ type Config struct {
 	// "https://host:port" is TLS, a bare "host:port" keeps the exporter's
 	// default (TLS unless OTEL_EXPORTER_OTLP_INSECURE=true). When everything
 	// is empty the exporter still targets its default, localhost:4317, and
-	// failed exports are only logged.
+	// failed exports are only logged; unless OTLPOnlyIfConfigured.
 	Endpoint string
+	// OTLPOnlyIfConfigured drops the OTLP export when neither Endpoint nor
+	// the environment names an endpoint, instead of sending to
+	// localhost:4317 (see OTLPConfigured).
+	OTLPOnlyIfConfigured bool
 	// ExportInterval is the push period; default OTEL_METRIC_EXPORT_INTERVAL
 	// (milliseconds) when set, else 10s.
 	ExportInterval time.Duration
@@ -100,15 +139,17 @@ type Config struct {
 // the exporters (Meter is usable from then on), and Stop exports what is
 // left and stops them.
 type Provider struct {
-	base      service.Base
-	cfg       Config
-	log       *slog.Logger
-	mp        *sdkmetric.MeterProvider // nil when disabled
-	meters    metric.MeterProvider
-	producers *producerSet
-	exporter  *loggingExporter
-	interval  time.Duration
-	memberID  string
+	base     service.Base
+	cfg      Config
+	log      *slog.Logger
+	mp       *sdkmetric.MeterProvider // the keeper's own series; nil when disabled
+	fleetMP  *sdkmetric.MeterProvider // the fleet's series; nil when disabled
+	meters   metric.MeterProvider
+	fleet    *producerSet
+	exporter *loggingExporter
+	fleetExp *loggingExporter
+	interval time.Duration
+	memberID string
 
 	promSrv  *http.Server
 	promAddr string
@@ -121,7 +162,7 @@ func NewProvider(cfg Config) *Provider {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Provider{cfg: cfg, log: log.With("component", "otel"), producers: &producerSet{}}
+	return &Provider{cfg: cfg, log: log.With("component", "otel"), fleet: &producerSet{}}
 }
 
 // Start builds the exporters and the meter provider. It does not wait for
@@ -156,67 +197,82 @@ func (p *Provider) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	fleetRes, err := fleetResource(ctx, cfg.ServiceName)
+	if err != nil {
+		return err
+	}
 
 	p.interval, err = exportInterval(cfg.ExportInterval)
 	if err != nil {
 		log.Warn("ignoring OTEL_METRIC_EXPORT_INTERVAL", "err", err, "interval", p.interval)
 	}
 
-	opts, target := exporterOptions(cfg.Endpoint)
-	exp, err := otlpmetricgrpc.New(ctx, opts...)
+	// One exporter per provider (an exporter serves one reader); both log
+	// their failures through one rate limit, as they fail together.
+	exp, target, err := newExporter(ctx, cfg)
+	errs := newRateLimitedLog(log, exportErrorLogEvery, target)
 	if err != nil {
-		return fmt.Errorf("otlp metric exporter: %w", err)
+		return err
 	}
-	p.exporter = &loggingExporter{Exporter: exp, errs: newRateLimitedLog(log, exportErrorLogEvery, target)}
+	fleetExp, _, err := newExporter(ctx, cfg)
+	if err != nil {
+		_ = exp.Shutdown(ctx)
+		return err
+	}
+	p.exporter = &loggingExporter{Exporter: exp, errs: errs}
+	// The SDK merges the environment's attributes (the pod, ...) into any
+	// provider's resource; the fleet's exporter puts the fleet resource
+	// back.
+	p.fleetExp = &loggingExporter{Exporter: fleetExp, errs: errs, resource: fleetRes}
+	shutdown := func() {
+		_ = exp.Shutdown(ctx)
+		_ = fleetExp.Shutdown(ctx)
+	}
 	readers := []sdkmetric.Option{
 		sdkmetric.WithResource(res),
-		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(p.exporter,
-			sdkmetric.WithInterval(p.interval),
-			sdkmetric.WithProducer(p.producers))),
+		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(p.exporter, sdkmetric.WithInterval(p.interval))),
 	}
 
 	if cfg.PrometheusAddr != "" {
+		// A scrape of one keeper shows both kinds: Prometheus labels every
+		// series with the target it scraped anyway.
 		reg := prometheus.NewRegistry()
-		promReader, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithProducer(p.producers))
+		promReader, err := otelprom.New(otelprom.WithRegisterer(reg), otelprom.WithProducer(p.fleet))
 		if err != nil {
-			_ = exp.Shutdown(ctx)
+			shutdown()
 			return fmt.Errorf("prometheus exporter: %w", err)
 		}
 		readers = append(readers, sdkmetric.WithReader(promReader))
 		if err := p.servePrometheus(cfg.PrometheusAddr, reg); err != nil {
-			_ = exp.Shutdown(ctx)
+			shutdown()
 			return err
 		}
 	}
 
 	p.mp = sdkmetric.NewMeterProvider(readers...)
+	p.fleetMP = sdkmetric.NewMeterProvider(
+		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(p.fleetExp,
+			sdkmetric.WithInterval(p.interval), sdkmetric.WithProducer(p.fleet))))
 	p.meters = p.mp
 	log.Info("metrics export started", "otlp_endpoint", target, "interval", p.interval,
 		"service.instance.id", memberID, "prometheus", p.promAddr)
 	return nil
 }
 
-// Meter returns a meter of this provider, once started. Pass it to
-// NewInstruments.
-func (p *Provider) Meter(name string) metric.Meter {
-	m := p.meters.Meter(name)
-	if p.mp == nil {
-		return m
-	}
-	return &providerMeter{Meter: m, name: name, producers: p.producers}
+// Meter returns a meter for the keeper's own series, once started. Pass it
+// to NewInstruments.
+func (p *Provider) Meter(name string) metric.Meter { return p.meters.Meter(name) }
+
+// PublishFleet exports the fleet series: per shard from shards (the shards
+// this keeper owns, at each collection), global from global (while this
+// keeper leads). Either may be nil. It may be called once the provider is
+// built; a disabled provider exports nothing.
+func (p *Provider) PublishFleet(shards ShardSource, global GlobalSource) {
+	p.fleet.add(&fleetProducer{scope: instrumentation.Scope{Name: ScopeName}, shards: shards, global: global})
 }
 
-// providerMeter marks a meter as coming from a Provider, so that
-// RegisterInstruments can hang the per-shard unlock-lag histogram on the
-// provider's readers as a producer (see ownedHistograms).
-type providerMeter struct {
-	metric.Meter
-	name      string
-	producers *producerSet
-}
-
-// producerSet is handed to the readers when they are built, before any
-// instrument exists; instruments registered later join it.
+// producerSet is handed to the readers when they are built, before the
+// fleet's sources exist; PublishFleet adds them later.
 type producerSet struct {
 	mu sync.Mutex
 	ps []sdkmetric.Producer
@@ -226,17 +282,6 @@ func (s *producerSet) add(p sdkmetric.Producer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ps = append(s.ps, p)
-}
-
-func (s *producerSet) remove(p sdkmetric.Producer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, q := range s.ps {
-		if q == p {
-			s.ps = append(s.ps[:k], s.ps[k+1:]...)
-			return
-		}
-	}
 }
 
 func (s *producerSet) Produce(ctx context.Context) ([]metricdata.ScopeMetrics, error) {
@@ -255,8 +300,8 @@ func (s *producerSet) Produce(ctx context.Context) ([]metricdata.ScopeMetrics, e
 	return out, errors.Join(errs...)
 }
 
-// MeterProvider is the underlying provider, for libraries that take one
-// (the daemon may also install it with otel.SetMeterProvider).
+// MeterProvider is the provider of the keeper's own series, for libraries
+// that take one (the daemon may also install it with otel.SetMeterProvider).
 func (p *Provider) MeterProvider() metric.MeterProvider { return p.meters }
 
 // ExportInterval is the effective push period (zero when disabled).
@@ -275,12 +320,20 @@ func (p *Provider) ForceFlush(ctx context.Context) error {
 	if p.mp == nil {
 		return nil
 	}
-	p.exporter.lastErr.Store(nil)
-	if err := p.mp.ForceFlush(ctx); err != nil {
-		return fmt.Errorf("flush metrics: %w", err)
+	var errs []error
+	for _, x := range []struct {
+		mp  *sdkmetric.MeterProvider
+		exp *loggingExporter
+	}{{p.mp, p.exporter}, {p.fleetMP, p.fleetExp}} {
+		x.exp.lastErr.Store(nil)
+		if err := x.mp.ForceFlush(ctx); err != nil {
+			errs = append(errs, err)
+		} else if e := x.exp.lastErr.Load(); e != nil {
+			errs = append(errs, *e)
+		}
 	}
-	if e := p.exporter.lastErr.Load(); e != nil {
-		return fmt.Errorf("flush metrics: %w", *e)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("flush metrics: %w", err)
 	}
 	return nil
 }
@@ -290,8 +343,11 @@ func (p *Provider) ForceFlush(ctx context.Context) error {
 func (p *Provider) Stop(ctx context.Context) error {
 	return p.base.Halt(ctx, func(ctx context.Context) error {
 		var errs []error
-		if p.mp != nil {
-			if err := p.mp.Shutdown(ctx); err != nil {
+		for _, mp := range []*sdkmetric.MeterProvider{p.mp, p.fleetMP} {
+			if mp == nil {
+				continue
+			}
+			if err := mp.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("shutdown meter provider: %w", err))
 			}
 		}
@@ -350,6 +406,29 @@ func newResource(ctx context.Context, serviceName, memberID string) (*resource.R
 	return res, nil
 }
 
+// fleetResource is the resource of the fleet series: the service name
+// (default, then OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES as for the
+// keeper's own series) and the other FleetResourceKeys the environment
+// sets; nothing that could tell two keepers apart.
+func fleetResource(ctx context.Context, serviceName string) (*resource.Resource, error) {
+	if serviceName == "" {
+		serviceName = ServiceNameDefault
+	}
+	env, err := resource.New(ctx, resource.WithFromEnv())
+	if err != nil {
+		return nil, fmt.Errorf("metrics resource: %w", err)
+	}
+	attrs := []attribute.KeyValue{attribute.String("service.name", serviceName)}
+	for _, k := range FleetResourceKeys {
+		if v, ok := env.Set().Value(k); ok {
+			attrs = append(attrs, attribute.KeyValue{Key: k, Value: v})
+		}
+	}
+	// NewSchemaless keeps the last of duplicate keys: the environment's
+	// service.name wins over the default.
+	return resource.NewSchemaless(attrs...), nil
+}
+
 func instanceIDFromEnv() string {
 	for _, kv := range strings.Split(os.Getenv("OTEL_RESOURCE_ATTRIBUTES"), ",") {
 		k, v, ok := strings.Cut(kv, "=")
@@ -405,9 +484,14 @@ type loggingExporter struct {
 	sdkmetric.Exporter
 	errs    *rateLimitedLog
 	lastErr atomic.Pointer[error]
+	// resource, when set, replaces the provider's.
+	resource *resource.Resource
 }
 
 func (e *loggingExporter) Export(ctx context.Context, rm *metricdata.ResourceMetrics) error {
+	if e.resource != nil {
+		rm = &metricdata.ResourceMetrics{Resource: e.resource, ScopeMetrics: rm.ScopeMetrics}
+	}
 	if err := e.Exporter.Export(ctx, rm); err != nil {
 		e.lastErr.Store(&err)
 		e.errs.failed(err)

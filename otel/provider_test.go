@@ -75,6 +75,24 @@ func closedPort(t *testing.T) string {
 	return addr
 }
 
+// observe wires a keeper's metrics the way cmd/keeper does: its own
+// instruments on the provider's meter, the fleet series from src and g.
+func observe(t *testing.T, p *Provider, src *shards, g *global) *Instruments {
+	t.Helper()
+	inst, err := NewInstruments(p.Meter(ScopeName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g == nil {
+		g = &global{}
+	}
+	if err := inst.Observe(self{src, g}); err != nil {
+		t.Fatal(err)
+	}
+	p.PublishFleet(src, g)
+	return inst
+}
+
 // startProvider is NewProvider and Start.
 func startProvider(ctx context.Context, cfg Config) (*Provider, error) {
 	p := NewProvider(cfg)
@@ -122,6 +140,36 @@ func TestEndpointFromEnvWins(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://metrics:4317")
 	if _, target := exporterOptions(""); !strings.Contains(target, "metrics:4317") {
 		t.Errorf("signal-specific env must win: %q", target)
+	}
+}
+
+// The fleet resource keeps what names the fleet and drops what names a
+// keeper: the instance id, the pod, the SDK version.
+func TestFleetResourceNamesNoKeeper(t *testing.T) {
+	clearOTelEnv(t)
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=shared,k8s.pod.name=pod-1,service.namespace=eu,"+
+		"deployment.environment.name=prod,k8s.namespace.name=queues,host.name=node-3")
+	t.Setenv("OTEL_SERVICE_NAME", "keeper-eu")
+	res, err := fleetResource(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, kv := range res.Attributes() {
+		got[string(kv.Key)] = kv.Value.String()
+	}
+	want := map[string]string{"service.name": "keeper-eu", "service.namespace": "eu",
+		"deployment.environment.name": "prod", "k8s.namespace.name": "queues"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("fleet resource %v, want %v", got, want)
+	}
+	clearOTelEnv(t)
+	res, err = fleetResource(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.Attributes(); len(got) != 1 || got[0].Value.AsString() != ServiceNameDefault {
+		t.Errorf("fleet resource without environment: %v", got)
 	}
 }
 
@@ -184,10 +232,7 @@ func TestDisabledIsNoop(t *testing.T) {
 	if _, ok := p.MeterProvider().(noop.MeterProvider); !ok {
 		t.Errorf("disabled provider is %T", p.MeterProvider())
 	}
-	inst, err := RegisterInstruments(p.Meter("x"), newShards(snapshot("q", "q#0", 0)), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	inst := observe(t, p, newShards(snapshot("q", "q#0", 0)), nil)
 	inst.RecordUnlockLag(context.Background(), "q", "q#0", time.Millisecond)
 	if err := p.ForceFlush(context.Background()); err != nil {
 		t.Error(err)
@@ -213,9 +258,7 @@ func TestUnreachableCollectorIsLoggedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	shutdownAtCleanup(t, p)
-	if _, err := RegisterInstruments(p.Meter("t"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	observe(t, p, newShards(snapshot("q", "q#0", 0)), nil)
 	for i := 0; i < 3; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := p.ForceFlush(ctx)
@@ -261,11 +304,8 @@ func TestPrometheusPullEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	shutdownAtCleanup(t, p)
-	src := newShards(snapshot("q", "q#0", 0))
-	inst, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), src, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := newShards(withLag(snapshot("q", "q#0", 0), map[int]int64{3: 1}, 3000))
+	inst := observe(t, p, src, nil)
 	inst.RecordUnlockLag(context.Background(), "q", "q#0", 2*time.Millisecond)
 
 	url := "http://" + p.PrometheusAddr() + "/metrics"
@@ -284,6 +324,9 @@ func TestPrometheusPullEndpoint(t *testing.T) {
 	if m := otelcol.Select(ss, "keeper_unlock_lag_seconds_count", map[string]string{"shard": "q#0"}); len(m) != 1 || m[0].Value != 1 {
 		t.Errorf("keeper_unlock_lag_seconds_count: %v", m)
 	}
+	if m := otelcol.Select(ss, "keeper_member_unlock_lag_seconds_count", nil); len(m) != 1 || m[0].Value != 1 {
+		t.Errorf("keeper_member_unlock_lag_seconds_count: %v", m)
+	}
 	if m := otelcol.Select(ss, "target_info", map[string]string{"service_instance_id": "m1", "service_name": "keeper"}); len(m) != 1 {
 		t.Errorf("target_info: %v", otelcol.Select(ss, "target_info", nil))
 	}
@@ -297,13 +340,15 @@ func TestPrometheusPullEndpoint(t *testing.T) {
 }
 
 // TestEndToEndThroughCollector runs two keepers' providers against a real
-// collector and reads what Prometheus would scrape: names, labels and values;
-// then moves a shard and the aggregator role from A to B and waits until
-// each per-shard and global series has exactly one writer again, B.
+// collector (as shipped: metric_expiration 30s) and reads what Prometheus
+// would scrape: names, labels and values. Then a shard and the aggregator
+// role move from A to B: at every scrape from then on, each fleet series
+// is one series, without an instance label, and B's values replace A's in
+// it within an export; the keepers' own series keep their instance.
 func TestEndToEndThroughCollector(t *testing.T) {
 	clearOTelEnv(t)
 	const interval = 200 * time.Millisecond
-	col := otelcol.StartTB(t, otelcol.Config{MetricExpiration: 10 * interval})
+	col := otelcol.StartTB(t, otelcol.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
@@ -325,17 +370,13 @@ func TestEndToEndThroughCollector(t *testing.T) {
 		}
 		shutdownAtCleanup(t, p)
 		g := &global{}
-		inst, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), src, g, self{src, g})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return keeper{p, inst, src, g}
+		return keeper{p, observe(t, p, src, g), src, g}
 	}
-	a := start("keeper-a", newShards(snapshot("orders", "orders#0", 0), snapshot("orders", "orders#1", 100)))
+	a := start("keeper-a", newShards(snapshot("orders", "orders#0", 0),
+		withLag(snapshot("orders", "orders#1", 100), map[int]int64{3: 1}, 3000)))
 	b := start("keeper-b", newShards(snapshot("emails", "emails#0", 200)))
 	a.glob.set(true, GlobalSnapshot{Members: 2, Shards: 3, Rebalances: 4,
-		Queues: []QueueTotals{{Queue: "orders", Shards: 2, Ready: 102}, {Queue: "emails", Shards: 1, Ready: 201}}})
-	a.inst.RecordUnlockLag(ctx, "orders", "orders#1", 3*time.Millisecond)
+		Queues: []QueueTotals{{Queue: "orders", Shards: 2, Ready: 102, Complete: true}, {Queue: "emails", Shards: 1, Ready: 201, Complete: true}}})
 	a.inst.RecordPass(ctx, "unlock", 2*time.Millisecond, nil)
 	b.inst.RecordFenceRefusal(ctx, "orders", "orders#9")
 
@@ -347,13 +388,15 @@ func TestEndToEndThroughCollector(t *testing.T) {
 		}
 		return m[0], nil
 	}
+	// expect wants one series of name and labels with value; instance ""
+	// means a fleet series, which must name no keeper.
 	expect := func(ss []otelcol.Series, name string, labels map[string]string, instance string, value float64) error {
 		s, err := one(ss, name, labels)
 		if err != nil {
 			return err
 		}
-		if s.Labels["instance"] != instance || s.Value != value {
-			return fmt.Errorf("%v: want instance=%s value=%v", s, instance, value)
+		if s.Labels["instance"] != instance || s.Labels["service_instance_id"] != instance || s.Value != value {
+			return fmt.Errorf("%v: want instance=%q value=%v", s, instance, value)
 		}
 		return nil
 	}
@@ -389,18 +432,18 @@ func TestEndToEndThroughCollector(t *testing.T) {
 	o1 := shard("orders#1")
 	ss := wait("series from both keepers", func(ss []otelcol.Series) error {
 		return errors.Join(
-			expect(ss, "keeper_queue_messages", with(o1, "state", "ready"), "keeper-a", 101),
-			expect(ss, "keeper_queue_messages", with(o1, "state", "dead"), "keeper-a", 104),
-			expect(ss, "keeper_queue_messages", with(shard("emails#0"), "state", "ready"), "keeper-b", 201),
-			expect(ss, "keeper_queue_oldest_ready_age_seconds", o1, "keeper-a", 1.5),
-			expect(ss, "keeper_queue_unlocked_total", o1, "keeper-a", 112),
-			expect(ss, "keeper_queue_trimmed_total", o1, "keeper-a", 116),
-			expect(ss, "keeper_unlock_lag_seconds_count", o1, "keeper-a", 1),
-			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.005"), "keeper-a", 1),
-			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.0025"), "keeper-a", 0),
-			expect(ss, "keeper_cluster_members", nil, "keeper-a", 2),
-			expect(ss, "keeper_cluster_rebalances_total", nil, "keeper-a", 4),
-			expect(ss, "keeper_cluster_queue_messages", map[string]string{"queue": "orders", "state": "ready"}, "keeper-a", 102),
+			expect(ss, "keeper_queue_messages", with(o1, "state", "ready"), "", 101),
+			expect(ss, "keeper_queue_messages", with(o1, "state", "dead"), "", 104),
+			expect(ss, "keeper_queue_messages", with(shard("emails#0"), "state", "ready"), "", 201),
+			expect(ss, "keeper_queue_oldest_ready_age_seconds", o1, "", 1.5),
+			expect(ss, "keeper_queue_unlocked_total", o1, "", 112),
+			expect(ss, "keeper_queue_trimmed_total", o1, "", 116),
+			expect(ss, "keeper_unlock_lag_seconds_count", o1, "", 1),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.005"), "", 1),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.0025"), "", 0),
+			expect(ss, "keeper_cluster_members", nil, "", 2),
+			expect(ss, "keeper_cluster_rebalances_total", nil, "", 4),
+			expect(ss, "keeper_cluster_queue_messages", map[string]string{"queue": "orders", "state": "ready"}, "", 102),
 			expect(ss, "keeper_member_leader", map[string]string{"instance": "keeper-a"}, "keeper-a", 1),
 			expect(ss, "keeper_member_leader", map[string]string{"instance": "keeper-b"}, "keeper-b", 0),
 			expect(ss, "keeper_member_shards_owned", map[string]string{"instance": "keeper-a"}, "keeper-a", 2),
@@ -409,9 +452,12 @@ func TestEndToEndThroughCollector(t *testing.T) {
 		)
 	})
 	s, _ := one(ss, "keeper_queue_messages", with(o1, "state", "ready"))
-	for k, want := range map[string]string{"job": "keeper", "instance": "keeper-a", "service_instance_id": "keeper-a", "service_name": "keeper"} {
-		if s.Labels[k] != want {
-			t.Errorf("label %s=%q, want %q on %v", k, s.Labels[k], want, s)
+	if s.Labels["job"] != "keeper" || s.Labels["service_name"] != "keeper" {
+		t.Errorf("fleet series without job=keeper service_name=keeper: %v", s)
+	}
+	for l := range s.Labels {
+		if strings.HasPrefix(l, "telemetry_") {
+			t.Errorf("fleet series carries %s, which differs between keeper versions: %v", l, s)
 		}
 	}
 	if _, err := one(ss, "keeper_task_last_success_timestamp_seconds", map[string]string{"task": "unlock"}); err != nil {
@@ -427,44 +473,72 @@ func TestEndToEndThroughCollector(t *testing.T) {
 	}
 	sort.Strings(names)
 	t.Logf("metric names: %s", strings.Join(names, " "))
-	t.Logf("sample series: %v", s)
+	t.Logf("sample fleet series: %v", s)
 
 	// The ring moves orders#1 to B, which reads the shard's cumulative
-	// counters from Redis (here: 130 unlocked), and B becomes the aggregator.
+	// counters and lag histogram from Redis (here: 130 unlocked, a second
+	// lag), and B becomes the aggregator.
 	a.src.drop("orders#1")
-	next := snapshot("orders", "orders#1", 100)
+	next := withLag(snapshot("orders", "orders#1", 100), map[int]int64{3: 1, 6: 1}, 43000)
 	next.Unlocked = 130
 	b.src.put(next)
-	b.inst.RecordUnlockLag(ctx, "orders", "orders#1", 30*time.Millisecond)
 	a.glob.set(false, GlobalSnapshot{})
 	b.glob.set(true, GlobalSnapshot{Members: 2, Shards: 3, Rebalances: 5,
-		Queues: []QueueTotals{{Queue: "orders", Shards: 2, Ready: 102}, {Queue: "emails", Shards: 1, Ready: 201}}})
+		Queues: []QueueTotals{{Queue: "orders", Shards: 2, Ready: 102, Complete: true}, {Queue: "emails", Shards: 1, Ready: 201, Complete: true}}})
+	moved := time.Now()
 
-	wait("one writer, B, after the move and the expiry", func(ss []otelcol.Series) error {
+	// At every scrape, the moved shard's and the global series are one
+	// series each, whose counters never go back.
+	last := map[string]float64{}
+	single := func(ss []otelcol.Series) {
+		t.Helper()
+		n := map[string]int{}
+		for _, x := range ss {
+			if x.Labels["shard"] == "orders#1" || strings.HasPrefix(x.Name, "keeper_cluster_") {
+				key := x.String()[:strings.LastIndex(x.String(), " ")]
+				n[key]++
+				if x.Labels["instance"] != "" {
+					t.Errorf("fleet series with an instance: %v", x)
+				}
+				if strings.HasSuffix(x.Name, "_total") || strings.HasSuffix(x.Name, "_count") {
+					if x.Value < last[key] {
+						t.Errorf("%s went back from %v to %v", key, last[key], x.Value)
+					}
+					last[key] = x.Value
+				}
+			}
+		}
+		for k, c := range n {
+			if c != 1 {
+				t.Errorf("%s: %d series", k, c)
+			}
+		}
+	}
+	wait("B's values in the same series", func(ss []otelcol.Series) error {
+		single(ss)
 		return errors.Join(
-			expect(ss, "keeper_queue_messages", with(o1, "state", "ready"), "keeper-b", 101),
-			expect(ss, "keeper_queue_oldest_ready_age_seconds", o1, "keeper-b", 1.5),
-			expect(ss, "keeper_queue_unlocked_total", o1, "keeper-b", 130),
-			expect(ss, "keeper_unlock_lag_seconds_count", o1, "keeper-b", 1),
-			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.025"), "keeper-b", 0),
-			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.05"), "keeper-b", 1),
-			expect(ss, "keeper_queue_messages", with(shard("orders#0"), "state", "ready"), "keeper-a", 1),
-			expect(ss, "keeper_cluster_members", nil, "keeper-b", 2),
-			expect(ss, "keeper_cluster_rebalances_total", nil, "keeper-b", 5),
-			expect(ss, "keeper_cluster_queue_messages", map[string]string{"queue": "orders", "state": "ready"}, "keeper-b", 102),
+			expect(ss, "keeper_queue_messages", with(o1, "state", "ready"), "", 101),
+			expect(ss, "keeper_queue_unlocked_total", o1, "", 130),
+			expect(ss, "keeper_unlock_lag_seconds_count", o1, "", 2),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.025"), "", 1),
+			expect(ss, "keeper_unlock_lag_seconds_bucket", with(o1, "le", "0.05"), "", 2),
+			expect(ss, "keeper_queue_messages", with(shard("orders#0"), "state", "ready"), "", 1),
+			expect(ss, "keeper_cluster_rebalances_total", nil, "", 5),
+			expect(ss, "keeper_cluster_queue_messages", map[string]string{"queue": "orders", "state": "ready"}, "", 102),
 			expect(ss, "keeper_member_leader", map[string]string{"instance": "keeper-a"}, "keeper-a", 0),
 			expect(ss, "keeper_member_shards_owned", map[string]string{"instance": "keeper-b"}, "keeper-b", 2),
 		)
 	})
-	// Every series of the moved shard, whatever the metric, is B's alone.
-	ss, err := col.Scrape(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, x := range ss {
-		if x.Labels["shard"] == "orders#1" && x.Labels["instance"] != "keeper-b" {
-			t.Errorf("moved shard still has a series from %s: %v", x.Labels["instance"], x)
+	t.Logf("the moved shard's series carries B's values %s after the move, with no second series",
+		time.Since(moved).Round(time.Millisecond))
+	// A few more exports: still one series each (A's last points are
+	// older than B's and A sends no more).
+	for end := time.Now().Add(5 * interval); time.Now().Before(end); time.Sleep(interval / 2) {
+		ss, err := col.Scrape(ctx)
+		if err != nil {
+			t.Fatal(err)
 		}
+		single(ss)
 	}
 }
 
@@ -497,15 +571,22 @@ func TestStandardEnvironment(t *testing.T) {
 	if p.ExportInterval() != 200*time.Millisecond {
 		t.Fatalf("export interval %v, want OTEL_METRIC_EXPORT_INTERVAL's 200ms", p.ExportInterval())
 	}
-	if _, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	observe(t, p, newShards(snapshot("q", "q#0", 0)), nil)
 	for {
 		ss, err := col.Scrape(ctx)
 		if err == nil {
-			m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready",
+			// The keeper's own series carry every resource attribute; the
+			// fleet's only the fleet-wide ones.
+			own := otelcol.Select(ss, "keeper_member_shards_owned", map[string]string{
 				"instance": "keeper-0", "k8s_pod_name": "keeper-0", "deployment_environment": "test"})
-			if len(m) == 1 && m[0].Value == 1 {
+			fleet := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready",
+				"deployment_environment": "test", "job": "keeper"})
+			if len(own) == 1 && own[0].Value == 1 && len(fleet) == 1 && fleet[0].Value == 1 {
+				for _, l := range []string{"instance", "service_instance_id", "k8s_pod_name", "telemetry_sdk_version"} {
+					if v, ok := fleet[0].Labels[l]; ok {
+						t.Errorf("fleet series names its keeper: %s=%q in %v", l, v, fleet[0])
+					}
+				}
 				return
 			}
 		}
@@ -552,9 +633,7 @@ func TestOTLPOverMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := RegisterInstruments(bad.Meter("github.com/keeperhq/keeper"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	observe(t, bad, newShards(snapshot("nocert", "nocert#0", 0)), nil)
 	poll.For(t, 30*time.Second, "the refused export in the keeper's log", func() (bool, string) {
 		out := refused.String()
 		return strings.Contains(out, "metrics export failed"), out
@@ -572,24 +651,26 @@ func TestOTLPOverMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	shutdownAtCleanup(t, p)
-	if _, err := RegisterInstruments(p.Meter("github.com/keeperhq/keeper"), newShards(snapshot("q", "q#0", 0)), nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	observe(t, p, newShards(snapshot("q", "q#0", 0)), nil)
 	poll.For(t, 30*time.Second, "the series through the mutual-TLS receiver", func() (bool, string) {
 		ss, err := col.Scrape(ctx)
 		if err != nil {
 			return false, err.Error()
 		}
-		m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready", "instance": "keeper-tls"})
-		return len(m) == 1 && m[0].Value == 1, fmt.Sprintf("%d series; keeper log: %s", len(m), out.String())
+		m := otelcol.Select(ss, "keeper_member_shards_owned", map[string]string{"instance": "keeper-tls"})
+		f := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready"})
+		return len(m) == 1 && m[0].Value == 1 && len(f) == 1, fmt.Sprintf("%d own and %d fleet series; keeper log: %s", len(m), len(f), out.String())
 	})
 	// Nothing the refused keeper sent got through.
 	ss, err := col.Scrape(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"instance": "keeper-nocert"}); len(m) != 0 {
+	if m := otelcol.Select(ss, "keeper_member_shards_owned", map[string]string{"instance": "keeper-nocert"}); len(m) != 0 {
 		t.Fatalf("%d series from the keeper without a client certificate", len(m))
+	}
+	if m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"queue": "nocert"}); len(m) != 0 {
+		t.Fatalf("%d fleet series from the keeper without a client certificate", len(m))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -46,10 +47,14 @@ func (c *Client) Audit(ctx context.Context, queue string) (Audit, error) {
 	}
 	a := Audit{Queue: queue, Members: map[string]State{}}
 	shardOf := map[string]Shard{}
+	pr := progress.From(ctx)
+	pr.Phase("audit "+queue, int64(st.Partitions), "shards")
 	for p := 0; p < st.Partitions; p++ {
 		if err := c.auditShard(ctx, Shard{queue, p}, st.Generation, &a, shardOf); err != nil {
 			return Audit{}, err
 		}
+		pr.Add(1)
+		pr.Detail("%d messages, %d problems", a.Present(), len(a.Problems))
 	}
 	if a.Accounted() != a.Present() {
 		a.Problems = append(a.Problems, fmt.Sprintf(

@@ -158,7 +158,10 @@ func (m *Measurement) readTail(v []any) {
 		m.ReadyHead, _ = strconv.ParseFloat(h, 64)
 	}
 	for i := 6; i+1 < len(v); i += 2 {
-		m.Counters.readCounter(toString(v[i]), toString(v[i+1]))
+		name, value := toString(v[i]), toString(v[i+1])
+		if !m.Lag.readLag(name, value) {
+			m.Counters.readCounter(name, value)
+		}
 	}
 }
 

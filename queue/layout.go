@@ -135,6 +135,9 @@ type Measurement struct {
 	// default priorities).
 	ReadyHead float64
 	Counters  Counters
+	// Lag is the shard's unlock-lag histogram, kept in Redis by the
+	// layout (zero for a layout that keeps none).
+	Lag LagHistogram
 }
 
 // OldestReadyAge is now minus the head's score: the wait of the next message

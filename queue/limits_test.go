@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -382,4 +383,85 @@ func TestHandEditedValuesNeverHalfApplyAMove(t *testing.T) {
 		}
 	}
 	e.sameAs(before)
+}
+
+// The unlock script counts every lag in the shard's histogram with the move,
+// and measure reads it back: buckets upper-inclusive, lags above every
+// bound in the last, the sum exact in µs with each lag counted up to
+// LagSumCapUs. The largest batch moves MaxBatch locks 40 days late, whose
+// sum without the cap would lose precision in the script's numbers; a
+// hand-edited histogram field refuses the pass and changes nothing.
+func TestUnlockLagHistogram(t *testing.T) {
+	e := newEnv(t)
+	e.create("lag", Config{})
+	s := Shard{"lag", 0}
+	now := e.redisNowMs()
+	// Lags well inside their buckets, whatever the time the pass takes.
+	lateMs := map[string]int64{"a": 3, "b": 35, "c": 1500, "d": 7000, "e": 40 * 24 * 3600 * 1000}
+	for id, late := range lateMs {
+		e.seedLocked(s, id, 1, now-late)
+	}
+	r, err := unlockPass(e.n, e.ctx, s, 1, 100)
+	if err != nil || r.Moved != len(lateMs) {
+		t.Fatalf("unlock: moved %d, %v", r.Moved, err)
+	}
+	m, err := measurePass(e.n, e.ctx, s, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The histogram is the pass's own lags, bucketed; each lag is at least
+	// its message's lateness (the pass ran some ms after the seeding).
+	var want [len(LagBoundsUs) + 1]int64
+	for _, l := range r.Lags {
+		for i := range want {
+			if lagField(i) == lagFieldOf(l.Microseconds()) {
+				want[i]++
+			}
+		}
+	}
+	if m.Lag.Counts != want || m.Lag.Count() != 5 || want[len(LagBoundsUs)] != 2 {
+		t.Fatalf("buckets %v, want %v (two above every bound: 7 s and 40 days)", m.Lag.Counts, want)
+	}
+	var lagSum, minSum int64
+	for _, l := range r.Lags {
+		lagSum += min(l.Microseconds(), LagSumCapUs)
+	}
+	for _, late := range lateMs {
+		minSum += min(late*1000, LagSumCapUs)
+	}
+	if m.Lag.SumUs != lagSum || lagSum < minSum || lagSum > minSum+5*int64(time.Second/time.Microsecond) {
+		t.Fatalf("sum %d µs, the pass's lags sum to %d, the seeded lateness to %d", m.Lag.SumUs, lagSum, minSum)
+	}
+	if m.Counters.Unlocked != 5 {
+		t.Fatalf("unlocked %d, want 5 (the histogram fields are not counters)", m.Counters.Unlocked)
+	}
+
+	// MaxBatch locks 40 days late at once: each adds LagSumCapUs.
+	e.seedLocked(s, "big", MaxBatch, now-40*24*3600*1000)
+	if r, err := unlockPass(e.n, e.ctx, s, 1, MaxBatch); err != nil || r.Moved != MaxBatch {
+		t.Fatalf("unlock of %d: moved %d, %v", MaxBatch, r.Moved, err)
+	}
+	m2, err := measurePass(e.n, e.ctx, s, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m2.Lag.SumUs - m.Lag.SumUs; got != MaxBatch*LagSumCapUs {
+		t.Fatalf("sum rose by %d, want %d", got, int64(MaxBatch)*LagSumCapUs)
+	}
+	if got := m2.Lag.Counts[len(LagBoundsUs)] - m.Lag.Counts[len(LagBoundsUs)]; got != MaxBatch {
+		t.Fatalf("above-every-bound bucket rose by %d, want %d", got, MaxBatch)
+	}
+
+	// A hand-edited bucket: the pass is refused before its first write.
+	e.seedLocked(s, "late", 1, now-10_000)
+	if err := e.rdb.HSet(e.ctx, e.keys(s).Stats, lagInfField, "many").Err(); err != nil {
+		t.Fatal(err)
+	}
+	before := e.snapshot()
+	if _, err := unlockPass(e.n, e.ctx, s, 1, 100); !errors.Is(err, ErrWrongType) {
+		t.Fatalf("unlock with a non-integer histogram field: %v, want ErrWrongType", err)
+	}
+	if after := e.snapshot(); !maps.Equal(before, after) {
+		t.Fatal("a refused unlock changed keys")
+	}
 }

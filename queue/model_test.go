@@ -175,6 +175,16 @@ func (m *model) toReady(x *modelMsg) {
 	m.move(x, stReady, p)
 }
 
+// lagFieldOf is the stats field of the lag histogram's bucket for lagUs.
+func lagFieldOf(lagUs int64) string {
+	for i, b := range LagBoundsUs {
+		if lagUs <= b {
+			return lagField(i)
+		}
+	}
+	return lagInfField
+}
+
 // tally adds n to a counter; a counter appears with its first increment.
 func (m *model) tally(counter string, n int) {
 	if n > 0 {
@@ -461,12 +471,19 @@ func (m *model) unlock(k keeperPass, batch int) (PassResult, error) {
 	}
 	ids := m.first(stLocked, float64(m.nowMs()), batch)
 	r := PassResult{Moved: len(ids), Full: len(ids) >= batch, NowUs: m.now, Lags: []time.Duration{}}
+	var lagSum int64
 	for _, id := range ids {
 		x := m.msgs[id]
-		r.Lags = append(r.Lags, time.Duration(m.now-int64(x.score)*1000)*time.Microsecond)
+		lag := m.now - int64(x.score)*1000
+		r.Lags = append(r.Lags, time.Duration(lag)*time.Microsecond)
+		m.stats[lagFieldOf(max(lag, 0))]++
+		lagSum += min(max(lag, 0), LagSumCapUs)
 		m.toReady(x)
 	}
 	m.tally("unlocked", len(ids))
+	if len(ids) > 0 {
+		m.stats[lagSumField] += lagSum // written with the first unlock, even when 0
+	}
 	m.moved(len(ids))
 	m.log("unlock", k, true, len(ids))
 	r.NextMs = m.head(stLocked)
@@ -565,7 +582,7 @@ func (m *model) measure(k keeperPass) (Measurement, error) {
 		return Measurement{}, err
 	}
 	r := Measurement{NowUs: m.now, Ready: int64(m.count(stReady)), Inflight: int64(m.count(stInflight)),
-		Locked: int64(m.count(stLocked)), Dead: int64(m.count(stDead)), Counters: m.counters()}
+		Locked: int64(m.count(stLocked)), Dead: int64(m.count(stDead)), Counters: m.counters(), Lag: m.lag()}
 	if ids := m.first(stReady, inf, 1); len(ids) > 0 {
 		r.HasReady, r.ReadyHead = true, m.msgs[ids[0]].score
 	}
@@ -646,6 +663,14 @@ func (m *model) counters() Counters {
 		c.readCounter(k, strconv.FormatInt(v, 10))
 	}
 	return c
+}
+
+func (m *model) lag() LagHistogram {
+	var h LagHistogram
+	for k, v := range m.stats {
+		h.readLag(k, strconv.FormatInt(v, 10))
+	}
+	return h
 }
 
 // --- the shard as Redis keys ----------------------------------------------------

@@ -4,6 +4,8 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -28,14 +30,19 @@ const (
 	maxSeed = 50_000
 )
 
-// luaPreamble defines, for every script, the limits and the wake codes
-// that Go defines.
+// luaPreamble defines, for every script, the limits, the wake codes and
+// the unlock-lag bucket bounds that Go defines.
 func luaPreamble() string {
-	return fmt.Sprintf(`-- Set by scripts.go (luaPreamble): limits and wake codes defined in Go.
+	bounds := make([]string, len(LagBoundsUs))
+	for i, b := range LagBoundsUs {
+		bounds[i] = strconv.FormatInt(b, 10)
+	}
+	return fmt.Sprintf(`-- Set by scripts.go (luaPreamble): limits, wake codes and lag buckets defined in Go.
 local MAX_BATCH, MAX_PULL, MAX_SEED, CHUNK = %d, %d, %d, %d
 local WAKE_UNLOCK, WAKE_REQUEUE, WAKE_EXPIRE, WAKE_TRIM, WAKE_MEASURE = '%c', '%c', '%c', '%c', '%c'
+local LAG_BOUNDS_US, LAG_SUM_CAP_US = {%s}, %d
 `, MaxBatch, MaxPull, maxSeed, luaChunk, wakeCodes[TaskUnlock], wakeCodes[TaskRequeue],
-		wakeCodes[TaskExpire], wakeCodes[TaskTrim], wakeCodes[TaskMeasure])
+		wakeCodes[TaskExpire], wakeCodes[TaskTrim], wakeCodes[TaskMeasure], strings.Join(bounds, ", "), LagSumCapUs)
 }
 
 // script is one .lua file with the Go side of its contract: the keys it

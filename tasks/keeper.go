@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/service"
@@ -52,8 +51,10 @@ const (
 
 // Config tunes a Keeper. Zero values take the defaults above.
 type Config struct {
-	// Workers bounds the passes running at once. Each is one script call,
-	// so a few workers keep Redis busy without queueing on it.
+	// Workers bounds the round trips to Redis in flight at once. Each
+	// carries the passes that were due when it was sent (up to
+	// maxPipeline), pipelined: a few keep Redis busy without queueing on
+	// it, however many shards are due at once.
 	Workers int
 	// Batch is the most messages one pass handles (1000 is about a
 	// millisecond of Redis time). A full batch runs again at once.
@@ -99,23 +100,22 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// shardState is everything the keeper keeps about one owned shard. Fields are
-// guarded by Keeper.mu.
+// shardState is everything the keeper keeps about one owned shard: a few
+// hundred bytes, since one keeper may own 100,000 shards
+// (BenchmarkOwnedShardMemory). Fields are guarded by Keeper.mu.
 type shardState struct {
 	shard   queue.Shard
 	name    string
 	cfg     queue.Config
 	token   int64
-	ctx     context.Context
-	cancel  context.CancelFunc
-	gone    bool // disowned: results of running passes are dropped
-	entries [numTasks]*entry
-	running [numTasks]bool
-	rerun   [numTasks]bool
-	backoff [numTasks]time.Duration
-	lastLog [numTasks]time.Time
-	busy    int           // passes running now
-	idle    chan struct{} // closed when busy drops to 0 after Disown
+	entries [numTasks]entry // its deadlines, one per task (see deadlines)
+	running uint8           // bit per task: a pass of it is in flight
+	rerun   uint8           // bit per task: due again while running
+	busy    int32           // passes in flight
+	gone    bool            // disowned: results of running passes are dropped
+	idle    chan struct{}   // closed when busy drops to 0 after Disown
+	// fail holds the backoff of failing tasks; nil while none fails.
+	fail *failure
 
 	// claimed: the first probe after Own raised the shard's fence to our
 	// token, shutting a previous owner out.
@@ -128,11 +128,30 @@ type shardState struct {
 	// locked messages alone are over max size); messages that return to
 	// ready must be trimmed next.
 	overCap bool
+	// deleted: a pass found the queue's tombstone. No pass runs until a
+	// probe (the sweep's, or one a wake or a new config asks for) finds
+	// the queue live again; the catalog drops the queue meanwhile.
+	deleted bool
 
 	dirty       bool
 	measured    bool
-	lastMeasure time.Time
+	lastMeasure int64 // monoNow's clock
 	m           queue.Measurement
+}
+
+// failure is what a shard keeps while some of its tasks fail.
+type failure struct {
+	backoff [numTasks]time.Duration
+	lastLog [numTasks]int64 // monoNow's clock; 0: never logged
+}
+
+// newShardState is the state of a shard just owned, with nothing scheduled.
+func newShardState(s queue.Shard, cfg queue.Config, token int64) *shardState {
+	st := &shardState{shard: s, name: s.String(), cfg: cfg, token: token, dirty: true}
+	for t := range st.entries {
+		st.entries[t] = entry{st: st, task: queue.Task(t), idx: -1}
+	}
+	return st
 }
 
 // Keeper runs the housekeeping of the shards it is told it owns. It
@@ -148,29 +167,37 @@ type Keeper struct {
 	configs map[string]queue.Config // by queue, as last set
 	shards  map[queue.Shard]*shardState
 	heap    deadlines
-	busy    int // passes running, all shards
+	trips   int // round trips in flight (at most Workers)
 	probe   []*shardState
+	// passCtx is what passes run under until DisownAll cancels it (the
+	// session is gone: running passes are not awaited in Redis); the next
+	// round trip gets a new one. nil until the first.
+	passCtx    context.Context
+	passCancel context.CancelFunc
 
 	kick    chan struct{} // wakes the dispatcher
 	probeCh chan struct{} // wakes the sweeper for urgent probes
-	jobs    chan *entry
+	jobs    chan trip
 	// configChanged is signalled when the layout announces a queue config
 	// change (see ConfigChanged).
 	configChanged chan struct{}
-	// offsetUs is Redis's clock minus ours, from the latest pass; wake
-	// deadlines (Redis time) are turned into local timer times with it.
-	offsetUs atomic.Int64
+	// offset is Redis's clock (µs since the Unix epoch) minus monoNow (in
+	// µs), learnt from the passes; deadlines in Redis time are turned into
+	// monoNow's clock with it.
+	offset clockOffset
 }
 
 // New returns a Keeper over layout.
 func New(layout queue.Layout, cfg Config) *Keeper {
 	cfg = cfg.withDefaults()
-	return &Keeper{
+	k := &Keeper{
 		cfg: cfg, layout: layout, log: cfg.Logger,
 		configs: map[string]queue.Config{}, shards: map[queue.Shard]*shardState{},
-		kick: make(chan struct{}, 1), probeCh: make(chan struct{}, 1), jobs: make(chan *entry),
+		kick: make(chan struct{}, 1), probeCh: make(chan struct{}, 1), jobs: make(chan trip),
 		configChanged: make(chan struct{}, 1),
 	}
+	k.offset.guess()
+	return k
 }
 
 // Start launches the dispatcher, the workers, the sweeper and the wake
@@ -183,8 +210,9 @@ func (k *Keeper) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	sent := monoNow()
 	if now, err := k.layout.Now(startCtx); err == nil {
-		k.offsetUs.Store(now.UnixMicro() - time.Now().UnixMicro())
+		k.offset.sample(now.UnixMicro(), sent, monoNow())
 	} else {
 		// Not fatal: Redis may come later; passes will set the offset.
 		k.log.Warn("cannot read redis clock at start", "err", err)
@@ -248,7 +276,7 @@ func (k *Keeper) setConfigLocked(queueName string, cfg queue.Config) {
 		if st.shard.Queue == queueName && st.cfg != cfg {
 			sizeChanged := st.cfg.MaxSize != cfg.MaxSize
 			st.cfg = cfg
-			if sizeChanged {
+			if sizeChanged || st.deleted {
 				k.queueProbeLocked(st)
 				k.signal(k.probeCh)
 			}
@@ -264,7 +292,7 @@ func (k *Keeper) Own(shards []queue.Shard, token int64) {
 	var unknown []queue.Shard
 	k.mu.Lock()
 	watch := make([]queue.Shard, 0, len(shards))
-	parent := k.life()
+	now := monoNow()
 	for _, s := range shards {
 		if st, ok := k.shards[s]; ok {
 			if token > st.token {
@@ -279,14 +307,13 @@ func (k *Keeper) Own(shards []queue.Shard, token int64) {
 			unknown = append(unknown, s)
 			continue
 		}
-		st := &shardState{shard: s, name: s.String(), cfg: cfg, token: token, dirty: true}
-		st.ctx, st.cancel = context.WithCancel(parent)
+		st := newShardState(s, cfg, token)
 		k.shards[s] = st
 		watch = append(watch, s)
 		k.queueProbeLocked(st)
 		// Spread first measurements over a quarter interval so that taking
 		// over thousands of shards does not measure them all at once.
-		k.heap.schedule(st, Measure, time.Now().Add(rand.N(k.cfg.MeasureInterval/4+1)))
+		k.heap.schedule(st, Measure, now+int64(rand.N(k.cfg.MeasureInterval/4+1)))
 	}
 	// Probed now and again once the subscription is confirmed (a Resync):
 	// a hint published between this probe and the subscription is covered
@@ -316,7 +343,7 @@ func (k *Keeper) queueProbeLocked(st *shardState) {
 // passes is running: the graceful half of a handoff.
 func (k *Keeper) Disown(shards []queue.Shard) {
 	k.mu.Lock()
-	sts := k.dropLocked(shards, false)
+	sts := k.dropLocked(shards)
 	k.mu.Unlock()
 	for _, st := range sts {
 		<-st.idle
@@ -332,7 +359,11 @@ func (k *Keeper) DisownAll() {
 	for s := range k.shards {
 		all = append(all, s)
 	}
-	sts := k.dropLocked(all, true)
+	sts := k.dropLocked(all)
+	if k.passCancel != nil {
+		k.passCancel()
+		k.passCtx, k.passCancel = nil, nil
+	}
 	k.mu.Unlock()
 	for _, st := range sts {
 		<-st.idle
@@ -341,8 +372,8 @@ func (k *Keeper) DisownAll() {
 
 // dropLocked forgets the shards (those owned), unwatches them in one call,
 // and returns their states, whose idle channels close once their last pass
-// ended. cancel cancels running passes too.
-func (k *Keeper) dropLocked(shards []queue.Shard, cancel bool) []*shardState {
+// ended.
+func (k *Keeper) dropLocked(shards []queue.Shard) []*shardState {
 	sts := make([]*shardState, 0, len(shards))
 	unwatch := make([]queue.Shard, 0, len(shards))
 	for _, s := range shards {
@@ -355,9 +386,6 @@ func (k *Keeper) dropLocked(shards []queue.Shard, cancel bool) []*shardState {
 		k.heap.remove(st)
 		st.gone = true
 		st.idle = make(chan struct{})
-		if cancel || st.busy == 0 {
-			st.cancel()
-		}
 		if st.busy == 0 {
 			close(st.idle)
 		}
@@ -419,7 +447,7 @@ type ShardMeasurement struct {
 func (k *Keeper) EachMeasurement(fn func(ShardMeasurement)) {
 	k.mu.Lock()
 	out := make([]ShardMeasurement, 0, len(k.shards))
-	redisNowUs := time.Now().UnixMicro() + k.offsetUs.Load()
+	redisNowUs := k.redisNowUs(monoNow())
 	for _, st := range k.shards {
 		if !st.measured {
 			continue

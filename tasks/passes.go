@@ -8,51 +8,73 @@ import (
 	"github.com/keeperhq/keeper/queue"
 )
 
-// dispatch hands due entries to workers, earliest first, never more than
-// Workers at once, and sleeps until the next deadline otherwise.
+// maxPipeline bounds the passes of one round trip. Redis runs a pipeline's
+// scripts one after another, so a bound keeps one round trip from holding
+// the replies of the others for long when thousands of shards come due at
+// once (a takeover, a burst); a trip of 128 passes at the default batch is
+// a few milliseconds of Redis time in steady state.
+const maxPipeline = 128
+
+// job is one pass handed to a worker: the shard and task of an entry as it
+// was popped (the entry itself may be scheduled again while the pass runs).
+type job struct {
+	st   *shardState
+	task queue.Task
+}
+
+// trip is the passes of one round trip and the context they run under.
+type trip struct {
+	ctx  context.Context
+	jobs []job
+}
+
+// dispatch hands due passes to workers, never more than Workers round trips
+// at once, and sleeps until the next deadline otherwise. Whatever is due
+// when workers are free goes at once, spread evenly over them, each share
+// in one pipelined round trip: a pass alone when few are due, and when
+// thousands of shards come due together (or Redis is slow and passes queue
+// up) up to maxPipeline passes a round trip rather than one each. Spreading
+// keeps every worker's round trip in flight: on a loaded machine a round
+// trip's time is mostly waiting to be scheduled, not work.
 func (k *Keeper) dispatch(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		k.mu.Lock()
-		var wait time.Duration = time.Hour
-		for k.busy < k.cfg.Workers {
-			e := k.heap.peek()
-			if e == nil {
-				break
-			}
-			now := time.Now()
-			if e.due.After(now) {
-				wait = e.due.Sub(now)
-				break
-			}
-			k.heap.pop()
-			if e.st.running[e.task] {
-				// One pass per (shard, task) at a time; run again after it.
-				e.st.rerun[e.task] = true
-				continue
-			}
-			e.st.running[e.task] = true
-			e.st.busy++
-			k.busy++
-			k.mu.Unlock()
-			select {
-			case k.jobs <- e:
-			case <-ctx.Done():
-				// No worker took the pass: it never ran, so it must not
-				// stay counted, or Disown would wait for it forever.
-				k.mu.Lock()
-				if !e.st.gone {
-					k.heap.schedule(e.st, e.task, e.due)
+		wait := time.Hour
+		for k.trips < k.cfg.Workers {
+			now := monoNow()
+			free := k.cfg.Workers - k.trips
+			due := k.takeDueLocked(now, free*maxPipeline)
+			if len(due) == 0 {
+				if e := k.heap.peek(); e != nil {
+					wait = time.Duration(e.due - now)
 				}
-				k.passEndedLocked(e.st, e.task)
-				k.mu.Unlock()
-				return
+				break
 			}
-			k.mu.Lock()
+			per := (len(due) + free - 1) / free
+			for len(due) > 0 {
+				t := trip{ctx: k.passContextLocked(), jobs: due[:min(per, len(due))]}
+				due = due[len(t.jobs):]
+				k.trips++
+				k.mu.Unlock()
+				select {
+				case k.jobs <- t:
+				case <-ctx.Done():
+					// No worker took these passes: they never ran, so they
+					// must not stay counted, or Disown would wait for them
+					// forever.
+					k.mu.Lock()
+					k.trips--
+					k.unhandLocked(append(t.jobs, due...))
+					k.mu.Unlock()
+					return
+				}
+				k.mu.Lock()
+			}
 		}
 		k.mu.Unlock()
-		timer.Reset(wait)
+		timer.Reset(max(wait, 0))
 		select {
 		case <-ctx.Done():
 			return
@@ -62,71 +84,168 @@ func (k *Keeper) dispatch(ctx context.Context) {
 	}
 }
 
+// takeDueLocked pops up to limit entries due at now, each counted as
+// running. An entry whose (shard, task) is running already is not run
+// twice at once: it runs again when the running pass ends.
+func (k *Keeper) takeDueLocked(now int64, limit int) []job {
+	var due []job
+	for len(due) < limit {
+		e := k.heap.peek()
+		if e == nil || e.due > now {
+			break
+		}
+		k.heap.pop()
+		st, bit := e.st, uint8(1)<<e.task
+		if st.running&bit != 0 {
+			st.rerun |= bit
+			continue
+		}
+		st.running |= bit
+		st.busy++
+		due = append(due, job{st: st, task: e.task})
+	}
+	return due
+}
+
+// unhandLocked puts back passes that were taken but never sent.
+func (k *Keeper) unhandLocked(jobs []job) {
+	now := monoNow()
+	for _, j := range jobs {
+		if !j.st.gone {
+			k.heap.schedule(j.st, j.task, now)
+		}
+		k.passEndedLocked(j.st, j.task)
+	}
+}
+
+// passContextLocked is the context of passes sent now: the keeper's life,
+// until DisownAll cancels what runs under it.
+func (k *Keeper) passContextLocked() context.Context {
+	if k.passCtx == nil {
+		k.passCtx, k.passCancel = context.WithCancel(k.life())
+	}
+	return k.passCtx
+}
+
 func (k *Keeper) worker(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e := <-k.jobs:
-			k.run(e)
+		case t := <-k.jobs:
+			k.run(t)
 		}
 	}
 }
 
-// run does one pass and schedules what comes next from its result.
-func (k *Keeper) run(e *entry) {
-	st, task := e.st, e.task
+// run sends the passes of one round trip and schedules what comes next for
+// each from its own outcome: a shard's failure or refusal leaves the
+// others' results standing.
+func (k *Keeper) run(t trip) {
+	reqs := make([]queue.PassRequest, 0, len(t.jobs))
+	sent := make([]int, 0, len(t.jobs)) // reqs[i] is the pass of t.jobs[sent[i]]
 	k.mu.Lock()
-	s, cfg, token, ctx := st.shard, st.cfg, st.token, st.ctx
+	for i, j := range t.jobs {
+		st := j.st
+		if st.gone || st.deleted {
+			continue
+		}
+		reqs = append(reqs, queue.PassRequest{Shard: st.shard, Task: j.task, Token: st.token, Batch: k.cfg.Batch, Config: st.cfg})
+		sent = append(sent, i)
+	}
 	k.mu.Unlock()
 
-	start := time.Now()
-	out := k.layout.Passes(ctx, []queue.PassRequest{{Shard: s, Task: task, Token: token, Batch: k.cfg.Batch, Config: cfg}})[0]
-	res, m, err := out.Result, out.Measurement, out.Err
-	end := time.Now()
-	if err == nil {
-		// Redis ran the script between start and end; the midpoint is the
-		// best local estimate of its "now".
-		mid := start.Add(end.Sub(start) / 2)
-		k.offsetUs.Store(res.NowUs - mid.UnixMicro())
+	outs := make([]queue.PassOutcome, len(t.jobs))
+	start := monoNow()
+	if len(reqs) > 0 {
+		for i, o := range k.layout.Passes(t.ctx, reqs) {
+			outs[sent[i]] = o
+		}
 	}
+	end := monoNow()
+	k.learnOffset(outs, sent, start, end)
 	if rec := k.cfg.Recorder; rec != nil {
-		rec.RecordPass(ctx, task.String(), end.Sub(start), err)
-		if task == Unlock {
-			for _, lag := range res.Lags {
-				rec.RecordUnlockLag(ctx, s.Queue, st.name, lag)
+		took := time.Duration(end - start)
+		for _, i := range sent {
+			j, o := t.jobs[i], outs[i]
+			rec.RecordPass(t.ctx, j.task.String(), took, o.Err)
+			if j.task == Unlock {
+				for _, lag := range o.Result.Lags {
+					rec.RecordUnlockLag(t.ctx, j.st.shard.Queue, j.st.name, lag)
+				}
 			}
 		}
 	}
 
-	var fenced *queue.FencedError
-	k.mu.Lock()
-	k.passEndedLocked(st, task)
-	switch {
-	case st.gone:
-		// Disowned while running: drop the result.
-	case errors.As(err, &fenced):
-		k.dropLocked([]queue.Shard{st.shard}, true)
-	case err != nil:
-		k.failLocked(st, task, err, end)
-	default:
-		k.doneLocked(st, task, res, m, end)
+	type refusal struct {
+		st *shardState
+		fe *queue.FencedError
+		t  queue.Task
 	}
-	k.releaseIfIdleLocked(st)
+	var refused []refusal
+	k.mu.Lock()
+	k.trips--
+	next := 0
+	for i, j := range t.jobs {
+		st, task := j.st, j.task
+		k.passEndedLocked(st, task)
+		if next >= len(sent) || sent[next] != i {
+			continue // not sent: disowned, or its queue deleted
+		}
+		next++
+		o := outs[i]
+		var fe *queue.FencedError
+		switch {
+		case st.gone:
+			// Disowned while running: drop the result.
+		case errors.As(o.Err, &fe):
+			k.dropLocked([]queue.Shard{st.shard})
+			refused = append(refused, refusal{st, fe, task})
+		case errors.Is(o.Err, queue.ErrUnknownQueue):
+			k.deletedLocked(st, task, o.Err)
+		case st.deleted:
+			// Another pass found the queue deleted meanwhile: a probe
+			// decides when passes resume.
+		case o.Err != nil:
+			k.failLocked(st, task, o.Err, end)
+		default:
+			k.doneLocked(st, task, o.Result, o.Measurement, end)
+		}
+		k.releaseIfIdleLocked(st)
+	}
 	k.mu.Unlock()
 	k.signal(k.kick)
+	for _, r := range refused {
+		k.reportFenced(r.st, r.fe, r.t.String())
+	}
+}
 
-	if fenced != nil {
-		k.reportFenced(st, fenced, task.String())
+// learnOffset samples Redis's clock from the first and the last pass of a
+// round trip that read it: the first ran closest to the trip's start, the
+// last closest to its end, so they bound the offset most tightly.
+func (k *Keeper) learnOffset(outs []queue.PassOutcome, sent []int, start, end int64) {
+	first, last := -1, -1
+	for _, j := range sent {
+		if outs[j].Err == nil && outs[j].Result.NowUs != 0 {
+			if first < 0 {
+				first = j
+			}
+			last = j
+		}
+	}
+	if first >= 0 {
+		k.offset.sample(outs[first].Result.NowUs, start, end)
+		if last != first {
+			k.offset.sample(outs[last].Result.NowUs, start, end)
+		}
 	}
 }
 
 // passEndedLocked undoes what the dispatcher counted when it handed a pass
 // out: the pass ran and returned, or no worker ever took it.
 func (k *Keeper) passEndedLocked(st *shardState, task queue.Task) {
-	st.running[task] = false
+	st.running &^= 1 << task
 	st.busy--
-	k.busy--
 	k.releaseIfIdleLocked(st)
 }
 
@@ -136,7 +255,6 @@ func (k *Keeper) releaseIfIdleLocked(st *shardState) {
 		select {
 		case <-st.idle:
 		default:
-			st.cancel()
 			close(st.idle)
 		}
 	}
@@ -155,10 +273,13 @@ func (k *Keeper) reportFenced(st *shardState, fe *queue.FencedError, what string
 	}
 }
 
-func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResult, m queue.Measurement, now time.Time) {
-	if st.backoff[task] > 0 {
+func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResult, m queue.Measurement, now int64) {
+	if f := st.fail; f != nil && f.backoff[task] > 0 {
 		k.log.Info("pass recovered", "shard", st.name, "queue", st.shard.Queue, "task", task.String())
-		st.backoff[task] = 0
+		f.backoff[task] = 0
+		if f.backoff == ([numTasks]time.Duration{}) {
+			st.fail = nil
+		}
 	}
 	if task == Measure {
 		st.m, st.measured, st.lastMeasure, st.dirty = m, true, now, false
@@ -174,50 +295,77 @@ func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResul
 			k.heap.schedule(st, Trim, now)
 		}
 	}
+	bit := uint8(1) << task
 	switch {
-	case res.Full || st.rerun[task]:
+	case res.Full || st.rerun&bit != 0:
 		k.heap.schedule(st, task, now)
 	case res.NextMs >= 0:
-		k.heap.schedule(st, task, k.localTime(res.NextMs, res.NowUs, now))
+		k.heap.schedule(st, task, k.localMono(res.NextMs))
 	}
-	st.rerun[task] = false
+	st.rerun &^= bit
 	for _, h := range res.Hints {
-		k.heap.schedule(st, h.Task, k.localTime(h.AtMs, res.NowUs, now))
+		k.heap.schedule(st, h.Task, k.localMono(h.AtMs))
 	}
 }
 
-// localTime turns a Redis deadline (ms) into a local time, given Redis's
-// clock (µs) at local time at.
-func (k *Keeper) localTime(dueMs, redisNowUs int64, at time.Time) time.Time {
-	return at.Add(time.Duration(dueMs*1000-redisNowUs) * time.Microsecond)
-}
+// localMono turns a Redis deadline (ms since the Unix epoch) into monoNow's
+// clock (see clockOffset.due).
+func (k *Keeper) localMono(dueMs int64) int64 { return k.offset.due(dueMs) }
+
+// redisNowUs is Redis's clock (µs) at monoNow's time at.
+func (k *Keeper) redisNowUs(at int64) int64 { return at/1000 + k.offset.load() }
 
 func (k *Keeper) markDirtyLocked(st *shardState) {
 	st.dirty = true
-	next := st.lastMeasure.Add(k.cfg.MeasureInterval)
+	next := int64(0) // never measured: at once
+	if st.measured {
+		next = st.lastMeasure + int64(k.cfg.MeasureInterval)
+	}
 	k.heap.schedule(st, Measure, next)
 }
 
-func (k *Keeper) failLocked(st *shardState, task queue.Task, err error, now time.Time) {
-	b := st.backoff[task]
+func (k *Keeper) failLocked(st *shardState, task queue.Task, err error, now int64) {
+	if st.fail == nil {
+		st.fail = &failure{}
+	}
+	f := st.fail
+	b := f.backoff[task]
 	if b == 0 {
 		b = 50 * time.Millisecond
 	} else {
 		b = min(2*b, k.cfg.MaxBackoff)
 	}
-	st.backoff[task] = b
+	f.backoff[task] = b
 	kind := ErrorKind(err)
 	if rec := k.cfg.Recorder; rec != nil {
 		rec.RecordError(context.Background(), kind)
 	}
 	// One line per failing (shard, task) every 10s, not one per retry.
-	if now.Sub(st.lastLog[task]) >= 10*time.Second {
-		st.lastLog[task] = now
+	if f.lastLog[task] == 0 || now-f.lastLog[task] >= int64(10*time.Second) {
+		f.lastLog[task] = now
 		k.log.Error("pass failed", "shard", st.name, "queue", st.shard.Queue, "task", task.String(),
 			"kind", kind, "retry_in", b, "err", err)
 	}
-	k.heap.schedule(st, task, now.Add(b))
-	st.rerun[task] = false
+	k.heap.schedule(st, task, now+int64(b))
+	st.rerun &^= 1 << task
+}
+
+// deletedLocked stops the passes of a shard whose queue was deleted (a
+// script found its tombstone): retrying cannot succeed, and the catalog
+// drops the queue at its next refresh. A probe finds out if the queue is
+// created again (see shardState.deleted).
+func (k *Keeper) deletedLocked(st *shardState, task queue.Task, err error) {
+	if rec := k.cfg.Recorder; rec != nil {
+		rec.RecordError(context.Background(), "deleted")
+	}
+	st.rerun = 0
+	if st.deleted {
+		return
+	}
+	st.deleted = true
+	k.heap.remove(st)
+	k.log.Warn("queue deleted: no more passes on the shard until it is created again",
+		"shard", st.name, "queue", st.shard.Queue, "task", task.String(), "err", err)
 }
 
 // ErrorKind classifies a pass error for metrics and logs.
@@ -228,6 +376,8 @@ func ErrorKind(err error) string {
 		return "fenced"
 	case errors.Is(err, queue.ErrWrongType):
 		return "wrongtype"
+	case errors.Is(err, queue.ErrUnknownQueue):
+		return "deleted"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	case errors.Is(err, context.DeadlineExceeded):

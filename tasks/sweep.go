@@ -78,16 +78,27 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 			live = append(live, st)
 			reqs = append(reqs, queue.ProbeRequest{Shard: st.shard, MaxSize: st.cfg.MaxSize,
 				Claim: !st.claimed, Token: st.token})
+			// A probe may claim the shard's fence: a Disown must wait
+			// for it like for a pass, or the claim can reach Redis after
+			// the successor's (the chaos harness saw that 30ms after a
+			// handoff).
+			st.busy++
 		}
 	}
 	k.mu.Unlock()
 	if len(reqs) == 0 {
 		return
 	}
-	start := time.Now()
+	start := monoNow()
 	res, err := k.layout.Probe(ctx, reqs)
-	now := time.Now()
-	k.log.Debug("probed", "shards", len(reqs), "took", now.Sub(start).Round(time.Millisecond))
+	now := monoNow()
+	k.mu.Lock()
+	for _, st := range live {
+		st.busy--
+		k.releaseIfIdleLocked(st)
+	}
+	k.mu.Unlock()
+	k.log.Debug("probed", "shards", len(reqs), "took", time.Duration(now-start).Round(time.Millisecond))
 	if err != nil {
 		if ctx.Err() != nil {
 			return
@@ -97,19 +108,11 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 			rec.RecordError(ctx, ErrorKind(err))
 		}
 		// Try again in a second rather than lose these shards' deadlines.
-		time.AfterFunc(time.Second, func() {
-			k.mu.Lock()
-			for _, st := range live {
-				k.queueProbeLocked(st)
-			}
-			k.mu.Unlock()
-			k.signal(k.probeCh)
-		})
+		k.probeLater(live)
 		return
 	}
-	redisNowUs := now.UnixMicro() + k.offsetUs.Load()
 	var fenced []*queue.FencedError
-	var fencedShards []*shardState
+	var fencedShards, unreplicated []*shardState
 	var drop []queue.Shard
 	k.mu.Lock()
 	for i, st := range live {
@@ -123,9 +126,22 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 			fenced, fencedShards = append(fenced, fe), append(fencedShards, st)
 			continue
 		}
-		if r.Err != nil {
+		switch {
+		case errors.Is(r.Err, queue.ErrClaimNotReplicated):
+			// The fence may be lost in a failover: claim again, rather
+			// than wait for the sweep to come round.
+			unreplicated = append(unreplicated, st)
+			continue
+		case errors.Is(r.Err, queue.ErrUnknownQueue):
+			k.deletedLocked(st, Unlock, r.Err)
+			continue
+		case r.Err != nil:
 			k.failLocked(st, Unlock, r.Err, now)
 			continue
+		}
+		if st.deleted {
+			k.log.Info("queue live again: passes resume", "shard", st.name, "queue", st.shard.Queue)
+			st.deleted = false
 		}
 		if reqs[i].Claim && reqs[i].Token == st.token {
 			st.claimed = true
@@ -136,17 +152,39 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 		}{{Unlock, r.LockedHead}, {Requeue, r.InflightHead}, {Expire, r.TTLHead}}
 		for _, h := range heads {
 			if h.at >= 0 {
-				k.heap.schedule(st, h.task, k.localTime(h.at, redisNowUs, now))
+				k.heap.schedule(st, h.task, k.localMono(h.at))
 			}
 		}
 		if r.Excess > 0 {
 			k.heap.schedule(st, Trim, now)
 		}
 	}
-	k.dropLocked(drop, true)
+	k.dropLocked(drop)
 	k.mu.Unlock()
 	k.signal(k.kick)
 	for i, fe := range fenced {
 		k.reportFenced(fencedShards[i], fe, "claim")
 	}
+	if len(unreplicated) > 0 {
+		k.log.Warn("claims not acknowledged by a replica; claiming again", "shards", len(unreplicated),
+			"shard", unreplicated[0].name, "queue", unreplicated[0].shard.Queue, "retry_in", time.Second)
+		if rec := k.cfg.Recorder; rec != nil {
+			rec.RecordError(ctx, "unreplicated")
+		}
+		k.probeLater(unreplicated)
+	}
+}
+
+// probeLater probes sts again in a second (those still owned then).
+func (k *Keeper) probeLater(sts []*shardState) {
+	time.AfterFunc(time.Second, func() {
+		k.mu.Lock()
+		for _, st := range sts {
+			if !st.gone {
+				k.queueProbeLocked(st)
+			}
+		}
+		k.mu.Unlock()
+		k.signal(k.probeCh)
+	})
 }

@@ -48,14 +48,18 @@ func (k *Keeper) onWake(w queue.Wake) {
 	if !ok {
 		return
 	}
-	if task == Measure {
+	switch {
+	case st.deleted:
+		// Written to again: the queue may have been created anew.
+		k.queueProbeLocked(st)
+		k.signal(k.probeCh)
+		return
+	case task == Measure:
 		k.markDirtyLocked(st)
-	} else {
-		at := time.Now()
-		if task != Trim {
-			at = k.localTime(w.Due.AtMs, at.UnixMicro()+k.offsetUs.Load(), at)
-		}
-		k.heap.schedule(st, task, at)
+	case task == Trim:
+		k.heap.schedule(st, task, monoNow())
+	default:
+		k.heap.schedule(st, task, k.localMono(w.Due.AtMs))
 	}
 	k.signal(k.kick)
 }

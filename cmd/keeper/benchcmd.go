@@ -9,11 +9,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"reflect"
 	"sort"
+	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/keeperhq/keeper/bench"
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/shard"
 )
 
@@ -40,7 +43,7 @@ var scenarios = map[string]scenario{
 			fs.IntVar(&o.Locked, "locked", 1_000_000, "messages locked")
 			fs.IntVar(&o.Rate, "rate", 20_000, "unlocks per second")
 			fs.IntVar(&o.Shards, "shards", 1, "shards")
-			fs.DurationVar(&o.Lead, "lead", 10*time.Second, "time from seeding to the first unlock")
+			fs.DurationVar(&o.Lead, "lead", 3*time.Second, "time from the end of seeding to the first unlock")
 			redisFlag(fs, &o.Redis)
 			return func(ctx context.Context) (any, error) { return bench.Precision(ctx, o) }
 		}},
@@ -67,6 +70,32 @@ var scenarios = map[string]scenario{
 					o.KeeperBin, _ = os.Executable()
 				}
 				return bench.Failover(ctx, o)
+			}
+		}},
+	"scaleout": {"one workload housekept by 1, 2, 4, 8 keeper processes in turn: CPU and Redis commands per keeper, lag",
+		func(fs *flag.FlagSet) func(context.Context) (any, error) {
+			var o bench.ScaleoutOptions
+			var keepers string
+			fs.StringVar(&keepers, "keepers", "1,2,4,8", "fleet sizes, run in turn")
+			fs.IntVar(&o.Shards, "shards", 2000, "shards (queues of up to 1,000 partitions)")
+			fs.IntVar(&o.Rate, "rate", 30_000, "unlocks per second over all shards")
+			fs.IntVar(&o.Leases, "leases", 5000, "leases expiring per second over all shards")
+			fs.DurationVar(&o.Window, "window", 20*time.Second, "measuring window per fleet size")
+			fs.StringVar(&o.KeeperBin, "keeper-bin", "", "keeper binary (default: this one)")
+			fs.StringVar(&o.EtcdBin, "etcd-bin", "", "etcd server binary (default: $ETCD_BIN, else built once)")
+			fs.StringVar(&o.LogDir, "log-dir", "", "keep the keepers' logs here")
+			return func(ctx context.Context) (any, error) {
+				for _, f := range splitList(keepers) {
+					n, err := strconv.Atoi(f)
+					if err != nil || n < 1 {
+						return nil, fmt.Errorf("--keepers: %q is not a fleet size", f)
+					}
+					o.Keepers = append(o.Keepers, n)
+				}
+				if o.KeeperBin == "" {
+					o.KeeperBin, _ = os.Executable()
+				}
+				return bench.Scaleout(ctx, o)
 			}
 		}},
 	"ring": {"worst load and moved fraction of the consistent-hash ring for 2..N members",
@@ -100,7 +129,7 @@ func ringFlags(fs *flag.FlagSet, r *shard.RingConfig) {
 }
 
 // scenarioOrder is the order of `keeper bench all`.
-var scenarioOrder = []string{"drain", "precision", "idle", "failover", "ring", "converge"}
+var scenarioOrder = []string{"drain", "precision", "idle", "failover", "ring", "converge", "scaleout"}
 
 func redisFlag(fs *flag.FlagSet, into *string) {
 	fs.StringVar(into, "redis", "", "redis address (empty: start a private redis-server on loopback)")
@@ -151,16 +180,37 @@ func benchCmd(args []string, out io.Writer) error {
 		}
 		runs = append(runs, run)
 	}
+	// Progress on stderr when it is a terminal; nothing otherwise.
+	pr := progress.Stderr()
+	defer pr.Close()
+	ctx = progress.With(ctx, pr)
 	for i, run := range runs {
+		if len(runs) > 1 {
+			pr.Printf("bench %s (%d of %d)", names[i], i+1, len(runs))
+		}
+		pr.Phase(names[i]+": starting", 0, "")
 		res, err := run(ctx)
+		pr.End()
+		// A scenario that compares several runs (scaleout) gives one line
+		// each; those done are printed even when a later one failed.
+		var lines []any
+		if v := reflect.ValueOf(res); v.Kind() == reflect.Slice {
+			for j := 0; j < v.Len(); j++ {
+				lines = append(lines, v.Index(j).Interface())
+			}
+		} else if err == nil {
+			lines = []any{res}
+		}
+		for _, l := range lines {
+			if asJSON {
+				b, _ := json.Marshal(l)
+				fmt.Fprintln(out, string(b))
+			} else {
+				fmt.Fprintf(out, "%+v\n", l)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", names[i], err)
-		}
-		if asJSON {
-			b, _ := json.Marshal(res)
-			fmt.Fprintln(out, string(b))
-		} else {
-			fmt.Fprintf(out, "%+v\n", res)
 		}
 	}
 	return nil

@@ -14,13 +14,16 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/chaos"
+	"github.com/keeperhq/keeper/internal/progress"
 )
 
 // chaosCmd is `keeper chaos [--json] [--svg FILE] [flags]`: a fleet of real
 // keeper processes, a three-member etcd cluster and Redis with a replica,
 // every keeper behind its own fault proxies, under a workload and random
-// faults, checked for the brief's invariants. Progress goes to stderr; the
-// report (or its JSON) to out. It exits non-zero when an invariant was
+// faults, checked for the brief's invariants. On a terminal, stderr shows
+// the phase and how far it is, with one line per fault above it; into a
+// pipe or file, one line per fault without --json and nothing with it. The
+// report (or its JSON) goes to out. It exits non-zero when an invariant was
 // violated, naming the seed that replays the run.
 func chaosCmd(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("chaos", flag.ContinueOnError)
@@ -28,7 +31,7 @@ func chaosCmd(args []string, out io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	svg := fs.String("svg", "", "write the run's timeline picture (SVG) to this file")
 	faults := fs.String("faults", strings.Join(chaos.AllFaults, ","), "fault kinds to draw from")
-	otel := fs.Bool("otel", false, "export every keeper's metrics to a real OpenTelemetry Collector ($OTELCOL_BIN, else bin/otelcol-keeper) and check one writer per series at the end")
+	otel := fs.Bool("otel", false, "export every keeper's metrics to a real OpenTelemetry Collector ($OTELCOL_BIN, else bin/otelcol-keeper) and check at the end that every per-shard and global series is one series naming no keeper and that the sums match Redis")
 	quiet := fs.Bool("quiet", false, "no progress on stderr")
 	fs.IntVar(&o.Keepers, "keepers", 3, "keeper processes at the start")
 	fs.DurationVar(&o.Duration, "duration", 150*time.Second, "how long to inject faults")
@@ -51,14 +54,26 @@ func chaosCmd(args []string, out io.Writer) error {
 			o.OtelcolBin = "bin/otelcol-keeper"
 		}
 	}
+	var pr *progress.Printer
 	if !*quiet {
-		o.Log = func(format string, a ...any) {
-			fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+		pr = progress.Stderr()
+	}
+	defer pr.Close()
+	stamped := func(print func(string, ...any)) func(string, ...any) {
+		return func(format string, a ...any) {
+			print("%s "+format, append([]any{time.Now().Format("15:04:05")}, a...)...)
 		}
+	}
+	switch {
+	case pr != nil:
+		o.Log = stamped(pr.Printf)
+	case !*quiet && !*asJSON:
+		o.Log = stamped(func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) })
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := chaos.Run(ctx, o)
+	rep, err := chaos.Run(progress.With(ctx, pr), o)
+	pr.Close()
 	if err != nil {
 		return fmt.Errorf("chaos run (seed %d): %w", rep.Seed, err)
 	}

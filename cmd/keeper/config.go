@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"strconv"
@@ -31,6 +32,9 @@ type Config struct {
 	MemberID string `yaml:"member_id" help:"member id (default $POD_NAME, else random)"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `yaml:"log_level" help:"log level: debug, info, warn, error"`
+	// LogFormat is text, json, or auto: text when stderr is a terminal (a
+	// person reads it), JSON otherwise (a log pipeline parses it).
+	LogFormat string `yaml:"log_format" help:"log format: auto (text on a terminal, JSON otherwise), text, json"`
 	// HealthAddr serves /healthz and /readyz; empty disables it.
 	HealthAddr string `yaml:"health_addr" help:"health endpoint address (empty: off)"`
 	// ShutdownTimeout bounds a graceful stop (SIGTERM, SIGINT): the running
@@ -51,9 +55,11 @@ type Config struct {
 	Queues map[string]queue.Config `yaml:"queues" env:"-"`
 }
 
-// RedisConfig says where the queues live.
+// RedisConfig says where the queues live: redis.addr (one server, or a
+// Redis Cluster), or the primary that Redis Sentinel names
+// (redis.sentinel), or neither (a local redis-server).
 type RedisConfig struct {
-	Addr string `yaml:"addr" help:"redis address host:port (empty: start a local redis-server on a free loopback port)"`
+	Addr string `yaml:"addr" help:"redis address host:port; several, comma-separated, make a Redis Cluster client (empty, without redis.sentinel: start a local redis-server on a free loopback port)"`
 	// Layout is whose keys keeper housekeeps: "native" (keeper's own queues)
 	// or "deckard" (Deckard's, in place of its unlock and timeout tasks).
 	Layout string `yaml:"layout" help:"native: keeper's own queues; deckard: Deckard's keys (unlock and timeout)"`
@@ -73,6 +79,23 @@ type RedisConfig struct {
 	// noeviction) or "warn" (log a warning at start and go on).
 	AllowEviction string        `yaml:"allow_eviction" help:"no: refuse a redis whose maxmemory-policy may evict keys (checked at start and on every new connection); warn: log a warning instead"`
 	ReplicaWait   time.Duration `yaml:"replica_wait" help:"how long a shard claim waits for a replica's acknowledgement (WAIT) when the redis primary has replicas; unacknowledged claims are made again"`
+
+	// Sentinel, when set, names the primary instead of Addr.
+	Sentinel SentinelConfig `yaml:"sentinel"`
+}
+
+// SentinelConfig finds the Redis primary through Redis Sentinel: keeper
+// asks the sentinels for the master's address, and follows a failover to
+// the replica they promote. The data nodes take redis.username, the redis
+// password and redis's TLS settings; the sentinels take the same TLS
+// settings and their own user and password (a sentinel's requirepass is
+// its own, not the monitored servers').
+type SentinelConfig struct {
+	Master       string   `yaml:"master" help:"name of the master the sentinels monitor (sentinel monitor <name> ...); with redis.sentinel.addrs, instead of redis.addr"`
+	Addrs        []string `yaml:"addrs" help:"sentinel addresses host:port, comma-separated; more are discovered from the ones given"`
+	Username     string   `yaml:"username" help:"the sentinels' ACL user (empty: none)"`
+	PasswordFile string   `yaml:"password_file" help:"file holding the sentinels' own password (their requirepass; or set KEEPER_REDIS_SENTINEL_PASSWORD; empty: none)"`
+	Password     string   `yaml:"-" flag:"-" help:"sentinel password (environment only: KEEPER_REDIS_SENTINEL_PASSWORD)"`
 }
 
 // The layouts (redis.layout).
@@ -125,7 +148,7 @@ type RingConfig struct {
 
 // TasksConfig tunes housekeeping.
 type TasksConfig struct {
-	Workers         int           `yaml:"workers" help:"passes running at once"`
+	Workers         int           `yaml:"workers" help:"round trips to Redis in flight, each carrying up to 128 due passes"`
 	Batch           int           `yaml:"batch" help:"messages per pass"`
 	MeasureInterval time.Duration `yaml:"measure_interval" help:"how often a changed shard is measured"`
 	SweepInterval   time.Duration `yaml:"sweep_interval" help:"safety sweep period over all owned shards"`
@@ -137,14 +160,15 @@ type TasksConfig struct {
 // standard OTEL_* variables (endpoint, headers, TLS, interval).
 type MetricsConfig struct {
 	Disabled       bool          `yaml:"disabled" help:"turn metrics off"`
-	Endpoint       string        `yaml:"endpoint" help:"OTLP gRPC endpoint when OTEL_EXPORTER_OTLP_ENDPOINT is unset (http:// plaintext, https:// TLS)"`
+	Endpoint       string        `yaml:"endpoint" help:"OTLP gRPC endpoint when OTEL_EXPORTER_OTLP_ENDPOINT is unset (http:// plaintext, https:// TLS); with neither, metrics are not pushed"`
 	ExportInterval time.Duration `yaml:"export_interval" help:"export interval (0: OTEL_METRIC_EXPORT_INTERVAL, else 10s)"`
-	PrometheusAddr string        `yaml:"prometheus_addr" help:"optional Prometheus pull endpoint (empty: off)"`
+	PrometheusAddr string        `yaml:"prometheus_addr" help:"optional Prometheus pull endpoint host:port, serving /metrics (empty: off)"`
 }
 
 func defaultConfig() Config {
 	return Config{
 		LogLevel:        "info",
+		LogFormat:       "auto",
 		HealthAddr:      "127.0.0.1:8080",
 		ShutdownTimeout: 30 * time.Second,
 		Redis: RedisConfig{Layout: LayoutNative, DataDir: "keeper-data/redis", AllowEviction: "no",
@@ -231,6 +255,9 @@ func (c *Config) readSecrets() error {
 	if err := read(c.Redis.PasswordFile, &c.Redis.Password, "redis"); err != nil {
 		return err
 	}
+	if err := read(c.Redis.Sentinel.PasswordFile, &c.Redis.Sentinel.Password, "redis sentinel"); err != nil {
+		return err
+	}
 	return read(c.Etcd.PasswordFile, &c.Etcd.Password, "etcd")
 }
 
@@ -240,6 +267,11 @@ func (c *Config) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		problems = append(problems, fmt.Sprintf("log_level %q is not debug, info, warn or error", c.LogLevel))
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		problems = append(problems, fmt.Sprintf("log_format %q is not auto, text or json", c.LogFormat))
 	}
 	for _, l := range limits {
 		if p := l.check(c); p != "" {
@@ -262,9 +294,10 @@ func (c *Config) validate() error {
 	if !c.Redis.TLS && (c.Redis.CAFile != "" || c.Redis.CertFile != "" || c.Redis.KeyFile != "") {
 		problems = append(problems, "redis.ca_file, redis.cert_file and redis.key_file need redis.tls: true")
 	}
-	if c.Redis.TLS && c.Redis.Addr == "" {
-		problems = append(problems, "redis.tls needs redis.addr: the local redis-server started without one speaks plain TCP on loopback")
+	if c.Redis.TLS && c.Redis.Addr == "" && c.Redis.Sentinel.Master == "" {
+		problems = append(problems, "redis.tls needs redis.addr or redis.sentinel: the local redis-server started without them speaks plain TCP on loopback")
 	}
+	problems = append(problems, c.Redis.Sentinel.check(c.Redis.Addr)...)
 	if (c.Redis.CertFile == "") != (c.Redis.KeyFile == "") {
 		problems = append(problems, "redis.cert_file and redis.key_file go together")
 	}
@@ -299,6 +332,32 @@ func (c *Config) validateDeckard() []string {
 		// Declared queues are native ones: written under a Deckard prefix
 		// they would be keys Deckard does not know.
 		problems = append(problems, "queues declares native queues; with redis.layout deckard the queues are Deckard's, found by discovery: remove queues")
+	}
+	return problems
+}
+
+// check validates the sentinel settings; addr is redis.addr.
+func (s SentinelConfig) check(addr string) []string {
+	var problems []string
+	switch {
+	case s.Master == "" && len(s.Addrs) > 0:
+		problems = append(problems, "redis.sentinel.addrs needs redis.sentinel.master (the name the sentinels monitor the primary under)")
+	case s.Master != "" && len(s.Addrs) == 0:
+		problems = append(problems, "redis.sentinel.master needs redis.sentinel.addrs (at least one sentinel's host:port)")
+	case s.Master == "" && (s.Username != "" || s.PasswordFile != "" || s.Password != ""):
+		problems = append(problems, "redis.sentinel.username and the sentinel password need redis.sentinel.master and redis.sentinel.addrs")
+	}
+	if s.Master != "" && addr != "" {
+		problems = append(problems, "redis.addr and redis.sentinel are exclusive: with Sentinel, keeper asks the sentinels where the primary is")
+	}
+	if strings.ContainsAny(s.Master, " \t\r\n") {
+		problems = append(problems, fmt.Sprintf("redis.sentinel.master %q has white space (Sentinel names are single words)", s.Master))
+	}
+	for _, a := range s.Addrs {
+		host, port, err := net.SplitHostPort(a)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			problems = append(problems, fmt.Sprintf("redis.sentinel.addrs: %q is not host:port", a))
+		}
 	}
 	return problems
 }

@@ -22,8 +22,12 @@ func TestShippedConfigParses(t *testing.T) {
 	}
 	def := defaultConfig()
 	def.applyLayoutDefaults()
+	// An empty list in the file is an empty slice, the default a nil one.
+	if len(cfg.Redis.Sentinel.Addrs) == 0 {
+		cfg.Redis.Sentinel.Addrs = nil
+	}
 	if cfg.Deckard != def.Deckard || cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Etcd.FenceRetry != def.Etcd.FenceRetry || cfg.Tasks != def.Tasks ||
-		cfg.Redis != def.Redis || cfg.Ring != def.Ring || cfg.Metrics != def.Metrics || cfg.ShutdownTimeout != def.ShutdownTimeout {
+		!reflect.DeepEqual(cfg.Redis, def.Redis) || cfg.Ring != def.Ring || cfg.Metrics != def.Metrics || cfg.ShutdownTimeout != def.ShutdownTimeout {
 		t.Fatalf("configs/keeper.yaml drifted from the built-in defaults:\n%+v\n%+v", cfg, def)
 	}
 	if q := cfg.Queues["example"]; q.Partitions != 4 || q.TTL.D() != 24*time.Hour {
@@ -84,6 +88,13 @@ func TestBadConfigIsRefusedClearly(t *testing.T) {
 		"--redis.tls":                                          "redis.tls needs redis.addr",
 		"--etcd.endpoints e:1 --etcd.key_file k.pem":           "etcd.cert_file and etcd.key_file go together",
 		"--redis.addr r:1 --redis.tls --redis.ca_file ca.pem --etcd.prefix x": "etcd.prefix",
+		"--redis.sentinel.master m":      "redis.sentinel.master needs redis.sentinel.addrs",
+		"--redis.sentinel.addrs s:26379": "redis.sentinel.addrs needs redis.sentinel.master",
+		"--redis.addr r:1 --redis.sentinel.master m --redis.sentinel.addrs s:26379": "redis.addr and redis.sentinel are exclusive",
+		"--redis.sentinel.master m --redis.sentinel.addrs s:26379,s2":               `redis.sentinel.addrs: "s2" is not host:port`,
+		"--redis.sentinel.master m --redis.sentinel.addrs :26379":                   `redis.sentinel.addrs: ":26379" is not host:port`,
+		"--redis.sentinel.master m --redis.sentinel.addrs s:0":                      `redis.sentinel.addrs: "s:0" is not host:port`,
+		"--redis.sentinel.username u":                                               "redis.sentinel.username and the sentinel password need redis.sentinel.master",
 	} {
 		_, err := loadConfig("run", strings.Fields(args), nil)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -95,6 +106,59 @@ func TestBadConfigIsRefusedClearly(t *testing.T) {
 	_ = os.WriteFile(file, []byte("redis:\n  adress: x\n"), 0o644)
 	if _, err := loadConfig("run", []string{"--config", file}, nil); err == nil || !strings.Contains(err.Error(), "adress") {
 		t.Errorf("unknown key: %v", err)
+	}
+}
+
+// Sentinel settings from a file, the environment and flags, the sentinels'
+// own password from a file or KEEPER_REDIS_SENTINEL_PASSWORD (never a flag),
+// and TLS allowed with Sentinel alone.
+func TestSentinelConfig(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "sentinel-pw")
+	if err := os.WriteFile(pw, []byte("watch\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "k.yaml")
+	if err := os.WriteFile(file, []byte(`redis:
+  tls: true
+  sentinel:
+    master: queues
+    addrs: [10.0.0.1:26379, "sentinel-1.sentinel:26379"]
+    username: watcher
+    password_file: `+pw+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig("run", []string{"--config", file}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Redis.Sentinel
+	if s.Master != "queues" || strings.Join(s.Addrs, ",") != "10.0.0.1:26379,sentinel-1.sentinel:26379" ||
+		s.Username != "watcher" || s.Password != "watch" || !cfg.Redis.TLS {
+		t.Fatalf("sentinel config from the file: %+v", cfg.Redis)
+	}
+	opt, err := redisOptions(cfg.Redis, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opt.MasterName != "queues" || len(opt.Addrs) != 2 || opt.SentinelUsername != "watcher" ||
+		opt.SentinelPassword != "watch" || opt.TLSConfig == nil {
+		t.Fatalf("client options %+v", opt)
+	}
+	cfg, err = loadConfig("run", []string{"--redis.sentinel.addrs", "a:1, b:2"},
+		[]string{"KEEPER_REDIS_SENTINEL_MASTER=m", "KEEPER_REDIS_SENTINEL_PASSWORD=fromenv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Redis.Sentinel; s.Master != "m" || strings.Join(s.Addrs, ",") != "a:1,b:2" || s.Password != "fromenv" {
+		t.Fatalf("sentinel config from env and flags: %+v", s)
+	}
+	if _, err := loadConfig("run", []string{"--redis.sentinel.password", "x"}, nil); err == nil {
+		t.Fatal("a sentinel password flag was accepted")
+	}
+	_, err = loadConfig("run", nil, []string{"KEEPER_REDIS_SENTINEL_PASSWORD=x"})
+	if err == nil || !strings.Contains(err.Error(), "the sentinel password need redis.sentinel.master") {
+		t.Fatalf("a sentinel password without sentinels: %v", err)
 	}
 }
 
@@ -128,7 +192,14 @@ func TestKubernetesManifests(t *testing.T) {
 			cfgText := doc["data"].(map[string]any)["keeper.yaml"].(string)
 			path := filepath.Join(t.TempDir(), "keeper.yaml")
 			_ = os.WriteFile(path, []byte(cfgText), 0o644)
+			// The password files are mounted in the pod only: the
+			// environment stands in for them (the sentinels' password
+			// only where a sentinel is configured, as it is refused
+			// without one).
 			env := []string{"KEEPER_REDIS_PASSWORD=x", "KEEPER_ETCD_PASSWORD=x"}
+			if strings.Contains(cfgText, "sentinel:") {
+				env = append(env, "KEEPER_REDIS_SENTINEL_PASSWORD=x")
+			}
 			if _, err := loadConfig("run", []string{"--config", path}, env); err != nil {
 				t.Fatalf("%s: embedded keeper.yaml: %v", f, err)
 			}

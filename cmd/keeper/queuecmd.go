@@ -7,9 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/progress"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -24,7 +28,7 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("queue "+sub, flag.ContinueOnError)
 	file := fs.String("config", envOr(environ, "KEEPER_CONFIG", ""), "YAML config of `keeper run` whose redis settings to use (env KEEPER_CONFIG)")
-	addr := fs.String("redis", "", "redis address (default redis.addr of the config or KEEPER_REDIS_ADDR, else the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
+	addr := fs.String("redis", "", "redis address (default redis.addr or redis.sentinel of the config or KEEPER_REDIS_*, else the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
 	prefix := fs.String("prefix", "", "key prefix (default redis.prefix of the config or KEEPER_REDIS_PREFIX, else "+queue.DefaultPrefix+")")
 	layout := fs.String("layout", "", "native or deckard (default redis.layout of the config or KEEPER_REDIS_LAYOUT, else native); deckard: list, stats and inspect Deckard's queues")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -70,8 +74,8 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rc := cfg.Redis
-	if rc.Addr = operatorRedisAddr(rc); rc.Addr == "" {
+	rc, known := operatorRedis(cfg.Redis)
+	if !known {
 		rc.Addr = "127.0.0.1:6379"
 	}
 	// go-redis's own warnings (each retried dial) would bury the one error
@@ -83,6 +87,11 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	}
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	if sub == "audit" {
+		// An audit reads every message of the queue: minutes on a large
+		// one. It ends on Ctrl-C or SIGTERM, not at a deadline.
+		ctx, cancel = signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	}
 	defer cancel()
 	c := queue.NewClient(rdb, queue.ClientOptions{Prefix: rc.Prefix})
 	reg := c.Registry()
@@ -193,7 +202,10 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 			}
 		})
 	case "audit":
-		a, err := c.Audit(ctx, rest[0])
+		// Progress on stderr when it is a terminal; nothing otherwise.
+		pr := progress.Stderr()
+		a, err := c.Audit(progress.With(ctx, pr), rest[0])
+		pr.Close()
 		if err != nil {
 			return err
 		}

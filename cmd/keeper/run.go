@@ -36,7 +36,7 @@ func runCmd(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	d := &daemon{cfg: cfg, log: newLogger(cfg.LogLevel)}
+	d := &daemon{cfg: cfg, log: newFormatLogger(cfg.LogLevel, cfg.LogFormat)}
 	if err := d.start(ctx); err != nil {
 		d.stopWithin()
 		if ctx.Err() != nil {
@@ -75,13 +75,9 @@ func (d *daemon) shutdownTimeout() time.Duration {
 	return d.cfg.ShutdownTimeout
 }
 
-func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
-	redis.SetLogger(redisLogger{log.With("component", "redis-client")})
-	return log
-}
+// newLogger logs at level on stderr, in the format log_format's default
+// (auto) picks; see newFormatLogger.
+func newLogger(level string) *slog.Logger { return newFormatLogger(level, "auto") }
 
 // redisLogger sends go-redis's own messages (dial failures, pool trouble)
 // through slog, so every line keeper prints is structured.
@@ -102,7 +98,10 @@ type daemon struct {
 	localRedis *redisserver.Server
 	localEtcd  *etcdserver.Server
 	rdb        redis.UniversalClient
+	redisCmds  commandCounter // what rdb sent
 	etcd       *clientv3.Client
+	// sentinelWatch follows Sentinel's failovers for rdb (redis.sentinel).
+	sentinelWatch *sentinelWatch
 
 	memberID string
 	metrics  *kotel.Provider
@@ -152,10 +151,11 @@ func (d *daemon) start(ctx context.Context) error {
 	// Metrics first: every other part records into them.
 	d.metrics = kotel.NewProvider(kotel.Config{MemberID: d.memberID, Endpoint: d.cfg.Metrics.Endpoint,
 		ExportInterval: d.cfg.Metrics.ExportInterval, Disabled: d.cfg.Metrics.Disabled,
-		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, Logger: d.log})
+		PrometheusAddr: d.cfg.Metrics.PrometheusAddr, OTLPOnlyIfConfigured: true, Logger: d.log})
 	if err := d.startPart(ctx, "metrics", d.metrics); err != nil {
 		return err
 	}
+	d.sayWhereMetricsAre()
 	if err := d.build(); err != nil {
 		return err
 	}
@@ -202,7 +202,7 @@ func (d *daemon) startPart(ctx context.Context, name string, svc service.Service
 // catalog (a queue config changed) is the keeper's ConfigChanged channel,
 // which the catalog, built after it, reads.
 func (d *daemon) build() error {
-	inst, err := kotel.NewInstruments(d.metrics.Meter("github.com/keeperhq/keeper"))
+	inst, err := kotel.NewInstruments(d.metrics.Meter(kotel.ScopeName))
 	if err != nil {
 		return fmt.Errorf("instruments: %w", err)
 	}
@@ -258,9 +258,12 @@ func (d *daemon) build() error {
 		s.OwnedShards = keeper.OwnedCount()
 		return s
 	})
-	if err := inst.Observe(source, agg, selfSource{keeper, agg}); err != nil {
+	if err := inst.Observe(selfSource{keeper, agg}); err != nil {
 		return fmt.Errorf("instruments: %w", err)
 	}
+	// The fleet series: the owned shards' and, while this keeper leads,
+	// the global ones, under a resource that names no keeper.
+	d.metrics.PublishFleet(source, agg)
 	d.keeper, d.coord, d.catalog, d.agg, d.publisher = keeper, coord, catalog, agg, publisher
 	if d.cfg.HealthAddr != "" {
 		d.health = newHealth(d.cfg.HealthAddr, d)
@@ -317,6 +320,9 @@ func (d *daemon) shutdown() {
 	if d.rdb != nil {
 		_ = d.rdb.Close()
 	}
+	if d.sentinelWatch != nil {
+		_ = d.sentinelWatch.Stop(ctx)
+	}
 	if d.localRedis != nil {
 		_ = d.localRedis.Stop()
 	}
@@ -326,7 +332,7 @@ func (d *daemon) shutdown() {
 func (d *daemon) startRedis(ctx context.Context) error {
 	c := d.cfg.Redis
 	addrs := splitList(c.Addr)
-	if len(addrs) == 0 {
+	if len(addrs) == 0 && c.Sentinel.Master == "" {
 		if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 			return fmt.Errorf("redis data dir: %w", err)
 		}
@@ -348,15 +354,24 @@ func (d *daemon) startRedis(ctx context.Context) error {
 	}
 	// keeper needs maxmemory-policy noeviction: checked on every new
 	// connection, so at start and on every reconnect.
-	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn"}).onConnect
+	opt.OnConnect = (&evictionGuard{log: d.log, warnOnly: c.AllowEviction == "warn",
+		sentinel: c.Sentinel.Master != ""}).onConnect
+	if c.Sentinel.Master != "" {
+		d.sentinelWatch = newSentinelWatch(opt, d.log)
+		if err := d.sentinelWatch.Start(ctx); err != nil {
+			return fmt.Errorf("sentinel watch: %w", err)
+		}
+	}
 	d.rdb = redis.NewUniversalClient(opt)
+	where := d.redisAddr()
+	d.rdb.AddHook(&d.redisCmds)
 	if err := d.rdb.Ping(ctx).Err(); errors.Is(err, queue.ErrEvictionPolicy) {
 		return fmt.Errorf("redis %s: %w; set maxmemory-policy noeviction, or redis.allow_eviction: warn to run anyway",
-			strings.Join(addrs, ","), err)
+			where, err)
 	} else if err != nil {
 		// Keep going: every component retries, and a keeper that cannot
 		// reach Redis still holds its place in the fleet.
-		d.log.Error("redis unreachable at start; retrying in the background", "addr", strings.Join(addrs, ","), "err", err)
+		d.log.Error("redis unreachable at start; retrying in the background", "addr", where, "err", err)
 	}
 	return nil
 }
@@ -427,7 +442,7 @@ func (d *daemon) redisAddr() string {
 	if d.localRedis != nil {
 		return d.localRedis.Addr
 	}
-	return d.cfg.Redis.Addr
+	return describeRedis(d.cfg.Redis)
 }
 
 func (d *daemon) healthAddr() string {
@@ -447,19 +462,13 @@ func splitList(s string) []string {
 	return out
 }
 
-// shardSource feeds the per-shard instruments from the keeper's last
-// measurements: collection costs Redis nothing. It lists the owned shards
-// too, measured or not, so that the lags of a takeover are kept.
+// shardSource feeds the per-shard series from the keeper's last
+// measurements of the shards it owns: collection costs Redis nothing, and a
+// shard it disowned is not listed from that moment.
 type shardSource struct {
 	k *tasks.Keeper
 	// splitLocks: the layout has two lock pools (Deckard's).
 	splitLocks bool
-}
-
-var _ kotel.OwnedSource = shardSource{}
-
-func (s shardSource) EachOwned(fn func(q, shard string)) {
-	s.k.EachOwned(func(sh queue.Shard) { fn(sh.Queue, sh.String()) })
 }
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
@@ -467,7 +476,7 @@ func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
 			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
 			SplitLocks: s.splitLocks, LockedAck: m.LockedAck, LockedNack: m.LockedNack,
-			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters})
+			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters, Lag: m.Lag})
 	})
 }
 

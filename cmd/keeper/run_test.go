@@ -186,6 +186,14 @@ func TestStartsWhileEtcdAndRedisAreDown(t *testing.T) {
 		}
 		return st.Ready == 1 && st.Inflight == 0, fmt.Sprintf("ready %d inflight %d", st.Ready, st.Inflight)
 	})
+	// /status counts the commands the keeper sent to Redis (what `keeper
+	// bench scaleout` reads per keeper).
+	var st struct {
+		RedisCommands int64 `json:"redis_commands"`
+	}
+	if _, body := get("/status"); json.Unmarshal([]byte(body), &st) != nil || st.RedisCommands <= 0 {
+		t.Fatalf("/status counts no redis commands: %s", body)
+	}
 }
 
 // The daemon against an etcd that requires client certificates and a Redis

@@ -35,16 +35,6 @@ func readDiscovery(dataDir, name string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// operatorRedisAddr is the Redis an operator command talks to: redis.addr,
-// else the local redis-server that `keeper run` noted in its data dir, else
-// "" (none known).
-func operatorRedisAddr(c RedisConfig) string {
-	if c.Addr != "" {
-		return c.Addr
-	}
-	return readDiscovery(c.DataDir, "addr")
-}
-
 // statusCmd is `keeper status [--json]`: the fleet as etcd has it.
 func statusCmd(args []string, out io.Writer) error {
 	asJSON := false
@@ -78,10 +68,10 @@ func statusCmd(args []string, out io.Writer) error {
 		return err
 	}
 	defer d.etcd.Close()
-	redisAddr := operatorRedisAddr(cfg.Redis)
+	rc, known := operatorRedis(cfg.Redis)
 	var shards []queue.Shard
-	if redisAddr != "" {
-		rdb, err := redisClient(cfg.Redis, splitList(redisAddr))
+	if known {
+		rdb, err := redisClient(rc, splitList(rc.Addr))
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,9 @@
 // configs/otelcol/builder.yaml) on free loopback ports, and scrapes the
 // Prometheus endpoint it exposes. End-to-end tests of keeper's metrics use it
 // so that what they check is what an operator's Prometheus would see.
+//
+// It is one file of about 590 lines: the collector's config, its process
+// and the parser of its scrape are only ever used together.
 package otelcol
 
 import (
@@ -63,13 +66,32 @@ type Config struct {
 	// StartTimeout bounds how long Start waits for the collector to listen;
 	// default 30s, as a cold start on a loaded CI machine takes seconds.
 	StartTimeout time.Duration
+	// DefaultExporter adds a second Prometheus exporter to the pipeline,
+	// configured with nothing but its endpoint, so every other setting is
+	// the exporter's default (metric_expiration 5m, no
+	// resource_to_telemetry_conversion). Tests scrape both (ScrapeDefault):
+	// what keeper promises must hold for an operator's stock exporter too,
+	// not only for configs/otelcol.
+	DefaultExporter bool
 }
+
+// defaultExporterOverlay is the overlay DefaultExporter adds. Lists are
+// replaced, not merged, so it names every exporter of the pipeline.
+const defaultExporterOverlay = `exporters:
+  prometheus/defaults:
+    endpoint: ${env:KEEPER_OTELCOL_PROMETHEUS_DEFAULTS_ENDPOINT}
+service:
+  pipelines:
+    metrics:
+      exporters: [prometheus, prometheus/defaults, debug]
+`
 
 // Collector is a running collector process.
 type Collector struct {
 	otlpAddr      string
 	promAddr      string
 	telemetryAddr string
+	defaultsAddr  string // "" without Config.DefaultExporter
 
 	cmd     *exec.Cmd
 	dir     string
@@ -121,6 +143,14 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("otelcol temp dir: %w", err)
 	}
+	if cfg.DefaultExporter {
+		overlay := filepath.Join(dir, "default-exporter.yaml")
+		if err := os.WriteFile(overlay, []byte(defaultExporterOverlay), 0o600); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, fmt.Errorf("otelcol default exporter overlay: %w", err)
+		}
+		confs = append(confs, overlay)
+	}
 	// Ports picked by the kernel can be taken by someone else before the
 	// collector binds them; a few attempts keep a busy test run from failing.
 	var lastErr error
@@ -131,7 +161,7 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 			done:    make(chan struct{}),
 			client:  &http.Client{Timeout: 5 * time.Second},
 		}
-		lastErr = c.launch(ctx, bin, confs, cfg.MetricExpiration, timeout)
+		lastErr = c.launch(ctx, bin, confs, cfg.MetricExpiration, timeout, cfg.DefaultExporter)
 		if lastErr == nil {
 			return c, nil
 		}
@@ -145,14 +175,17 @@ func Start(ctx context.Context, cfg Config) (*Collector, error) {
 
 var errAddrInUse = errors.New("address already in use")
 
-func (c *Collector) launch(ctx context.Context, bin string, confs []string, expiry, timeout time.Duration) error {
-	ports, err := loopback.Ports(3)
+func (c *Collector) launch(ctx context.Context, bin string, confs []string, expiry, timeout time.Duration, defaults bool) error {
+	ports, err := loopback.Ports(4)
 	if err != nil {
 		return err
 	}
 	c.otlpAddr = loopback.Addr(ports[0])
 	c.promAddr = loopback.Addr(ports[1])
 	c.telemetryAddr = loopback.Addr(ports[2])
+	if defaults {
+		c.defaultsAddr = loopback.Addr(ports[3])
+	}
 	logf, err := os.Create(c.logPath)
 	if err != nil {
 		return fmt.Errorf("otelcol log file: %w", err)
@@ -171,6 +204,9 @@ func (c *Collector) launch(ctx context.Context, bin string, confs []string, expi
 	)
 	if expiry > 0 {
 		env = append(env, "KEEPER_OTELCOL_METRIC_EXPIRATION="+expiry.String())
+	}
+	if defaults {
+		env = append(env, "KEEPER_OTELCOL_PROMETHEUS_DEFAULTS_ENDPOINT="+c.defaultsAddr)
 	}
 	cmd.Env = env
 	cmd.Dir = c.dir
@@ -244,9 +280,6 @@ func (c *Collector) OTLPEndpoint() string { return c.otlpAddr }
 
 // PrometheusURL is the URL of the Prometheus exporter's scrape endpoint.
 func (c *Collector) PrometheusURL() string { return "http://" + c.promAddr + "/metrics" }
-
-// TelemetryURL is the scrape URL of the collector's own metrics.
-func (c *Collector) TelemetryURL() string { return "http://" + c.telemetryAddr + "/metrics" }
 
 // Pid is the collector's process id.
 func (c *Collector) Pid() int { return c.cmd.Process.Pid }
@@ -329,9 +362,31 @@ func (s Series) String() string {
 	return b.String()
 }
 
+// DefaultURL is the scrape URL of the exporter that Config.DefaultExporter
+// adds, or "" without it.
+func (c *Collector) DefaultURL() string {
+	if c.defaultsAddr == "" {
+		return ""
+	}
+	return "http://" + c.defaultsAddr + "/metrics"
+}
+
 // Scrape fetches the Prometheus endpoint once and parses it.
 func (c *Collector) Scrape(ctx context.Context) ([]Series, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.PrometheusURL(), nil)
+	return c.scrape(ctx, c.PrometheusURL())
+}
+
+// ScrapeDefault scrapes the exporter with default settings
+// (Config.DefaultExporter).
+func (c *Collector) ScrapeDefault(ctx context.Context) ([]Series, error) {
+	if c.defaultsAddr == "" {
+		return nil, errors.New("scrape: the collector was started without DefaultExporter")
+	}
+	return c.scrape(ctx, c.DefaultURL())
+}
+
+func (c *Collector) scrape(ctx context.Context, url string) ([]Series, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("scrape request: %w", err)
 	}
@@ -340,16 +395,16 @@ func (c *Collector) Scrape(ctx context.Context) ([]Series, error) {
 	req.Header.Set("Accept", "text/plain; version=0.0.4")
 	resp, err := c.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", c.PrometheusURL(), err)
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("scrape %s: %s: %s", c.PrometheusURL(), resp.Status, body)
+		return nil, fmt.Errorf("scrape %s: %s: %s", url, resp.Status, body)
 	}
 	series, err := ParseText(resp.Body)
 	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", c.PrometheusURL(), err)
+		return nil, fmt.Errorf("scrape %s: %w", url, err)
 	}
 	return series, nil
 }

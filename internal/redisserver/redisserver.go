@@ -187,11 +187,17 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 			cmd.Env = append(cmd.Env, "KEEPER_CLOCK_FILE="+s.clock.Name())
 		}
 	}
+	return s.run(ctx, cmd, port, timeout, "redis-server", "redis.log")
+}
+
+// run starts cmd (what, listening on port, logging to logName in its dir)
+// and waits until it answers PING, or kills it if it does not in time.
+func (s *Server) run(ctx context.Context, cmd *exec.Cmd, port int, timeout time.Duration, what, logName string) error {
 	// Own process group so a Ctrl-C of the test runner does not race our
 	// explicit stop, and so we can signal exactly this server.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start redis-server: %w", err)
+		return fmt.Errorf("start %s: %w", what, err)
 	}
 	s.cmd = cmd
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
@@ -206,16 +212,16 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 		}
 		select {
 		case <-s.done:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			return fmt.Errorf("redis-server on %s exited: %v: %s", s.Addr, s.waitErr, lastLines(string(log), 5))
+			log, _ := os.ReadFile(filepath.Join(s.dir, logName))
+			return fmt.Errorf("%s on %s exited: %v: %s", what, s.Addr, s.waitErr, lastLines(string(log), 5))
 		case <-ctx.Done():
-			s.kill()
+			_ = s.kill()
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			s.kill()
-			return fmt.Errorf("redis-server on %s did not answer within %s", s.Addr, timeout)
+			_ = s.kill()
+			return fmt.Errorf("%s on %s did not answer within %s", what, s.Addr, timeout)
 		}
 	}
 }

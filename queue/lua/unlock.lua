@@ -1,10 +1,17 @@
 -- unlock (housekeeping): move locked messages whose unlock time has come back
--- to ready, oldest due first, with the score they are to be served at.
+-- to ready, oldest due first, with the score they are to be served at, and
+-- count each one's lag in the shard's unlock-lag histogram.
 -- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] locked  KEYS[6] ready  KEYS[7] prio  KEYS[8] stats  KEYS[9] clean
 -- ARGV[4] batch
 -- Returns {moved, next_due_ms (-1 = none), now_us, lag_us_1, ..., lag_us_n}
 -- where lag = moved time - unlock time.
+-- The histogram is kept in the stats hash: lag_le_<bound>us counts the lags
+-- up to each of LAG_BOUNDS_US (and above the previous one), lag_le_inf
+-- those above every bound, lag_sum_us their sum, each lag counted there up
+-- to LAG_SUM_CAP_US (so that a pass at the largest batch adds less than
+-- 2^53 and the sum stays exact in Lua's numbers; see LagHistogram in
+-- counters.go).
 -- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
 -- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
@@ -15,13 +22,12 @@ err = fence_check('unlock')
 if err then return err end
 err = check_types({LOCKED, 'zset', READY, 'zset', PRIO, 'hash', STATS, 'hash', CLEAN, 'string'})
 if err then return err end
-err = check_counters(STATS, {'unlocked'})
-if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
 local due = redis.call('ZRANGEBYSCORE', LOCKED, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
 local out = {0, -1, now}
 local ids, zargs = {}, {}
+local buckets, lag_sum = {}, 0 -- stats field -> lags counted there
 for i = 1, #due, 2 do
   ids[#ids + 1] = due[i]
 end
@@ -30,15 +36,38 @@ if #ids > 0 then
   for i, id in ipairs(ids) do
     zargs[#zargs + 1] = score_of(prios[i], now_ms)
     zargs[#zargs + 1] = id
-    out[#out + 1] = now - tonumber(due[2 * i]) * 1000
+    local lag = now - tonumber(due[2 * i]) * 1000
+    out[#out + 1] = lag
+    -- A hand-written fractional score must not make HINCRBY fail half-way.
+    lag = math.max(0, math.floor(lag))
+    local field = 'lag_le_inf'
+    for _, b in ipairs(LAG_BOUNDS_US) do
+      if lag <= b then
+        field = 'lag_le_' .. b .. 'us'
+        break
+      end
+    end
+    buckets[field] = (buckets[field] or 0) + 1
+    lag_sum = lag_sum + math.min(lag, LAG_SUM_CAP_US)
   end
 end
+local counters = {'unlocked', 'lag_sum_us'}
+for field in pairs(buckets) do
+  counters[#counters + 1] = field
+end
+err = check_counters(STATS, counters)
+if err then return err end
 
 fence_raise()
 if #ids > 0 then
   bulk('ZREM', LOCKED, ids)
   bulk('ZADD', READY, zargs)
   redis.call('HINCRBY', STATS, 'unlocked', #ids)
+  for field, n in pairs(buckets) do
+    redis.call('HINCRBY', STATS, field, n)
+  end
+  -- %d: Redis would pass a large Lua number as 1e+15, which HINCRBY refuses.
+  redis.call('HINCRBY', STATS, 'lag_sum_us', string.format('%d', lag_sum))
   redis.call('DEL', CLEAN)
   out[1] = #ids
 end

@@ -34,6 +34,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "keeper.etcdPasswordDir" -}}/etc/keeper/etcd-password{{- end -}}
 {{- define "keeper.redisTLSDir" -}}/etc/keeper/redis-tls{{- end -}}
 {{- define "keeper.redisPasswordDir" -}}/etc/keeper/redis-password{{- end -}}
+{{- define "keeper.sentinelPasswordDir" -}}/etc/keeper/redis-sentinel-password{{- end -}}
 
 {{/*
 keeper.yaml, built as a dict so that `config` merges over it key by key.
@@ -55,8 +56,24 @@ Secrets appear as file paths only.
 {{- $_ := set $etcd "key_file" (printf "%s/%s" $dir $v.etcd.tls.keyKey) -}}
 {{- end -}}
 {{- end -}}
-{{- if not $v.redis.addr -}}{{- fail "redis.addr is required: keeper in a pod does not start its own redis-server" -}}{{- end -}}
-{{- $redis := dict "addr" $v.redis.addr "prefix" $v.redis.prefix -}}
+{{- $sentinel := $v.redis.sentinel | default dict -}}
+{{- $redis := dict "prefix" $v.redis.prefix -}}
+{{- if $sentinel.master -}}
+{{- if $v.redis.addr -}}{{- fail "redis.addr and redis.sentinel.master are exclusive: set redis.addr to \"\" when the sentinels name the primary" -}}{{- end -}}
+{{- if not $sentinel.addrs -}}{{- fail "redis.sentinel.master needs redis.sentinel.addrs (host:port of one or more sentinels)" -}}{{- end -}}
+{{- $s := dict "master" $sentinel.master "addrs" $sentinel.addrs -}}
+{{- with $sentinel.username }}{{ $_ := set $s "username" . }}{{ end -}}
+{{- if and $sentinel.password $sentinel.password.secretName -}}
+{{- $_ := set $s "password_file" (printf "%s/password" (include "keeper.sentinelPasswordDir" .)) -}}
+{{- end -}}
+{{- $_ := set $redis "sentinel" $s -}}
+{{- else if or $sentinel.addrs $sentinel.username (and $sentinel.password $sentinel.password.secretName) -}}
+{{- fail "redis.sentinel.addrs, username and password need redis.sentinel.master (the name the sentinels monitor the primary under)" -}}
+{{- else if $v.redis.addr -}}
+{{- $_ := set $redis "addr" $v.redis.addr -}}
+{{- else -}}
+{{- fail "redis.addr (or redis.sentinel) is required: keeper in a pod does not start its own redis-server" -}}
+{{- end -}}
 {{- with $v.redis.layout }}{{ $_ := set $redis "layout" . }}{{ end -}}
 {{- with $v.redis.username }}{{ $_ := set $redis "username" . }}{{ end -}}
 {{- if $v.redis.password.secretName -}}
@@ -149,6 +166,11 @@ Secrets appear as file paths only.
       mountPath: {{ include "keeper.redisTLSDir" . }}
       readOnly: true
     {{- end }}
+    {{- if and $v.redis.sentinel $v.redis.sentinel.master $v.redis.sentinel.password $v.redis.sentinel.password.secretName }}
+    - name: redis-sentinel-password
+      mountPath: {{ include "keeper.sentinelPasswordDir" . }}
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/* The keeper's volumes: its config and only the secrets it reads. */}}
@@ -196,6 +218,14 @@ Secrets appear as file paths only.
       - {key: {{ $v.redis.tls.certKey }}, path: {{ $v.redis.tls.certKey }}}
       - {key: {{ $v.redis.tls.keyKey }}, path: {{ $v.redis.tls.keyKey }}}
       {{- end }}
+{{- end }}
+{{- if and $v.redis.sentinel $v.redis.sentinel.master $v.redis.sentinel.password $v.redis.sentinel.password.secretName }}
+- name: redis-sentinel-password
+  secret:
+    secretName: {{ $v.redis.sentinel.password.secretName }}
+    defaultMode: 0440
+    items:
+      - {key: {{ $v.redis.sentinel.password.key }}, path: password}
 {{- end }}
 {{- end -}}
 

@@ -1,0 +1,635 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keeperhq/keeper/chaos"
+	"github.com/keeperhq/keeper/internal/etcdserver"
+	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/redisserver"
+	"github.com/keeperhq/keeper/queue"
+	"github.com/redis/go-redis/v9"
+)
+
+// ScaleoutOptions configures the scaleout scenario. Zero values take the
+// defaults noted.
+type ScaleoutOptions struct {
+	// Keepers are the fleet sizes run in turn; default 1, 2, 4, 8.
+	Keepers []int
+	Shards  int // default 2,000 (queues of up to 1,000 partitions)
+	Rate    int // unlocks per second over all shards; default 30,000
+	Leases  int // leases expiring per second over all shards; default 5,000
+	// Window is how long each fleet is measured, once every shard is owned
+	// and the streams run; default 20s.
+	Window time.Duration
+	// KeeperBin is the keeper binary; default as chaos.KeeperBinary.
+	KeeperBin string
+	// EtcdBin is the etcd server binary; default etcdserver.Binary().
+	EtcdBin string
+	// LogDir keeps the keepers' logs; default a temp dir removed after.
+	LogDir string
+}
+
+// ScaleoutResult is one line of `keeper bench scaleout --json`: one fleet
+// size. Per-keeper figures are in the order of the keepers' ids.
+type ScaleoutResult struct {
+	Scenario string  `json:"scenario"`
+	Keepers  int     `json:"keepers"`
+	Shards   int     `json:"shards"`
+	Rate     int     `json:"unlocks_per_s"`
+	Leases   int     `json:"leases_per_s"`
+	WindowS  float64 `json:"window_s"`
+	// ShardsPerKeeper is what each keeper owned in the window.
+	ShardsPerKeeper []int `json:"shards_per_keeper"`
+	// KeeperCPU is each keeper process's CPU time (user+system) over the
+	// window, as a fraction of one core; mean and max over the keepers.
+	KeeperCPU     []float64 `json:"keeper_cpu"`
+	KeeperCPUMean float64   `json:"keeper_cpu_mean"`
+	KeeperCPUMax  float64   `json:"keeper_cpu_max"`
+	// KeeperCmdsPerS is the commands each keeper sent to Redis per second
+	// (its own count: a script call is one), and their sum.
+	KeeperCmdsPerS []float64 `json:"keeper_redis_cmds_per_s"`
+	KeeperCmdsSum  float64   `json:"keeper_redis_cmds_per_s_sum"`
+	// RedisCmdsPerS is every command Redis ran per second (INFO
+	// commandstats, the commands scripts run included), less the bench's own.
+	RedisCmdsPerS float64 `json:"redis_cmds_per_s"`
+	// Unlocked and Requeued are what the fleet moved in the window (the
+	// keepers' unlock-lag histograms, and Redis's requeued counters).
+	Unlocked int64 `json:"unlocked"`
+	Requeued int64 `json:"requeued"`
+	// Lag quantiles of the unlocks in the window, from the keepers'
+	// keeper.unlock.lag histograms (as histogram_quantile reads them:
+	// interpolated within the bucket), in ms.
+	LagP50 float64 `json:"lag_p50_ms"`
+	LagP99 float64 `json:"lag_p99_ms"`
+}
+
+// Scaleout runs one fixed workload with each fleet size in turn: Shards
+// shards of one queue where locks expire at Rate per second and leases at
+// Leases per second, housekept by that many `keeper run` processes against
+// one redis-server and one etcd (real processes, on loopback). For each
+// fleet it seeds the work afresh (a new queue), starts the keepers, waits
+// until every shard has exactly one owner and the streams have begun, then
+// measures over Window what each keeper costs (CPU, Redis commands), what
+// Redis ran in total, and the unlock lag.
+func Scaleout(ctx context.Context, o ScaleoutOptions) ([]ScaleoutResult, error) {
+	if len(o.Keepers) == 0 {
+		o.Keepers = []int{1, 2, 4, 8}
+	}
+	if o.Shards <= 0 {
+		o.Shards = 2000
+	}
+	if o.Rate <= 0 {
+		o.Rate = 30_000
+	}
+	if o.Leases < 0 {
+		return nil, fmt.Errorf("leases per second %d < 0", o.Leases)
+	}
+	if o.Leases == 0 {
+		o.Leases = 5000
+	}
+	if o.Window <= 0 {
+		o.Window = 20 * time.Second
+	}
+	if o.KeeperBin == "" {
+		bin, err := chaos.KeeperBinary()
+		if err != nil {
+			return nil, err
+		}
+		o.KeeperBin = bin
+	}
+	logDir := o.LogDir
+	if logDir == "" {
+		d, err := os.MkdirTemp("", "keeper-bench-scaleout-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		logDir = d
+	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, err
+	}
+	srv, err := redisserver.Start(ctx, redisserver.Config{})
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = srv.Stop() }()
+	rdb := redis.NewClient(benchRedisOptions(srv.Addr))
+	defer rdb.Close()
+	etcd, err := etcdserver.StartProcesses(ctx, etcdserver.ProcessConfig{Members: 1, Binary: o.EtcdBin,
+		Dir: filepath.Join(logDir, "etcd")})
+	if err != nil {
+		return nil, fmt.Errorf("etcd: %w", err)
+	}
+	defer func() { _ = etcd.Stop() }()
+	env := scaleoutEnv{o: o, rdb: rdb, redisAddr: srv.Addr, etcd: strings.Join(etcd.Endpoints(), ","), logDir: logDir}
+	var out []ScaleoutResult
+	for _, n := range o.Keepers {
+		if n < 1 {
+			return out, fmt.Errorf("a fleet of %d keepers", n)
+		}
+		r, err := env.run(ctx, n)
+		if err != nil {
+			return out, fmt.Errorf("%d keepers: %w", n, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+type scaleoutEnv struct {
+	o         ScaleoutOptions
+	rdb       *redis.Client
+	redisAddr string
+	etcd      string
+	logDir    string
+}
+
+// run measures one fleet of n keepers.
+func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
+	o := e.o
+	shards, cfgs, drop, err := benchQueues(ctx, e.rdb, fmt.Sprintf("bench-scaleout-%d", n), o.Shards, 1000)
+	if err != nil {
+		return ScaleoutResult{}, err
+	}
+	defer drop()
+	names := slices.Sorted(maps.Keys(cfgs))
+
+	// The keepers start after seeding and need some seconds to share the
+	// shards out; the streams start after that and run past the window.
+	lead := 10*time.Second + time.Duration(n)*time.Second
+	span := lead + o.Window + 10*time.Second
+	// The leases' messages first: making them ready runs unlock passes,
+	// which must not take any of the stream.
+	if err := e.seedLeases(ctx, shards, int(float64(o.Leases)*span.Seconds())); err != nil {
+		return ScaleoutResult{}, err
+	}
+	now, err := redisNow(ctx, e.rdb)
+	if err != nil {
+		return ScaleoutResult{}, err
+	}
+	stream, err := newLockStream(ctx, e.rdb, shards, int(float64(o.Rate)*span.Seconds()), o.Rate, now.Add(lead))
+	if err != nil {
+		return ScaleoutResult{}, err
+	}
+	first, err := stream.rotate(ctx, lead)
+	if err != nil {
+		return ScaleoutResult{}, err
+	}
+	if err := e.pullLeases(ctx, names, first, int(float64(o.Leases)*span.Seconds())); err != nil {
+		return ScaleoutResult{}, err
+	}
+
+	fleet := make([]*fleetKeeper, 0, n)
+	defer func() {
+		for _, k := range fleet {
+			k.stop()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		k, err := e.startKeeper(ctx, fmt.Sprintf("scaleout-%d-%d", n, i))
+		if err != nil {
+			return ScaleoutResult{}, err
+		}
+		fleet = append(fleet, k)
+	}
+	if err := waitOwned(ctx, fleet, shards, 2*time.Minute); err != nil {
+		return ScaleoutResult{}, err
+	}
+	// Begin once the streams run and every keeper has housekept a little
+	// (had the fleet taken longer to form than the lead, once the backlog
+	// is behind it).
+	select {
+	case <-ctx.Done():
+		return ScaleoutResult{}, ctx.Err()
+	case <-time.After(max(time.Until(time.UnixMilli(first).Add(time.Second)), 2*time.Second)):
+	}
+	before, err := e.sample(ctx, fleet, names, true)
+	if err != nil {
+		return ScaleoutResult{}, err
+	}
+	select {
+	case <-ctx.Done():
+		return ScaleoutResult{}, ctx.Err()
+	case <-time.After(o.Window):
+	}
+	after, err := e.sample(ctx, fleet, names, false)
+	if err != nil {
+		return ScaleoutResult{}, err
+	}
+	return summarize(o, n, before, after)
+}
+
+// seedLeases puts count messages in the queue's ready sets, as a producer
+// would have: locked messages already due, returned by unlock passes under
+// token 1 (the keepers' tokens, etcd revisions, are higher).
+func (e scaleoutEnv) seedLeases(ctx context.Context, shards []queue.Shard, count int) error {
+	now, err := redisNow(ctx, e.rdb)
+	if err != nil {
+		return err
+	}
+	in := queue.NewInspector(e.rdb, "")
+	per := count / len(shards)
+	if per == 0 {
+		return nil
+	}
+	reqs := make([]queue.PassRequest, len(shards))
+	for p, s := range shards {
+		if err := in.SeedLocked(ctx, s, "l", 0, per, now.Add(-time.Hour).UnixMilli(), 0, []byte("x")); err != nil {
+			return err
+		}
+		reqs[p] = queue.PassRequest{Shard: s, Task: queue.TaskUnlock, Token: 1, Batch: queue.MaxBatch}
+	}
+	n := queue.NewNative(e.rdb, "")
+	for i := 0; i < len(reqs); i += 100 {
+		part := reqs[i:min(i+100, len(reqs))]
+		for {
+			full := false
+			for _, out := range n.Passes(ctx, part) {
+				if out.Err != nil {
+					return fmt.Errorf("moving leases' messages to ready: %w", out.Err)
+				}
+				full = full || out.Result.Full
+			}
+			if !full {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// pullLeases leases count ready messages, a hundred at a time, so that the
+// leases run out at Leases per second from first (Redis ms) on: none is
+// ever acked, so the keepers requeue each.
+func (e scaleoutEnv) pullLeases(ctx context.Context, names []string, first int64, count int) error {
+	c := queue.NewClient(e.rdb, queue.ClientOptions{})
+	const chunk = 100
+	step := time.Duration(float64(time.Second) * chunk / float64(e.o.Leases))
+	for i := 0; i*chunk < count; i++ {
+		now, err := redisNow(ctx, e.rdb)
+		if err != nil {
+			return err
+		}
+		lease := time.UnixMilli(first).Add(time.Duration(i) * step).Sub(now)
+		if lease < time.Millisecond {
+			return fmt.Errorf("leasing took longer than the lead: lease %d would end at once", i)
+		}
+		ds, err := c.Pull(ctx, names[i%len(names)], min(chunk, count-i*chunk), lease)
+		if err != nil {
+			return fmt.Errorf("pull leases: %w", err)
+		}
+		if len(ds) == 0 {
+			break
+		}
+	}
+	return nil
+}
+
+// fleetKeeper is one `keeper run` process of the bench.
+type fleetKeeper struct {
+	id      string
+	health  string // its /status
+	metrics string // its Prometheus endpoint
+	cmd     *exec.Cmd
+	done    chan struct{}
+	log     string
+}
+
+// startKeeper starts a keeper process and waits for its health endpoint.
+func (e scaleoutEnv) startKeeper(ctx context.Context, id string) (*fleetKeeper, error) {
+	hp, err := loopback.Port()
+	if err != nil {
+		return nil, err
+	}
+	mp, err := loopback.Port()
+	if err != nil {
+		return nil, err
+	}
+	k := &fleetKeeper{id: id, health: loopback.Addr(hp), metrics: loopback.Addr(mp), done: make(chan struct{}),
+		log: filepath.Join(e.logDir, id+".log")}
+	// Metrics on, as in production, read through the Prometheus endpoint;
+	// OTLP export is put off beyond the run (there is no collector).
+	k.cmd = exec.Command(e.o.KeeperBin, "run",
+		"--member_id", id,
+		"--health_addr", k.health,
+		"--redis.addr", e.redisAddr,
+		"--etcd.endpoints", e.etcd,
+		"--etcd.prefix", "/bench-scaleout/",
+		"--metrics.prometheus_addr", k.metrics,
+		"--metrics.export_interval", "1h",
+	)
+	logf, err := os.Create(k.log)
+	if err != nil {
+		return nil, err
+	}
+	k.cmd.Stdout, k.cmd.Stderr = logf, logf
+	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := k.cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start keeper %s: %w", id, err)
+	}
+	go func() {
+		_ = k.cmd.Wait()
+		logf.Close()
+		close(k.done)
+	}()
+	_, err = poll.Until(ctx, 50*time.Millisecond, func() (bool, string) {
+		select {
+		case <-k.done:
+			return true, ""
+		default:
+		}
+		_, err := k.status(ctx)
+		return err == nil, fmt.Sprint(err)
+	})
+	select {
+	case <-k.done:
+		return nil, fmt.Errorf("keeper %s exited at start; see %s", id, k.log)
+	default:
+	}
+	if err != nil {
+		k.stop()
+		return nil, err
+	}
+	return k, nil
+}
+
+// stop ends the process with SIGTERM (its graceful handoff), then SIGKILL
+// if it has not exited within a minute.
+func (k *fleetKeeper) stop() {
+	_ = k.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-k.done:
+	case <-time.After(time.Minute):
+		_ = k.cmd.Process.Kill()
+		<-k.done
+	}
+}
+
+// keeperStatus is the part of /status the bench reads.
+type keeperStatus struct {
+	Owned    map[string]int64 `json:"owned"`
+	Commands int64            `json:"redis_commands"`
+}
+
+func (k *fleetKeeper) status(ctx context.Context) (keeperStatus, error) {
+	var st keeperStatus
+	err := getJSON(ctx, "http://"+k.health+"/status", &st)
+	return st, err
+}
+
+func getJSON(ctx context.Context, url string, into any) error {
+	return get(ctx, url, func(r io.Reader) error { return json.NewDecoder(r).Decode(into) })
+}
+
+// get reads url's body with read, within 30s.
+func get(ctx context.Context, url string, read func(io.Reader) error) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return read(resp.Body)
+}
+
+// waitOwned waits until every shard has exactly one owner and every keeper
+// owns some.
+func waitOwned(ctx context.Context, fleet []*fleetKeeper, shards []queue.Shard, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	_, err := poll.Until(ctx, 100*time.Millisecond, func() (bool, string) {
+		owners := map[string]int{}
+		idle := 0
+		for _, k := range fleet {
+			st, err := k.status(ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(st.Owned) == 0 {
+				idle++
+			}
+			for s := range st.Owned {
+				owners[s]++
+			}
+		}
+		for _, s := range shards {
+			if owners[s.String()] != 1 {
+				return false, fmt.Sprintf("%s has %d owners", s, owners[s.String()])
+			}
+		}
+		return idle == 0, fmt.Sprintf("%d keepers own nothing", idle)
+	})
+	return err
+}
+
+// sample is what the bench reads at each end of the window.
+type sample struct {
+	at       time.Time
+	cpu      []time.Duration // per keeper
+	cmds     []int64         // per keeper
+	owned    []int           // per keeper
+	redis    int64           // INFO commandstats calls
+	requeued int64
+	lag      lagHistogram // over all keepers and shards
+}
+
+// sample reads the window's start (first) or end. Redis's counters are read
+// outside the window (before INFO at its start, after it at its end), so
+// the only command of the bench's in it is the first INFO.
+func (e scaleoutEnv) sample(ctx context.Context, fleet []*fleetKeeper, names []string, first bool) (sample, error) {
+	s := sample{lag: lagHistogram{}}
+	requeued := func() error {
+		for _, name := range names {
+			stats, err := queue.NewClient(e.rdb, queue.ClientOptions{}).Stats(ctx, name)
+			if err != nil {
+				return err
+			}
+			s.requeued += stats.Counters.Requeued
+		}
+		return nil
+	}
+	if first {
+		if err := requeued(); err != nil {
+			return s, err
+		}
+	}
+	for _, k := range fleet {
+		st, err := k.status(ctx)
+		if err != nil {
+			return s, err
+		}
+		cpu, err := processCPU(k.cmd.Process.Pid)
+		if err != nil {
+			return s, err
+		}
+		if err := scrapeLag(ctx, "http://"+k.metrics+"/metrics", s.lag); err != nil {
+			return s, err
+		}
+		s.cpu, s.cmds, s.owned = append(s.cpu, cpu), append(s.cmds, st.Commands), append(s.owned, len(st.Owned))
+	}
+	var err error
+	if s.redis, err = commandCalls(ctx, e.rdb); err != nil {
+		return s, err
+	}
+	s.at = time.Now()
+	if !first {
+		if err := requeued(); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+func summarize(o ScaleoutOptions, n int, before, after sample) (ScaleoutResult, error) {
+	wall := after.at.Sub(before.at).Seconds()
+	r := ScaleoutResult{Scenario: "scaleout", Keepers: n, Shards: o.Shards, Rate: o.Rate, Leases: o.Leases,
+		WindowS: round(wall, 1), ShardsPerKeeper: after.owned}
+	for i := range after.cpu {
+		if after.owned[i] != before.owned[i] {
+			return r, fmt.Errorf("keeper %d owned %d shards at the start of the window and %d at its end", i, before.owned[i], after.owned[i])
+		}
+		cpu := round((after.cpu[i]-before.cpu[i]).Seconds()/wall, 4)
+		cmds := round(float64(after.cmds[i]-before.cmds[i])/wall, 1)
+		r.KeeperCPU, r.KeeperCmdsPerS = append(r.KeeperCPU, cpu), append(r.KeeperCmdsPerS, cmds)
+		r.KeeperCPUMean += cpu / float64(n)
+		r.KeeperCPUMax = max(r.KeeperCPUMax, cpu)
+		r.KeeperCmdsSum += cmds
+	}
+	r.KeeperCPUMean, r.KeeperCmdsSum = round(r.KeeperCPUMean, 4), round(r.KeeperCmdsSum, 1)
+	// Less the bench's own: the INFO that began the window.
+	r.RedisCmdsPerS = round(float64(after.redis-before.redis-1)/wall, 1)
+	r.Requeued = after.requeued - before.requeued
+	d := after.lag.minus(before.lag)
+	r.Unlocked = int64(d.count())
+	if r.Unlocked == 0 {
+		return r, errors.New("nothing was unlocked in the window")
+	}
+	r.LagP50, r.LagP99 = round(d.quantile(0.5)*1000, 2), round(d.quantile(0.99)*1000, 2)
+	return r, nil
+}
+
+// processCPU is a process's user+system CPU time, from /proc.
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	// utime and stime are fields 14 and 15, in clock ticks (100 a second
+	// on Linux).
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// lagHistogram is the keeper.unlock.lag buckets summed over shards and
+// keepers: cumulative count by upper bound (seconds; +Inf last).
+type lagHistogram map[float64]float64
+
+// scrapeLag adds a keeper's unlock-lag buckets to h.
+func scrapeLag(ctx context.Context, url string, h lagHistogram) error {
+	return get(ctx, url, func(r io.Reader) error {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64*1024), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if !strings.HasPrefix(line, "keeper_unlock_lag_seconds_bucket{") {
+				continue
+			}
+			_, rest, ok := strings.Cut(line, `le="`)
+			if !ok {
+				continue
+			}
+			le, rest, _ := strings.Cut(rest, `"`)
+			bound := math.Inf(1)
+			if le != "+Inf" {
+				var err error
+				if bound, err = strconv.ParseFloat(le, 64); err != nil {
+					return fmt.Errorf("%s: bucket %q: %w", url, le, err)
+				}
+			}
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				continue
+			}
+			v, err := strconv.ParseFloat(f[len(f)-1], 64)
+			if err != nil {
+				return fmt.Errorf("%s: %q: %w", url, line, err)
+			}
+			h[bound] += v
+		}
+		return sc.Err()
+	})
+}
+
+func (h lagHistogram) minus(o lagHistogram) lagHistogram {
+	d := lagHistogram{}
+	for b, v := range h {
+		d[b] = v - o[b]
+	}
+	return d
+}
+
+func (h lagHistogram) count() float64 { return h[math.Inf(1)] }
+
+// quantile interpolates within the bucket holding the q-quantile, as
+// Prometheus's histogram_quantile does (the +Inf bucket answers its lower
+// bound).
+func (h lagHistogram) quantile(q float64) float64 {
+	bounds := make([]float64, 0, len(h))
+	for b := range h {
+		bounds = append(bounds, b)
+	}
+	slices.Sort(bounds)
+	total := h.count()
+	if total == 0 {
+		return 0
+	}
+	rank := q * total
+	lower, below := 0.0, 0.0
+	for _, b := range bounds {
+		if h[b] >= rank {
+			if math.IsInf(b, 1) {
+				return lower
+			}
+			if h[b] == below {
+				return b
+			}
+			return lower + (b-lower)*(rank-below)/(h[b]-below)
+		}
+		lower, below = b, h[b]
+	}
+	return lower
+}

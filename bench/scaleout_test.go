@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+)
+
+// A small scaleout, one keeper then two: every figure is measured (not a
+// target or a default echoed back), the shards are split without overlap,
+// and the work was done. The figures are logged, not compared: the machine
+// is shared.
+func TestScaleoutSmall(t *testing.T) {
+	const shards, rate, leases = 40, 2000, 400
+	window := 4 * time.Second
+	rs, err := Scaleout(context.Background(), ScaleoutOptions{Keepers: []int{1, 2}, Shards: shards, Rate: rate,
+		Leases: leases, Window: window, LogDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2 {
+		t.Fatalf("%d results, want 2", len(rs))
+	}
+	for i, r := range rs {
+		t.Logf("%+v", r)
+		n := i + 1
+		if r.Scenario != "scaleout" || r.Keepers != n || r.Shards != shards {
+			t.Fatalf("result %d: %+v", i, r)
+		}
+		if len(r.ShardsPerKeeper) != n || len(r.KeeperCPU) != n || len(r.KeeperCmdsPerS) != n {
+			t.Fatalf("per-keeper figures for %d keepers: %+v", n, r)
+		}
+		owned, cmds := 0, 0.0
+		for k := range n {
+			if r.ShardsPerKeeper[k] <= 0 || r.KeeperCPU[k] <= 0 || r.KeeperCmdsPerS[k] <= 0 {
+				t.Fatalf("keeper %d measured nothing: %+v", k, r)
+			}
+			owned += r.ShardsPerKeeper[k]
+			cmds += r.KeeperCmdsPerS[k]
+		}
+		if owned != shards {
+			t.Fatalf("the keepers own %d shards between them, want %d", owned, shards)
+		}
+		if math.Abs(cmds-r.KeeperCmdsSum) > 1 || r.RedisCmdsPerS < r.KeeperCmdsSum {
+			t.Fatalf("Redis ran %.1f commands/s, fewer than the keepers' %.1f sent: %+v", r.RedisCmdsPerS, r.KeeperCmdsSum, r)
+		}
+		cpuMax, cpuSum := 0.0, 0.0
+		for _, c := range r.KeeperCPU {
+			cpuMax, cpuSum = max(cpuMax, c), cpuSum+c
+		}
+		if r.KeeperCPUMax != cpuMax || math.Abs(r.KeeperCPUMean-cpuSum/float64(n)) > 1e-3 {
+			t.Fatalf("CPU mean/max do not follow the per-keeper figures: %+v", r)
+		}
+		// The window saw the streams: unlocks and requeues at about their
+		// rates (a loaded machine may fall behind; never none).
+		if r.Unlocked <= 0 || r.Requeued <= 0 || r.WindowS < window.Seconds() {
+			t.Fatalf("no work in the window: %+v", r)
+		}
+		if r.Unlocked > int64(2*rate*r.WindowS) {
+			t.Fatalf("%d unlocked in %.1fs at %d/s: counted twice?", r.Unlocked, r.WindowS, rate)
+		}
+		if r.LagP50 <= 0 || r.LagP99 < r.LagP50 {
+			t.Fatalf("lag quantiles: %+v", r)
+		}
+	}
+}
+
+// Quantiles interpolate within the bucket, as histogram_quantile does.
+func TestLagHistogramQuantile(t *testing.T) {
+	h := lagHistogram{0.001: 50, 0.005: 90, 0.01: 100, math.Inf(1): 100}
+	for _, c := range []struct{ q, want float64 }{{0.5, 0.001}, {0.7, 0.003}, {0.95, 0.0075}, {0.25, 0.0005}} {
+		if got := h.quantile(c.q); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("q%.2f = %v, want %v", c.q, got, c.want)
+		}
+	}
+	// Beyond the last finite bound: that bound.
+	h = lagHistogram{0.001: 50, math.Inf(1): 100}
+	if got := h.quantile(0.99); got != 0.001 {
+		t.Errorf("q0.99 past the last bound = %v", got)
+	}
+}
