@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -485,17 +484,6 @@ func (k *Keeper) LogTail(n int) string {
 		}
 	}
 	return strings.Join(lines, "\n")
-}
-
-// LogContains reports whether the keeper's log has a line with s.
-func (k *Keeper) LogContains(s string) bool {
-	f, err := os.Open(k.logPath)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(f)
-	return strings.Contains(string(b), s)
 }
 
 var (

@@ -417,7 +417,9 @@ func (c *Coordinator) lost(s *session) {
 func (c *Coordinator) currentSession() (*session, bool) {
 	c.lmu.Lock()
 	defer c.lmu.Unlock()
-	return c.sess, c.live && !c.stopping
+	// A lease etcd dropped (or whose deadline passed) ends the session
+	// before its renewal loop notices: nothing more is tried under it.
+	return c.sess, c.live && !c.stopping && c.sess != nil && c.sess.lease.Alive()
 }
 
 // own tells the listener about shards of units just acquired (or added to

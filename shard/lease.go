@@ -85,8 +85,16 @@ func (l *Lease) now() int64 { return int64(time.Since(l.base)) }
 // Left is how long the lease certainly lasts without another renewal.
 func (l *Lease) Left() time.Duration { return time.Duration(l.deadline.Load() - l.now()) }
 
-// Alive reports whether the lease certainly still exists in etcd.
-func (l *Lease) Alive() bool { return l.Left() > 0 }
+// Alive reports whether the lease certainly still exists in etcd: its
+// deadline has not passed and no request learnt that etcd dropped it.
+func (l *Lease) Alive() bool {
+	select {
+	case <-l.gone:
+		return false
+	default:
+		return l.Left() > 0
+	}
+}
 
 // Lost records that a request learnt etcd no longer has the lease
 // (rpctypes.ErrLeaseNotFound): Keep returns at once. Safe to call twice.

@@ -103,8 +103,16 @@ func TestLeaseRevoked(t *testing.T) {
 func TestLeaseLostSignal(t *testing.T) {
 	cli := testClient(t, etcdserver.StartTB(t))
 	l, done := keepLease(t, cli, 30*time.Second)
+	if !l.Alive() {
+		t.Fatal("a fresh lease is not alive")
+	}
 	l.Lost()
 	l.Lost() // idempotent
+	// At once, before Keep returns: the coordinator tries nothing more
+	// under a lease a request learnt is gone.
+	if l.Alive() {
+		t.Fatal("a lease etcd dropped still reads as alive")
+	}
 	waitExpired(t, done, "Lost")
 }
 

@@ -56,10 +56,19 @@ type member struct {
 	epochSeq  uint64
 	endRenew  context.CancelFunc
 	renewDone chan struct{}
+	// gaveUp are the leases of this keeper's ended sessions until a revoke
+	// confirms them gone. A session ends when no renewal was confirmed in
+	// time, which is not proof that etcd dropped the lease: after a quorum
+	// loss the new leader extends every lease by a whole TTL. Our member
+	// key on such a lease must not keep us out of the ring until it expires
+	// (the chaos harness measured 5-6s to one owner per shard after a
+	// quorum loss, the bound being TTL+1s).
+	gaveUp map[clientv3.LeaseID]*Lease
 }
 
 func newMember(cli *clientv3.Client, keys Keys, id string, ttl time.Duration, log *slog.Logger, owner sessionOwner) *member {
-	return &member{cli: cli, keys: keys, id: id, ttl: ttl, log: log, owner: owner}
+	return &member{cli: cli, keys: keys, id: id, ttl: ttl, log: log, owner: owner,
+		gaveUp: map[clientv3.LeaseID]*Lease{}}
 }
 
 func (m *member) timeout() time.Duration { return RequestTimeout(m.ttl) }
@@ -122,13 +131,10 @@ func (m *member) renew(ctx context.Context, s *session) {
 		// If etcd still has the lease (we gave up on it first), revoking
 		// it frees our units for successors now instead of at its expiry.
 		old := s.lease
-		m.base.Go(func(life context.Context) {
-			rctx, cancel := context.WithTimeout(life, m.ttl)
-			defer cancel()
-			if err := old.Revoke(rctx); err != nil && life.Err() == nil {
-				m.log.Debug("revoke of lost lease failed", "lease", old.String(), "err", err)
-			}
-		})
+		m.mu.Lock()
+		m.gaveUp[old.ID()] = old
+		m.mu.Unlock()
+		m.base.Go(func(life context.Context) { m.revokeGivenUp(life, old) })
 		next, err := m.openRetry(ctx)
 		if err != nil {
 			return
@@ -172,7 +178,26 @@ func (m *member) open(ctx context.Context) (*session, error) {
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 			other = kvs[0].Lease
 		}
-		err = fmt.Errorf("member id %q is registered under lease %x (a previous incarnation or a duplicate id); waiting for it to expire", m.id, other)
+		m.mu.Lock()
+		mine := m.gaveUp[clientv3.LeaseID(other)]
+		m.mu.Unlock()
+		if mine != nil {
+			// Our own lease from before the outage: give it back now
+			// (our housekeeping under it has stopped) and register.
+			err = m.revokeOnce(ctx, mine)
+			if err == nil {
+				octx, cancel = context.WithTimeout(ctx, m.timeout())
+				resp, err = m.cli.Txn(octx).
+					If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+					Then(clientv3.OpPut(key, m.id, clientv3.WithLease(lease.ID()))).
+					Else(clientv3.OpGet(key)).
+					Commit()
+				cancel()
+			}
+		}
+		if err == nil && !resp.Succeeded {
+			err = fmt.Errorf("member id %q is registered under lease %x (a previous incarnation or a duplicate id); waiting for it to expire", m.id, other)
+		}
 	}
 	if err != nil {
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), m.timeout())
@@ -205,7 +230,46 @@ func (m *member) openRetry(ctx context.Context) (*session, error) {
 			return nil, fmt.Errorf("open session: %w (last error: %v)", ctx.Err(), err)
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, m.ttl/2)
+		backoff = min(backoff*2, maxOpenBackoff(m.ttl))
+	}
+}
+
+// maxOpenBackoff bounds the wait between two tries to open a session. A try
+// without an etcd leader fails at once and costs etcd nothing, so the wait
+// stays short: each millisecond of it after the quorum is back is a
+// millisecond without housekeeping.
+func maxOpenBackoff(ttl time.Duration) time.Duration { return min(ttl/2, 500*time.Millisecond) }
+
+// revokeOnce revokes a given-up lease and forgets it once etcd confirms.
+func (m *member) revokeOnce(ctx context.Context, l *Lease) error {
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), m.timeout())
+	defer cancel()
+	if err := l.Revoke(rctx); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	delete(m.gaveUp, l.ID())
+	m.mu.Unlock()
+	return nil
+}
+
+// revokeGivenUp revokes a lease of an ended session until etcd confirms it
+// gone or the member stops: during an etcd outage a single try fails, and
+// the lease would then outlive the outage.
+func (m *member) revokeGivenUp(life context.Context, l *Lease) {
+	backoff := 100 * time.Millisecond
+	for {
+		err := m.revokeOnce(life, l)
+		if err == nil || life.Err() != nil {
+			return
+		}
+		m.log.Debug("revoke of a given-up lease failed, retrying", "lease", l.String(), "in", backoff, "err", err)
+		select {
+		case <-life.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxOpenBackoff(m.ttl))
 	}
 }
 

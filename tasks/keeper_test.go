@@ -291,6 +291,62 @@ func TestDisownWaitsForRunningPass(t *testing.T) {
 	}
 }
 
+// A probe claims a newly owned shard's fence; a Disown that returned while
+// that claim was in flight let it reach Redis after the successor had
+// claimed (the chaos harness saw it 30ms after a handoff).
+func TestDisownWaitsForClaimingProbe(t *testing.T) {
+	slow := &slowProbe{started: make(chan struct{}, 1), release: make(chan struct{})}
+	h := newHarness(t, redisserver.Config{}, Config{})
+	slow.Layout = queue.NewNative(h.rdb, "")
+	k := New(slow, Config{})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t, k)
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(slow.release) }) }
+	t.Cleanup(unblock) // runs before the keeper's stop
+	cfg := h.create("p", queue.Config{}, 1)
+	h.k.DisownAll()
+	s := queue.Shard{Queue: "p", Partition: 0}
+	own(k, s, cfg, 1)
+	<-slow.started
+	done := make(chan struct{})
+	go func() { k.Disown([]queue.Shard{s}); close(done) }()
+	poll.For(t, 5*time.Second, "the shard dropped", func() (bool, string) {
+		return len(k.Owned()) == 0, "still owned"
+	})
+	select {
+	case <-done:
+		t.Fatal("Disown returned while the claiming probe was in flight")
+	case <-time.After(300 * time.Millisecond):
+	}
+	unblock()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Disown did not return after the probe finished")
+	}
+}
+
+// slowProbe holds the first claiming probe until release.
+type slowProbe struct {
+	queue.Layout
+	once    sync.Once
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s *slowProbe) Probe(ctx context.Context, reqs []queue.ProbeRequest) ([]queue.ProbeResult, error) {
+	if len(reqs) > 0 && reqs[0].Claim {
+		s.once.Do(func() {
+			s.started <- struct{}{}
+			<-s.release
+		})
+	}
+	return s.Layout.Probe(ctx, reqs)
+}
+
 type slowLayout struct {
 	queue.Layout
 	once    sync.Once

@@ -78,6 +78,11 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 			live = append(live, st)
 			reqs = append(reqs, queue.ProbeRequest{Shard: st.shard, MaxSize: st.cfg.MaxSize,
 				Claim: !st.claimed, Token: st.token})
+			// A probe may claim the shard's fence: a Disown must wait
+			// for it like for a pass, or the claim can reach Redis after
+			// the successor's (the chaos harness saw that 30ms after a
+			// handoff).
+			st.busy++
 		}
 	}
 	k.mu.Unlock()
@@ -87,6 +92,12 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 	start := time.Now()
 	res, err := k.layout.Probe(ctx, reqs)
 	now := time.Now()
+	k.mu.Lock()
+	for _, st := range live {
+		st.busy--
+		k.releaseIfIdleLocked(st)
+	}
+	k.mu.Unlock()
 	k.log.Debug("probed", "shards", len(reqs), "took", now.Sub(start).Round(time.Millisecond))
 	if err != nil {
 		if ctx.Err() != nil {

@@ -3,6 +3,9 @@
 // configs/otelcol/builder.yaml) on free loopback ports, and scrapes the
 // Prometheus endpoint it exposes. End-to-end tests of keeper's metrics use it
 // so that what they check is what an operator's Prometheus would see.
+//
+// It is one file of about 590 lines: the collector's config, its process
+// and the parser of its scrape are only ever used together.
 package otelcol
 
 import (
@@ -244,9 +247,6 @@ func (c *Collector) OTLPEndpoint() string { return c.otlpAddr }
 
 // PrometheusURL is the URL of the Prometheus exporter's scrape endpoint.
 func (c *Collector) PrometheusURL() string { return "http://" + c.promAddr + "/metrics" }
-
-// TelemetryURL is the scrape URL of the collector's own metrics.
-func (c *Collector) TelemetryURL() string { return "http://" + c.telemetryAddr + "/metrics" }
 
 // Pid is the collector's process id.
 func (c *Collector) Pid() int { return c.cmd.Process.Pid }
