@@ -55,42 +55,13 @@ func Drain(ctx context.Context, o DrainOptions) (DrainResult, error) {
 	res := DrainResult{Scenario: "drain", Msgs: o.Msgs, Shards: o.Shards}
 
 	raw, err := drainOnce(ctx, rdb, "bench-drain-raw", o, func(n *queue.Native, shards []queue.Shard) error {
-		for _, s := range shards {
-			progress.From(ctx).Add(1)
-			for {
-				r := n.Passes(ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: 1, Batch: o.Batch}})[0]
-				if r.Err != nil {
-					return r.Err
-				}
-				if r.Result.Moved == 0 {
-					break
-				}
-			}
-		}
-		return nil
+		return rawDrain(ctx, n, shards, o.Batch)
 	})
 	if err != nil {
 		return res, fmt.Errorf("raw drain: %w", err)
 	}
 	kept, err := drainOnce(ctx, rdb, "bench-drain-keeper", o, func(n *queue.Native, shards []queue.Shard) error {
-		k := tasks.New(n, tasks.Config{Batch: o.Batch, Workers: o.Workers})
-		if err := k.Start(ctx); err != nil {
-			return err
-		}
-		defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
-		k.SetConfig(shards[0].Queue, queue.Config{Partitions: len(shards)}.WithDefaults())
-		k.Own(shards, 1)
-		var probeErr error
-		_, err := poll.Until(ctx, 5*time.Millisecond, func() (bool, string) {
-			left, err := lockedLeft(ctx, n, shards)
-			if err != nil {
-				probeErr = err // retrying cannot help a refused probe: stop
-				return true, ""
-			}
-			progress.From(ctx).Set(int64(len(shards)) - left)
-			return left == 0, fmt.Sprintf("%d shards still hold locked messages", left)
-		})
-		return errors.Join(err, probeErr)
+		return keeperDrain(ctx, n, shards, map[string]queue.Config{shards[0].Queue: queue.Config{Partitions: len(shards)}.WithDefaults()}, o)
 	})
 	if err != nil {
 		return res, fmt.Errorf("keeper drain: %w", err)
@@ -99,6 +70,47 @@ func Drain(ctx context.Context, o DrainOptions) (DrainResult, error) {
 	res.KeeperMsgsPerS = round(float64(o.Msgs)/kept.Seconds(), 0)
 	res.Ratio = round(res.KeeperMsgsPerS/res.RawMsgsPerS, 3)
 	return res, nil
+}
+
+// rawDrain runs unlock passes on each shard back-to-back until none moves
+// anything.
+func rawDrain(ctx context.Context, l queue.Layout, shards []queue.Shard, batch int) error {
+	for _, s := range shards {
+		progress.From(ctx).Add(1)
+		for {
+			r := l.Passes(ctx, []queue.PassRequest{{Shard: s, Task: queue.TaskUnlock, Token: 1, Batch: batch}})[0]
+			if r.Err != nil {
+				return r.Err
+			}
+			if r.Result.Moved == 0 {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// keeperDrain has a keeper on l own the shards (of the queues cfgs) and
+// waits until none holds a locked message.
+func keeperDrain(ctx context.Context, l queue.Layout, shards []queue.Shard, cfgs map[string]queue.Config, o DrainOptions) error {
+	k := tasks.New(l, tasks.Config{Batch: o.Batch, Workers: o.Workers})
+	if err := k.Start(ctx); err != nil {
+		return err
+	}
+	defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
+	k.SetConfigs(cfgs)
+	k.Own(shards, 1)
+	var probeErr error
+	_, err := poll.Until(ctx, 5*time.Millisecond, func() (bool, string) {
+		left, err := lockedLeft(ctx, l, shards)
+		if err != nil {
+			probeErr = err // retrying cannot help a refused probe: stop
+			return true, ""
+		}
+		progress.From(ctx).Set(int64(len(shards)) - left)
+		return left == 0, fmt.Sprintf("%d shards still hold locked messages", left)
+	})
+	return errors.Join(err, probeErr)
 }
 
 // drainOnce seeds a fresh queue, runs drain and times it.
@@ -144,7 +156,7 @@ func drainOnce(ctx context.Context, rdb *redis.Client, name string, o DrainOptio
 }
 
 // lockedLeft counts the shards that still hold locked messages.
-func lockedLeft(ctx context.Context, n *queue.Native, shards []queue.Shard) (int64, error) {
+func lockedLeft(ctx context.Context, n queue.Layout, shards []queue.Shard) (int64, error) {
 	reqs := make([]queue.ProbeRequest, len(shards))
 	for i, s := range shards {
 		reqs[i] = queue.ProbeRequest{Shard: s}

@@ -9,6 +9,7 @@ import (
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/tasks"
+	"github.com/redis/go-redis/v9"
 )
 
 // IdleOptions configures the idle scenario.
@@ -70,6 +71,17 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 	defer func() { _ = k.Stop(context.WithoutCancel(ctx)) }()
 	k.SetConfigs(cfgs)
 	k.Own(shards, 1)
+	return idleMeasure(ctx, rdb, k, len(shards), o.Window, 0, nil)
+}
+
+// idleMeasure waits until the keeper k measured all its n shards, then
+// measures over window what Redis (INFO commandstats calls, minus the
+// bench's own two INFO calls) and this process (user+system CPU time over
+// wall time, as a fraction of one core) spend, reading every measurement
+// once per 10s as metric collection does, and calling also every period
+// (when set).
+func idleMeasure(ctx context.Context, rdb *redis.Client, k *tasks.Keeper, n int, window, period time.Duration,
+	also func() error) (IdleResult, error) {
 	measured := func() int {
 		c := 0
 		k.EachMeasurement(func(tasks.ShardMeasurement) { c++ })
@@ -77,10 +89,9 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if _, err := poll.Until(sctx, 100*time.Millisecond, poll.Holds(func() bool { return measured() == len(shards) })); err != nil {
-		return IdleResult{}, fmt.Errorf("settling: %d of %d shards measured: %w", measured(), len(shards), err)
+	if _, err := poll.Until(sctx, 100*time.Millisecond, poll.Holds(func() bool { return measured() == n })); err != nil {
+		return IdleResult{}, fmt.Errorf("settling: %d of %d shards measured: %w", measured(), n, err)
 	}
-
 	cmds0, err := commandCalls(ctx, rdb)
 	if err != nil {
 		return IdleResult{}, err
@@ -88,13 +99,23 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 	cpu0, wall0 := cpuTime(), time.Now()
 	collect := time.NewTicker(10 * time.Second)
 	defer collect.Stop()
-	end := time.After(o.Window)
+	var tick <-chan time.Time
+	if also != nil {
+		t := time.NewTicker(period)
+		defer t.Stop()
+		tick = t.C
+	}
+	end := time.After(window)
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			return IdleResult{}, ctx.Err()
 		case <-collect.C:
 			measured()
+		case <-tick:
+			if err := also(); err != nil {
+				return IdleResult{}, err
+			}
 		case <-end:
 			done = true
 		}
@@ -105,7 +126,7 @@ func Idle(ctx context.Context, o IdleOptions) (IdleResult, error) {
 		return IdleResult{}, err
 	}
 	wall := wall1.Sub(wall0).Seconds()
-	return IdleResult{Scenario: "idle", Shards: len(shards), WindowS: round(wall, 1),
+	return IdleResult{Scenario: "idle", Shards: n, WindowS: round(wall, 1),
 		RedisCmdsPerS: round(float64(cmds1-cmds0-1)/wall, 1),
 		KeeperCPUFrac: round((cpu1-cpu0).Seconds()/wall, 4)}, nil
 }

@@ -95,14 +95,26 @@ func (f *fleetProducer) perShard(now time.Time) []metricdata.Metrics {
 		attribute.String(AttrState, StateReady), attribute.String(AttrState, StateInflight),
 		attribute.String(AttrState, StateLocked), attribute.String(AttrState, StateDead),
 	}
+	lockAck, lockNack := attribute.String(AttrLock, LockAck), attribute.String(AttrLock, LockNack)
 	f.shards.EachShard(func(s ShardSnapshot) {
 		q, sh := attribute.String(AttrQueue, s.Queue), attribute.String(AttrShard, s.Shard)
 		base := attribute.NewSet(q, sh)
 		for k, v := range [4]int64{s.Ready, s.Inflight, s.Locked, s.Dead} {
+			if k == 2 && s.SplitLocks {
+				messages.add(s.LockedAck, attribute.NewSet(q, sh, states[k], lockAck), now)
+				messages.add(s.LockedNack, attribute.NewSet(q, sh, states[k], lockNack), now)
+				continue
+			}
 			messages.add(v, attribute.NewSet(q, sh, states[k]), now)
 		}
 		age.add(max(s.OldestReadyAge, 0).Seconds(), base, now)
 		for k, v := range [...]int64{s.Enqueued, s.Acked, s.Unlocked, s.Requeued, s.Expired, s.DeadLettered, s.Trimmed} {
+			if k == 2 && s.SplitLocks {
+				// A layout with two lock pools counts unlocks by pool.
+				counters[k].add(s.UnlockedAck, attribute.NewSet(q, sh, lockAck), now)
+				counters[k].add(s.UnlockedNack, attribute.NewSet(q, sh, lockNack), now)
+				continue
+			}
 			counters[k].add(v, base, now)
 		}
 		// A shard that never unlocked anything has no histogram: most

@@ -35,6 +35,12 @@ import (
 //	keeper.queue.trimmed           counter {message}  dropped by size cap               keeper_queue_trimmed_total
 //	keeper.unlock.lag              histogram s        due time -> moved time, kept in Redis  keeper_unlock_lag_seconds_{bucket,sum,count}
 //
+// A shard of a layout with two lock pools (Deckard's :lock_ack and
+// :lock_nack; ShardSnapshot.SplitLocks) reports state=locked and the
+// unlocked counter as two series each, with lock=ack and lock=nack, instead
+// of one: sums over lock give the totals, and the attribute set of each
+// series stays the same for the shard's whole life.
+//
 // The messages gauge is one instrument with a state attribute rather than
 // four gauges, so that `sum by (state)` and stacked dashboards need no
 // label_replace, and adding a state later adds no metric name.
@@ -94,11 +100,15 @@ const (
 	AttrTask    = "task"
 	AttrOutcome = "outcome"
 	AttrKind    = "kind"
+	AttrLock    = "lock"
 
 	StateReady    = "ready"
 	StateInflight = "inflight"
 	StateLocked   = "locked"
 	StateDead     = "dead"
+
+	LockAck  = "ack"
+	LockNack = "nack"
 )
 
 // ScopeName is the instrumentation scope of every keeper series.
@@ -114,6 +124,11 @@ type ShardSnapshot struct {
 	Queue, Shard                  string
 	Ready, Inflight, Locked, Dead int64
 	OldestReadyAge                time.Duration
+	// SplitLocks: the layout has two lock pools, LockedAck and LockedNack
+	// (their sum is Locked), and counts unlocks by pool (UnlockedAck,
+	// UnlockedNack in Counters).
+	SplitLocks            bool
+	LockedAck, LockedNack int64
 	// Cumulative since queue creation, read from Redis by the owner, so the
 	// series continues across an owner change.
 	queue.Counters

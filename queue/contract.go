@@ -73,11 +73,11 @@ var (
 )
 
 // passScripts are the housekeeping scripts by task.
-var passScripts = [NumTasks]*script{TaskUnlock: unlockScript, TaskRequeue: requeueScript,
+var passScripts = [NumTasks]*script[shardKeys]{TaskUnlock: unlockScript, TaskRequeue: requeueScript,
 	TaskExpire: expireScript, TaskTrim: trimScript, TaskMeasure: measureScript}
 
 // allScripts is every script, for the header test.
-var allScripts = []*script{enqueueScript, pullScript, ackScript, nackScript, extendScript, inspectScript,
+var allScripts = []*script[shardKeys]{enqueueScript, pullScript, ackScript, nackScript, extendScript, inspectScript,
 	holdsScript, bumpScript, dropScript, unlockScript, requeueScript, expireScript, trimScript, measureScript,
 	probeScript, seedScript}
 
@@ -146,6 +146,13 @@ func decodeMeasure(c *redis.Cmd) (Measurement, error) {
 	}
 	m := Measurement{NowUs: toInt64(v[0]), Ready: toInt64(v[1]), Inflight: toInt64(v[2]),
 		Locked: toInt64(v[3]), Dead: toInt64(v[4])}
+	m.readTail(v)
+	return m, nil
+}
+
+// readTail reads what both layouts' measure replies end with:
+// ready_head_score or nil at v[5], then the stats hash's fields and values.
+func (m *Measurement) readTail(v []any) {
 	if h, ok := v[5].(string); ok {
 		m.HasReady = true
 		m.ReadyHead, _ = strconv.ParseFloat(h, 64)
@@ -156,7 +163,6 @@ func decodeMeasure(c *redis.Cmd) (Measurement, error) {
 			m.Counters.readCounter(name, value)
 		}
 	}
-	return m, nil
 }
 
 // decodeProbe reads {locked_head_ms, inflight_head_ms, ttl_head_ms, excess}.

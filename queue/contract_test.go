@@ -65,30 +65,47 @@ func TestScriptHeaders(t *testing.T) {
 	seen := map[string]bool{"lib": true}
 	for _, s := range allScripts {
 		seen[s.name] = true
-		h := header(mustRead(s.name))
-		fenced := slices.Equal(s.keys(names)[:min(4, len(s.keys(names)))], fenceKeys(names))
-		statesHead := strings.Contains(strings.Join(h, "\n"), "KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua")
-		if fenced != statesHead {
-			t.Errorf("%s.lua: fenced %v, but its header says so: %v", s.name, fenced, statesHead)
-		}
-		var keys, argv []string
-		if fenced {
-			keys, argv = statedArgs(t, s.name+".lua", h, len(headKeys)+1, len(headArgv)+1)
-			keys, argv = append(slices.Clone(headKeys), keys...), append(slices.Clone(headArgv), argv...)
-		} else {
-			keys, argv = statedArgs(t, s.name+".lua", h, 1, 1)
-		}
-		if want := s.keys(names); !slices.Equal(keys, want) {
-			t.Errorf("%s.lua states KEYS %v, Go passes %v", s.name, keys, want)
-		}
-		if !slices.Equal(argv, s.argv) {
-			t.Errorf("%s.lua states ARGV %v, Go passes %v", s.name, argv, s.argv)
-		}
+		checkHeader(t, s.name, s.keys(names), s.argv, fenceKeys(names), fenceArgv)
+	}
+	seen["deckard_lib"] = true
+	for _, s := range deckardScripts {
+		seen[s.name] = true
+		checkHeader(t, s.name, s.keys(deckardNames), s.argv, headKeys, headArgv)
 	}
 	for _, f := range files {
 		if name := strings.TrimSuffix(f.Name(), ".lua"); !seen[name] {
 			t.Errorf("lua/%s has no Go descriptor", f.Name())
 		}
+	}
+}
+
+// deckardNames are the bare names the Deckard scripts' headers use.
+var deckardNames = deckardKeys{Ready: "ready", Tmp: "tmp", LockAck: "lock_ack", LockNack: "lock_nack",
+	LockAckScore: "lock_ack_score", LockNackScore: "lock_nack_score", Fence: "fence", FenceOwner: "owner",
+	History: "history", Deleted: "deleted", Stats: "stats"}
+
+// checkHeader holds the header of script name to the keys and argv Go
+// passes, the fence head (headKeys, headArgv) stated by reference.
+func checkHeader(t *testing.T, name string, want, wantArgv, headKeys, headArgv []string) {
+	t.Helper()
+	h := header(mustRead(name))
+	fenced := slices.Equal(want[:min(len(headKeys), len(want))], headKeys) && len(want) > len(headKeys)
+	statesHead := strings.Contains(strings.Join(h, "\n"), "KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua")
+	if fenced != statesHead {
+		t.Errorf("%s.lua: fenced %v, but its header says so: %v", name, fenced, statesHead)
+	}
+	var keys, argv []string
+	if fenced {
+		keys, argv = statedArgs(t, name+".lua", h, len(headKeys)+1, len(headArgv)+1)
+		keys, argv = append(slices.Clone(headKeys), keys...), append(slices.Clone(headArgv), argv...)
+	} else {
+		keys, argv = statedArgs(t, name+".lua", h, 1, 1)
+	}
+	if !slices.Equal(keys, want) {
+		t.Errorf("%s.lua states KEYS %v, Go passes %v", name, keys, want)
+	}
+	if !slices.Equal(argv, wantArgv) {
+		t.Errorf("%s.lua states ARGV %v, Go passes %v", name, argv, wantArgv)
 	}
 }
 
@@ -105,15 +122,22 @@ func TestCountersMatchScripts(t *testing.T) {
 	raised := map[string]bool{}
 	incr := regexp.MustCompile(`HINCRBY', [A-Z_]+(\[\d+\])?, '([a-z_]+)'`)
 	checked := regexp.MustCompile(`check_counters\([A-Z_]+(\[\d+\])?, \{([^}]*)\}`)
+	var names []string
 	for _, s := range allScripts {
-		src := mustRead(s.name)
+		names = append(names, s.name)
+	}
+	for _, s := range deckardScripts {
+		names = append(names, s.name)
+	}
+	for _, name := range names {
+		src := mustRead(name)
 		for _, m := range incr.FindAllStringSubmatch(src, -1) {
 			raised[m[2]] = true
 		}
 		for _, m := range checked.FindAllStringSubmatch(src, -1) {
 			for _, f := range strings.Split(m[2], ",") {
 				if f = strings.Trim(strings.TrimSpace(f), "'"); !known(f) {
-					t.Errorf("%s.lua checks counter %q, which Counters does not have", s.name, f)
+					t.Errorf("%s.lua checks counter %q, which Counters does not have", name, f)
 				}
 			}
 		}

@@ -20,15 +20,19 @@ type Counters struct {
 	Expired      int64 `json:"expired"`
 	DeadLettered int64 `json:"dead_lettered"`
 	Trimmed      int64 `json:"trimmed"`
+	// UnlockedAck and UnlockedNack split Unlocked by lock pool in the
+	// Deckard layout (its :lock_ack and :lock_nack); 0 in the native one.
+	UnlockedAck  int64 `json:"unlocked_ack"`
+	UnlockedNack int64 `json:"unlocked_nack"`
 }
 
 // counterNames are the stats hash fields, in the order of fields().
 var counterNames = [...]string{"enqueued", "deduplicated", "pulled", "acked", "nacked",
-	"unlocked", "requeued", "expired", "dead_lettered", "trimmed"}
+	"unlocked", "requeued", "expired", "dead_lettered", "trimmed", "unlocked_ack", "unlocked_nack"}
 
 func (c *Counters) fields() [len(counterNames)]*int64 {
 	return [...]*int64{&c.Enqueued, &c.Deduplicated, &c.Pulled, &c.Acked, &c.Nacked,
-		&c.Unlocked, &c.Requeued, &c.Expired, &c.DeadLettered, &c.Trimmed}
+		&c.Unlocked, &c.Requeued, &c.Expired, &c.DeadLettered, &c.Trimmed, &c.UnlockedAck, &c.UnlockedNack}
 }
 
 // readCounter sets the counter of stats hash field name from its value;

@@ -126,6 +126,9 @@ type PassResult struct {
 type Measurement struct {
 	NowUs                         int64
 	Ready, Inflight, Locked, Dead int64
+	// LockedAck and LockedNack split Locked by lock pool in a layout that
+	// has two (Deckard's :lock_ack and :lock_nack); both 0 otherwise.
+	LockedAck, LockedNack int64
 	// HasReady tells whether ReadyHead is set.
 	HasReady bool
 	// ReadyHead is the lowest ready score (the enqueue time in ms, with

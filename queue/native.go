@@ -3,7 +3,6 @@ package queue
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -101,7 +100,7 @@ func (n *Native) Passes(ctx context.Context, reqs []PassRequest) []PassOutcome {
 
 // fenced is a call of a housekeeping script on s: the fence head's
 // arguments, then args.
-func (n *Native) fenced(sc *script, s Shard, token int64, args ...any) call {
+func (n *Native) fenced(sc *script[shardKeys], s Shard, token int64, args ...any) call {
 	return sc.on(keysFor(n.prefix, s), append([]any{token, n.owner, n.record}, args...)...)
 }
 
@@ -113,136 +112,13 @@ func checkBatch(batch int) error {
 	return nil
 }
 
-// Probe implements Layout: one pipeline for the shards only read, and one
-// per Redis node for the claims, on one connection, so that a claim can be
-// confirmed by a replica (see claimOn).
+// Probe implements Layout (see prober).
 func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
-	out := make([]ProbeResult, len(reqs))
-	var reads, claims []int
-	for i, r := range reqs {
-		if r.Claim {
-			claims = append(claims, i)
-		} else {
-			reads = append(reads, i)
-		}
-	}
-	if len(reads) > 0 {
-		// A failure to reach Redis fails the whole probe, so that the
-		// caller probes again rather than take it for the shards'.
-		if _, err := n.probeOn(ctx, n.rdb, reqs, reads, out); err != nil {
-			return nil, fmt.Errorf("probe %d shards: %w", len(reads), err)
-		}
-	}
-	for node, idx := range n.byNode(ctx, reqs, claims, out) {
-		n.claimOn(ctx, node, reqs, idx, out)
-	}
-	return out, nil
-}
-
-// probeOn runs the probe of reqs[i] for each i in idx on rdb, in one
-// pipeline, into out; it returns the indexes that succeeded, and the first
-// error that is not Redis's reply to one script (Redis was not reached).
-func (n *Native) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) ([]int, error) {
-	calls := make([]call, len(idx))
-	for j, i := range idx {
-		r := reqs[i]
-		claim := "0"
-		if r.Claim {
-			claim = "1"
-		}
-		calls[j] = n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claim)
-	}
-	var (
-		ok      []int
-		reached error
-		re      redis.Error
-	)
-	for j, cmd := range runAll(ctx, rdb, calls) {
-		i := idx[j]
-		if err := cmd.Err(); err != nil && !errors.As(err, &re) && reached == nil {
-			reached = err
-		}
-		res, err := decodeProbe(cmd)
-		if err != nil {
-			out[i].Err = asError(err, reqs[i].Shard, reqs[i].Token)
-			continue
-		}
-		out[i] = res
-		ok = append(ok, i)
-	}
-	return ok, reached
-}
-
-// byNode groups the claims by the Redis node that holds their shard: the
-// node itself for a single server, its primary for each slot on a cluster.
-// A shard whose node is unknown gets the error in out.
-func (n *Native) byNode(ctx context.Context, reqs []ProbeRequest, idx []int, out []ProbeResult) map[*redis.Client][]int {
-	groups := map[*redis.Client][]int{}
-	if len(idx) == 0 {
-		return groups
-	}
-	switch c := n.rdb.(type) {
-	case *redis.Client:
-		groups[c] = idx
-	case *redis.ClusterClient:
-		for _, i := range idx {
-			node, err := c.MasterForKey(ctx, keysFor(n.prefix, reqs[i].Shard).Fence)
-			if err != nil {
-				out[i].Err = fmt.Errorf("claim %s: find its node: %w", reqs[i].Shard, err)
-				continue
-			}
-			groups[node] = append(groups[node], i)
-		}
-	default:
-		for _, i := range idx {
-			out[i].Err = fmt.Errorf("claim %s: unsupported redis client %T", reqs[i].Shard, n.rdb)
-		}
-	}
-	return groups
-}
-
-// claimOn runs the claims idx on node over one connection. When the node
-// has replicas attached, the claims are trusted only once one replica
-// acknowledged them (WAIT 1): a failover to a replica that never saw a
-// fence would let the previous owner write again. A claim not acknowledged
-// within the wait gets ErrClaimNotReplicated: the keeper does not count the
-// shard as claimed, and claims it again.
-func (n *Native) claimOn(ctx context.Context, node *redis.Client, reqs []ProbeRequest, idx []int, out []ProbeResult) {
-	conn := node.Conn()
-	defer conn.Close()
-	ok, _ := n.probeOn(ctx, conn, reqs, idx, out)
-	if len(ok) == 0 {
-		return
-	}
-	info, err := conn.Info(ctx, "replication").Result()
-	if err == nil && connectedReplicas(info) == 0 {
-		return
-	}
-	if err == nil {
-		var acked int64
-		acked, err = conn.Wait(ctx, 1, n.claimWait).Result()
-		if err == nil && acked >= 1 {
-			return
-		}
-	}
-	why := fmt.Sprintf("no replica acknowledged it within %s", n.claimWait)
-	if err != nil {
-		why = err.Error()
-	}
-	for _, i := range ok {
-		out[i] = ProbeResult{Err: fmt.Errorf("%w: shard %s, token %d: %s", ErrClaimNotReplicated, reqs[i].Shard, reqs[i].Token, why)}
-	}
-}
-
-// connectedReplicas reads connected_slaves from INFO replication.
-func connectedReplicas(info string) int {
-	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "connected_slaves:"); ok {
-			n, _ := strconv.Atoi(v)
-			return n
-		}
-	}
-	return 0
+	return prober{rdb: n.rdb, claimWait: n.claimWait, decode: decodeProbe,
+		node: func(s Shard) string { return keysFor(n.prefix, s).Fence },
+		call: func(r ProbeRequest) call {
+			return n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claimArg(r.Claim))
+		}}.probe(ctx, reqs)
 }
 
 // Now implements Layout.
@@ -314,18 +190,11 @@ func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
 		wg.Wait()
 	}()
 	for {
-		msg, err := ps.Receive(ctx)
+		msg, err := receive(ctx, ps)
+		if ctx.Err() != nil {
+			return nil
+		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			// go-redis reconnects and resubscribes by itself on the next
-			// Receive; back off a little so a dead server is not hammered.
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(200 * time.Millisecond):
-			}
 			continue
 		}
 		switch m := msg.(type) {
@@ -349,6 +218,20 @@ func (n *Native) Wakes(ctx context.Context, fn func(Wake)) error {
 			}
 		}
 	}
+}
+
+// receive is ps.Receive. After an error it waits a little before it
+// returns it: go-redis reconnects and resubscribes by itself on the next
+// Receive, and a dead server is not hammered.
+func receive(ctx context.Context, ps *redis.PubSub) (any, error) {
+	msg, err := ps.Receive(ctx)
+	if err != nil && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return msg, err
 }
 
 // followWatch subscribes ps to every watched shard's channel, then applies

@@ -45,14 +45,15 @@ local LAG_BOUNDS_US, LAG_SUM_CAP_US = {%s}, %d
 		wakeCodes[TaskExpire], wakeCodes[TaskTrim], wakeCodes[TaskMeasure], strings.Join(bounds, ", "), LagSumCapUs)
 }
 
-// script is one .lua file with the Go side of its contract: the shard keys
-// it takes and the names of its arguments, each in order. The .lua file's
-// header states both (TestScriptHeaders holds it to them).
-type script struct {
+// script is one .lua file with the Go side of its contract: the keys it
+// takes from a shard's (or a queue's) key set K, and the names of its
+// arguments, each in order. The .lua file's header states both
+// (TestScriptHeaders holds it to them).
+type script[K any] struct {
 	name string
 	// keys lists the script's keys from a shard's (for a fenced script, the
 	// fence head first: fenceKeys).
-	keys func(k shardKeys) []string
+	keys func(k K) []string
 	// argv names the script's arguments (for a fenced script, fenceArgv
 	// first).
 	argv []string
@@ -61,9 +62,18 @@ type script struct {
 
 // newScript is name.lua, prefixed with the preamble and lua/lib.lua. go-redis
 // runs it by EVALSHA and sends it whole on NOSCRIPT.
-func newScript(name string, keys func(shardKeys) []string, argv ...string) *script {
-	src := luaPreamble() + mustRead("lib") + "\n-- " + name + ".lua\n" + mustRead(name)
-	return &script{name: name, keys: keys, argv: argv, lua: redis.NewScript(src)}
+func newScript[K any](name string, keys func(K) []string, argv ...string) *script[K] {
+	return newScriptWith(name, []string{"lib"}, keys, argv...)
+}
+
+// newScriptWith is name.lua prefixed with the preamble and the helper files
+// libs, in order.
+func newScriptWith[K any](name string, libs []string, keys func(K) []string, argv ...string) *script[K] {
+	src := luaPreamble()
+	for _, l := range append(libs, name) {
+		src += "\n-- " + l + ".lua\n" + mustRead(l)
+	}
+	return &script[K]{name: name, keys: keys, argv: argv, lua: redis.NewScript(src)}
 }
 
 // fenceKeys and fenceArgv are the head of every housekeeping script's keys
@@ -74,7 +84,7 @@ var fenceArgv = []string{"token", "owner", "record"}
 
 // newFencedScript is a housekeeping script: the fence head, then keys and
 // argv.
-func newFencedScript(name string, keys func(shardKeys) []string, argv ...string) *script {
+func newFencedScript(name string, keys func(shardKeys) []string, argv ...string) *script[shardKeys] {
 	return newScript(name, func(k shardKeys) []string { return append(fenceKeys(k), keys(k)...) },
 		append(append([]string{}, fenceArgv...), argv...)...)
 }
@@ -89,23 +99,23 @@ func mustRead(name string) string {
 
 // call is one run of a script on one shard.
 type call struct {
-	s    *script
+	lua  *redis.Script
 	keys []string
 	args []any
 }
 
 // on is a call of s on the shard whose keys are k, with args in the order
 // of s.argv.
-func (s *script) on(k shardKeys, args ...any) call {
+func (s *script[K]) on(k K, args ...any) call {
 	if len(args) != len(s.argv) {
 		panic(fmt.Sprintf("script %s takes %d arguments %v, got %d", s.name, len(s.argv), s.argv, len(args)))
 	}
-	return call{s: s, keys: s.keys(k), args: args}
+	return call{lua: s.lua, keys: s.keys(k), args: args}
 }
 
 // run runs c on its own.
 func (c call) run(ctx context.Context, rdb redis.Scripter) *redis.Cmd {
-	return c.s.lua.Run(ctx, rdb, c.keys, c.args...)
+	return c.lua.Run(ctx, rdb, c.keys, c.args...)
 }
 
 // pipeliner is a client or one connection of one.
@@ -134,9 +144,9 @@ func runAll(ctx context.Context, rdb pipeliner, calls []call) []*redis.Cmd {
 			for _, i := range idx {
 				c := calls[i]
 				if attempt == 0 {
-					cmds[i] = c.s.lua.EvalSha(ctx, p, c.keys, c.args...)
+					cmds[i] = c.lua.EvalSha(ctx, p, c.keys, c.args...)
 				} else {
-					cmds[i] = c.s.lua.Eval(ctx, p, c.keys, c.args...)
+					cmds[i] = c.lua.Eval(ctx, p, c.keys, c.args...)
 				}
 			}
 			return nil

@@ -23,6 +23,8 @@ const PrefixDefault = "/keeper/"
 //	<prefix>summaries/<member>    one keeper's summary for the aggregator, bound to the
 //	                              publisher's lease
 //	<prefix>stats/rebalances      the fleet's rebalance count, written by the leader
+//	<prefix>discovered            the queues found in Redis for a layout without a registry
+//	                              (Deckard's), written by the aggregator leader when they change
 type Keys struct{ prefix string }
 
 // NewKeys is the layout under prefix: PrefixDefault when empty, and a
@@ -85,3 +87,7 @@ func (k Keys) SummaryMember(key string) string { return strings.TrimPrefix(key, 
 
 // Rebalances is the key of the fleet's rebalance count.
 func (k Keys) Rebalances() string { return k.prefix + "stats/rebalances" }
+
+// Discovered is the key of the queue set the aggregator leader discovers in
+// Redis for a layout that has no registry (see election.Discovery).
+func (k Keys) Discovered() string { return k.prefix + "discovered" }

@@ -165,7 +165,13 @@ func benchCmd(args []string, out io.Writer) error {
 		if !ok {
 			return fmt.Errorf("unknown scenario %q (keeper bench -h lists them)", n)
 		}
+		if layoutArg(args[1:]) == LayoutDeckard {
+			if sc, ok = deckardScenarios[n]; !ok {
+				return fmt.Errorf("scenario %q has no deckard layout (drain, precision and idle have)", n)
+			}
+		}
 		fs := flag.NewFlagSet("bench "+n, flag.ContinueOnError)
+		fs.String("layout", LayoutNative, "native or deckard (drain, precision, idle)")
 		fs.BoolVar(&asJSON, "json", false, "print one JSON object per scenario, one per line")
 		run := sc.flags(fs)
 		// `all` takes only --json; each scenario runs with its defaults.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keeperhq/keeper/election"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
 	"github.com/keeperhq/keeper/tasks"
@@ -42,6 +43,7 @@ type Config struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" help:"a SIGTERM finishes the running passes, hands every shard over and exits within this; a pod's termination grace period must be longer"`
 
 	Redis   RedisConfig   `yaml:"redis"`
+	Deckard DeckardConfig `yaml:"deckard"`
 	Etcd    EtcdConfig    `yaml:"etcd"`
 	Ring    RingConfig    `yaml:"ring"`
 	Tasks   TasksConfig   `yaml:"tasks"`
@@ -57,8 +59,14 @@ type Config struct {
 // Redis Cluster), or the primary that Redis Sentinel names
 // (redis.sentinel), or neither (a local redis-server).
 type RedisConfig struct {
-	Addr         string `yaml:"addr" help:"redis address host:port; several, comma-separated, make a Redis Cluster client (empty, without redis.sentinel: start a local redis-server on a free loopback port)"`
-	Prefix       string `yaml:"prefix" help:"key prefix of every queue key"`
+	Addr string `yaml:"addr" help:"redis address host:port; several, comma-separated, make a Redis Cluster client (empty, without redis.sentinel: start a local redis-server on a free loopback port)"`
+	// Layout is whose keys keeper housekeeps: "native" (keeper's own queues)
+	// or "deckard" (Deckard's, in place of its unlock and timeout tasks).
+	Layout string `yaml:"layout" help:"native: keeper's own queues; deckard: Deckard's keys (unlock and timeout)"`
+	// Prefix is the key prefix; empty takes the layout's default: keeper
+	// (native) or deckard_v1 (deckard, trimmed of spaces and ':' as Deckard
+	// trims DECKARD_CACHE_PREFIX).
+	Prefix       string `yaml:"prefix" help:"key prefix (empty: keeper, or deckard_v1 with redis.layout deckard; a deckard prefix is trimmed like DECKARD_CACHE_PREFIX)"`
 	Username     string `yaml:"username" help:"redis ACL user"`
 	PasswordFile string `yaml:"password_file" help:"file holding the redis password (or set KEEPER_REDIS_PASSWORD)"`
 	Password     string `yaml:"-" flag:"-" help:"redis password (environment only: KEEPER_REDIS_PASSWORD)"`
@@ -88,6 +96,27 @@ type SentinelConfig struct {
 	Username     string   `yaml:"username" help:"the sentinels' ACL user (empty: none)"`
 	PasswordFile string   `yaml:"password_file" help:"file holding the sentinels' own password (their requirepass; or set KEEPER_REDIS_SENTINEL_PASSWORD; empty: none)"`
 	Password     string   `yaml:"-" flag:"-" help:"sentinel password (environment only: KEEPER_REDIS_SENTINEL_PASSWORD)"`
+}
+
+// The layouts (redis.layout).
+const (
+	LayoutNative  = "native"
+	LayoutDeckard = "deckard"
+)
+
+// DeckardConfig tunes the deckard layout; ignored with the native one.
+type DeckardConfig struct {
+	// KeyspaceEvents is how keeper hears the deadlines Deckard's clients
+	// set: auto (set notify-keyspace-events when CONFIG is allowed, else
+	// poll), on (trust they are set; never run CONFIG SET) or off (poll).
+	KeyspaceEvents string `yaml:"keyspace_events" help:"auto: set notify-keyspace-events if CONFIG is allowed, else poll; on: the operator set them (Kz); off: poll each owned queue's deadlines"`
+	// DiscoveryInterval is how often the fleet (its aggregator leader)
+	// scans Redis for Deckard queues: a new queue is housekept within it.
+	DiscoveryInterval time.Duration `yaml:"discovery_interval" help:"how often the aggregator leader scans redis for deckard queues (one SCAN of the keyspace per primary)"`
+	// PollMin and PollMax bound the adaptive poll interval of an owned queue
+	// when keyspace events are off.
+	PollMin time.Duration `yaml:"poll_min" help:"without keyspace events: poll interval of a queue that changes"`
+	PollMax time.Duration `yaml:"poll_max" help:"without keyspace events: poll interval of a queue that sits still"`
 }
 
 // EtcdConfig says where the coordination lives.
@@ -142,8 +171,10 @@ func defaultConfig() Config {
 		LogFormat:       "auto",
 		HealthAddr:      "127.0.0.1:8080",
 		ShutdownTimeout: 30 * time.Second,
-		Redis: RedisConfig{Prefix: queue.DefaultPrefix, DataDir: "keeper-data/redis", AllowEviction: "no",
+		Redis: RedisConfig{Layout: LayoutNative, DataDir: "keeper-data/redis", AllowEviction: "no",
 			ReplicaWait: queue.DefaultClaimWait},
+		Deckard: DeckardConfig{KeyspaceEvents: queue.KeyspaceAuto, DiscoveryInterval: election.DiscoveryIntervalDefault,
+			PollMin: queue.DefaultPollMin, PollMax: queue.DefaultPollMax},
 		Etcd: EtcdConfig{Prefix: shard.PrefixDefault, DataDir: "keeper-data/etcd", SessionTTL: shard.SessionTTLDefault,
 			DialTimeout: 5 * time.Second, FenceRetry: shard.FenceRetryDefault},
 		Tasks: TasksConfig{Workers: tasks.WorkersDefault, Batch: tasks.BatchDefault,
@@ -192,7 +223,21 @@ func loadConfig(name string, args []string, environ []string) (Config, error) {
 	if err := cfg.readSecrets(); err != nil {
 		return Config{}, err
 	}
+	cfg.applyLayoutDefaults()
 	return cfg, cfg.validate()
+}
+
+// applyLayoutDefaults sets what depends on the layout: the prefix when none
+// is configured, and a deckard prefix as Deckard trims it.
+func (c *Config) applyLayoutDefaults() {
+	switch c.Redis.Layout {
+	case LayoutDeckard:
+		c.Redis.Prefix = queue.DeckardPrefix(c.Redis.Prefix)
+	case LayoutNative:
+		if c.Redis.Prefix == "" {
+			c.Redis.Prefix = queue.DefaultPrefix
+		}
+	}
 }
 
 func (c *Config) readSecrets() error {
@@ -236,8 +281,15 @@ func (c *Config) validate() error {
 	if c.Redis.AllowEviction != "no" && c.Redis.AllowEviction != "warn" {
 		problems = append(problems, fmt.Sprintf("redis.allow_eviction %q is not no or warn", c.Redis.AllowEviction))
 	}
-	if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
-		problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))
+	switch c.Redis.Layout {
+	case LayoutNative:
+		if c.Redis.Prefix == "" || strings.ContainsAny(c.Redis.Prefix, "{} ") {
+			problems = append(problems, fmt.Sprintf("redis.prefix %q must be non-empty, without braces or spaces", c.Redis.Prefix))
+		}
+	case LayoutDeckard:
+		problems = append(problems, c.validateDeckard()...)
+	default:
+		problems = append(problems, fmt.Sprintf("redis.layout %q is not native or deckard", c.Redis.Layout))
 	}
 	if !c.Redis.TLS && (c.Redis.CAFile != "" || c.Redis.CertFile != "" || c.Redis.KeyFile != "") {
 		problems = append(problems, "redis.ca_file, redis.cert_file and redis.key_file need redis.tls: true")
@@ -259,6 +311,29 @@ func (c *Config) validate() error {
 		return fmt.Errorf("bad config: %s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// validateDeckard checks what the deckard layout needs.
+func (c *Config) validateDeckard() []string {
+	var problems []string
+	if strings.ContainsAny(c.Redis.Prefix, "{}") {
+		problems = append(problems, fmt.Sprintf("redis.prefix %q has a brace: Deckard's keys would lose their hash tag", c.Redis.Prefix))
+	}
+	switch c.Deckard.KeyspaceEvents {
+	case queue.KeyspaceAuto, queue.KeyspaceOn, queue.KeyspaceOff:
+	default:
+		problems = append(problems, fmt.Sprintf("deckard.keyspace_events %q is not auto, on or off", c.Deckard.KeyspaceEvents))
+	}
+	if c.Deckard.PollMax < c.Deckard.PollMin {
+		problems = append(problems, fmt.Sprintf("deckard.poll_max %s is below deckard.poll_min %s",
+			c.Deckard.PollMax, c.Deckard.PollMin))
+	}
+	if len(c.Queues) > 0 {
+		// Declared queues are native ones: written under a Deckard prefix
+		// they would be keys Deckard does not know.
+		problems = append(problems, "queues declares native queues; with redis.layout deckard the queues are Deckard's, found by discovery: remove queues")
+	}
+	return problems
 }
 
 // check validates the sentinel settings; addr is redis.addr.
@@ -341,6 +416,17 @@ var limits = []limit{
 	// A full read of the queue registry; changes are pushed anyway.
 	{path: "tasks.catalog_interval", get: func(c *Config) int64 { return int64(c.Tasks.CatalogInterval) },
 		min: int64(time.Second), duration: true},
+	// One SCAN of the whole keyspace per primary: Deckard's own
+	// housekeeper runs three a second per replica; keeper's fleet one per
+	// interval. Past an hour a new queue waits too long for housekeeping.
+	{path: "deckard.discovery_interval", get: func(c *Config) int64 { return int64(c.Deckard.DiscoveryInterval) },
+		min: int64(time.Second), max: int64(time.Hour), duration: true},
+	// One probe per owned queue per interval: below 10ms a fleet of idle
+	// queues would cost Redis more than Deckard's own housekeeper.
+	{path: "deckard.poll_min", get: func(c *Config) int64 { return int64(c.Deckard.PollMin) },
+		min: int64(10 * time.Millisecond), max: int64(time.Minute), duration: true},
+	{path: "deckard.poll_max", get: func(c *Config) int64 { return int64(c.Deckard.PollMax) },
+		min: int64(10 * time.Millisecond), max: int64(time.Minute), duration: true},
 	// Each export may also write this keeper's summary to etcd.
 	{path: "metrics.export_interval", get: func(c *Config) int64 { return int64(c.Metrics.ExportInterval) },
 		min: int64(100 * time.Millisecond), zeroDefault: true, duration: true},

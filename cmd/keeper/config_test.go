@@ -21,11 +21,12 @@ func TestShippedConfigParses(t *testing.T) {
 		t.Fatal(err)
 	}
 	def := defaultConfig()
+	def.applyLayoutDefaults()
 	// An empty list in the file is an empty slice, the default a nil one.
 	if len(cfg.Redis.Sentinel.Addrs) == 0 {
 		cfg.Redis.Sentinel.Addrs = nil
 	}
-	if cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Etcd.FenceRetry != def.Etcd.FenceRetry || cfg.Tasks != def.Tasks ||
+	if cfg.Deckard != def.Deckard || cfg.Etcd.SessionTTL != def.Etcd.SessionTTL || cfg.Etcd.FenceRetry != def.Etcd.FenceRetry || cfg.Tasks != def.Tasks ||
 		!reflect.DeepEqual(cfg.Redis, def.Redis) || cfg.Ring != def.Ring || cfg.Metrics != def.Metrics || cfg.ShutdownTimeout != def.ShutdownTimeout {
 		t.Fatalf("configs/keeper.yaml drifted from the built-in defaults:\n%+v\n%+v", cfg, def)
 	}
@@ -283,6 +284,56 @@ func TestLimitsAreDocumented(t *testing.T) {
 		}
 		if line, ok := lines[l.path]; !ok || !strings.Contains(line, l.text()) {
 			t.Errorf("configs/keeper.yaml does not state %s's range %q next to it: %q", l.path, l.text(), line)
+		}
+	}
+}
+
+// redis.layout: native by default (prefix keeper); deckard takes Deckard's
+// prefix rules (default deckard_v1, " :p: " is p) from a flag, the
+// environment or the file; bad layouts, event modes, braces in the prefix,
+// declared native queues and a poll range upside down are refused.
+func TestLayoutConfig(t *testing.T) {
+	cfg, err := loadConfig("run", nil, nil)
+	if err != nil || cfg.Redis.Layout != LayoutNative || cfg.Redis.Prefix != "keeper" {
+		t.Fatalf("default layout %q prefix %q, %v", cfg.Redis.Layout, cfg.Redis.Prefix, err)
+	}
+	for _, tc := range []struct {
+		args, env []string
+		want      string
+	}{
+		{args: []string{"--redis.layout", "deckard"}, want: "deckard_v1"},
+		{env: []string{"KEEPER_REDIS_LAYOUT=deckard"}, want: "deckard_v1"},
+		{env: []string{"KEEPER_REDIS_LAYOUT=deckard", "KEEPER_REDIS_PREFIX= :p: "}, want: "p"},
+		{args: []string{"--redis.layout", "deckard", "--redis.prefix", "::"}, want: "deckard_v1"},
+		{args: []string{"--redis.layout", "deckard", "--redis.prefix", "a:b"}, want: "a:b"},
+		{args: []string{"--redis.layout", "native", "--redis.prefix", "k2"}, want: "k2"},
+	} {
+		cfg, err := loadConfig("run", tc.args, tc.env)
+		if err != nil || cfg.Redis.Prefix != tc.want {
+			t.Errorf("%v %v: prefix %q, %v; want %q", tc.args, tc.env, cfg.Redis.Prefix, err, tc.want)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "d.yaml")
+	_ = os.WriteFile(file, []byte("redis:\n  layout: deckard\n  prefix: \" :dk: \"\ndeckard:\n  keyspace_events: \"off\"\n  discovery_interval: 1h\n"), 0o644)
+	cfg, err = loadConfig("run", []string{"--config", file}, nil)
+	if err != nil || cfg.Redis.Prefix != "dk" || cfg.Deckard.KeyspaceEvents != "off" || cfg.Deckard.DiscoveryInterval != time.Hour {
+		t.Fatalf("from a file: %+v %+v, %v", cfg.Redis, cfg.Deckard, err)
+	}
+	withQueues := filepath.Join(t.TempDir(), "q.yaml")
+	_ = os.WriteFile(withQueues, []byte("redis:\n  layout: deckard\nqueues:\n  q:\n    partitions: 1\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--redis.layout", "deckerd"}, `redis.layout "deckerd"`},
+		{[]string{"--redis.layout", "deckard", "--redis.prefix", "a{b"}, "has a brace"},
+		{[]string{"--redis.layout", "deckard", "--deckard.keyspace_events", "yes"}, "deckard.keyspace_events"},
+		{[]string{"--redis.layout", "deckard", "--deckard.poll_min", "2s", "--deckard.poll_max", "1s"}, "deckard.poll_max 1s is below"},
+		{[]string{"--config", withQueues}, "remove queues"},
+		{[]string{"--redis.layout", "deckard", "--deckard.discovery_interval", "2h"}, "deckard.discovery_interval 2h"},
+	} {
+		if _, err := loadConfig("run", tc.args, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v; want it refused mentioning %q", tc.args, err, tc.want)
 		}
 	}
 }

@@ -95,7 +95,7 @@ func (h *healthServer) status(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{
 		"member": d.memberID, "owned_shards": len(owned), "owned": owned, "leader": d.agg.IsLeader(),
-		"redis": d.redisAddr(), "etcd": d.etcd.Endpoints(), "redis_commands": d.redisCmds.n.Load(),
+		"redis": d.redisAddr(), "etcd": d.etcd.Endpoints(), "layout": d.cfg.Redis.Layout, "redis_commands": d.redisCmds.n.Load(),
 	})
 }
 

@@ -30,6 +30,7 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	file := fs.String("config", envOr(environ, "KEEPER_CONFIG", ""), "YAML config of `keeper run` whose redis settings to use (env KEEPER_CONFIG)")
 	addr := fs.String("redis", "", "redis address (default redis.addr or redis.sentinel of the config or KEEPER_REDIS_*, else the local redis-server of `keeper run` in this directory, else 127.0.0.1:6379)")
 	prefix := fs.String("prefix", "", "key prefix (default redis.prefix of the config or KEEPER_REDIS_PREFIX, else "+queue.DefaultPrefix+")")
+	layout := fs.String("layout", "", "native or deckard (default redis.layout of the config or KEEPER_REDIS_LAYOUT, else native); deckard: list, stats and inspect Deckard's queues")
 	asJSON := fs.Bool("json", false, "print JSON")
 	var qc queue.Config
 	if sub == "create" || sub == "update" {
@@ -66,6 +67,9 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 	if *prefix != "" {
 		cfgArgs = append(cfgArgs, "--redis.prefix", *prefix)
 	}
+	if *layout != "" {
+		cfgArgs = append(cfgArgs, "--redis.layout", *layout)
+	}
 	cfg, err := loadConfig("queue", cfgArgs, environ)
 	if err != nil {
 		return err
@@ -100,6 +104,9 @@ func queueCmd(args []string, environ []string, out io.Writer) error {
 		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		text(w)
 		return w.Flush()
+	}
+	if cfg.Redis.Layout == LayoutDeckard {
+		return deckardQueueCmd(ctx, rdb, rc.Prefix, sub, rest, print)
 	}
 	switch sub {
 	case "create":

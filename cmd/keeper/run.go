@@ -103,11 +103,16 @@ type daemon struct {
 	// sentinelWatch follows Sentinel's failovers for rdb (redis.sentinel).
 	sentinelWatch *sentinelWatch
 
-	memberID  string
-	metrics   *kotel.Provider
-	inst      *kotel.Instruments
-	keeper    *tasks.Keeper
-	catalog   *queue.Catalog
+	memberID string
+	metrics  *kotel.Provider
+	inst     *kotel.Instruments
+	keeper   *tasks.Keeper
+	catalog  *queue.Catalog
+	// With the deckard layout: the layout, how it wakes, and the discovery
+	// that stands in for the catalog.
+	deckard   *queue.Deckard
+	wake      queue.DeckardWakeConfig
+	discovery *election.Discovery
 	coord     *shard.Coordinator
 	agg       *election.Aggregator
 	publisher *election.Publisher
@@ -139,6 +144,9 @@ func (d *daemon) start(ctx context.Context) error {
 		d.memberID = memberid.New()
 	}
 	d.applyQueues(ctx)
+	if err := d.prepareDeckard(ctx); err != nil {
+		return err
+	}
 
 	// Metrics first: every other part records into them.
 	d.metrics = kotel.NewProvider(kotel.Config{MemberID: d.memberID, Endpoint: d.cfg.Metrics.Endpoint,
@@ -165,14 +173,18 @@ func (d *daemon) start(ctx context.Context) error {
 	// before the coordinator joins the fleet, and the coordinator last: no
 	// part depends on it, and stopped first it hands the shards over while
 	// everything else still runs.
-	for _, p := range []part{{"tasks", d.keeper}, {"catalog", d.catalog}, {"summary publisher", d.publisher},
+	queues := part{"catalog", d.catalog}
+	if d.discovery != nil {
+		queues = part{"discovery", d.discovery}
+	}
+	for _, p := range []part{{"tasks", d.keeper}, queues, {"summary publisher", d.publisher},
 		{"aggregator", d.agg}, {"coordinator", d.coord}} {
 		if err := d.startPart(ctx, p.name, p.svc); err != nil {
 			return err
 		}
 	}
 	d.log.Info("keeper running", "member", d.memberID, "redis", d.redisAddr(), "etcd", strings.Join(d.etcd.Endpoints(), ","),
-		"health", d.healthAddr())
+		"health", d.healthAddr(), "layout", d.cfg.Redis.Layout, "prefix", d.cfg.Redis.Prefix)
 	return nil
 }
 
@@ -199,10 +211,9 @@ func (d *daemon) build() error {
 	// The fences know this process by its member id and a random nonce, so
 	// that an equal token held by another keeper (etcd restored from a
 	// backup) is refused.
-	layout := queue.NewNative(d.rdb, d.cfg.Redis.Prefix).WithOwner(d.memberID + "/" + memberid.New()).
-		WithClaimWait(d.cfg.Redis.ReplicaWait)
-	if d.cfg.Tasks.RecordHistory {
-		layout = layout.WithHistory()
+	layout, err := d.newLayout(d.memberID + "/" + memberid.New())
+	if err != nil {
+		return err
 	}
 	keeper := tasks.New(layout, tasks.Config{
 		Workers: d.cfg.Tasks.Workers, Batch: d.cfg.Tasks.Batch,
@@ -213,17 +224,31 @@ func (d *daemon) build() error {
 	coord := shard.NewCoordinator(d.etcd, shard.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.memberID,
 		SessionTTL: d.cfg.Etcd.SessionTTL, FenceRetry: d.cfg.Etcd.FenceRetry, Ring: ring, Refusals: refusals,
 		Logger: d.log}, keeper)
-	catalog := queue.NewCatalog(queue.NewRegistry(d.rdb, d.cfg.Redis.Prefix),
-		queue.CatalogConfig{Interval: d.cfg.Tasks.CatalogInterval, Refresh: keeper.ConfigChanged(), Logger: d.log},
-		func(queues map[string]queue.Config) {
-			// Configs first: the keeper must know a queue before it is
-			// told to own its shards.
-			keeper.SetConfigs(queues)
-			coord.SetShards(shardsOf(queues))
-		})
+	setQueues := func(queues map[string]queue.Config) {
+		// Configs first: the keeper must know a queue before it is told
+		// to own its shards.
+		keeper.SetConfigs(queues)
+		coord.SetShards(shardsOf(queues))
+	}
+	var (
+		catalog  *queue.Catalog
+		catShard func() []queue.Shard
+	)
+	if d.deckard == nil {
+		catalog = queue.NewCatalog(queue.NewRegistry(d.rdb, d.cfg.Redis.Prefix),
+			queue.CatalogConfig{Interval: d.cfg.Tasks.CatalogInterval, Refresh: keeper.ConfigChanged(), Logger: d.log},
+			setQueues)
+		catShard = catalog.Shards
+	} else {
+		// Set below, before anything starts.
+		catShard = func() []queue.Shard { return d.discovery.Shards() }
+	}
 	agg := election.NewAggregator(d.etcd, election.Config{Prefix: d.cfg.Etcd.Prefix, MemberID: d.memberID,
-		SessionTTL: d.cfg.Etcd.SessionTTL, Units: ring.Units, Logger: d.log}, catalog.Shards)
-	source := shardSource{k: keeper, live: coord.Live}
+		SessionTTL: d.cfg.Etcd.SessionTTL, Units: ring.Units, Logger: d.log}, catShard)
+	if d.deckard != nil {
+		d.discovery = d.newDiscovery(agg, setQueues)
+	}
+	source := shardSource{k: keeper, live: coord.Live, splitLocks: d.deckard != nil}
 	publisher := election.NewPublisher(d.etcd, election.PublisherConfig{Prefix: d.cfg.Etcd.Prefix,
 		MemberID: d.memberID, Interval: d.metrics.ExportInterval(), SessionTTL: d.cfg.Etcd.SessionTTL,
 		Logger: d.log}, func() election.Summary {
@@ -445,6 +470,8 @@ type shardSource struct {
 	// live: the session under which the shards are owned still holds
 	// (shard.Coordinator.Live); while it does not, nothing is listed.
 	live func() bool
+	// splitLocks: the layout has two lock pools (Deckard's).
+	splitLocks bool
 }
 
 func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
@@ -454,6 +481,7 @@ func (s shardSource) EachShard(fn func(kotel.ShardSnapshot)) {
 	s.k.EachMeasurement(func(m tasks.ShardMeasurement) {
 		fn(kotel.ShardSnapshot{Queue: m.Shard.Queue, Shard: m.Shard.String(),
 			Ready: m.Ready, Inflight: m.Inflight, Locked: m.Locked, Dead: m.Dead,
+			SplitLocks: s.splitLocks, LockedAck: m.LockedAck, LockedNack: m.LockedNack,
 			OldestReadyAge: m.OldestReadyAge, Counters: m.Counters, Lag: m.Lag})
 	})
 }

@@ -232,23 +232,10 @@ func (f *termFixture) start(id string, budget time.Duration) *keeperProc {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	k := &keeperProc{logPath: filepath.Join(f.logDir, id+".log"), health: loopback.Addr(port), exited: make(chan error, 1)}
-	logFile, err := os.Create(k.logPath)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	k.cmd = exec.Command(f.bin, "run", "--member_id", id,
+	return spawnKeeper(f.t, f.bin, filepath.Join(f.logDir, id+".log"), loopback.Addr(port),
+		[]string{"KEEPER_SHUTDOWN_TIMEOUT=" + budget.String()}, "run", "--member_id", id,
 		"--redis.addr", f.rs.Addr, "--etcd.endpoints", f.es.Endpoints()[0], "--etcd.session_ttl", f.ttl.String(),
-		"--health_addr", k.health, "--metrics.disabled", "--tasks.batch", "1", "--log_level", "warn")
-	k.cmd.Env = append(os.Environ(), "KEEPER_SHUTDOWN_TIMEOUT="+budget.String())
-	k.cmd.Stdout, k.cmd.Stderr = logFile, logFile
-	k.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := k.cmd.Start(); err != nil {
-		f.t.Fatal(err)
-	}
-	go func() { k.exited <- k.cmd.Wait(); _ = logFile.Close() }()
-	f.t.Cleanup(func() { _ = k.cmd.Process.Kill() })
-	return k
+		"--health_addr", loopback.Addr(port), "--metrics.disabled", "--tasks.batch", "1", "--log_level", "warn")
 }
 
 // waitBusy waits until k owns every shard and has unlocked 200 messages

@@ -87,6 +87,13 @@ func statusCmd(args []string, out io.Writer) error {
 		}
 	}
 	keys := shard.NewKeys(cfg.Etcd.Prefix)
+	layout, found, err := fleetLayout(ctx, d, keys)
+	if err != nil {
+		return err
+	}
+	if found != nil {
+		shards = deckardShards(found.Queues)
+	}
 	st, err := shard.ReadStatus(ctx, d.etcd, keys,
 		shard.RingConfig{Units: cfg.Ring.Units, ReplicationFactor: cfg.Ring.ReplicationFactor, Load: cfg.Ring.Load}, shards)
 	if err != nil {
@@ -102,12 +109,14 @@ func statusCmd(args []string, out io.Writer) error {
 		return enc.Encode(struct {
 			shard.Status
 			Leader string `json:"aggregator"`
-		}{st, leader})
+			layoutStatus
+		}{st, leader, layout})
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "etcd\t%s (prefix %s, revision %d)\n", strings.Join(endpoints, ","), st.Prefix, st.Revision)
 	fmt.Fprintf(w, "ring\t%d units, %d virtual nodes per member, load %.4g\n", st.Ring.Units, st.Ring.ReplicationFactor, st.Ring.Load)
 	fmt.Fprintf(w, "aggregator\t%s\n", orNone(leader))
+	fmt.Fprintf(w, "layout\t%s\n", layout)
 	fmt.Fprintf(w, "shards\t%d (%d unowned), units unowned %d, units in handoff %d\n",
 		st.Shards, len(st.UnownedShards), len(st.UnownedUnits), st.Misplaced)
 	fmt.Fprintln(w, "\nMEMBER\tRING UNITS\tOWNED UNITS\tSHARDS\tTOKENS")

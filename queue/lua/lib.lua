@@ -100,6 +100,26 @@ local function fence_check(task)
   return nil
 end
 
+-- A probe reads a shard, and claims it for a new owner when asked: the
+-- claim is checked like a pass's token, before any write (probe_check), and
+-- then sets the fence to the token and owner (claim_fence) even when it
+-- already holds them, so that a WAIT after the claim covers it (see
+-- prober.claimOn in probe.go).
+local function probe_check(claim)
+  local err = check_live(KEYS[4])
+  if err then return err end
+  if claim then
+    return fence_check('claim')
+  end
+  return nil
+end
+
+local function claim_fence()
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+  record('claim', 1, 0)
+end
+
 -- A pass's batch size, its first own argument (ARGV[4]): 1..MAX_BATCH, as
 -- Go checks too, so that no caller can make a pass unbounded.
 local function batch_arg()
@@ -171,17 +191,21 @@ local function bulk(cmd, key, args)
   end
 end
 
--- HMGET of any number of fields, in chunks; one list in field order (false
--- for a missing field).
-local function hmget(key, fields)
+-- A multi-key read (HMGET, ZMSCORE) of any number of fields, in chunks; one
+-- list in field order (false for a missing field).
+local function chunked_get(cmd, key, fields)
   local out = {}
   for i = 1, #fields, CHUNK do
-    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+    local part = redis.call(cmd, key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
     for j = 1, #part do
       out[#out + 1] = part[j]
     end
   end
   return out
+end
+
+local function hmget(key, fields)
+  return chunked_get('HMGET', key, fields)
 end
 
 -- Forget every per-message field of the given ids.

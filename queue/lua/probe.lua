@@ -15,12 +15,8 @@
 -- Every read and check comes before the first write.
 local LOCKED, INFLIGHT, TTL, READY = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local claim = ARGV[5] == '1'
-local err = check_live(KEYS[4])
+local err = probe_check(claim)
 if err then return err end
-if claim then
-  err = fence_check('claim')
-  if err then return err end
-end
 err = check_types({LOCKED, 'zset', INFLIGHT, 'zset', TTL, 'zset', READY, 'zset'})
 if err then return err end
 local excess = 0
@@ -31,10 +27,6 @@ end
 local out = {head_score(LOCKED), head_score(INFLIGHT), head_score(TTL), excess}
 
 if claim then
-  -- Written even when the fence already holds this token and owner, so
-  -- that a WAIT after the claim covers it (see Native.Probe).
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2])
-  record('claim', 1, 0)
+  claim_fence()
 end
 return out
