@@ -21,8 +21,13 @@ if claim then
   err = fence_check('claim')
   if err then return err end
 end
-err = check_types({LOCKED, 'zset', INFLIGHT, 'zset', TTL, 'zset', READY, 'zset'})
-if err then return err end
+-- A probe that only reads needs no type checks: a read of a wrong-typed
+-- key fails by itself (WRONGTYPE), and nothing was written. Sparing them
+-- halves what the safety sweep costs Redis (4 commands of 9).
+if claim then
+  err = check_types({LOCKED, 'zset', INFLIGHT, 'zset', TTL, 'zset', READY, 'zset'})
+  if err then return err end
+end
 local excess = 0
 local maxsize = tonumber(ARGV[4])
 if maxsize > 0 then
