@@ -733,3 +733,35 @@ func TestProbeFailsWholeWithoutRedis(t *testing.T) {
 		t.Fatalf("probe without redis: no error, results %+v", res)
 	}
 }
+
+// A probe that only reads does no type checks of its own (they were most
+// of what the safety sweep cost Redis): a wrong-typed key still fails it
+// with ErrWrongType, changing nothing, and a claim still checks before it
+// writes the fence.
+func TestProbeOfAWrongTypedKey(t *testing.T) {
+	e := newEnv(t)
+	e.create("wt", Config{MaxSize: 10})
+	s := Shard{"wt", 0}
+	for _, key := range []string{e.keys(s).Locked, e.keys(s).Inflight, e.keys(s).TTL, e.keys(s).Ready} {
+		if err := e.rdb.Del(e.ctx, key).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.rdb.Set(e.ctx, key, "junk", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		before := e.snapshot()
+		for _, claim := range []bool{false, true} {
+			res, err := e.n.Probe(e.ctx, []ProbeRequest{{Shard: s, MaxSize: 10, Claim: claim, Token: 3}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !errors.Is(res[0].Err, ErrWrongType) {
+				t.Errorf("probe (claim %v) with %s wrong-typed = %+v, want ErrWrongType", claim, key, res[0])
+			}
+		}
+		e.sameAs(before)
+		if err := e.rdb.Del(e.ctx, key).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -108,12 +108,13 @@ type shardState struct {
 	name    string
 	cfg     queue.Config
 	token   int64
-	entries [numTasks]entry // its deadlines, one per task (see deadlines)
-	running uint8           // bit per task: a pass of it is in flight
-	rerun   uint8           // bit per task: due again while running
-	busy    int32           // passes in flight
-	gone    bool            // disowned: results of running passes are dropped
-	idle    chan struct{}   // closed when busy drops to 0 after Disown
+	entries [numTasks]entry  // its deadlines, one per task (see deadlines)
+	running uint8            // bit per task: a pass of it is in flight
+	rerun   uint8            // bit per task: due again while running
+	moved   [numTasks]uint16 // what its last pass of each task moved
+	busy    int32            // passes in flight
+	gone    bool             // disowned: results of running passes are dropped
+	idle    chan struct{}    // closed when busy drops to 0 after Disown
 	// fail holds the backoff of failing tasks; nil while none fails.
 	fail *failure
 

@@ -3,23 +3,33 @@ package tasks
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/keeperhq/keeper/queue"
 )
 
-// maxPipeline bounds the passes of one round trip. Redis runs a pipeline's
-// scripts one after another, so a bound keeps one round trip from holding
-// the replies of the others for long when thousands of shards come due at
-// once (a takeover, a burst); a trip of 128 passes at the default batch is
-// a few milliseconds of Redis time in steady state.
-const maxPipeline = 128
+// maxPipeline bounds the passes of one round trip, and tripWork the
+// messages they are expected to move. Redis runs a pipeline's scripts one
+// after another and the replies come back together, so a pass in a round
+// trip waits for all the others: many small passes (thousands of shards
+// with a message or two due each) share a round trip, a pass with much to
+// move goes with few others or alone. A hundred messages is well under a
+// millisecond of Redis time.
+const (
+	maxPipeline = 128
+	tripWork    = 100
+)
 
 // job is one pass handed to a worker: the shard and task of an entry as it
 // was popped (the entry itself may be scheduled again while the pass runs).
 type job struct {
 	st   *shardState
 	task queue.Task
+	due  int64
+	// work is the messages the pass is expected to move: as many as the
+	// shard's last pass of the task moved (a full batch: a backlog).
+	work int
 }
 
 // trip is the passes of one round trip and the context they run under.
@@ -30,12 +40,10 @@ type trip struct {
 
 // dispatch hands due passes to workers, never more than Workers round trips
 // at once, and sleeps until the next deadline otherwise. Whatever is due
-// when workers are free goes at once, spread evenly over them, each share
-// in one pipelined round trip: a pass alone when few are due, and when
-// thousands of shards come due together (or Redis is slow and passes queue
-// up) up to maxPipeline passes a round trip rather than one each. Spreading
-// keeps every worker's round trip in flight: on a loaded machine a round
-// trip's time is mostly waiting to be scheduled, not work.
+// when workers are free goes at once (see planTripsLocked): a pass alone
+// when few are due, and when thousands of shards come due together (or
+// Redis is slow and passes queue up) up to maxPipeline passes a round trip
+// rather than one each.
 func (k *Keeper) dispatch(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -44,18 +52,15 @@ func (k *Keeper) dispatch(ctx context.Context) {
 		wait := time.Hour
 		for k.trips < k.cfg.Workers {
 			now := monoNow()
-			free := k.cfg.Workers - k.trips
-			due := k.takeDueLocked(now, free*maxPipeline)
-			if len(due) == 0 {
+			plan := k.planTripsLocked(now, k.cfg.Workers-k.trips)
+			if len(plan) == 0 {
 				if e := k.heap.peek(); e != nil {
 					wait = time.Duration(e.due - now)
 				}
 				break
 			}
-			per := (len(due) + free - 1) / free
-			for len(due) > 0 {
-				t := trip{ctx: k.passContextLocked(), jobs: due[:min(per, len(due))]}
-				due = due[len(t.jobs):]
+			for i, jobs := range plan {
+				t := trip{ctx: k.passContextLocked(), jobs: jobs}
 				k.trips++
 				k.mu.Unlock()
 				select {
@@ -66,7 +71,9 @@ func (k *Keeper) dispatch(ctx context.Context) {
 					// forever.
 					k.mu.Lock()
 					k.trips--
-					k.unhandLocked(append(t.jobs, due...))
+					for _, rest := range plan[i:] {
+						k.putBackLocked(rest)
+					}
 					k.mu.Unlock()
 					return
 				}
@@ -82,6 +89,46 @@ func (k *Keeper) dispatch(ctx context.Context) {
 		case <-timer.C:
 		}
 	}
+}
+
+// planTripsLocked takes the passes due at now into at most free round
+// trips. They are spread over the free workers (on a loaded machine a
+// round trip's time is mostly waiting to be scheduled, so every free
+// worker's round trip should be in flight), each trip taking its share of
+// the expected work, in deadline order, up to tripWork messages and
+// maxPipeline passes, and at least one pass. What does not fit stays due,
+// first in line for the next free worker.
+func (k *Keeper) planTripsLocked(now int64, free int) [][]job {
+	due := k.takeDueLocked(now, free*maxPipeline)
+	if len(due) == 0 {
+		return nil
+	}
+	trips := min(free, len(due))
+	total := 0
+	for _, j := range due {
+		total += j.work
+	}
+	share := min(max((total+trips-1)/trips, 1), tripWork)
+	plan := make([][]job, 0, trips)
+	var cur []job
+	work, i := 0, 0
+	for ; i < len(due); i++ {
+		j := due[i]
+		if len(cur) > 0 && (work+j.work > share || len(cur) == maxPipeline) {
+			plan = append(plan, cur)
+			cur, work = nil, 0
+			if len(plan) == trips {
+				break
+			}
+		}
+		cur = append(cur, j)
+		work += j.work
+	}
+	if len(cur) > 0 {
+		plan = append(plan, cur)
+	}
+	k.putBackLocked(due[i:])
+	return plan
 }
 
 // takeDueLocked pops up to limit entries due at now, each counted as
@@ -102,17 +149,17 @@ func (k *Keeper) takeDueLocked(now int64, limit int) []job {
 		}
 		st.running |= bit
 		st.busy++
-		due = append(due, job{st: st, task: e.task})
+		due = append(due, job{st: st, task: e.task, due: e.due, work: max(1, int(st.moved[e.task]))})
 	}
 	return due
 }
 
-// unhandLocked puts back passes that were taken but never sent.
-func (k *Keeper) unhandLocked(jobs []job) {
-	now := monoNow()
+// putBackLocked returns passes taken but not sent to the heap, due when
+// they were.
+func (k *Keeper) putBackLocked(jobs []job) {
 	for _, j := range jobs {
 		if !j.st.gone {
-			k.heap.schedule(j.st, j.task, now)
+			k.heap.schedule(j.st, j.task, j.due)
 		}
 		k.passEndedLocked(j.st, j.task)
 	}
@@ -296,6 +343,7 @@ func (k *Keeper) doneLocked(st *shardState, task queue.Task, res queue.PassResul
 		}
 	}
 	bit := uint8(1) << task
+	st.moved[task] = uint16(min(res.Moved, math.MaxUint16))
 	switch {
 	case res.Full || st.rerun&bit != 0:
 		k.heap.schedule(st, task, now)

@@ -17,8 +17,13 @@ local LOCKED, INFLIGHT, TTL, READY = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local claim = ARGV[5] == '1'
 local err = probe_check(claim)
 if err then return err end
-err = check_types({LOCKED, 'zset', INFLIGHT, 'zset', TTL, 'zset', READY, 'zset'})
-if err then return err end
+-- A probe that only reads needs no type checks: a read of a wrong-typed
+-- key fails by itself (WRONGTYPE), and nothing was written. Sparing them
+-- halves what the safety sweep costs Redis (4 commands of 9).
+if claim then
+  err = check_types({LOCKED, 'zset', INFLIGHT, 'zset', TTL, 'zset', READY, 'zset'})
+  if err then return err end
+end
 local excess = 0
 local maxsize = tonumber(ARGV[4])
 if maxsize > 0 then
