@@ -25,17 +25,7 @@ func TestOpenSessionWithoutQuorumFailsFast(t *testing.T) {
 		t.Skip("starts etcd processes")
 	}
 	ctx := context.Background()
-	pc, err := etcdserver.StartProcesses(ctx, etcdserver.ProcessConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pc.Stop() })
-	cli, err := clientv3.New(clientv3.Config{Endpoints: pc.Endpoints(), DialTimeout: 5 * time.Second,
-		DialOptions: DialOptions(), Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
+	pc, cli := startProcessCluster(t)
 	m := newMember(cli, NewKeys(""), "q1", 3*time.Second, slog.Default(), &countingOwner{})
 	if _, err := m.open(ctx); err != nil {
 		t.Fatalf("with a quorum: %v", err)
@@ -52,7 +42,7 @@ func TestOpenSessionWithoutQuorumFailsFast(t *testing.T) {
 		return err == nil && leader == 0, "it still knows a leader"
 	})
 	start := time.Now()
-	_, err = m.open(ctx)
+	_, err := m.open(ctx)
 	took := time.Since(start)
 	if err == nil {
 		t.Fatal("a session opened without a quorum")
@@ -97,17 +87,7 @@ func TestReregisterAfterQuorumLossDoesNotWaitForOwnLease(t *testing.T) {
 		t.Skip("starts etcd processes")
 	}
 	ctx := context.Background()
-	pc, err := etcdserver.StartProcesses(ctx, etcdserver.ProcessConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pc.Stop() })
-	cli, err := clientv3.New(clientv3.Config{Endpoints: pc.Endpoints(), DialTimeout: 5 * time.Second,
-		DialOptions: DialOptions(), Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cli.Close() })
+	pc, cli := startProcessCluster(t)
 	// A TTL long enough that "before the old lease could have expired by
 	// itself" leaves a wide margin on a loaded machine.
 	const ttl = 6 * time.Second
@@ -206,4 +186,22 @@ func (h *watchHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h *watchHandler) WithGroup(g string) slog.Handler {
 	return &watchHandler{Handler: h.Handler.WithGroup(g), level: h.level, seen: h.seen}
+}
+
+// startProcessCluster starts three etcd member processes and a client of
+// them, both stopped when the test ends.
+func startProcessCluster(t *testing.T) (*etcdserver.ProcessCluster, *clientv3.Client) {
+	t.Helper()
+	pc, err := etcdserver.StartProcesses(context.Background(), etcdserver.ProcessConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Stop() })
+	cli, err := clientv3.New(clientv3.Config{Endpoints: pc.Endpoints(), DialTimeout: 5 * time.Second,
+		DialOptions: DialOptions(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return pc, cli
 }
