@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/poll"
@@ -136,6 +137,12 @@ func checkMessages(ctx context.Context, client *queue.Client, queues []string, w
 			sort.Strings(lost)
 			r.Problems = append(r.Problems, fmt.Sprintf("%d messages lost (enqueued, never acked, gone before any TTL and from an uncapped queue), e.g. %v",
 				len(lost), lost[:min(5, len(lost))]))
+			for _, id := range lost[:min(3, len(lost))] {
+				m := v.msgs[id]
+				r.Problems = append(r.Problems, fmt.Sprintf("lost %s in %s (%+v), enqueue sent at %s: %s", id,
+					v.queues[m.queue], v.configs[m.queue], time.UnixMilli(m.enqStart).Format("15:04:05.000"),
+					strings.Join(m.trail, "; ")))
+			}
 		}
 		if r.Enqueued < sureEnq || r.Enqueued > sureEnq+maybeEnq {
 			r.Problems = append(r.Problems, fmt.Sprintf("redis counted %d enqueued, producers saw %d certain and %d uncertain",

@@ -57,6 +57,7 @@ func TestCheckMessagesFindsLoss(t *testing.T) {
 	w.mu.Lock()
 	w.msgs[victim] = &msgRec{queue: 0, enq: succeeded, enqStart: enqStart, enqAt: time.Now().UnixMilli()}
 	w.mu.Unlock()
+	w.note(victim, "enqueued by the test")
 	v := w.snapshot()
 	s := queue.Shard{Queue: "q", Partition: queue.PartitionOf(victim, 2)}
 	if n, err := rdb.ZRem(ctx, "keeper:{"+s.String()+"}:ready", victim).Result(); err != nil || n != 1 {
@@ -65,6 +66,10 @@ func TestCheckMessagesFindsLoss(t *testing.T) {
 	r := check(nil)
 	if !strings.Contains(strings.Join(r.Problems, "\n"), "1 messages lost") || !strings.Contains(strings.Join(r.Problems, "\n"), victim) {
 		t.Fatalf("the removed %s is not reported lost: %v", victim, r.Problems)
+	}
+	if !strings.Contains(strings.Join(r.Problems, "\n"), "lost "+victim+" in q") ||
+		!strings.Contains(strings.Join(r.Problems, "\n"), "enqueued by the test") {
+		t.Fatalf("the lost %s comes without its trail: %v", victim, r.Problems)
 	}
 	// Inside a failover window its enqueue is uncertain: the id may be lost
 	// with the old primary, but the audit still sees its orphaned body.

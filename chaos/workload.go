@@ -73,7 +73,16 @@ type msgRec struct {
 	ttl      int64   // ms; its TTL (own or the queue's), 0 none
 	acks     []int64 // unix ms of each ack Redis confirmed
 	ackErr   bool    // an ack got no reply
+	// trail is what the clients did to it and what Redis answered, the
+	// first maxTrail events, so a message the checker finds lost comes
+	// with its story (a lost message once showed in CI with nothing to go
+	// on but its id).
+	trail []string
 }
+
+// maxTrail bounds a message's trail: a message is pulled a handful of
+// times at most unless it keeps being abandoned.
+const maxTrail = 16
 
 // LagSample is one probe message, seen by the probe consumer.
 type LagSample struct {
@@ -252,6 +261,22 @@ func (w *Workload) noteBurst(format string, args ...any) {
 	w.mu.Unlock()
 }
 
+// note adds an event to id's trail, timed from the workload's start.
+func (w *Workload) note(id string, format string, args ...any) {
+	at := time.Since(w.start).Seconds()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if r := w.msgs[id]; r != nil && len(r.trail) < maxTrail {
+		r.trail = append(r.trail, fmt.Sprintf("%.3fs ", at)+fmt.Sprintf(format, args...))
+	}
+}
+
+// noteDelivery records a pull of d by who.
+func (w *Workload) noteDelivery(who string, d queue.Delivery, lease time.Duration) {
+	w.note(d.ID, "pulled by %s from %s: token %s, delivery %d, lease %s to %s",
+		who, d.Shard, d.Token, d.Deliveries, lease, d.LeaseDeadline.Format("15:04:05.000"))
+}
+
 func (w *Workload) enqueue(ctx context.Context, qi int, m queue.Message) (queue.EnqueueResult, bool) {
 	ttl := m.TTL
 	if ttl == 0 {
@@ -262,8 +287,10 @@ func (w *Workload) enqueue(ctx context.Context, qi int, m queue.Message) (queue.
 	r := &msgRec{queue: int32(qi), ttl: ttl.Milliseconds(), enq: uncertain, enqStart: time.Now().UnixMilli()}
 	w.msgs[m.ID] = r
 	w.mu.Unlock()
+	w.note(m.ID, "enqueue to %s sent (delay %s, ttl %s, priority set %t)", w.names[qi], m.Delay, ttl, m.Priority != nil)
 	res, err := w.client.Enqueue(ctx, w.names[qi], m)
 	if err != nil {
+		w.note(m.ID, "enqueue failed: %v", err)
 		w.fail(ctx, "enqueue "+m.ID, err)
 		// Redis is down or failing over: do not pile up uncertain writes.
 		select {
@@ -279,6 +306,7 @@ func (w *Workload) enqueue(ctx context.Context, qi int, m queue.Message) (queue.
 	w.mu.Lock()
 	r.enq, r.enqAt = succeeded, time.Now().UnixMilli()
 	w.mu.Unlock()
+	w.note(m.ID, "enqueued")
 	w.Enqueued.Add(1)
 	return res, true
 }
@@ -286,6 +314,7 @@ func (w *Workload) enqueue(ctx context.Context, qi int, m queue.Message) (queue.
 func (w *Workload) ack(ctx context.Context, d queue.Delivery) {
 	err := w.client.Ack(ctx, d)
 	now := time.Now().UnixMilli()
+	w.note(d.ID, "ack token %s: %v", d.Token, err)
 	switch {
 	case err == nil:
 		w.mu.Lock()
@@ -370,15 +399,18 @@ func (w *Workload) consume(ctx context.Context, n int, rng *rand.Rand) {
 		w.Pulled.Add(int64(len(ds)))
 		for _, d := range ds {
 			w.delivered(qi, d)
+			w.noteDelivery(fmt.Sprintf("consumer %d", n), d, w.cfg.Lease)
 			switch r := rng.Float64(); {
 			case r < w.cfg.AbandonFrac:
+				w.note(d.ID, "abandoned")
 				w.Abandoned.Add(1)
 			case r < w.cfg.AbandonFrac+w.cfg.NackFrac:
 				var lock time.Duration
 				if rng.IntN(10) > 0 {
 					lock = time.Duration(rng.Int64N(int64(w.cfg.MaxLock)))
 				}
-				_, err := w.client.Nack(ctx, d, queue.NackOptions{LockFor: lock})
+				st, err := w.client.Nack(ctx, d, queue.NackOptions{LockFor: lock})
+				w.note(d.ID, "nack token %s (lock %s): %s %v", d.Token, lock, st, err)
 				switch {
 				case err == nil:
 					w.Nacked.Add(1)
@@ -389,6 +421,7 @@ func (w *Workload) consume(ctx context.Context, n int, rng *rand.Rand) {
 				}
 			case r < w.cfg.AbandonFrac+w.cfg.NackFrac+w.cfg.ExtendFrac:
 				_, err := w.client.Extend(ctx, d, w.cfg.Lease)
+				w.note(d.ID, "extend token %s: %v", d.Token, err)
 				switch {
 				case err == nil:
 					w.Extended.Add(1)
@@ -500,6 +533,7 @@ func (w *Workload) abandonMany(ctx context.Context, qi, p int, ids []string, rng
 		}
 		for _, d := range ds {
 			w.delivered(qi, d)
+			w.noteDelivery("a requeue burst", d, lease)
 		}
 		pulled += len(ds)
 		w.Pulled.Add(int64(len(ds)))
