@@ -179,15 +179,17 @@ func waitFencesAbove(ctx context.Context, n *queue.Inspector, tokens map[string]
 		read := time.Now()
 		fences, err := n.Fences(ctx, shards)
 		pause := min(max(2*time.Millisecond, time.Since(read)), 50*time.Millisecond)
-		if err != nil {
-			return err
-		}
+		// A failed read (a timeout while Redis is busy with the takeover
+		// being timed) is tried again until the limit.
 		for i, f := range fences {
 			if f > left[shards[i]] {
 				delete(left, shards[i])
 			}
 		}
 		if time.Since(start) > limit {
+			if err != nil {
+				return fmt.Errorf("%d shards not written by a new owner after %s: %w", len(left), limit, err)
+			}
 			return fmt.Errorf("%d shards not written by a new owner after %s", len(left), limit)
 		}
 		if len(left) == 0 {

@@ -83,22 +83,31 @@ func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
 
 // Fences reads the fence (highest accepted ownership token) of each shard.
 func (in *Inspector) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
-	cmds := make([]*redis.StringCmd, len(shards))
-	_, err := in.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, s := range shards {
-			cmds[i] = p.Get(ctx, keysFor(in.prefix, s).Fence)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("read fences: %w", err)
-	}
 	out := make([]int64, len(shards))
-	for i, c := range cmds {
-		out[i], _ = strconv.ParseInt(c.Val(), 10, 64)
+	// A pipeline at a time of fencesPerRoundTrip: the reply of one
+	// pipeline of 35,000 GETs, read while Redis was busy with a takeover,
+	// outlasted a client's 3 s read timeout.
+	for lo := 0; lo < len(shards); lo += fencesPerRoundTrip {
+		part := shards[lo:min(lo+fencesPerRoundTrip, len(shards))]
+		cmds := make([]*redis.StringCmd, len(part))
+		_, err := in.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, s := range part {
+				cmds[i] = p.Get(ctx, keysFor(in.prefix, s).Fence)
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("read fences: %w", err)
+		}
+		for i, c := range cmds {
+			out[lo+i], _ = strconv.ParseInt(c.Val(), 10, 64)
+		}
 	}
 	return out, nil
 }
+
+// fencesPerRoundTrip bounds the fences Fences reads in one pipeline.
+const fencesPerRoundTrip = 1000
 
 // WakeChannel is the pub/sub channel of s's deadline hints.
 func (in *Inspector) WakeChannel(s Shard) string { return keysFor(in.prefix, s).Wake }

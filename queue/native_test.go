@@ -765,3 +765,32 @@ func TestProbeOfAWrongTypedKey(t *testing.T) {
 		}
 	}
 }
+
+// Fences reads any number of shards a pipeline of fencesPerRoundTrip at a
+// time, each fence at its shard's index.
+func TestFencesAcrossRoundTrips(t *testing.T) {
+	e := newEnv(t)
+	n := 2*fencesPerRoundTrip + 7
+	shards := make([]Shard, n)
+	for i := range shards {
+		shards[i] = Shard{Queue: "f", Partition: i}
+		if i%3 != 0 {
+			if err := e.rdb.Set(e.ctx, e.keys(shards[i]).Fence, i, 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	fences, err := e.in.Fences(e.ctx, shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range fences {
+		want := int64(i)
+		if i%3 == 0 {
+			want = 0
+		}
+		if f != want {
+			t.Fatalf("fence of %s = %d, want %d", shards[i], f, want)
+		}
+	}
+}
