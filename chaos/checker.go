@@ -32,9 +32,20 @@ type MessageReport struct {
 	// MaxDeliveriesOver is the most deliveries seen beyond a queue's
 	// max_deliveries (1 is allowed: the delivery whose failure
 	// dead-letters it is counted at pull).
-	MaxDeliveriesOver int      `json:"max_deliveries_over"`
-	Problems          []string `json:"problems"`
-	ProblemCnt        int      `json:"problem_count"`
+	MaxDeliveriesOver int `json:"max_deliveries_over"`
+	// Lost are the ids found lost, with the shard each lived in and when
+	// its enqueue was sent (unix ms), so the run can show what the
+	// keepers did to that shard from then on.
+	Lost       []LostMessage `json:"lost,omitempty"`
+	Problems   []string      `json:"problems"`
+	ProblemCnt int           `json:"problem_count"`
+}
+
+// LostMessage is a message the checker found lost.
+type LostMessage struct {
+	ID     string      `json:"id"`
+	Shard  queue.Shard `json:"shard"`
+	SentMs int64       `json:"sent_ms"`
 }
 
 // window is a span of local time (unix ms) in which a primary's
@@ -139,6 +150,8 @@ func checkMessages(ctx context.Context, client *queue.Client, queues []string, w
 				len(lost), lost[:min(5, len(lost))]))
 			for _, id := range lost[:min(3, len(lost))] {
 				m := v.msgs[id]
+				r.Lost = append(r.Lost, LostMessage{ID: id, Shard: queue.Shard{Queue: v.queues[m.queue],
+					Partition: queue.PartitionOf(id, v.configs[m.queue].Partitions)}, SentMs: m.enqStart})
 				r.Problems = append(r.Problems, fmt.Sprintf("lost %s in %s (%+v), enqueue sent at %s: %s", id,
 					v.queues[m.queue], v.configs[m.queue], time.UnixMilli(m.enqStart).Format("15:04:05.000"),
 					strings.Join(m.trail, "; ")))

@@ -250,3 +250,31 @@ func (h *History) fenceCheck(frozen map[int64]bool, owner map[int64]string, sinc
 	}
 	return r
 }
+
+// passesSince describes s's recorded passes from fromMs (Redis time) on:
+// when, which task, how many messages moved, under which token and owner,
+// accepted or refused, and on which primary.
+func (h *History) passesSince(s queue.Shard, fromMs int64) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for i, sh := range h.shards {
+		if sh != s {
+			continue
+		}
+		for _, e := range h.entries[i] {
+			if e.ms < fromMs || (e.moved == 0 && e.ok && e.task != "claim") {
+				continue
+			}
+			out = append(out, fmt.Sprintf("%s %s moved %d token %d owner %s ok %t epoch %d lost %t",
+				time.UnixMilli(e.ms).Format("15:04:05.000"), e.task, e.moved, e.token, e.owner, e.ok, e.epoch, e.lost))
+		}
+	}
+	if len(out) == 0 {
+		return "none that moved a message"
+	}
+	if len(out) > 30 {
+		out = append(out[:30], fmt.Sprintf("and %d more", len(out)-30))
+	}
+	return strings.Join(out, "; ")
+}

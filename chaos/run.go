@@ -458,6 +458,10 @@ func (r *runner) finish(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	for _, l := range r.rep.Messages.Lost {
+		r.rep.Messages.Problems = append(r.rep.Messages.Problems,
+			fmt.Sprintf("passes on %s from a second before %s was sent: %s", l.Shard, l.ID, r.hist.passesSince(l.Shard, l.SentMs-1000)))
+	}
 	progress.From(ctx).Phase("chaos: checking fences and metrics", 0, "")
 	r.rep.Fencing = r.hist.fenceCheck(r.frozen, r.samp.tokenOwners(), r.start)
 	if r.col != nil {

@@ -306,7 +306,7 @@ func (w *Workload) enqueue(ctx context.Context, qi int, m queue.Message) (queue.
 	w.mu.Lock()
 	r.enq, r.enqAt = succeeded, time.Now().UnixMilli()
 	w.mu.Unlock()
-	w.note(m.ID, "enqueued")
+	w.note(m.ID, "enqueued into %s at %s by Redis's clock", res.Shard, res.EnqueuedAt.Format("15:04:05.000"))
 	w.Enqueued.Add(1)
 	return res, true
 }
