@@ -275,13 +275,13 @@ func DeckardPrecision(ctx context.Context, o DeckardPrecisionOptions) (DeckardPr
 	}
 	lags := rec.sorted()
 	res := DeckardPrecisionResult{Scenario: "precision", Layout: "deckard", Wake: wake, Locked: total, Rate: o.Rate,
-		Shards: o.Shards, LagP50: pctOf(lags, 0.5), LagP99: pctOf(lags, 0.99), LagMax: pctOf(lags, 1), Fresh: o.Fresh}
+		Shards: o.Shards, LagP50: pctMs(lags, 0.5), LagP99: pctMs(lags, 0.99), LagMax: pctMs(lags, 1), Fresh: o.Fresh}
 
 	fresh, err := freshLags(ctx, rdb, dk, rec, prefix, shards[0].Queue, o.Fresh)
 	if err != nil {
 		return res, err
 	}
-	res.FreshP50, res.FreshP99, res.FreshMax = pctOf(fresh, 0.5), pctOf(fresh, 0.99), pctOf(fresh, 1)
+	res.FreshP50, res.FreshP99, res.FreshMax = pctMs(fresh, 0.5), pctMs(fresh, 0.99), pctMs(fresh, 1)
 	return res, nil
 }
 
@@ -328,14 +328,6 @@ func setupWake(ctx context.Context, rdb redis.UniversalClient, want string) (str
 		return "", fmt.Errorf("wake %s asked for, %s possible: %s", want, wake, why)
 	}
 	return wake, nil
-}
-
-// pctOf is the q-quantile of sorted lags, in ms.
-func pctOf(sorted []time.Duration, q float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return round(float64(sorted[int(q*float64(len(sorted)-1))])/float64(time.Millisecond), 3)
 }
 
 // DeckardIdleOptions configures `keeper bench idle --layout deckard`.
