@@ -49,6 +49,9 @@ var renderCases = []renderCase{
 		"-f", chartDir + "/examples/values-sentinel.yaml"}, kind: "DaemonSet", secretFiles: 9},
 	{name: "sidecar-layout", args: []string{"--set", "mode=sidecar", "--set", "redis.layout=deckard",
 		"--set", "redis.password.secretName=rpw"}, kind: "Deployment", secretFiles: 1},
+	{name: "deckard-layout", args: []string{"--set", "redis.layout=deckard", "--set", "deckard.keyspaceEvents=off",
+		"--set", "deckard.discoveryInterval=1h", "--set", "deckard.pollMin=10ms", "--set", "deckard.pollMax=1m"},
+		kind: "Deployment"},
 }
 
 // The chart through the real helm: lint, then each mode and the TLS values
@@ -90,6 +93,10 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 	}{
 		{[]string{"--set", "mode=statefulset"}, "mode"},
 		{[]string{"--set", "redis.layout=bullmq"}, "layout"},
+		{[]string{"--set", "deckard.pollMin=10ms"}, "redis.layout=deckard"},
+		{[]string{"--set", "redis.layout=deckard", "--set", "deckard.keyspaceEvents=maybe"}, "keyspaceEvents"},
+		{[]string{"--set", "redis.layout=deckard", "--set", "deckard.pollMax=5"}, "pollMax"},
+		{[]string{"--set", "redis.layout=deckard", "--set", "deckard.pollmin=5ms"}, "pollmin"},
 		{[]string{"--set", "redis.adress=x"}, "adress"},
 		{[]string{"--set", "redis.addr="}, "redis.addr"},
 		{[]string{"--set", "etcd.endpoints=null"}, "endpoints"},
@@ -363,6 +370,18 @@ func checkContract(t *testing.T, c renderCase, r rendered, budget time.Duration)
 	}
 	if redis, _ := cfg["redis"].(map[string]any); strings.Contains(c.name, "layout") != (redis["layout"] != nil) {
 		t.Errorf("redis.layout rendered %v; only when set", redis["layout"])
+	}
+	// The deckard settings, under keeper's own names, only when set.
+	wantDeckard := map[string]any(nil)
+	if c.name == "deckard-layout" {
+		wantDeckard = map[string]any{"keyspace_events": "off", "discovery_interval": "1h", "poll_min": "10ms", "poll_max": "1m"}
+		// Unset, the prefix is the layout's own (deckard_v1), not keeper's.
+		if redis, _ := cfg["redis"].(map[string]any); redis["prefix"] != nil {
+			t.Errorf("redis.prefix rendered %v with the default values: keeper would not find Deckard's keys", redis["prefix"])
+		}
+	}
+	if got, _ := cfg["deckard"].(map[string]any); fmt.Sprint(got) != fmt.Sprint(wantDeckard) {
+		t.Errorf("deckard rendered %v, want %v", got, wantDeckard)
 	}
 
 	// Restricted: non-root, read-only root, no privilege, no capabilities.

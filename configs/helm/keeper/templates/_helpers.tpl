@@ -57,7 +57,8 @@ Secrets appear as file paths only.
 {{- end -}}
 {{- end -}}
 {{- $sentinel := $v.redis.sentinel | default dict -}}
-{{- $redis := dict "prefix" $v.redis.prefix -}}
+{{- $redis := dict -}}
+{{- with $v.redis.prefix }}{{ $_ := set $redis "prefix" . }}{{ end -}}
 {{- if $sentinel.master -}}
 {{- if $v.redis.addr -}}{{- fail "redis.addr and redis.sentinel.master are exclusive: set redis.addr to \"\" when the sentinels name the primary" -}}{{- end -}}
 {{- if not $sentinel.addrs -}}{{- fail "redis.sentinel.master needs redis.sentinel.addrs (host:port of one or more sentinels)" -}}{{- end -}}
@@ -92,6 +93,16 @@ Secrets appear as file paths only.
 {{- end -}}
 {{- if not $v.etcd.endpoints -}}{{- fail "etcd.endpoints is required: an embedded etcd per pod is not a fleet" -}}{{- end -}}
 {{- $cfg := dict "log_level" $v.logLevel "health_addr" (printf ":%d" (int $v.health.port)) "etcd" $etcd "redis" $redis -}}
+{{- $dk := $v.deckard | default dict -}}
+{{- $deckard := dict -}}
+{{- with $dk.keyspaceEvents }}{{ $_ := set $deckard "keyspace_events" . }}{{ end -}}
+{{- with $dk.discoveryInterval }}{{ $_ := set $deckard "discovery_interval" . }}{{ end -}}
+{{- with $dk.pollMin }}{{ $_ := set $deckard "poll_min" . }}{{ end -}}
+{{- with $dk.pollMax }}{{ $_ := set $deckard "poll_max" . }}{{ end -}}
+{{- if $deckard -}}
+{{- if ne $v.redis.layout "deckard" -}}{{- fail "deckard.* settings need redis.layout=deckard" -}}{{- end -}}
+{{- $_ := set $cfg "deckard" $deckard -}}
+{{- end -}}
 {{- toYaml (mustMergeOverwrite $cfg (deepCopy $v.config)) -}}
 {{- end -}}
 
