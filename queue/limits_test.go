@@ -370,6 +370,9 @@ func TestHandEditedValuesNeverHalfApplyAMove(t *testing.T) {
 		t.Fatalf("pulled %d", len(ds))
 	}
 	e.rdb.HSet(e.ctx, k.Stats, "acked", "x", "nacked", "x", "trimmed", "x", "expired", "x", "requeued", "x")
+	// One lease lapsed, so that requeue has a move to refuse: a pass with
+	// nothing to move writes no counter and does not read them.
+	e.rdb.ZAdd(e.ctx, k.Inflight, redis.Z{Score: float64(e.redisNowMs() - 1000), Member: ds[2].ID})
 	before = e.snapshot()
 	for name, call := range map[string]func() error{
 		"ack":     func() error { return e.c.Ack(e.ctx, ds[0]) },

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -791,6 +792,72 @@ func TestFencesAcrossRoundTrips(t *testing.T) {
 		}
 		if f != want {
 			t.Fatalf("fence of %s = %d, want %d", shards[i], f, want)
+		}
+	}
+}
+
+// A pass with work to do refuses every wrong-typed key it touches with
+// ErrWrongType and changes nothing: the fence and its owner (read through a
+// GET that fails by itself), the keys it reads before writing (their reads
+// fail by themselves), and those it writes unread (checked before the first
+// write, only when there is something to write, which spares a pass with
+// nothing due a TYPE call a key).
+func TestPassRefusesEachWrongTypedKey(t *testing.T) {
+	e := newEnv(t)
+	for _, c := range []struct {
+		task Task
+		keys func(k shardKeys) []string
+	}{
+		{TaskUnlock, unlockScript.keys},
+		{TaskRequeue, requeueScript.keys},
+	} {
+		for i := range c.keys(shardKeys{}) {
+			if i == 2 || i == 3 {
+				continue // the history (checked only with record on) and the tombstone (any type means deleted)
+			}
+			name := fmt.Sprintf("w%s%d", c.task, i)
+			cfg := Config{MaxDeliveries: 3}
+			e.create(name, cfg)
+			s := Shard{name, 0}
+			// Work that falls due within a millisecond: a lock for unlock,
+			// a lease for requeue.
+			if c.task == TaskUnlock {
+				e.enqueue(name, Message{ID: "m", Delay: time.Millisecond, TTL: time.Hour})
+			} else {
+				e.enqueue(name, Message{ID: "m", TTL: time.Hour})
+				e.pull(name, 1, time.Millisecond)
+			}
+			key := c.keys(e.keys(s))[i]
+			e.rdb.Del(e.ctx, key)
+			if i < 2 || strings.HasSuffix(key, ":clean") {
+				e.rdb.RPush(e.ctx, key, "not a string")
+			} else {
+				e.rdb.Set(e.ctx, key, "not a "+key, 0)
+			}
+			var (
+				before map[string]string
+				res    PassResult
+				err    error
+			)
+			// Until it is due, a pass may find nothing to do (and raise the
+			// fence): the state before the pass that refuses is compared.
+			poll.For(t, 5*time.Second, "the pass meets the due work", poll.Holds(func() bool {
+				before = e.snapshot()
+				if c.task == TaskUnlock {
+					res, err = unlockPass(e.n, e.ctx, s, 1, 10)
+				} else {
+					res, err = requeuePass(e.n, e.ctx, s, cfg, 1, 10)
+				}
+				return err != nil || res.Moved > 0
+			}))
+			if !errors.Is(err, ErrWrongType) {
+				t.Errorf("%s with %s wrong-typed = %+v, %v; want ErrWrongType", c.task, key, res, err)
+				continue
+			}
+			e.sameAs(before)
+			if i < 2 && !strings.Contains(err.Error(), key) {
+				t.Errorf("%s: the error does not name %s: %v", c.task, key, err)
+			}
 		}
 	}
 }

@@ -80,19 +80,39 @@ end
 -- token. A refusal is recorded when history is on. Scripts call this before
 -- their first write and raise the fence (fence_raise) with their other
 -- writes, so a refused or failing pass changes nothing.
+-- The fence and owner as fence_check read them, for fence_raise: nothing
+-- writes them in between.
+local fence_cur, fence_holder
+
+-- GET key, or KEEPER_WRONGTYPE naming it when it holds another type. A GET
+-- of a wrong-typed key fails by itself; the TYPE call (one per key per
+-- pass, a third of the fence head's cost) is made only then, for the
+-- message.
+local function get_string(key)
+  local ok, v = pcall(redis.call, 'GET', key)
+  if ok then
+    return v
+  end
+  return nil, redis.error_reply('KEEPER_WRONGTYPE ' .. key .. ' is a ' .. redis.call('TYPE', key)['ok'] .. ', want string')
+end
+
 local function fence_check(task)
   local err = check_live(KEYS[4])
   if err then return err end
-  for _, kt in ipairs({{KEYS[1], 'string'}, {KEYS[2], 'string'}, {KEYS[3], 'stream'}}) do
-    local t = redis.call('TYPE', kt[1])['ok']
-    if t ~= 'none' and t ~= kt[2] then
-      return redis.error_reply('KEEPER_WRONGTYPE ' .. kt[1] .. ' is a ' .. t .. ', want ' .. kt[2])
+  if ARGV[3] == '1' then
+    local t = redis.call('TYPE', KEYS[3])['ok']
+    if t ~= 'none' and t ~= 'stream' then
+      return redis.error_reply('KEEPER_WRONGTYPE ' .. KEYS[3] .. ' is a ' .. t .. ', want stream')
     end
   end
+  local cur, holder
+  cur, err = get_string(KEYS[1])
+  if err then return err end
+  holder, err = get_string(KEYS[2])
+  if err then return err end
+  fence_cur, fence_holder = cur or false, holder or false
   local token = tonumber(ARGV[1])
-  local cur = redis.call('GET', KEYS[1])
   local f = tonumber(cur or '0') or 0
-  local holder = redis.call('GET', KEYS[2])
   if token == nil or token < f or (token == f and cur and holder and holder ~= ARGV[2]) then
     record(task, 0, 0)
     return redis.error_reply('KEEPER_FENCED ' .. (cur or '0') .. ' ' .. (holder or ''))
@@ -133,11 +153,15 @@ end
 -- Raise the fence to an accepted token, with its owner: accepted tokens
 -- never decrease.
 local function fence_raise()
-  local f = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+  local cur, holder = fence_cur, fence_holder
+  if cur == nil then
+    cur, holder = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
+  end
+  local f = tonumber(cur or '0') or 0
   if tonumber(ARGV[1]) > f then
     redis.call('SET', KEYS[1], ARGV[1])
     redis.call('SET', KEYS[2], ARGV[2])
-  elseif redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  elseif holder ~= ARGV[2] then
     redis.call('SET', KEYS[2], ARGV[2])
   end
 end

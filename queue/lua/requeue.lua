@@ -18,10 +18,11 @@ local batch, err = batch_arg()
 if err then return err end
 err = fence_check('requeue')
 if err then return err end
-err = check_types({INFLIGHT, 'zset', READY, 'zset', DEAD, 'zset', TTL, 'zset', TOK, 'hash',
-  DLV, 'hash', PRIO, 'hash', META, 'hash', BODY, 'hash', STATS, 'hash', CLEAN, 'string'})
-if err then return err end
-err = check_counters(STATS, {'requeued', 'dead_lettered', 'expired'})
+-- The ttl index is read after the writes (its new head): checked first.
+-- The keys read below (inflight, dlv, prio, meta) fail by themselves if
+-- wrong-typed, before any write; the counters and the keys written unread
+-- are checked only when there is something to write.
+err = check_types({TTL, 'zset'})
 if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
@@ -52,6 +53,12 @@ if #ids > 0 then
   end
 end
 
+if #ids > 0 then
+  err = check_counters(STATS, {'requeued', 'dead_lettered', 'expired'})
+  if err then return err end
+  err = check_types({TOK, 'hash', READY, 'zset', DEAD, 'zset', BODY, 'hash', CLEAN, 'string'})
+  if err then return err end
+end
 fence_raise()
 local requeued, dead, expired = #ready / 2, #deadz / 2, #gone
 if #ids > 0 then

@@ -20,8 +20,6 @@ local batch, err = batch_arg()
 if err then return err end
 err = fence_check('unlock')
 if err then return err end
-err = check_types({LOCKED, 'zset', READY, 'zset', PRIO, 'hash', STATS, 'hash', CLEAN, 'string'})
-if err then return err end
 local now = now_us()
 local now_ms = math.floor(now / 1000)
 local due = redis.call('ZRANGEBYSCORE', LOCKED, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
@@ -55,8 +53,16 @@ local counters = {'unlocked', 'lag_sum_us'}
 for field in pairs(buckets) do
   counters[#counters + 1] = field
 end
-err = check_counters(STATS, counters)
-if err then return err end
+-- The keys read above (locked, prio) failed by themselves if wrong-typed,
+-- before any write; the counters (read by check_counters, which fails the
+-- same way) and the keys written unread are checked only when there is
+-- something to write.
+if #ids > 0 then
+  err = check_counters(STATS, counters)
+  if err then return err end
+  err = check_types({READY, 'zset', CLEAN, 'string'})
+  if err then return err end
+end
 
 fence_raise()
 if #ids > 0 then
