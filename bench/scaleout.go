@@ -221,6 +221,12 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 		return ScaleoutResult{}, ctx.Err()
 	case <-time.After(max(time.Until(time.UnixMilli(first).Add(time.Second)), 2*time.Second)):
 	}
+	// And once no shard is behind: a backlog left from the fleet's start
+	// (due while it formed) would otherwise be unlocked in the window, and
+	// its seconds-old lags would stand for the fleet size's.
+	if err := waitCaughtUp(ctx, e.rdb, shards, caughtUpWithin, time.Minute); err != nil {
+		return ScaleoutResult{}, err
+	}
 	before, err := e.sample(ctx, fleet, names, true)
 	if err != nil {
 		return ScaleoutResult{}, err
@@ -632,4 +638,41 @@ func (h lagHistogram) quantile(q float64) float64 {
 		lower, below = b, h[b]
 	}
 	return lower
+}
+
+// caughtUpWithin is how far behind its locks a caught-up fleet may be.
+const caughtUpWithin = 200 * time.Millisecond
+
+// waitCaughtUp waits until no shard's earliest lock is more than within
+// past due (by Redis's clock).
+func waitCaughtUp(ctx context.Context, rdb redis.UniversalClient, shards []queue.Shard, within, limit time.Duration) error {
+	in := queue.NewInspector(rdb, "")
+	deadline := time.Now().Add(limit)
+	for {
+		now, err := redisNow(ctx, rdb)
+		if err != nil {
+			return err
+		}
+		heads, err := in.LockedHeads(ctx, shards)
+		if err != nil {
+			return err
+		}
+		behind := 0
+		for _, h := range heads {
+			if h >= 0 && h < now.Add(-within).UnixMilli() {
+				behind++
+			}
+		}
+		if behind == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d shards still more than %s behind their locks after %s", behind, len(shards), within, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -109,5 +109,32 @@ func (in *Inspector) Fences(ctx context.Context, shards []Shard) ([]int64, error
 // fencesPerRoundTrip bounds the fences Fences reads in one pipeline.
 const fencesPerRoundTrip = 1000
 
+// LockedHeads reads each shard's earliest lock (Redis ms; -1 when it holds
+// none), fencesPerRoundTrip shards a round trip: how far behind its locks a
+// fleet is.
+func (in *Inspector) LockedHeads(ctx context.Context, shards []Shard) ([]int64, error) {
+	out := make([]int64, len(shards))
+	for lo := 0; lo < len(shards); lo += fencesPerRoundTrip {
+		part := shards[lo:min(lo+fencesPerRoundTrip, len(shards))]
+		cmds := make([]*redis.ZSliceCmd, len(part))
+		_, err := in.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, s := range part {
+				cmds[i] = p.ZRangeWithScores(ctx, keysFor(in.prefix, s).Locked, 0, 0)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read locked heads: %w", err)
+		}
+		for i, c := range cmds {
+			out[lo+i] = -1
+			if z := c.Val(); len(z) > 0 {
+				out[lo+i] = int64(z[0].Score)
+			}
+		}
+	}
+	return out, nil
+}
+
 // WakeChannel is the pub/sub channel of s's deadline hints.
 func (in *Inspector) WakeChannel(s Shard) string { return keysFor(in.prefix, s).Wake }

@@ -861,3 +861,31 @@ func TestPassRefusesEachWrongTypedKey(t *testing.T) {
 		}
 	}
 }
+
+// LockedHeads reads each shard's earliest lock, -1 for a shard without,
+// across more shards than one round trip reads.
+func TestLockedHeads(t *testing.T) {
+	e := newEnv(t)
+	n := fencesPerRoundTrip + 3
+	shards := make([]Shard, n)
+	for i := range shards {
+		shards[i] = Shard{Queue: "h", Partition: i}
+		if i%2 == 1 {
+			k := e.keys(shards[i])
+			e.rdb.ZAdd(e.ctx, k.Locked, redis.Z{Score: float64(1000 + i), Member: "a"}, redis.Z{Score: float64(5000 + i), Member: "b"})
+		}
+	}
+	heads, err := e.in.LockedHeads(e.ctx, shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range heads {
+		want := int64(-1)
+		if i%2 == 1 {
+			want = int64(1000 + i)
+		}
+		if h != want {
+			t.Fatalf("head of %s = %d, want %d", shards[i], h, want)
+		}
+	}
+}
