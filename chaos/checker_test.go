@@ -12,26 +12,34 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// ranWorkload runs a workload on queue q (partitions) of a fresh
+// redis-server until done holds, and stops it.
+func ranWorkload(t *testing.T, partitions int, cfg WorkloadConfig, what string, done func(*Workload) bool) (*redis.Client, *Workload) {
+	t.Helper()
+	ctx := context.Background()
+	srv := redisserver.StartTB(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	if err := queue.NewRegistry(rdb, "").Create(ctx, "q", queue.Config{Partitions: partitions}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Queues = []string{"q"}
+	w, err := StartWorkload(ctx, srv.Addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.For(t, 20*time.Second, what, poll.Holds(func() bool { return done(w) }))
+	w.Stop()
+	return rdb, w
+}
+
 // The message checker finds a message that vanished without an ack, one
 // acked but still there, and nothing when all is well; a write that got no
 // reply, or that Redis acknowledged inside a failover window, may be lost.
 func TestCheckMessagesFindsLoss(t *testing.T) {
 	ctx := context.Background()
-	srv := redisserver.StartTB(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
-	if err := queue.NewRegistry(rdb, "").Create(ctx, "q", queue.Config{Partitions: 2}); err != nil {
-		t.Fatal(err)
-	}
-	w, err := StartWorkload(ctx, srv.Addr, WorkloadConfig{Queues: []string{"q"}, Rate: 400, Seed: 1,
-		NackFrac: 0.01, AbandonFrac: 0.01})
-	if err != nil {
-		t.Fatal(err)
-	}
-	poll.For(t, 20*time.Second, "some messages enqueued and acked", poll.Holds(func() bool {
-		return w.Enqueued.Load() > 50 && w.Acked.Load() > 20
-	}))
-	w.Stop()
+	rdb, w := ranWorkload(t, 2, WorkloadConfig{Rate: 400, Seed: 1, NackFrac: 0.01, AbandonFrac: 0.01},
+		"some messages enqueued and acked", func(w *Workload) bool { return w.Enqueued.Load() > 50 && w.Acked.Load() > 20 })
 	client := queue.NewClient(rdb, queue.ClientOptions{})
 	check := func(failovers []window) MessageReport {
 		t.Helper()
@@ -89,18 +97,8 @@ func TestCheckMessagesFindsLoss(t *testing.T) {
 // lost, in CI and in 2 of 3 chaos runs here.)
 func TestCheckMessagesExpiryDuringAudit(t *testing.T) {
 	ctx := context.Background()
-	srv := redisserver.StartTB(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
-	if err := queue.NewRegistry(rdb, "").Create(ctx, "q", queue.Config{Partitions: 1}); err != nil {
-		t.Fatal(err)
-	}
-	w, err := StartWorkload(ctx, srv.Addr, WorkloadConfig{Queues: []string{"q"}, Rate: 200, Seed: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	poll.For(t, 20*time.Second, "some messages enqueued", poll.Holds(func() bool { return w.Enqueued.Load() > 10 }))
-	w.Stop()
+	rdb, w := ranWorkload(t, 1, WorkloadConfig{Rate: 200, Seed: 2},
+		"some messages enqueued", func(w *Workload) bool { return w.Enqueued.Load() > 10 })
 	client := queue.NewClient(rdb, queue.ClientOptions{})
 
 	const ttl = 500 * time.Millisecond

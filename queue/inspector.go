@@ -84,56 +84,55 @@ func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
 // Fences reads the fence (highest accepted ownership token) of each shard.
 func (in *Inspector) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
 	out := make([]int64, len(shards))
-	// A pipeline at a time of fencesPerRoundTrip: the reply of one
-	// pipeline of 35,000 GETs, read while Redis was busy with a takeover,
-	// outlasted a client's 3 s read timeout.
-	for lo := 0; lo < len(shards); lo += fencesPerRoundTrip {
-		part := shards[lo:min(lo+fencesPerRoundTrip, len(shards))]
-		cmds := make([]*redis.StringCmd, len(part))
-		_, err := in.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	err := readPerShard(ctx, in.rdb, shards, "fences",
+		func(p redis.Pipeliner, s Shard) *redis.StringCmd { return p.Get(ctx, keysFor(in.prefix, s).Fence) },
+		func(i int, c *redis.StringCmd) { out[i], _ = strconv.ParseInt(c.Val(), 10, 64) })
+	return out, err
+}
+
+// LockedHeads reads each shard's earliest lock (Redis ms; -1 when it holds
+// none): how far behind its locks a fleet is.
+func (in *Inspector) LockedHeads(ctx context.Context, shards []Shard) ([]int64, error) {
+	out := make([]int64, len(shards))
+	err := readPerShard(ctx, in.rdb, shards, "locked heads",
+		func(p redis.Pipeliner, s Shard) *redis.ZSliceCmd {
+			return p.ZRangeWithScores(ctx, keysFor(in.prefix, s).Locked, 0, 0)
+		},
+		func(i int, c *redis.ZSliceCmd) {
+			out[i] = -1
+			if z := c.Val(); len(z) > 0 {
+				out[i] = int64(z[0].Score)
+			}
+		})
+	return out, err
+}
+
+// shardsPerRoundTrip bounds the shards readPerShard reads in one pipeline:
+// the reply of one pipeline of 35,000 GETs, read while Redis was busy with
+// a takeover, outlasted a client's 3 s read timeout.
+const shardsPerRoundTrip = 1000
+
+// readPerShard sends one read per shard, shardsPerRoundTrip a pipeline, and
+// hands each reply to keep with its shard's index.
+func readPerShard[C redis.Cmder](ctx context.Context, rdb redis.UniversalClient, shards []Shard, what string,
+	send func(redis.Pipeliner, Shard) C, keep func(int, C)) error {
+	for lo := 0; lo < len(shards); lo += shardsPerRoundTrip {
+		part := shards[lo:min(lo+shardsPerRoundTrip, len(shards))]
+		cmds := make([]C, len(part))
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, s := range part {
-				cmds[i] = p.Get(ctx, keysFor(in.prefix, s).Fence)
+				cmds[i] = send(p, s)
 			}
 			return nil
 		})
 		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("read fences: %w", err)
+			return fmt.Errorf("read %s: %w", what, err)
 		}
 		for i, c := range cmds {
-			out[lo+i], _ = strconv.ParseInt(c.Val(), 10, 64)
+			keep(lo+i, c)
 		}
 	}
-	return out, nil
-}
-
-// fencesPerRoundTrip bounds the fences Fences reads in one pipeline.
-const fencesPerRoundTrip = 1000
-
-// LockedHeads reads each shard's earliest lock (Redis ms; -1 when it holds
-// none), fencesPerRoundTrip shards a round trip: how far behind its locks a
-// fleet is.
-func (in *Inspector) LockedHeads(ctx context.Context, shards []Shard) ([]int64, error) {
-	out := make([]int64, len(shards))
-	for lo := 0; lo < len(shards); lo += fencesPerRoundTrip {
-		part := shards[lo:min(lo+fencesPerRoundTrip, len(shards))]
-		cmds := make([]*redis.ZSliceCmd, len(part))
-		_, err := in.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, s := range part {
-				cmds[i] = p.ZRangeWithScores(ctx, keysFor(in.prefix, s).Locked, 0, 0)
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("read locked heads: %w", err)
-		}
-		for i, c := range cmds {
-			out[lo+i] = -1
-			if z := c.Val(); len(z) > 0 {
-				out[lo+i] = int64(z[0].Score)
-			}
-		}
-	}
-	return out, nil
+	return nil
 }
 
 // WakeChannel is the pub/sub channel of s's deadline hints.

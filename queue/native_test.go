@@ -767,11 +767,11 @@ func TestProbeOfAWrongTypedKey(t *testing.T) {
 	}
 }
 
-// Fences reads any number of shards a pipeline of fencesPerRoundTrip at a
+// Fences reads any number of shards a pipeline of shardsPerRoundTrip at a
 // time, each fence at its shard's index.
 func TestFencesAcrossRoundTrips(t *testing.T) {
 	e := newEnv(t)
-	n := 2*fencesPerRoundTrip + 7
+	n := 2*shardsPerRoundTrip + 7
 	shards := make([]Shard, n)
 	for i := range shards {
 		shards[i] = Shard{Queue: "f", Partition: i}
@@ -866,7 +866,7 @@ func TestPassRefusesEachWrongTypedKey(t *testing.T) {
 // across more shards than one round trip reads.
 func TestLockedHeads(t *testing.T) {
 	e := newEnv(t)
-	n := fencesPerRoundTrip + 3
+	n := shardsPerRoundTrip + 3
 	shards := make([]Shard, n)
 	for i := range shards {
 		shards[i] = Shard{Queue: "h", Partition: i}
