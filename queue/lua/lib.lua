@@ -72,14 +72,6 @@ local function record(task, accepted, moved)
   end
 end
 
--- Check the tombstone, the types of the shared keys and the pass's token
--- against the shard's fence, without writing. Refused: a token below the
--- fence, and a token equal to it from another owner (after etcd is
--- restored from a backup, two keepers can hold equal tokens). A fence
--- without an owner (set before owners were recorded) accepts an equal
--- token. A refusal is recorded when history is on. Scripts call this before
--- their first write and raise the fence (fence_raise) with their other
--- writes, so a refused or failing pass changes nothing.
 -- The fence and owner as fence_check read them, for fence_raise: nothing
 -- writes them in between.
 local fence_cur, fence_holder
@@ -96,6 +88,15 @@ local function get_string(key)
   return nil, redis.error_reply('KEEPER_WRONGTYPE ' .. key .. ' is a ' .. redis.call('TYPE', key)['ok'] .. ', want string')
 end
 
+-- Check the tombstone, the types of the shared keys (the history's when it
+-- is recorded; the fence's and owner's by their GETs) and the pass's token
+-- against the shard's fence, without writing. Refused: a token below the
+-- fence, and a token equal to it from another owner (after etcd is
+-- restored from a backup, two keepers can hold equal tokens). A fence
+-- without an owner (set before owners were recorded) accepts an equal
+-- token. A refusal is recorded when history is on. Scripts call this before
+-- their first write and raise the fence (fence_raise) with their other
+-- writes, so a refused or failing pass changes nothing.
 local function fence_check(task)
   local err = check_live(KEYS[4])
   if err then return err end
