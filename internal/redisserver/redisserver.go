@@ -96,19 +96,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	s := &Server{dir: cfg.Dir, done: make(chan struct{})}
-	if s.dir != "" {
-		// redis-server changes into --dir before opening its log file, so a
-		// relative path would be resolved twice.
-		if s.dir, err = filepath.Abs(s.dir); err != nil {
-			return nil, fmt.Errorf("redis data dir: %w", err)
-		}
-	} else {
-		s.dir, err = os.MkdirTemp("", "keeper-redis-")
-		if err != nil {
-			return nil, fmt.Errorf("redis data dir: %w", err)
-		}
-		s.ownsDir = true
+	s, err := newServer(cfg.Dir, "keeper-redis-", "redis data dir")
+	if err != nil {
+		return nil, err
 	}
 	// A port picked by the kernel can be taken by someone else before redis
 	// binds it; retry a few times rather than failing a whole test run.
@@ -144,6 +134,34 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return nil, lastErr
 }
 
+// newServer is a Server in dir, made absolute (redis-server and
+// redis-sentinel change into their dir before opening the log file, so a
+// relative path would be resolved twice), or in a fresh temporary directory
+// named after pattern, which the server then owns and removes.
+func newServer(dir, pattern, what string) (*Server, error) {
+	s := &Server{dir: dir, done: make(chan struct{})}
+	var err error
+	if s.dir != "" {
+		if s.dir, err = filepath.Abs(s.dir); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		return s, nil
+	}
+	if s.dir, err = os.MkdirTemp("", pattern); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	s.ownsDir = true
+	return s, nil
+}
+
+// authClients is the tls-auth-clients setting of t.
+func (t *TLS) authClients() string {
+	if t.AuthClients {
+		return "yes"
+	}
+	return "no"
+}
+
 func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort int, timeout time.Duration, cfg Config) error {
 	args := []string{
 		"--bind", "127.0.0.1",
@@ -156,12 +174,8 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 		"--logfile", filepath.Join(s.dir, "redis.log"),
 	}
 	if t := cfg.TLS; t != nil {
-		auth := "no"
-		if t.AuthClients {
-			auth = "yes"
-		}
 		args = append(args, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", t.CertFile,
-			"--tls-key-file", t.KeyFile, "--tls-ca-cert-file", t.CAFile, "--tls-auth-clients", auth)
+			"--tls-key-file", t.KeyFile, "--tls-ca-cert-file", t.CAFile, "--tls-auth-clients", t.authClients())
 		s.TLSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
 	}
 	if cfg.Cluster {

@@ -87,16 +87,9 @@ func StartSentinel(ctx context.Context, cfg SentinelConfig) (*Server, error) {
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	s := &Server{dir: cfg.Dir, done: make(chan struct{})}
-	if s.dir != "" {
-		if s.dir, err = filepath.Abs(s.dir); err != nil {
-			return nil, fmt.Errorf("sentinel dir: %w", err)
-		}
-	} else {
-		if s.dir, err = os.MkdirTemp("", "keeper-sentinel-"); err != nil {
-			return nil, fmt.Errorf("sentinel dir: %w", err)
-		}
-		s.ownsDir = true
+	s, err := newServer(cfg.Dir, "keeper-sentinel-", "sentinel dir")
+	if err != nil {
+		return nil, err
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -148,15 +141,11 @@ func sentinelConf(cfg SentinelConfig, dir, masterHost, masterPort string, port, 
 		line("sentinel sentinel-pass %s", cfg.RequirePass)
 	}
 	if t := cfg.TLS; t != nil {
-		auth := "no"
-		if t.AuthClients {
-			auth = "yes"
-		}
 		line("tls-port %d", tlsPort)
 		line("tls-cert-file %q", t.CertFile)
 		line("tls-key-file %q", t.KeyFile)
 		line("tls-ca-cert-file %q", t.CAFile)
-		line("tls-auth-clients %s", auth)
+		line("tls-auth-clients %s", t.authClients())
 		line("tls-replication yes")
 	}
 	return b.String()
