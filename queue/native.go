@@ -114,11 +114,17 @@ func checkBatch(batch int) error {
 
 // Probe implements Layout (see prober).
 func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
-	return prober{rdb: n.rdb, claimWait: n.claimWait, decode: decodeProbe,
+	p := prober{rdb: n.rdb, claimWait: n.claimWait, decode: decodeProbe,
 		node: func(s Shard) string { return keysFor(n.prefix, s).Fence },
 		call: func(r ProbeRequest) call {
 			return n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claimArg(r.Claim))
-		}}.probe(ctx, reqs)
+		}, perCall: probeShardsPerCall}
+	// On a cluster each call keeps to one shard: shards of one call would
+	// span hash slots, which a cluster refuses in one script.
+	if _, ok := n.rdb.(*redis.ClusterClient); ok {
+		p.perCall = 1
+	}
+	return p.probe(ctx, reqs)
 }
 
 // Now implements Layout.

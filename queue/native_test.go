@@ -889,3 +889,91 @@ func TestLockedHeads(t *testing.T) {
 		}
 	}
 }
+
+// A probe of more shards than one script call takes (probeShardsPerCall)
+// answers each shard on its own: a refused claim, a wrong-typed key and a
+// deleted queue fail their shard only, change nothing of it, and the
+// claims around them raise their fences.
+func TestProbeManyShardsEachAnswered(t *testing.T) {
+	e := newEnv(t)
+	n := 2*probeShardsPerCall + 13
+	e.create("many", Config{Partitions: n})
+	e.create("gone", Config{})
+	if err := e.c.Registry().Delete(e.ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	const fenced, wrongReady, wrongLocked = 7, probeShardsPerCall, probeShardsPerCall + 1
+	if err := e.rdb.Set(e.ctx, e.keys(Shard{"many", fenced}).Fence, 99, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []int{wrongReady, wrongLocked} {
+		k := e.keys(Shard{"many", p})
+		key := k.Ready
+		if p == wrongLocked {
+			key = k.Locked
+		}
+		if err := e.rdb.Set(e.ctx, key, "junk", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := e.snapshot()
+	var reqs []ProbeRequest
+	for p := 0; p < n; p++ {
+		reqs = append(reqs, ProbeRequest{Shard: Shard{"many", p}, Claim: true, Token: 10})
+		if p == n/2 {
+			reqs = append(reqs, ProbeRequest{Shard: Shard{"gone", 0}, Claim: true, Token: 10})
+		}
+	}
+	res, err := e.n.Probe(e.ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shards []Shard
+	for i, r := range res {
+		s := reqs[i].Shard
+		shards = append(shards, s)
+		var fe *FencedError
+		switch {
+		case s.Queue == "gone":
+			if !errors.Is(r.Err, ErrUnknownQueue) {
+				t.Errorf("%s: %v, want ErrUnknownQueue", s, r.Err)
+			}
+		case s.Partition == fenced:
+			if !errors.As(r.Err, &fe) || fe.Fence != 99 {
+				t.Errorf("%s: %v, want fenced at 99", s, r.Err)
+			}
+		case s.Partition == wrongReady || s.Partition == wrongLocked:
+			if !errors.Is(r.Err, ErrWrongType) || !strings.Contains(r.Err.Error(), e.prefix) {
+				t.Errorf("%s: %v, want ErrWrongType naming the key", s, r.Err)
+			}
+		case r.Err != nil || r.LockedHead != -1 || r.InflightHead != -1 || r.TTLHead != -1:
+			t.Errorf("%s: %+v, want an empty shard claimed", s, r)
+		}
+	}
+	fences, err := e.in.Fences(e.ctx, shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range fences {
+		want := int64(10)
+		switch s := shards[i]; {
+		case s.Queue == "gone" || s.Partition == wrongReady || s.Partition == wrongLocked:
+			want = 0
+		case s.Partition == fenced:
+			want = 99
+		}
+		if f != want {
+			t.Errorf("fence of %s = %d, want %d", shards[i], f, want)
+		}
+	}
+	// The refused shards' keys are as they were.
+	after := e.snapshot()
+	for _, p := range []int{fenced, wrongReady, wrongLocked} {
+		k := e.keys(Shard{"many", p})
+		for _, key := range []string{k.Fence, k.FenceOwner, k.Ready, k.Locked} {
+			if after[key] != before[key] {
+				t.Errorf("%s changed by a refused claim", key)
+			}
+		}
+	}
+}

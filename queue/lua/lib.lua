@@ -65,16 +65,28 @@ end
 -- per housekeeping pass, accepted or refused, with its token, owner and how
 -- many messages it moved, so a checker can replay who wrote what under
 -- which token. The stream is capped, so it cannot grow without bound.
-local function record(task, accepted, moved)
-  if ARGV[3] == '1' then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', 1000000, '*', 'task', task, 'token', ARGV[1],
-      'owner', ARGV[2], 'ok', accepted, 'moved', moved)
-  end
-end
+-- The fence head in use: the script's own, or, in a probe of many shards,
+-- the probed shard's (use_head k, a: its keys after the k-th, its
+-- arguments after the a-th). The helpers below read it, never KEYS or ARGV.
+local H_FENCE, H_OWNER, H_HISTORY, H_DELETED, H_TOKEN, H_ME, H_RECORD
 
 -- The fence and owner as fence_check read them, for fence_raise: nothing
 -- writes them in between.
 local fence_cur, fence_holder
+
+local function use_head(k, a)
+  H_FENCE, H_OWNER, H_HISTORY, H_DELETED = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  H_TOKEN, H_ME, H_RECORD = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1'
+  fence_cur, fence_holder = nil, nil
+end
+use_head(0, 0)
+
+local function record(task, accepted, moved)
+  if H_RECORD then
+    redis.call('XADD', H_HISTORY, 'MAXLEN', '~', 1000000, '*', 'task', task, 'token', H_TOKEN,
+      'owner', H_ME, 'ok', accepted, 'moved', moved)
+  end
+end
 
 -- GET key, or KEEPER_WRONGTYPE naming it when it holds another type. A GET
 -- of a wrong-typed key fails by itself; the TYPE call (one per key per
@@ -98,23 +110,23 @@ end
 -- their first write and raise the fence (fence_raise) with their other
 -- writes, so a refused or failing pass changes nothing.
 local function fence_check(task)
-  local err = check_live(KEYS[4])
+  local err = check_live(H_DELETED)
   if err then return err end
-  if ARGV[3] == '1' then
-    local t = redis.call('TYPE', KEYS[3])['ok']
+  if H_RECORD then
+    local t = redis.call('TYPE', H_HISTORY)['ok']
     if t ~= 'none' and t ~= 'stream' then
-      return redis.error_reply('KEEPER_WRONGTYPE ' .. KEYS[3] .. ' is a ' .. t .. ', want stream')
+      return redis.error_reply('KEEPER_WRONGTYPE ' .. H_HISTORY .. ' is a ' .. t .. ', want stream')
     end
   end
   local cur, holder
-  cur, err = get_string(KEYS[1])
+  cur, err = get_string(H_FENCE)
   if err then return err end
-  holder, err = get_string(KEYS[2])
+  holder, err = get_string(H_OWNER)
   if err then return err end
   fence_cur, fence_holder = cur or false, holder or false
-  local token = tonumber(ARGV[1])
+  local token = tonumber(H_TOKEN)
   local f = tonumber(cur or '0') or 0
-  if token == nil or token < f or (token == f and cur and holder and holder ~= ARGV[2]) then
+  if token == nil or token < f or (token == f and cur and holder and holder ~= H_ME) then
     record(task, 0, 0)
     return redis.error_reply('KEEPER_FENCED ' .. (cur or '0') .. ' ' .. (holder or ''))
   end
@@ -127,7 +139,7 @@ end
 -- already holds them, so that a WAIT after the claim covers it (see
 -- prober.claimOn in probe.go).
 local function probe_check(claim)
-  local err = check_live(KEYS[4])
+  local err = check_live(H_DELETED)
   if err then return err end
   if claim then
     return fence_check('claim')
@@ -136,8 +148,8 @@ local function probe_check(claim)
 end
 
 local function claim_fence()
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('SET', H_FENCE, H_TOKEN)
+  redis.call('SET', H_OWNER, H_ME)
   record('claim', 1, 0)
 end
 
@@ -156,14 +168,14 @@ end
 local function fence_raise()
   local cur, holder = fence_cur, fence_holder
   if cur == nil then
-    cur, holder = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])
+    cur, holder = redis.call('GET', H_FENCE), redis.call('GET', H_OWNER)
   end
   local f = tonumber(cur or '0') or 0
-  if tonumber(ARGV[1]) > f then
-    redis.call('SET', KEYS[1], ARGV[1])
-    redis.call('SET', KEYS[2], ARGV[2])
-  elseif holder ~= ARGV[2] then
-    redis.call('SET', KEYS[2], ARGV[2])
+  if tonumber(H_TOKEN) > f then
+    redis.call('SET', H_FENCE, H_TOKEN)
+    redis.call('SET', H_OWNER, H_ME)
+  elseif holder ~= H_ME then
+    redis.call('SET', H_OWNER, H_ME)
   end
 end
 

@@ -9,29 +9,54 @@
 -- KEYS[5] locked  KEYS[6] inflight  KEYS[7] ttl  KEYS[8] ready
 -- ARGV[4] max_size (0 = unbounded: the size is not read)  ARGV[5] claim: "1"
 -- to claim (fence) the shard
--- Returns {locked_head_ms, inflight_head_ms, ttl_head_ms, excess}; -1 = none.
--- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner> (claims only),
--- KEEPER_WRONGTYPE.
--- Every read and check comes before the first write.
-local LOCKED, INFLIGHT, TTL, READY = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local claim = ARGV[5] == '1'
-local err = probe_check(claim)
-if err then return err end
--- A probe that only reads needs no type checks: a read of a wrong-typed
--- key fails by itself (WRONGTYPE), and nothing was written. Sparing them
--- halves what the safety sweep costs Redis (4 commands of 9).
-if claim then
-  err = check_types({LOCKED, 'zset', INFLIGHT, 'zset', TTL, 'zset', READY, 'zset'})
-  if err then return err end
-end
-local excess = 0
-local maxsize = tonumber(ARGV[4])
-if maxsize > 0 then
-  excess = redis.call('ZCARD', READY) + redis.call('ZCARD', INFLIGHT) + redis.call('ZCARD', LOCKED) - maxsize
-end
-local out = {head_score(LOCKED), head_score(INFLIGHT), head_score(TTL), excess}
+-- One call probes any number of shards of one Redis node: the 8 keys and 5
+-- arguments above repeat in that order once per shard, so that taking over
+-- thousands of shards costs one script run per few hundred of them (the
+-- run itself, not the reads, is most of what a one-shard probe costs).
+-- Returns one entry per shard, in order: {locked_head_ms, inflight_head_ms,
+-- ttl_head_ms, excess}, -1 = none; or that shard's error: KEEPER_DELETED,
+-- KEEPER_FENCED <fence> <owner> (claims only), KEEPER_WRONGTYPE. A shard's
+-- error does not stop the others.
+-- Every read and check of a shard comes before its first write.
 
-if claim then
-  claim_fence()
+-- The reads of one shard, run under pcall: a read of a wrong-typed key
+-- fails by itself, before anything of that shard was written.
+local function reads(locked, inflight, ttl, ready, maxsize)
+  local excess = 0
+  if maxsize > 0 then
+    excess = redis.call('ZCARD', ready) + redis.call('ZCARD', inflight) + redis.call('ZCARD', locked) - maxsize
+  end
+  return {head_score(locked), head_score(inflight), head_score(ttl), excess}
+end
+
+local function probe_shard(k, a)
+  use_head(k, a)
+  local locked, inflight, ttl, ready = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8]
+  local maxsize = tonumber(ARGV[a + 4]) or 0
+  local claim = ARGV[a + 5] == '1'
+  local err = probe_check(claim)
+  if err then return err end
+  local ok, out = pcall(reads, locked, inflight, ttl, ready, maxsize)
+  if not ok then
+    -- Name the key the read failed on (the types are asked only then).
+    err = check_types({locked, 'zset', inflight, 'zset', ttl, 'zset', ready, 'zset'})
+    if err then return err end
+    if type(out) == 'table' and out.err then return out end
+    return redis.error_reply(tostring(out))
+  end
+  if claim then
+    -- A claim also refuses a wrong-typed ready set that it did not read.
+    if maxsize <= 0 then
+      err = check_types({ready, 'zset'})
+      if err then return err end
+    end
+    claim_fence()
+  end
+  return out
+end
+
+local out = {}
+for i = 0, #KEYS / 8 - 1 do
+  out[i + 1] = probe_shard(8 * i, 5 * i)
 end
 return out
