@@ -114,17 +114,22 @@ func checkBatch(batch int) error {
 
 // Probe implements Layout (see prober).
 func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
-	p := prober{rdb: n.rdb, claimWait: n.claimWait, decode: decodeProbe,
-		node: func(s Shard) string { return keysFor(n.prefix, s).Fence },
-		call: func(r ProbeRequest) call {
-			return n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claimArg(r.Claim))
-		}, perCall: probeShardsPerCall}
+	per := probeShardsPerCall
 	// On a cluster each call keeps to one shard: shards of one call would
 	// span hash slots, which a cluster refuses in one script.
 	if _, ok := n.rdb.(*redis.ClusterClient); ok {
-		p.perCall = 1
+		per = 1
 	}
-	return p.probe(ctx, reqs)
+	return n.prober(per).probe(ctx, reqs)
+}
+
+// prober probes perCall shards per script call.
+func (n *Native) prober(perCall int) prober {
+	return prober{rdb: n.rdb, claimWait: n.claimWait, decode: decodeProbe, perCall: perCall,
+		node: func(s Shard) string { return keysFor(n.prefix, s).Fence },
+		call: func(r ProbeRequest) call {
+			return n.fenced(probeScript, r.Shard, r.Token, r.MaxSize, claimArg(r.Claim))
+		}}
 }
 
 // Now implements Layout.

@@ -977,3 +977,49 @@ func TestProbeManyShardsEachAnswered(t *testing.T) {
 		}
 	}
 }
+
+// The cost of probing 500 shards (what the keeper sends in one go), each
+// with locks due, by how many shards one script call takes: claims (a new
+// token each time) and reads.
+func BenchmarkProbe(b *testing.B) {
+	rdb := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: testAddrs})
+	defer rdb.Close()
+	prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
+	ctx, n := context.Background(), NewNative(rdb, prefix)
+	const shards = 500
+	if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: shards}); err != nil {
+		b.Fatal(err)
+	}
+	in := NewInspector(rdb, prefix)
+	for p := 0; p < shards; p++ {
+		if err := in.SeedLocked(ctx, Shard{"bench", p}, "m", 0, 10, time.Now().UnixMilli()+3_600_000, time.Second, []byte("x")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	token := int64(0)
+	for _, per := range []int{1, 10, probeShardsPerCall} {
+		for _, claim := range []bool{false, true} {
+			b.Run(fmt.Sprintf("per_call=%d/claim=%v", per, claim), func(b *testing.B) {
+				p := n.prober(per)
+				reqs := make([]ProbeRequest, shards)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i += shards {
+					token++
+					for s := range reqs {
+						reqs[s] = ProbeRequest{Shard: Shard{"bench", s}, Claim: claim, Token: token}
+					}
+					res, err := p.probe(ctx, reqs)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for _, r := range res {
+						if r.Err != nil || r.LockedHead < 0 {
+							b.Fatalf("%+v", r)
+						}
+					}
+				}
+			})
+		}
+	}
+}

@@ -13,7 +13,6 @@ package tasks
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -293,7 +292,6 @@ func (k *Keeper) Own(shards []queue.Shard, token int64) {
 	var unknown []queue.Shard
 	k.mu.Lock()
 	watch := make([]queue.Shard, 0, len(shards))
-	now := monoNow()
 	for _, s := range shards {
 		if st, ok := k.shards[s]; ok {
 			if token > st.token {
@@ -311,10 +309,9 @@ func (k *Keeper) Own(shards []queue.Shard, token int64) {
 		st := newShardState(s, cfg, token)
 		k.shards[s] = st
 		watch = append(watch, s)
+		// Its first measurement is scheduled once the probe has claimed
+		// it (see probeBatch): a takeover's claims come first.
 		k.queueProbeLocked(st)
-		// Spread first measurements over a quarter interval so that taking
-		// over thousands of shards does not measure them all at once.
-		k.heap.schedule(st, Measure, now+int64(rand.N(k.cfg.MeasureInterval/4+1)))
 	}
 	// Probed now and again once the subscription is confirmed (a Resync):
 	// a hint published between this probe and the subscription is covered

@@ -805,3 +805,44 @@ func TestOwnAndDisownAUnitInOneCall(t *testing.T) {
 		t.Fatalf("%d shards still owned", n)
 	}
 }
+
+// A taken shard is measured only after its claim: a takeover's claims come
+// before its measurements, which would otherwise compete with them for
+// Redis (one measurement per taken shard within a quarter interval).
+func TestTakenShardMeasuredAfterItsClaim(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	slow := &slowProbe{started: make(chan struct{}, 1), release: make(chan struct{}), Layout: queue.NewNative(h.rdb, "")}
+	k := New(slow, Config{MeasureInterval: 40 * time.Millisecond})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t, k)
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(slow.release) }) }
+	t.Cleanup(unblock)
+	cfg := h.create("c", queue.Config{}, 1)
+	h.k.DisownAll()
+	s := queue.Shard{Queue: "c", Partition: 0}
+	// A message makes the shard changed: a wake asks for its measurement.
+	if _, err := h.client.Enqueue(h.ctx, "c", queue.Message{ID: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	own(k, s, cfg, 1)
+	<-slow.started
+	// Several measure intervals pass while the claim is held.
+	deadline := time.Now().Add(400 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		measured := 0
+		k.EachMeasurement(func(ShardMeasurement) { measured++ })
+		if measured != 0 {
+			t.Fatal("measured before its claim returned")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	unblock()
+	poll.For(t, 10*time.Second, "measured after the claim", func() (bool, string) {
+		var m []ShardMeasurement
+		k.EachMeasurement(func(x ShardMeasurement) { m = append(m, x) })
+		return len(m) == 1 && m[0].Measurement.Ready == 1, fmt.Sprintf("%+v", m)
+	})
+}

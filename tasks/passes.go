@@ -368,10 +368,11 @@ func (k *Keeper) markDirtyLocked(st *shardState) {
 	next := int64(0) // never measured: at once
 	if st.measured {
 		next = st.lastMeasure + int64(k.cfg.MeasureInterval)
-	} else if st.entries[Measure].scheduled() {
-		// Its first measurement is on its way, spread by Own: the first
-		// passes of a takeover change most taken shards, and measuring them
-		// all at once would hold Redis from the takeover's claims.
+	} else if !st.claimed || st.entries[Measure].scheduled() {
+		// Its first measurement is scheduled by its claim, spread (see
+		// probeBatch): the first passes of a takeover change most taken
+		// shards, and measuring them all at once would hold Redis from the
+		// takeover's claims.
 		return
 	}
 	k.heap.schedule(st, Measure, next)

@@ -3,6 +3,8 @@ package tasks
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/keeperhq/keeper/queue"
@@ -11,6 +13,13 @@ import (
 // probeChunk bounds one probe pipeline, so a keeper taking over thousands of
 // shards does not hold Redis for long in one go.
 const probeChunk = 500
+
+// probePipelines is how many probe pipelines run at once, each on its own
+// connection. Redis serves its clients in turns of at most 16 KB of
+// requests each, and a probe asks ~350 bytes a shard: one pipeline at a
+// time got a takeover's claims a small share of a Redis busy with passes
+// (500 claims took 100–1,100 ms while Redis needed ~10 ms for them).
+const probePipelines = 4
 
 // sweep probes shards to learn deadlines the keeper could not have heard of:
 // newly owned shards and all shards after a lost subscription at once, and
@@ -50,21 +59,35 @@ func (k *Keeper) sweep(ctx context.Context) {
 			k.mu.Unlock()
 		}
 		for {
+			// Up to probePipelines batches at once. No shard is in two
+			// of them: a shard is queued once until its batch forms.
+			var batches [][]*shardState
 			k.mu.Lock()
-			n := min(len(k.probe), probeChunk)
-			batch := append([]*shardState(nil), k.probe[:n]...)
-			for _, st := range batch {
-				st.queued = false
+			for len(batches) < probePipelines && len(k.probe) > 0 {
+				n := min(len(k.probe), probeChunk)
+				batch := append([]*shardState(nil), k.probe[:n]...)
+				for _, st := range batch {
+					st.queued = false
+				}
+				k.probe = k.probe[n:]
+				batches = append(batches, batch)
 			}
-			k.probe = k.probe[n:]
 			if len(k.probe) == 0 {
 				k.probe = nil
 			}
 			k.mu.Unlock()
-			if n == 0 {
+			if len(batches) == 0 {
 				break
 			}
-			k.probeBatch(ctx, batch)
+			var wg sync.WaitGroup
+			for _, b := range batches {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					k.probeBatch(ctx, b)
+				}()
+			}
+			wg.Wait()
 		}
 	}
 }
@@ -145,6 +168,12 @@ func (k *Keeper) probeBatch(ctx context.Context, batch []*shardState) {
 		}
 		if reqs[i].Claim && reqs[i].Token == st.token {
 			st.claimed = true
+			if !st.measured {
+				// Spread first measurements over a quarter interval so
+				// that taking over thousands of shards does not measure
+				// them all at once.
+				k.heap.schedule(st, Measure, now+int64(rand.N(k.cfg.MeasureInterval/4+1)))
+			}
 		}
 		heads := [...]struct {
 			task queue.Task
