@@ -12,14 +12,14 @@ import (
 
 // probeChunk bounds one probe pipeline, so a keeper taking over thousands of
 // shards does not hold Redis for long in one go.
-const probeChunk = 500
+const probeChunk = 250
 
 // probePipelines is how many probe pipelines run at once, each on its own
 // connection. Redis serves its clients in turns of at most 16 KB of
-// requests each, and a probe asks ~350 bytes a shard: one pipeline at a
+// requests each, and a claim asks ~450 bytes a shard: one pipeline at a
 // time got a takeover's claims a small share of a Redis busy with passes
-// (500 claims took 100–1,100 ms while Redis needed ~10 ms for them).
-const probePipelines = 4
+// (500 claims took 100–1,100 ms while Redis needed ~30 ms for them).
+const probePipelines = 8
 
 // sweep probes shards to learn deadlines the keeper could not have heard of:
 // newly owned shards and all shards after a lost subscription at once, and
