@@ -846,3 +846,83 @@ func TestTakenShardMeasuredAfterItsClaim(t *testing.T) {
 		return len(m) == 1 && m[0].Measurement.Ready == 1, fmt.Sprintf("%+v", m)
 	})
 }
+
+// Claims of a takeover go out in several pipelines at once, and no shard is
+// ever in two probes at the same time (its Resync, asked while its claim is
+// in flight, waits for the next batch).
+func TestProbePipelinesNeverShareAShard(t *testing.T) {
+	h := newHarness(t, redisserver.Config{}, Config{})
+	tr := &probeTracker{Layout: queue.NewNative(h.rdb, ""), inFlight: map[queue.Shard]bool{}}
+	k := New(tr, Config{})
+	if err := k.Start(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t, k)
+	// Two queues: the shards of several rounds of pipelines are more than
+	// one queue's partitions may be.
+	per := 2 * probePipelines * probeChunk
+	var shards []queue.Shard
+	for _, q := range []string{"many-a", "many-b"} {
+		cfg := h.create(q, queue.Config{Partitions: per}, 1)
+		k.SetConfig(q, cfg)
+		for p := 0; p < per; p++ {
+			shards = append(shards, queue.Shard{Queue: q, Partition: p})
+		}
+	}
+	h.k.DisownAll()
+	n := len(shards)
+	k.Own(shards, 2) // above the harness keeper's claims
+	fences := queue.NewInspector(h.rdb, "")
+	poll.For(t, time.Minute, "every shard claimed", func() (bool, string) {
+		f, err := fences.Fences(h.ctx, shards)
+		if err != nil {
+			return false, err.Error()
+		}
+		left := 0
+		for _, v := range f {
+			if v != 2 {
+				left++
+			}
+		}
+		return left == 0, fmt.Sprintf("%d of %d not claimed", left, n)
+	})
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.overlaps > 0 {
+		t.Errorf("%d probes asked for a shard already in another probe in flight", tr.overlaps)
+	}
+	if tr.maxConcurrent < 2 {
+		t.Errorf("at most %d probe at once, want claims in several pipelines", tr.maxConcurrent)
+	}
+}
+
+// probeTracker counts probes in flight at once, and shards asked for while
+// already in a probe in flight.
+type probeTracker struct {
+	queue.Layout
+	mu                      sync.Mutex
+	inFlight                map[queue.Shard]bool
+	concurrent              int
+	maxConcurrent, overlaps int
+}
+
+func (p *probeTracker) Probe(ctx context.Context, reqs []queue.ProbeRequest) ([]queue.ProbeResult, error) {
+	p.mu.Lock()
+	p.concurrent++
+	p.maxConcurrent = max(p.maxConcurrent, p.concurrent)
+	for _, r := range reqs {
+		if p.inFlight[r.Shard] {
+			p.overlaps++
+		}
+		p.inFlight[r.Shard] = true
+	}
+	p.mu.Unlock()
+	res, err := p.Layout.Probe(ctx, reqs)
+	p.mu.Lock()
+	p.concurrent--
+	for _, r := range reqs {
+		delete(p.inFlight, r.Shard)
+	}
+	p.mu.Unlock()
+	return res, err
+}
