@@ -860,7 +860,7 @@ func TestProbePipelinesNeverShareAShard(t *testing.T) {
 	stopAtCleanup(t, k)
 	// Two queues: the shards of several rounds of pipelines are more than
 	// one queue's partitions may be.
-	per := 2 * probePipelines * probeChunk
+	per := 2 * ProbePipelines * probeChunk
 	var shards []queue.Shard
 	for _, q := range []string{"many-a", "many-b"} {
 		cfg := h.create(q, queue.Config{Partitions: per}, 1)

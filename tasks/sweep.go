@@ -14,12 +14,13 @@ import (
 // shards does not hold Redis for long in one go.
 const probeChunk = 250
 
-// probePipelines is how many probe pipelines run at once, each on its own
-// connection. Redis serves its clients in turns of at most 16 KB of
+// ProbePipelines is how many probe pipelines run at once, each on its own
+// connection (a Redis client needs that many connections beside its
+// Workers'). Redis serves its clients in turns of at most 16 KB of
 // requests each, and a claim asks ~450 bytes a shard: one pipeline at a
 // time got a takeover's claims a small share of a Redis busy with passes
 // (500 claims took 100–1,100 ms while Redis needed ~30 ms for them).
-const probePipelines = 8
+const ProbePipelines = 8
 
 // sweep probes shards to learn deadlines the keeper could not have heard of:
 // newly owned shards and all shards after a lost subscription at once, and
@@ -59,11 +60,11 @@ func (k *Keeper) sweep(ctx context.Context) {
 			k.mu.Unlock()
 		}
 		for {
-			// Up to probePipelines batches at once. No shard is in two
+			// Up to ProbePipelines batches at once. No shard is in two
 			// of them: a shard is queued once until its batch forms.
 			var batches [][]*shardState
 			k.mu.Lock()
-			for len(batches) < probePipelines && len(k.probe) > 0 {
+			for len(batches) < ProbePipelines && len(k.probe) > 0 {
 				n := min(len(k.probe), probeChunk)
 				batch := append([]*shardState(nil), k.probe[:n]...)
 				for _, st := range batch {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -362,6 +363,7 @@ func (d *daemon) startRedis(ctx context.Context) error {
 			return fmt.Errorf("sentinel watch: %w", err)
 		}
 	}
+	opt.PoolSize = redisPoolSize(d.cfg.Tasks.Workers)
 	d.rdb = redis.NewUniversalClient(opt)
 	where := d.redisAddr()
 	d.rdb.AddHook(&d.redisCmds)
@@ -494,3 +496,18 @@ type selfSource struct {
 
 func (s selfSource) OwnedShards() int { return s.k.OwnedCount() }
 func (s selfSource) IsLeader() bool   { return s.agg.IsLeader() }
+
+// redisPoolHeadroom is the connections the daemon uses beside its passes
+// and claims: the sweep's reads, the catalog, the aggregator's and the
+// status endpoint's reads.
+const redisPoolHeadroom = 8
+
+// redisPoolSize is the connections the daemon's Redis client may open (per
+// node on a cluster): go-redis's default (10 per CPU) unless the passes'
+// round trips (workers) and the claims' pipelines (tasks.ProbePipelines),
+// each holding a connection for its whole round trip, need more. With
+// fewer, a pass waits for a connection, up to go-redis's pool timeout, while
+// a takeover's claims hold them. Connections are opened only when used.
+func redisPoolSize(workers int) int {
+	return max(10*runtime.GOMAXPROCS(0), workers+tasks.ProbePipelines+redisPoolHeadroom)
+}

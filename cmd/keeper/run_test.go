@@ -23,6 +23,7 @@ import (
 	"github.com/keeperhq/keeper/internal/testpki"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/shard"
+	"github.com/keeperhq/keeper/tasks"
 	"github.com/redis/go-redis/v9"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -587,5 +588,26 @@ func TestRunAtTheLimits(t *testing.T) {
 	defer cli.Close()
 	if resp, err := cli.Get(ctx, cfg.Etcd.Prefix+"owners/", clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
 		t.Fatalf("ownership keys after shutdown: %v %v", resp, err)
+	}
+}
+
+// The daemon's Redis pool holds every worker's round trip and every claim
+// pipeline at once, with room to spare, up to the most workers the config
+// accepts: a pass must not wait for a connection while a takeover's claims
+// hold them.
+func TestRedisPoolHoldsWorkersAndClaims(t *testing.T) {
+	var most int64
+	for _, l := range limits {
+		if l.path == "tasks.workers" {
+			most = l.max
+		}
+	}
+	if most == 0 {
+		t.Fatal("no limit on tasks.workers")
+	}
+	for _, workers := range []int{1, tasks.WorkersDefault, int(most)} {
+		if got, need := redisPoolSize(workers), workers+tasks.ProbePipelines; got <= need {
+			t.Errorf("workers %d: pool of %d connections, want more than %d", workers, got, need)
+		}
 	}
 }
