@@ -114,13 +114,11 @@ func checkBatch(batch int) error {
 
 // Probe implements Layout (see prober).
 func (n *Native) Probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, error) {
-	per := probeShardsPerCall
-	// On a cluster each call keeps to one shard: shards of one call would
-	// span hash slots, which a cluster refuses in one script.
-	if _, ok := n.rdb.(*redis.ClusterClient); ok {
-		per = 1
-	}
-	return n.prober(per).probe(ctx, reqs)
+	p := n.prober(probeShardsPerCall)
+	// On a cluster one call's shards share a hash slot: a cluster refuses
+	// a script whose keys span slots.
+	_, p.bySlot = n.rdb.(*redis.ClusterClient)
+	return p.probe(ctx, reqs)
 }
 
 // prober probes perCall shards per script call.

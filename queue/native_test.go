@@ -1023,3 +1023,64 @@ func BenchmarkProbe(b *testing.B) {
 		}
 	}
 }
+
+// keySlot is Redis Cluster's CLUSTER KEYSLOT (values asked of a
+// redis-server 7.0 in cluster mode).
+func TestKeySlot(t *testing.T) {
+	for key, want := range map[string]int{"foo": 12182, "bar": 5061, "hello": 866,
+		"{foo}.bar": 12182, "x{bar}y": 5061, "{}foo": 9500, "foo{}": 5542, "keeper:{q#3}:fence": 15037} {
+		if got := keySlot(key); got != want {
+			t.Errorf("keySlot(%q) = %d, want %d", key, got, want)
+		}
+	}
+}
+
+// Shards that share a hash slot share a probe call on a cluster (and any
+// shards on a single server): 4,096 shards over 16,384 slots give hundreds
+// of shared slots, each claimed in one call, every shard answered.
+func TestProbeShardsSharingASlot(t *testing.T) {
+	e := newEnv(t)
+	e.create("slots", Config{Partitions: MaxPartitions})
+	reqs := make([]ProbeRequest, MaxPartitions)
+	idx := make([]int, len(reqs))
+	shards := make([]Shard, len(reqs))
+	for p := range reqs {
+		shards[p] = Shard{"slots", p}
+		reqs[p], idx[p] = ProbeRequest{Shard: shards[p], Claim: true, Token: 5}, p
+	}
+	p := e.n.prober(probeShardsPerCall)
+	p.bySlot = true
+	shared := 0
+	for _, g := range p.chunks(reqs, idx, probeShardsPerCall) {
+		slot := keySlot(e.keys(shards[g[0]]).Fence)
+		for _, i := range g {
+			if keySlot(e.keys(shards[i]).Fence) != slot {
+				t.Fatalf("a call spans slots: %v", g)
+			}
+		}
+		if len(g) > 1 {
+			shared++
+		}
+	}
+	if shared == 0 {
+		t.Fatal("no two shards share a slot: the test proves nothing")
+	}
+	res, err := e.n.Probe(e.ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Err != nil {
+			t.Fatalf("%s: %v", shards[i], r.Err)
+		}
+	}
+	fences, err := e.in.Fences(e.ctx, shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range fences {
+		if f != 5 {
+			t.Fatalf("fence of %s = %d, want 5", shards[i], f)
+		}
+	}
+}

@@ -28,6 +28,9 @@ type prober struct {
 	// replies with a list of one entry per shard (see lua/probe.lua). 0: the
 	// script probes one shard and replies for it alone.
 	perCall int
+	// bySlot makes one call's shards share a hash slot (on a cluster,
+	// which refuses a script whose keys span slots).
+	bySlot bool
 }
 
 // probeShardsPerCall is how many shards one call of the native probe script
@@ -76,9 +79,7 @@ func (p prober) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest,
 		calls  []call
 		groups [][]int
 	)
-	for len(idx) > 0 {
-		g := idx[:min(per, len(idx))]
-		idx = idx[len(g):]
+	for _, g := range p.chunks(reqs, idx, per) {
 		c := p.call(reqs[g[0]])
 		if len(g) > 1 {
 			c.keys, c.args = slices.Clone(c.keys), slices.Clone(c.args)
@@ -110,6 +111,54 @@ func (p prober) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest,
 		}
 	}
 	return ok, reached
+}
+
+// chunks splits idx into groups of at most per, in order; with bySlot,
+// each group's shards share a hash slot.
+func (p prober) chunks(reqs []ProbeRequest, idx []int, per int) [][]int {
+	var out [][]int
+	if !p.bySlot || per == 1 {
+		for len(idx) > 0 {
+			out = append(out, idx[:min(per, len(idx))])
+			idx = idx[len(out[len(out)-1]):]
+		}
+		return out
+	}
+	open := map[int]int{} // slot -> index in out of its group being filled
+	for _, i := range idx {
+		slot := keySlot(p.node(reqs[i].Shard))
+		j, ok := open[slot]
+		if !ok || len(out[j]) == per {
+			j = len(out)
+			out = append(out, nil)
+			open[slot] = j
+		}
+		out[j] = append(out[j], i)
+	}
+	return out
+}
+
+// keySlot is the Redis Cluster hash slot of key: CRC16 (XMODEM) of its hash
+// tag (the text between its first "{" and the next "}", when not empty) or
+// of the whole key, modulo 16384.
+func keySlot(key string) int {
+	if a := strings.IndexByte(key, '{'); a >= 0 {
+		if b := strings.IndexByte(key[a+1:], '}'); b > 0 {
+			key = key[a+1 : a+1+b]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
 }
 
 // split is the reply of each of the n shards one call probed: the call's
