@@ -18,20 +18,33 @@ import (
 )
 
 // deckardModel is what a randomized Deckard workload did: every id it
-// added, and the ones it removed.
+// added, and the ones it removed. An add or remove that the workload's end
+// cut off (its context's error) may or may not have run: its ids are
+// uncertain, in at most one pool.
 type deckardModel struct {
-	mu      sync.Mutex
-	added   map[string]map[string]bool // queue -> ids
-	removed map[string]map[string]bool
-	ops     map[string]int
+	mu        sync.Mutex
+	added     map[string]map[string]bool // queue -> ids
+	removed   map[string]map[string]bool
+	uncertain map[string]map[string]bool
+	ops       map[string]int
 }
 
 func newDeckardModel(queues []string) *deckardModel {
-	m := &deckardModel{added: map[string]map[string]bool{}, removed: map[string]map[string]bool{}, ops: map[string]int{}}
+	m := &deckardModel{added: map[string]map[string]bool{}, removed: map[string]map[string]bool{},
+		uncertain: map[string]map[string]bool{}, ops: map[string]int{}}
 	for _, q := range queues {
-		m.added[q], m.removed[q] = map[string]bool{}, map[string]bool{}
+		m.added[q], m.removed[q], m.uncertain[q] = map[string]bool{}, map[string]bool{}, map[string]bool{}
 	}
 	return m
+}
+
+// cut notes ids whose add or remove the workload's end cut off.
+func (m *deckardModel) cut(q string, ids []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, id := range ids {
+		m.uncertain[q][id] = true
+	}
 }
 
 func (m *deckardModel) note(op string, q string, add, remove []string) {
@@ -97,7 +110,11 @@ func deckardWorkload(ctx context.Context, t *testing.T, f *deckardFleet, queues 
 						}
 					}
 					_, err = pod.Add(ctx, q, msgs...)
-					m.note("add", q, ids, nil)
+					if err != nil && ctx.Err() != nil {
+						m.cut(q, ids)
+					} else {
+						m.note("add", q, ids, nil)
+					}
 				case op < 60:
 					var ids []string
 					ids, err = pod.Pull(ctx, q, 1+r.IntN(5), deckardtest.Pull{AckDeadline: time.Duration(20+r.IntN(281)) * time.Millisecond})
@@ -129,7 +146,11 @@ func deckardWorkload(ctx context.Context, t *testing.T, f *deckardFleet, queues 
 				case op >= 97:
 					if id := m.pick(r, q); id != "" {
 						_, err = pod.Remove(ctx, q, id)
-						m.note("remove", q, nil, []string{id})
+						if err != nil && ctx.Err() != nil {
+							m.cut(q, []string{id})
+						} else {
+							m.note("remove", q, nil, []string{id})
+						}
 					}
 				}
 				if err != nil && ctx.Err() == nil {
@@ -240,7 +261,16 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 				where[id] = append(where[id], key)
 			}
 		}
+		for id := range m.uncertain[q] {
+			if n := len(where[id]); n > 1 {
+				t.Errorf("%s: id %s (its add or remove cut off) is in %d pools %v", q, id, n, where[id])
+			}
+			delete(where, id)
+		}
 		for id := range m.added[q] {
+			if m.uncertain[q][id] {
+				continue
+			}
 			switch n := len(where[id]); {
 			case m.removed[q][id] && n != 0:
 				t.Errorf("%s: removed id %s is in %v", q, id, where[id])
