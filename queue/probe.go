@@ -118,9 +118,8 @@ func (p prober) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest,
 func (p prober) chunks(reqs []ProbeRequest, idx []int, per int) [][]int {
 	var out [][]int
 	if !p.bySlot || per == 1 {
-		for len(idx) > 0 {
-			out = append(out, idx[:min(per, len(idx))])
-			idx = idx[len(out[len(out)-1]):]
+		for g := range slices.Chunk(idx, per) {
+			out = append(out, g)
 		}
 		return out
 	}
@@ -178,23 +177,16 @@ func (p prober) split(ctx context.Context, cmd *redis.Cmd, n int) []*redis.Cmd {
 		err = fmt.Errorf("probe of %d shards: %d replies", n, len(v))
 	}
 	for k, c := range out {
-		switch {
-		case err != nil:
+		if err != nil {
 			c.SetErr(err)
-		case isErr(v[k]):
-			c.SetErr(v[k].(error))
-		default:
+		} else if e, ok := v[k].(error); ok {
+			// Redis's error reply for one shard, nested in the list.
+			c.SetErr(e)
+		} else {
 			c.SetVal(v[k])
 		}
 	}
 	return out
-}
-
-// isErr tells an error entry of a script's array reply (Redis's error
-// reply nested in the array) from a value.
-func isErr(v any) bool {
-	_, ok := v.(error)
-	return ok
 }
 
 // byNode groups the claims by the Redis node that holds their shard: the
