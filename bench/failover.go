@@ -95,15 +95,12 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		}
 		ks = append(ks, k)
 	}
-	if err := settled(ctx, c, ks, shards); err != nil {
+	victim, owned, err := settled(ctx, c, ks, shards)
+	if err != nil {
 		return FailoverResult{}, err
 	}
 	res := FailoverResult{Scenario: "failover", Keepers: o.Keepers, Shards: len(shards), TTLS: o.TTL.Seconds()}
 
-	victim, owned, err := busiest(ctx, ks)
-	if err != nil {
-		return res, err
-	}
 	start := time.Now()
 	if err := victim.Kill(); err != nil {
 		return res, err
@@ -114,13 +111,9 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	}
 	res.CrashShards, res.CrashTakeoverS = len(owned), round(time.Since(start).Seconds(), 3)
 
-	rest := c.Keepers()
-	if err := settled(ctx, c, rest, shards); err != nil {
-		return res, fmt.Errorf("after the crash: %w", err)
-	}
-	victim, owned, err = busiest(ctx, rest)
+	victim, owned, err = settled(ctx, c, c.Keepers(), shards)
 	if err != nil {
-		return res, err
+		return res, fmt.Errorf("after the crash: %w", err)
 	}
 	start = time.Now()
 	done := make(chan error, 1)
@@ -142,44 +135,37 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 // a measurement starts from a fleet at rest: taking the first 100,000
 // shards takes a fleet on this machine tens of seconds after the ring has
 // spread them, and a crash timed in that tail measured the tail too
-// (crash takeovers of 13.8–26.8 s in runs of the same code).
-func settled(ctx context.Context, c *chaos.Cluster, ks []*chaos.Keeper, shards []queue.Shard) error {
+// (crash takeovers of 13.8–26.8 s in runs of the same code). It returns the
+// keeper owning the most shards, and those shards' tokens: the one the
+// next event stops.
+func settled(ctx context.Context, c *chaos.Cluster, ks []*chaos.Keeper, shards []queue.Shard) (*chaos.Keeper, map[string]int64, error) {
 	if err := chaos.WaitSpread(ctx, ks, shards, time.Minute); err != nil {
-		return err
+		return nil, nil, err
 	}
+	var (
+		busiest *chaos.Keeper
+		owned   map[string]int64
+	)
 	below := map[string]int64{}
-	for _, k := range ks {
-		st, err := k.Status(ctx)
-		if err != nil {
-			return err
-		}
-		for name, token := range st.Owned {
-			below[name] = token - 1
-		}
-	}
-	if err := waitFencesAbove(ctx, queue.NewInspector(c.RDB, ""), below, 5*time.Minute); err != nil {
-		return fmt.Errorf("owners' claims: %w", err)
-	}
-	return nil
-}
-
-// busiest is the keeper owning the most shards, and those shards' tokens.
-func busiest(ctx context.Context, ks []*chaos.Keeper) (*chaos.Keeper, map[string]int64, error) {
-	var best *chaos.Keeper
-	var owned map[string]int64
 	for _, k := range ks {
 		st, err := k.Status(ctx)
 		if err != nil {
 			return nil, nil, err
 		}
+		for name, token := range st.Owned {
+			below[name] = token - 1
+		}
 		if len(st.Owned) > len(owned) {
-			best, owned = k, st.Owned
+			busiest, owned = k, st.Owned
 		}
 	}
-	if best == nil {
+	if busiest == nil {
 		return nil, nil, fmt.Errorf("no keeper owns anything")
 	}
-	return best, owned, nil
+	if err := waitFencesAbove(ctx, queue.NewInspector(c.RDB, ""), below, 5*time.Minute); err != nil {
+		return nil, nil, fmt.Errorf("owners' claims: %w", err)
+	}
+	return busiest, owned, nil
 }
 
 // waitFencesAbove polls until every shard's fence in Redis is above the

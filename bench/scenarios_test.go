@@ -44,3 +44,16 @@ func TestIdleSmall(t *testing.T) {
 	}
 	t.Logf("%+v", r)
 }
+
+// Each event starts from a settled fleet and ends when every shard of the
+// stopped keeper is written by a new owner.
+func TestFailoverSmall(t *testing.T) {
+	r, err := Failover(context.Background(), FailoverOptions{Queues: 4, Parts: 5, Locks: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Shards != 20 || r.CrashShards <= 0 || r.GracefulShards <= 0 || r.CrashTakeoverS <= 0 || r.GracefulHandoffMs <= 0 {
+		t.Fatalf("%+v", r)
+	}
+	t.Logf("%+v", r)
+}
