@@ -47,9 +47,9 @@ var (
 	})
 
 	// The housekeeping side (Native): fenced.
-	unlockScript = newFencedScript("unlock", func(k shardKeys) []string {
+	unlockScript = multiShard(newFencedScript("unlock", func(k shardKeys) []string {
 		return []string{k.Locked, k.Ready, k.Prio, k.Stats, k.Clean}
-	}, "batch")
+	}, "batch"))
 	requeueScript = newFencedScript("requeue", func(k shardKeys) []string {
 		return []string{k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean}
 	}, "batch", "max_deliveries")

@@ -23,7 +23,10 @@ type Native struct {
 	// claimWait bounds how long a claim waits for a replica's
 	// acknowledgement (see WithClaimWait).
 	claimWait time.Duration
-	subs      *wakeSubs // shared by the copies WithHistory and WithOwner make
+	// perCall is how many shards one call of a multi-shard pass script
+	// takes (passShardsPerCall; benchmarks vary it).
+	perCall int
+	subs    *wakeSubs // shared by the copies WithHistory and WithOwner make
 }
 
 var _ Layout = (*Native)(nil)
@@ -31,7 +34,7 @@ var _ Layout = (*Native)(nil)
 // NewNative returns the native layout under prefix (DefaultPrefix when empty).
 func NewNative(rdb redis.UniversalClient, prefix string) *Native {
 	prefix = cmp.Or(prefix, DefaultPrefix)
-	return &Native{rdb: rdb, prefix: prefix, record: "0", claimWait: DefaultClaimWait,
+	return &Native{rdb: rdb, prefix: prefix, record: "0", claimWait: DefaultClaimWait, perCall: passShardsPerCall,
 		subs: &wakeSubs{want: map[string]bool{}, pending: map[string]bool{}, notify: make(chan struct{}, 1)}}
 }
 
@@ -69,11 +72,18 @@ func (n *Native) WithClaimWait(d time.Duration) *Native {
 	return &c
 }
 
+// passShardsPerCall is how many shards one call of a multi-shard pass
+// script takes (the unlock's): the due passes of many shards then cost one
+// script run per few dozen of them instead of one each. More would save
+// little more and hold Redis, which runs a script without serving anyone
+// else, longer at a time.
+const passShardsPerCall = 32
+
 // Passes implements Layout: one pipeline for all the passes (on a cluster
-// client, one per node, in parallel).
+// client, one per node, in parallel), the passes of a multi-shard script
+// joined into calls (see groupPasses).
 func (n *Native) Passes(ctx context.Context, reqs []PassRequest) []PassOutcome {
 	out := make([]PassOutcome, len(reqs))
-	calls := make([]call, 0, len(reqs))
 	idx := make([]int, 0, len(reqs))
 	for i, r := range reqs {
 		if r.Task >= NumTasks {
@@ -86,16 +96,73 @@ func (n *Native) Passes(ctx context.Context, reqs []PassRequest) []PassOutcome {
 				continue
 			}
 		}
-		calls = append(calls, n.fenced(passScripts[r.Task], r.Shard, r.Token, passArgs(r)...))
 		idx = append(idx, i)
 	}
+	_, bySlot := n.rdb.(*redis.ClusterClient)
+	groups := groupPasses(reqs, idx, n.perCall, func(s Shard) int {
+		if !bySlot {
+			return 0
+		}
+		return keySlot(keysFor(n.prefix, s).Fence)
+	})
+	calls := make([]call, len(groups))
+	for j, g := range groups {
+		cs := make([]call, len(g))
+		for k, i := range g {
+			r := reqs[i]
+			cs[k] = n.fenced(passScripts[r.Task], r.Shard, r.Token, passArgs(r)...)
+		}
+		calls[j] = joinCalls(cs)
+	}
 	for j, cmd := range runAll(ctx, n.rdb, calls) {
-		r := reqs[idx[j]]
-		o, err := decodePass(r, cmd)
-		o.Err = asError(err, r.Shard, r.Token)
-		out[idx[j]] = o
+		g := groups[j]
+		replies := []*redis.Cmd{cmd}
+		if passScripts[reqs[g[0]].Task].multi {
+			replies = splitReply(ctx, cmd, len(g))
+		}
+		for k, i := range g {
+			r := reqs[i]
+			o, err := decodePass(r, replies[k])
+			o.Err = asError(err, r.Shard, r.Token)
+			out[i] = o
+		}
 	}
 	return out
+}
+
+// groupPasses puts the passes reqs[i], i in idx, into script calls, in the
+// order the calls are to run: a pass of a multi-shard script joins the open
+// call of its script (and of its shard's hash slot, slot) while that holds
+// fewer than per, every other pass is a call of its own. A pass never joins
+// a call before one that holds an earlier pass of its shard: a shard's
+// passes run in the order asked.
+func groupPasses(reqs []PassRequest, idx []int, per int, slot func(Shard) int) [][]int {
+	type openKey struct {
+		task Task
+		slot int
+	}
+	var groups [][]int
+	open := map[openKey]int{}
+	last := map[Shard]int{} // the last call that holds a pass of the shard
+	for _, i := range idx {
+		r := reqs[i]
+		key := openKey{r.Task, 0}
+		multi := passScripts[r.Task].multi
+		if multi {
+			key.slot = slot(r.Shard)
+		}
+		j, ok := open[key]
+		if l, seen := last[r.Shard]; !multi || !ok || len(groups[j]) == per || (seen && l > j) {
+			j = len(groups)
+			groups = append(groups, nil)
+			if multi {
+				open[key] = j
+			}
+		}
+		groups[j] = append(groups[j], i)
+		last[r.Shard] = j
+	}
+	return groups
 }
 
 // fenced is a call of a housekeeping script on s: the fence head's

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -720,6 +722,90 @@ func BenchmarkPasses(b *testing.B) {
 	}
 }
 
+// The cost of unlock passes that each move one message (what thousands of
+// shards with a lock or two due each send), by how many shards one script
+// call takes: Redis's own time per pass (redis-us/pass, from INFO
+// commandstats) beside the wall time.
+func BenchmarkUnlockDue(b *testing.B) {
+	rdb := redis.NewClient(&redis.Options{Addr: testAddrs[0]})
+	defer rdb.Close()
+	if len(testAddrs) > 1 {
+		b.Skip("Redis time is read from one server")
+	}
+	prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
+	ctx := context.Background()
+	const shards = 512
+	if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: shards}); err != nil {
+		b.Fatal(err)
+	}
+	in := NewInspector(rdb, prefix)
+	round := 0
+	for _, per := range []int{1, passShardsPerCall} {
+		b.Run(fmt.Sprintf("per_call=%d", per), func(b *testing.B) {
+			n := NewNative(rdb, prefix)
+			n.perCall = per
+			reqs := make([]PassRequest, shards)
+			for p := range reqs {
+				reqs[p] = PassRequest{Shard: Shard{"bench", p}, Task: TaskUnlock, Token: 1, Batch: 1000}
+			}
+			var redisUs float64
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i += shards {
+				b.StopTimer()
+				round++
+				// Due a moment ago, as a keeper on time finds them: the lag
+				// decides the histogram bucket the script looks for.
+				now, err := rdb.Time(ctx).Result()
+				if err != nil {
+					b.Fatal(err)
+				}
+				for p := range reqs {
+					if err := in.SeedLocked(ctx, reqs[p].Shard, fmt.Sprintf("r%d-", round), 0, 1, now.UnixMilli()-1, 0, []byte("x")); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				for _, o := range n.Passes(ctx, reqs) {
+					if o.Err != nil || o.Result.Moved != 1 {
+						b.Fatalf("%+v", o)
+					}
+				}
+				b.StopTimer()
+				redisUs += scriptUsec(b, ctx, rdb)
+				b.StartTimer()
+			}
+			rounds := (b.N + shards - 1) / shards
+			b.ReportMetric(redisUs/float64(rounds*shards), "redis-us/pass")
+		})
+	}
+}
+
+// scriptUsec is the time Redis spent in scripts since its stats were reset.
+func scriptUsec(b *testing.B, ctx context.Context, rdb *redis.Client) float64 {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	total := 0.0
+	for _, l := range strings.Split(info, "\n") {
+		for _, cmd := range []string{"cmdstat_evalsha:", "cmdstat_eval:"} {
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(l), cmd); ok {
+				for _, f := range strings.Split(rest, ",") {
+					if v, ok := strings.CutPrefix(f, "usec="); ok {
+						us, _ := strconv.ParseFloat(v, 64)
+						total += us
+					}
+				}
+			}
+		}
+	}
+	return total
+}
+
 // A probe that cannot reach Redis fails as a whole, so that the keeper
 // probes again, rather than reporting each shard as failed.
 func TestProbeFailsWholeWithoutRedis(t *testing.T) {
@@ -797,8 +883,8 @@ func TestFencesAcrossRoundTrips(t *testing.T) {
 }
 
 // A pass with work to do refuses every wrong-typed key it touches with
-// ErrWrongType and changes nothing: the fence and its owner (read through a
-// GET that fails by itself), the keys it reads before writing (their reads
+// ErrWrongType and changes nothing: the fence and its owner (read by one
+// MGET, their types asked when it finds none), the keys it reads before writing (their reads
 // fail by themselves), and those it writes unread (checked before the first
 // write, only when there is something to write, which spares a pass with
 // nothing due a TYPE call a key).
@@ -974,6 +1060,111 @@ func TestProbeManyShardsEachAnswered(t *testing.T) {
 			if after[key] != before[key] {
 				t.Errorf("%s changed by a refused claim", key)
 			}
+		}
+	}
+}
+
+// One unlock script call takes many shards (passShardsPerCall): each shard
+// is answered alone, and one refused (fenced, wrong-typed, deleted) changes
+// nothing of its own while the others in its call move their messages.
+func TestUnlockManyShardsEachAnswered(t *testing.T) {
+	e := newEnv(t)
+	n := 2*passShardsPerCall + 5
+	e.create("many", Config{Partitions: n})
+	e.create("gone", Config{})
+	if err := e.c.Registry().Delete(e.ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	now := e.redisNowMs()
+	for p := 0; p < n; p++ {
+		e.seedLocked(Shard{"many", p}, "m", 2, now-5)
+	}
+	// In the first call, the second and the last of the rest.
+	const fenced, wrongLocked, wrongReady, wrongStats = 3, passShardsPerCall + 1, 2 * passShardsPerCall, 2*passShardsPerCall + 4
+	if err := e.rdb.Set(e.ctx, e.keys(Shard{"many", fenced}).Fence, 99, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for p, key := range map[int]string{wrongLocked: e.keys(Shard{"many", wrongLocked}).Locked,
+		wrongReady: e.keys(Shard{"many", wrongReady}).Ready, wrongStats: e.keys(Shard{"many", wrongStats}).Stats} {
+		if err := e.rdb.Del(e.ctx, key).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.rdb.Set(e.ctx, key, "junk", 0).Err(); err != nil {
+			t.Fatalf("shard %d: %v", p, err)
+		}
+	}
+	before := e.snapshot()
+	var reqs []PassRequest
+	for p := 0; p < n; p++ {
+		reqs = append(reqs, PassRequest{Shard: Shard{"many", p}, Task: TaskUnlock, Token: 10, Batch: MaxBatch})
+		if p == n/2 {
+			reqs = append(reqs, PassRequest{Shard: Shard{"gone", 0}, Task: TaskUnlock, Token: 10, Batch: MaxBatch})
+		}
+	}
+	refused := map[int]bool{fenced: true, wrongLocked: true, wrongReady: true, wrongStats: true}
+	for i, o := range e.n.Passes(e.ctx, reqs) {
+		s := reqs[i].Shard
+		var fe *FencedError
+		switch {
+		case s.Queue == "gone":
+			if !errors.Is(o.Err, ErrUnknownQueue) {
+				t.Errorf("%s: %v, want ErrUnknownQueue", s, o.Err)
+			}
+		case s.Partition == fenced:
+			if !errors.As(o.Err, &fe) || fe.Fence != 99 {
+				t.Errorf("%s: %v, want fenced at 99", s, o.Err)
+			}
+		case refused[s.Partition]:
+			if !errors.Is(o.Err, ErrWrongType) {
+				t.Errorf("%s: %v, want ErrWrongType", s, o.Err)
+			}
+		case o.Err != nil || o.Result.Moved != 2 || len(o.Result.Lags) != 2 || o.Result.NextMs != -1:
+			t.Errorf("%s: %+v, want 2 moved", s, o)
+		}
+	}
+	after := e.snapshot()
+	for p := range refused {
+		k := e.keys(Shard{"many", p})
+		for _, key := range []string{k.Fence, k.FenceOwner, k.Ready, k.Locked, k.Stats, k.Clean} {
+			if after[key] != before[key] {
+				t.Errorf("%s changed by a refused pass", key)
+			}
+		}
+	}
+	for _, p := range []int{0, fenced + 1, passShardsPerCall, n - 2} {
+		if c := e.shardCounts(Shard{"many", p}); c != "ready 2, inflight 0, locked 0, dead 0, bodies 2" {
+			t.Errorf("shard %d after its unlock: %s", p, c)
+		}
+	}
+}
+
+// Passes join calls of a multi-shard script by script and hash slot, up to
+// the limit a call, and a shard's passes still run in the order asked.
+func TestGroupPassesKeepsEachShardsOrder(t *testing.T) {
+	u := func(p int) PassRequest { return PassRequest{Shard: Shard{"q", p}, Task: TaskUnlock} }
+	m := func(p int) PassRequest { return PassRequest{Shard: Shard{"q", p}, Task: TaskMeasure} }
+	slot := func(s Shard) int { return s.Partition % 2 }
+	for _, c := range []struct {
+		name string
+		reqs []PassRequest
+		per  int
+		want [][]int
+	}{
+		{"one call", []PassRequest{u(0), u(2), u(4)}, 8, [][]int{{0, 1, 2}}},
+		{"by limit", []PassRequest{u(0), u(2), u(4)}, 2, [][]int{{0, 1}, {2}}},
+		{"by slot", []PassRequest{u(0), u(1), u(2), u(3)}, 8, [][]int{{0, 2}, {1, 3}}},
+		{"other scripts alone", []PassRequest{m(0), m(2), u(0), u(2)}, 8, [][]int{{0}, {1}, {2, 3}}},
+		// The unlock of 0 must not run before the measure of 0 it came
+		// after: it opens a call of its own.
+		{"a shard's order", []PassRequest{u(2), m(0), u(0), u(4)}, 8, [][]int{{0}, {1}, {2, 3}}},
+		{"measure after its unlock", []PassRequest{u(0), m(0), u(2)}, 8, [][]int{{0, 2}, {1}}},
+	} {
+		idx := make([]int, len(c.reqs))
+		for i := range idx {
+			idx[i] = i
+		}
+		if got := groupPasses(c.reqs, idx, c.per, slot); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
 }

@@ -80,14 +80,11 @@ func (p prober) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest,
 		groups [][]int
 	)
 	for _, g := range p.chunks(reqs, idx, per) {
-		c := p.call(reqs[g[0]])
-		if len(g) > 1 {
-			c.keys, c.args = slices.Clone(c.keys), slices.Clone(c.args)
-			for _, i := range g[1:] {
-				ci := p.call(reqs[i])
-				c.keys, c.args = append(c.keys, ci.keys...), append(c.args, ci.args...)
-			}
+		cs := make([]call, len(g))
+		for k, i := range g {
+			cs[k] = p.call(reqs[i])
 		}
+		c := joinCalls(cs)
 		calls, groups = append(calls, c), append(groups, g)
 	}
 	var (
@@ -161,32 +158,13 @@ func keySlot(key string) int {
 }
 
 // split is the reply of each of the n shards one call probed: the call's
-// own for a script of one shard (perCall 0), else the list's entries, each
-// an error or a shard's reply. A failed call, or a list of the wrong
-// length, is every shard's error.
+// own for a script of one shard (perCall 0), else its list's entries (see
+// splitReply).
 func (p prober) split(ctx context.Context, cmd *redis.Cmd, n int) []*redis.Cmd {
 	if p.perCall == 0 {
 		return []*redis.Cmd{cmd}
 	}
-	out := make([]*redis.Cmd, n)
-	for k := range out {
-		out[k] = redis.NewCmd(ctx)
-	}
-	v, err := cmd.Slice()
-	if err == nil && len(v) != n {
-		err = fmt.Errorf("probe of %d shards: %d replies", n, len(v))
-	}
-	for k, c := range out {
-		if err != nil {
-			c.SetErr(err)
-		} else if e, ok := v[k].(error); ok {
-			// Redis's error reply for one shard, nested in the list.
-			c.SetErr(e)
-		} else {
-			c.SetVal(v[k])
-		}
-	}
-	return out
+	return splitReply(ctx, cmd, n)
 }
 
 // byNode groups the claims by the Redis node that holds their shard: the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -58,6 +59,10 @@ type script[K any] struct {
 	// first).
 	argv []string
 	lua  *redis.Script
+	// multi: the script takes keys and argv once per shard, in a row, and
+	// replies with a list of one entry per shard, its result or its error
+	// (each_shard in lua/lib.lua). Calls of it join (see joinCalls).
+	multi bool
 }
 
 // newScript is name.lua, prefixed with the preamble and lua/lib.lua. go-redis
@@ -89,6 +94,12 @@ func newFencedScript(name string, keys func(shardKeys) []string, argv ...string)
 		append(append([]string{}, fenceArgv...), argv...)...)
 }
 
+// multiShard marks s as a script of many shards a call (see script.multi).
+func multiShard[K any](s *script[K]) *script[K] {
+	s.multi = true
+	return s
+}
+
 func mustRead(name string) string {
 	b, err := luaFS.ReadFile("lua/" + name + ".lua")
 	if err != nil {
@@ -111,6 +122,45 @@ func (s *script[K]) on(k K, args ...any) call {
 		panic(fmt.Sprintf("script %s takes %d arguments %v, got %d", s.name, len(s.argv), s.argv, len(args)))
 	}
 	return call{lua: s.lua, keys: s.keys(k), args: args}
+}
+
+// joinCalls is one call of a multi-shard script for the shards of calls, all
+// of that script, in order: their keys and arguments in a row.
+func joinCalls(calls []call) call {
+	c := calls[0]
+	if len(calls) == 1 {
+		return c
+	}
+	c.keys, c.args = slices.Clone(c.keys), slices.Clone(c.args)
+	for _, ci := range calls[1:] {
+		c.keys, c.args = append(c.keys, ci.keys...), append(c.args, ci.args...)
+	}
+	return c
+}
+
+// splitReply is the reply of each of the n shards of one call of a
+// multi-shard script: the list's entries, each an error or a shard's reply.
+// A failed call, or a list of the wrong length, is every shard's error.
+func splitReply(ctx context.Context, cmd *redis.Cmd, n int) []*redis.Cmd {
+	out := make([]*redis.Cmd, n)
+	for k := range out {
+		out[k] = redis.NewCmd(ctx)
+	}
+	v, err := cmd.Slice()
+	if err == nil && len(v) != n {
+		err = fmt.Errorf("script call for %d shards: %d replies", n, len(v))
+	}
+	for k, c := range out {
+		if err != nil {
+			c.SetErr(err)
+		} else if e, ok := v[k].(error); ok {
+			// Redis's error reply for one shard, nested in the list.
+			c.SetErr(e)
+		} else {
+			c.SetVal(v[k])
+		}
+	}
+	return out
 }
 
 // run runs c on its own.

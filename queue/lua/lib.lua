@@ -88,20 +88,25 @@ local function record(task, accepted, moved)
   end
 end
 
--- GET key, or KEEPER_WRONGTYPE naming it when it holds another type. A GET
--- of a wrong-typed key fails by itself; the TYPE call (one per key per
--- pass, a third of the fence head's cost) is made only then, for the
--- message.
-local function get_string(key)
-  local ok, v = pcall(redis.call, 'GET', key)
-  if ok then
-    return v
+-- The fence and its owner, read in one MGET, or KEEPER_WRONGTYPE naming the
+-- one that holds another type. MGET answers nil for a key of another type
+-- as for a missing one: a key's type is asked (TYPE) only then, so a
+-- claimed shard's fence costs one call.
+local function get_fence()
+  local v = redis.call('MGET', H_FENCE, H_OWNER)
+  for i, key in ipairs({H_FENCE, H_OWNER}) do
+    if not v[i] then
+      local t = redis.call('TYPE', key)['ok']
+      if t ~= 'none' then
+        return nil, nil, redis.error_reply('KEEPER_WRONGTYPE ' .. key .. ' is a ' .. t .. ', want string')
+      end
+    end
   end
-  return nil, redis.error_reply('KEEPER_WRONGTYPE ' .. key .. ' is a ' .. redis.call('TYPE', key)['ok'] .. ', want string')
+  return v[1], v[2]
 end
 
 -- Check the tombstone, the types of the shared keys (the history's when it
--- is recorded; the fence's and owner's by their GETs) and the pass's token
+-- is recorded; the fence's and owner's by get_fence) and the pass's token
 -- against the shard's fence, without writing. Refused: a token below the
 -- fence, and a token equal to it from another owner (after etcd is
 -- restored from a backup, two keepers can hold equal tokens). A fence
@@ -119,9 +124,7 @@ local function fence_check(task)
     end
   end
   local cur, holder
-  cur, err = get_string(H_FENCE)
-  if err then return err end
-  holder, err = get_string(H_OWNER)
+  cur, holder, err = get_fence()
   if err then return err end
   fence_cur, fence_holder = cur or false, holder or false
   local token = tonumber(H_TOKEN)
@@ -153,14 +156,34 @@ local function claim_fence()
   record('claim', 1, 0)
 end
 
--- A pass's batch size, its first own argument (ARGV[4]): 1..MAX_BATCH, as
--- Go checks too, so that no caller can make a pass unbounded.
-local function batch_arg()
-  local n = tonumber(ARGV[4])
+-- A pass's batch size, its first own argument (ARGV[4], or ARGV[a + 4] in a
+-- script of many shards): 1..MAX_BATCH, as Go checks too, so that no caller
+-- can make a pass unbounded.
+local function batch_arg(a)
+  local v = ARGV[(a or 0) + 4]
+  local n = tonumber(v)
   if not n or n < 1 or n > MAX_BATCH or n ~= math.floor(n) then
-    return nil, redis.error_reply('KEEPER_BADARG batch ' .. ARGV[4] .. ' not in 1..' .. MAX_BATCH)
+    return nil, redis.error_reply('KEEPER_BADARG batch ' .. tostring(v) .. ' not in 1..' .. MAX_BATCH)
   end
   return n
+end
+
+-- A script of many shards runs pass(k, a) for each shard: its keys follow
+-- the k-th and its arguments the a-th, nkeys and nargs of each. Each shard
+-- gets its own entry in the reply, its result or its error: a shard's
+-- refusal, or a Redis error raised by one of its reads (a wrong-typed key),
+-- does not stop the others. pass reads and checks before it writes, so a
+-- shard whose pass raised changed nothing.
+local function each_shard(nkeys, nargs, pass)
+  local out = {}
+  for i = 0, #KEYS / nkeys - 1 do
+    local ok, res = pcall(pass, nkeys * i, nargs * i)
+    if not ok and not (type(res) == 'table' and res.err) then
+      res = redis.error_reply(tostring(res))
+    end
+    out[i + 1] = res
+  end
+  return out
 end
 
 -- Raise the fence to an accepted token, with its owner: accepted tokens

@@ -10,9 +10,10 @@
 -- ARGV[4] max_size (0 = unbounded: the size is not read)  ARGV[5] claim: "1"
 -- to claim (fence) the shard
 -- One call probes any number of shards of one Redis node: the 8 keys and 5
--- arguments above repeat in that order once per shard, so that taking over
--- thousands of shards costs one script run per few hundred of them (the
--- run itself, not the reads, is most of what a one-shard probe costs).
+-- arguments above repeat in that order once per shard (see each_shard), so
+-- that taking over thousands of shards costs one script run per few hundred
+-- of them (the run itself, not the reads, is most of what a one-shard probe
+-- costs).
 -- Returns one entry per shard, in order: {locked_head_ms, inflight_head_ms,
 -- ttl_head_ms, excess}, -1 = none; or that shard's error: KEEPER_DELETED,
 -- KEEPER_FENCED <fence> <owner> (claims only), KEEPER_WRONGTYPE. A shard's
@@ -55,8 +56,4 @@ local function probe_shard(k, a)
   return out
 end
 
-local out = {}
-for i = 0, #KEYS / 8 - 1 do
-  out[i + 1] = probe_shard(8 * i, 5 * i)
-end
-return out
+return each_shard(8, 5, probe_shard)

@@ -4,8 +4,12 @@
 -- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] locked  KEYS[6] ready  KEYS[7] prio  KEYS[8] stats  KEYS[9] clean
 -- ARGV[4] batch
--- Returns {moved, next_due_ms (-1 = none), now_us, lag_us_1, ..., lag_us_n}
--- where lag = moved time - unlock time.
+-- One call unlocks any number of shards of one hash slot: the 9 keys and 4
+-- arguments above repeat in that order once per shard (see each_shard), so
+-- that the due passes of many shards cost one script run, not one each.
+-- Returns one entry per shard, in order: {moved, next_due_ms (-1 = none),
+-- now_us, lag_us_1, ..., lag_us_n} where lag = moved time - unlock time, or
+-- that shard's error.
 -- The histogram is kept in the stats hash: lag_le_<bound>us counts the lags
 -- up to each of LAG_BOUNDS_US (and above the previous one), lag_le_inf
 -- those above every bound, lag_sum_us their sum, each lag counted there up
@@ -15,68 +19,73 @@
 -- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
 -- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
-local LOCKED, READY, PRIO, STATS, CLEAN = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local batch, err = batch_arg()
-if err then return err end
-err = fence_check('unlock')
-if err then return err end
-local now = now_us()
-local now_ms = math.floor(now / 1000)
-local due = redis.call('ZRANGEBYSCORE', LOCKED, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
-local out = {0, -1, now}
-local ids, zargs = {}, {}
-local buckets, lag_sum = {}, 0 -- stats field -> lags counted there
-for i = 1, #due, 2 do
-  ids[#ids + 1] = due[i]
-end
-if #ids > 0 then
-  local prios = hmget(PRIO, ids)
-  for i, id in ipairs(ids) do
-    zargs[#zargs + 1] = score_of(prios[i], now_ms)
-    zargs[#zargs + 1] = id
-    local lag = now - tonumber(due[2 * i]) * 1000
-    out[#out + 1] = lag
-    -- A hand-written fractional score must not make HINCRBY fail half-way.
-    lag = math.max(0, math.floor(lag))
-    local field = 'lag_le_inf'
-    for _, b in ipairs(LAG_BOUNDS_US) do
-      if lag <= b then
-        field = 'lag_le_' .. b .. 'us'
-        break
-      end
-    end
-    buckets[field] = (buckets[field] or 0) + 1
-    lag_sum = lag_sum + math.min(lag, LAG_SUM_CAP_US)
+local function unlock_shard(k, a)
+  use_head(k, a)
+  local LOCKED, READY, PRIO, STATS, CLEAN = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8], KEYS[k + 9]
+  local batch, err = batch_arg(a)
+  if err then return err end
+  err = fence_check('unlock')
+  if err then return err end
+  local now = now_us()
+  local now_ms = math.floor(now / 1000)
+  local due = redis.call('ZRANGEBYSCORE', LOCKED, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
+  local out = {0, -1, now}
+  local ids, zargs = {}, {}
+  local buckets, lag_sum = {}, 0 -- stats field -> lags counted there
+  for i = 1, #due, 2 do
+    ids[#ids + 1] = due[i]
   end
-end
-local counters = {'unlocked', 'lag_sum_us'}
-for field in pairs(buckets) do
-  counters[#counters + 1] = field
-end
--- The keys read above (locked, prio) failed by themselves if wrong-typed,
--- before any write; the counters (read by check_counters, which fails the
--- same way) and the keys written unread are checked only when there is
--- something to write.
-if #ids > 0 then
-  err = check_counters(STATS, counters)
-  if err then return err end
-  err = check_types({READY, 'zset', CLEAN, 'string'})
-  if err then return err end
+  if #ids > 0 then
+    local prios = hmget(PRIO, ids)
+    for i, id in ipairs(ids) do
+      zargs[#zargs + 1] = score_of(prios[i], now_ms)
+      zargs[#zargs + 1] = id
+      local lag = now - tonumber(due[2 * i]) * 1000
+      out[#out + 1] = lag
+      -- A hand-written fractional score must not make HINCRBY fail half-way.
+      lag = math.max(0, math.floor(lag))
+      local field = 'lag_le_inf'
+      for _, b in ipairs(LAG_BOUNDS_US) do
+        if lag <= b then
+          field = 'lag_le_' .. b .. 'us'
+          break
+        end
+      end
+      buckets[field] = (buckets[field] or 0) + 1
+      lag_sum = lag_sum + math.min(lag, LAG_SUM_CAP_US)
+    end
+  end
+  local counters = {'unlocked', 'lag_sum_us'}
+  for field in pairs(buckets) do
+    counters[#counters + 1] = field
+  end
+  -- The keys read above (locked, prio) failed by themselves if wrong-typed,
+  -- before any write; the counters (read by check_counters, which fails the
+  -- same way) and the keys written unread are checked only when there is
+  -- something to write.
+  if #ids > 0 then
+    err = check_counters(STATS, counters)
+    if err then return err end
+    err = check_types({READY, 'zset', CLEAN, 'string'})
+    if err then return err end
+  end
+
+  fence_raise()
+  if #ids > 0 then
+    bulk('ZREM', LOCKED, ids)
+    bulk('ZADD', READY, zargs)
+    redis.call('HINCRBY', STATS, 'unlocked', #ids)
+    for field, n in pairs(buckets) do
+      redis.call('HINCRBY', STATS, field, n)
+    end
+    -- %d: Redis would pass a large Lua number as 1e+15, which HINCRBY refuses.
+    redis.call('HINCRBY', STATS, 'lag_sum_us', string.format('%d', lag_sum))
+    redis.call('DEL', CLEAN)
+    out[1] = #ids
+  end
+  record('unlock', 1, out[1])
+  out[2] = head_score(LOCKED)
+  return out
 end
 
-fence_raise()
-if #ids > 0 then
-  bulk('ZREM', LOCKED, ids)
-  bulk('ZADD', READY, zargs)
-  redis.call('HINCRBY', STATS, 'unlocked', #ids)
-  for field, n in pairs(buckets) do
-    redis.call('HINCRBY', STATS, field, n)
-  end
-  -- %d: Redis would pass a large Lua number as 1e+15, which HINCRBY refuses.
-  redis.call('HINCRBY', STATS, 'lag_sum_us', string.format('%d', lag_sum))
-  redis.call('DEL', CLEAN)
-  out[1] = #ids
-end
-record('unlock', 1, out[1])
-out[2] = head_score(LOCKED)
-return out
+return each_shard(9, 4, unlock_shard)
