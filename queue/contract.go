@@ -50,21 +50,21 @@ var (
 	unlockScript = multiShard(newFencedScript("unlock", func(k shardKeys) []string {
 		return []string{k.Locked, k.Ready, k.Prio, k.Stats, k.Clean}
 	}, "batch"))
-	requeueScript = newFencedScript("requeue", func(k shardKeys) []string {
+	requeueScript = multiShard(newFencedScript("requeue", func(k shardKeys) []string {
 		return []string{k.Inflight, k.Ready, k.Dead, k.TTL, k.Tok, k.Dlv, k.Prio, k.Meta, k.Body, k.Stats, k.Clean}
-	}, "batch", "max_deliveries")
-	expireScript = newFencedScript("expire", func(k shardKeys) []string {
+	}, "batch", "max_deliveries"))
+	expireScript = multiShard(newFencedScript("expire", func(k shardKeys) []string {
 		return []string{k.TTL, k.Ready, k.Locked, k.Dead, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean}
-	}, "batch")
-	trimScript = newFencedScript("trim", func(k shardKeys) []string {
+	}, "batch"))
+	trimScript = multiShard(newFencedScript("trim", func(k shardKeys) []string {
 		return []string{k.Ready, k.Inflight, k.Locked, k.TTL, k.Body, k.Meta, k.Prio, k.Dlv, k.Stats, k.Clean, k.TrimWake}
-	}, "batch", "max_size")
-	measureScript = newFencedScript("measure", func(k shardKeys) []string {
+	}, "batch", "max_size"))
+	measureScript = multiShard(newFencedScript("measure", func(k shardKeys) []string {
 		return []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.Stats, k.Clean}
-	})
-	probeScript = newFencedScript("probe", func(k shardKeys) []string {
+	}))
+	probeScript = multiShard(newFencedScript("probe", func(k shardKeys) []string {
 		return []string{k.Locked, k.Inflight, k.TTL, k.Ready}
-	}, "max_size", "claim")
+	}, "max_size", "claim"))
 
 	// Benchmarks and tests only (Inspector).
 	seedScript = newScript("seed", func(k shardKeys) []string {

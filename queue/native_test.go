@@ -1138,8 +1138,35 @@ func TestUnlockManyShardsEachAnswered(t *testing.T) {
 	}
 }
 
-// Passes join calls of a multi-shard script by script and hash slot, up to
-// the limit a call, and a shard's passes still run in the order asked.
+// Every pass script answers each shard of a call alone: a fenced shard
+// between two others is refused while they run, whatever the task.
+func TestEveryPassScriptAnswersEachShard(t *testing.T) {
+	e := newEnv(t)
+	e.create("three", Config{Partitions: 3, MaxSize: 100})
+	if err := e.rdb.Set(e.ctx, e.keys(Shard{"three", 1}).Fence, 99, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for task := range NumTasks {
+		var reqs []PassRequest
+		for p := range 3 {
+			reqs = append(reqs, PassRequest{Shard: Shard{"three", p}, Task: task, Token: 5, Batch: 10,
+				Config: Config{Partitions: 3, MaxSize: 100}})
+		}
+		out := e.n.Passes(e.ctx, reqs)
+		var fe *FencedError
+		if !errors.As(out[1].Err, &fe) || fe.Fence != 99 {
+			t.Errorf("%s of the fenced shard: %+v, want fenced at 99", task, out[1])
+		}
+		for _, p := range []int{0, 2} {
+			if out[p].Err != nil || out[p].Result.NowUs == 0 {
+				t.Errorf("%s of shard %d beside a fenced one: %+v", task, p, out[p])
+			}
+		}
+	}
+}
+
+// Passes join calls by script and hash slot, up to the limit a call, and a
+// shard's passes still run in the order asked.
 func TestGroupPassesKeepsEachShardsOrder(t *testing.T) {
 	u := func(p int) PassRequest { return PassRequest{Shard: Shard{"q", p}, Task: TaskUnlock} }
 	m := func(p int) PassRequest { return PassRequest{Shard: Shard{"q", p}, Task: TaskMeasure} }
@@ -1153,7 +1180,7 @@ func TestGroupPassesKeepsEachShardsOrder(t *testing.T) {
 		{"one call", []PassRequest{u(0), u(2), u(4)}, 8, [][]int{{0, 1, 2}}},
 		{"by limit", []PassRequest{u(0), u(2), u(4)}, 2, [][]int{{0, 1}, {2}}},
 		{"by slot", []PassRequest{u(0), u(1), u(2), u(3)}, 8, [][]int{{0, 2}, {1, 3}}},
-		{"other scripts alone", []PassRequest{m(0), m(2), u(0), u(2)}, 8, [][]int{{0}, {1}, {2, 3}}},
+		{"by script", []PassRequest{m(0), u(0), m(2), u(2)}, 8, [][]int{{0, 2}, {1, 3}}},
 		// The unlock of 0 must not run before the measure of 0 it came
 		// after: it opens a call of its own.
 		{"a shard's order", []PassRequest{u(2), m(0), u(0), u(4)}, 8, [][]int{{0}, {1}, {2, 3}}},

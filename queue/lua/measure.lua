@@ -4,25 +4,35 @@
 -- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] ready  KEYS[6] inflight  KEYS[7] locked  KEYS[8] dead  KEYS[9] stats
 -- KEYS[10] clean
--- Returns {now_us, ready, inflight, locked, dead, ready_head_score (nil = none;
--- priorities may be negative, so no number can stand for "none"),
--- field1, value1, field2, value2, ...} (the stats hash).
+-- One call takes any number of shards of one hash slot: the keys and
+-- arguments above repeat in that order once per shard (see each_shard).
+-- Returns, for each shard in order, its error or {now_us, ready, inflight,
+-- locked, dead, ready_head_score (nil = none; priorities may be negative, so
+-- no number can stand for "none"), field1, value1, field2, value2, ...} (the
+-- stats hash).
 -- Errors: KEEPER_DELETED, KEEPER_FENCED <fence> <owner>, KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write.
-local READY, INFLIGHT, LOCKED, DEAD, STATS, CLEAN = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local err = fence_check('measure')
-if err then return err end
-err = check_types({READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', DEAD, 'zset', STATS, 'hash', CLEAN, 'string'})
-if err then return err end
-local head = redis.call('ZRANGE', READY, 0, 0, 'WITHSCORES')[2] or false
-local out = {now_us(), redis.call('ZCARD', READY), redis.call('ZCARD', INFLIGHT),
-  redis.call('ZCARD', LOCKED), redis.call('ZCARD', DEAD), head}
-local stats = redis.call('HGETALL', STATS)
-for i = 1, #stats do
-  out[#out + 1] = stats[i]
+local function measure_shard(k, a)
+  use_head(k, a)
+  local READY, INFLIGHT, LOCKED = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7]
+  local DEAD, STATS, CLEAN = KEYS[k + 8], KEYS[k + 9], KEYS[k + 10]
+  local err = fence_check('measure')
+  if err then return err end
+  err = check_types({READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', DEAD, 'zset', STATS, 'hash',
+    CLEAN, 'string'})
+  if err then return err end
+  local head = redis.call('ZRANGE', READY, 0, 0, 'WITHSCORES')[2] or false
+  local out = {now_us(), redis.call('ZCARD', READY), redis.call('ZCARD', INFLIGHT),
+    redis.call('ZCARD', LOCKED), redis.call('ZCARD', DEAD), head}
+  local stats = redis.call('HGETALL', STATS)
+  for i = 1, #stats do
+    out[#out + 1] = stats[i]
+  end
+
+  fence_raise()
+  redis.call('SET', CLEAN, '1')
+  record('measure', 1, 0)
+  return out
 end
 
-fence_raise()
-redis.call('SET', CLEAN, '1')
-record('measure', 1, 0)
-return out
+return each_shard(10, 3, measure_shard)

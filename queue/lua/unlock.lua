@@ -4,12 +4,11 @@
 -- KEYS[1..4], ARGV[1..3]: the fence head (see lib.lua)
 -- KEYS[5] locked  KEYS[6] ready  KEYS[7] prio  KEYS[8] stats  KEYS[9] clean
 -- ARGV[4] batch
--- One call unlocks any number of shards of one hash slot: the 9 keys and 4
--- arguments above repeat in that order once per shard (see each_shard), so
--- that the due passes of many shards cost one script run, not one each.
--- Returns one entry per shard, in order: {moved, next_due_ms (-1 = none),
--- now_us, lag_us_1, ..., lag_us_n} where lag = moved time - unlock time, or
--- that shard's error.
+-- One call takes any number of shards of one hash slot: the keys and
+-- arguments above repeat in that order once per shard (see each_shard).
+-- Returns, for each shard in order, its error or {moved, next_due_ms (-1 =
+-- none), now_us, lag_us_1, ..., lag_us_n} where lag = moved time - unlock
+-- time.
 -- The histogram is kept in the stats hash: lag_le_<bound>us counts the lags
 -- up to each of LAG_BOUNDS_US (and above the previous one), lag_le_inf
 -- those above every bound, lag_sum_us their sum, each lag counted there up
@@ -21,7 +20,8 @@
 -- Every read and check comes before the first write.
 local function unlock_shard(k, a)
   use_head(k, a)
-  local LOCKED, READY, PRIO, STATS, CLEAN = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7], KEYS[k + 8], KEYS[k + 9]
+  local LOCKED, READY, PRIO = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7]
+  local STATS, CLEAN = KEYS[k + 8], KEYS[k + 9]
   local batch, err = batch_arg(a)
   if err then return err end
   err = fence_check('unlock')
