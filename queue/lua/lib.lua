@@ -151,8 +151,7 @@ local function probe_check(claim)
 end
 
 local function claim_fence()
-  redis.call('SET', H_FENCE, H_TOKEN)
-  redis.call('SET', H_OWNER, H_ME)
+  redis.call('MSET', H_FENCE, H_TOKEN, H_OWNER, H_ME)
   record('claim', 1, 0)
 end
 
@@ -195,8 +194,7 @@ local function fence_raise()
   end
   local f = tonumber(cur or '0') or 0
   if tonumber(H_TOKEN) > f then
-    redis.call('SET', H_FENCE, H_TOKEN)
-    redis.call('SET', H_OWNER, H_ME)
+    redis.call('MSET', H_FENCE, H_TOKEN, H_OWNER, H_ME)
   elseif holder ~= H_ME then
     redis.call('SET', H_OWNER, H_ME)
   end
