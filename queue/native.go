@@ -107,15 +107,10 @@ func (n *Native) Passes(ctx context.Context, reqs []PassRequest) []PassOutcome {
 		}
 		return keySlot(keysFor(n.prefix, s).Fence)
 	})
-	calls := make([]call, len(groups))
-	for j, g := range groups {
-		cs := make([]call, len(g))
-		for k, i := range g {
-			r := reqs[i]
-			cs[k] = n.fenced(passScripts[r.Task], r.Shard, r.Token, passArgs(r)...)
-		}
-		calls[j] = joinCalls(cs)
-	}
+	calls := joinCalls(groups, func(i int) call {
+		r := reqs[i]
+		return n.fenced(passScripts[r.Task], r.Shard, r.Token, passArgs(r)...)
+	})
 	for j, cmd := range runAll(ctx, n.rdb, calls) {
 		g := groups[j]
 		replies := []*redis.Cmd{cmd}
@@ -132,39 +127,22 @@ func (n *Native) Passes(ctx context.Context, reqs []PassRequest) []PassOutcome {
 	return out
 }
 
-// groupPasses puts the passes reqs[i], i in idx, into script calls, in the
-// order the calls are to run: a pass of a multi-shard script joins the open
-// call of its script (and of its shard's hash slot, slot) while that holds
-// fewer than per, every other pass is a call of its own. A pass never joins
-// a call before one that holds an earlier pass of its shard: a shard's
-// passes run in the order asked.
+// groupPasses puts the passes reqs[i], i in idx, into script calls (see
+// groupCalls): a pass of a multi-shard script joins the open call of its
+// task and of its shard's hash slot (slot), every other pass is a call of
+// its own.
 func groupPasses(reqs []PassRequest, idx []int, per int, slot func(Shard) int) [][]int {
 	type openKey struct {
 		task Task
 		slot int
 	}
-	var groups [][]int
-	open := map[openKey]int{}
-	last := map[Shard]int{} // the last call that holds a pass of the shard
-	for _, i := range idx {
+	return groupCalls(idx, per, func(i int) Shard { return reqs[i].Shard }, func(i int) (openKey, bool) {
 		r := reqs[i]
-		key := openKey{r.Task, 0}
-		multi := passScripts[r.Task].multi
-		if multi {
-			key.slot = slot(r.Shard)
+		if !passScripts[r.Task].multi {
+			return openKey{}, false
 		}
-		j, ok := open[key]
-		if l, seen := last[r.Shard]; !multi || !ok || len(groups[j]) == per || (seen && l > j) {
-			j = len(groups)
-			groups = append(groups, nil)
-			if multi {
-				open[key] = j
-			}
-		}
-		groups[j] = append(groups[j], i)
-		last[r.Shard] = j
-	}
-	return groups
+		return openKey{r.Task, slot(r.Shard)}, true
+	})
 }
 
 // fenced is a call of a housekeeping script on s: the fence head's

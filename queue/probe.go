@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,18 +74,8 @@ func (p prober) probe(ctx context.Context, reqs []ProbeRequest) ([]ProbeResult, 
 // error that is not Redis's reply to one script (Redis was not reached).
 func (p prober) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest, idx []int, out []ProbeResult) ([]int, error) {
 	per := max(p.perCall, 1)
-	var (
-		calls  []call
-		groups [][]int
-	)
-	for _, g := range p.chunks(reqs, idx, per) {
-		cs := make([]call, len(g))
-		for k, i := range g {
-			cs[k] = p.call(reqs[i])
-		}
-		c := joinCalls(cs)
-		calls, groups = append(calls, c), append(groups, g)
-	}
+	groups := p.chunks(reqs, idx, per)
+	calls := joinCalls(groups, func(i int) call { return p.call(reqs[i]) })
 	var (
 		ok      []int
 		reached error
@@ -111,27 +100,14 @@ func (p prober) probeOn(ctx context.Context, rdb pipeliner, reqs []ProbeRequest,
 }
 
 // chunks splits idx into groups of at most per, in order; with bySlot,
-// each group's shards share a hash slot.
+// each group's shards share a hash slot (see groupCalls).
 func (p prober) chunks(reqs []ProbeRequest, idx []int, per int) [][]int {
-	var out [][]int
-	if !p.bySlot || per == 1 {
-		for g := range slices.Chunk(idx, per) {
-			out = append(out, g)
+	return groupCalls(idx, per, func(i int) Shard { return reqs[i].Shard }, func(i int) (int, bool) {
+		if !p.bySlot {
+			return 0, true
 		}
-		return out
-	}
-	open := map[int]int{} // slot -> index in out of its group being filled
-	for _, i := range idx {
-		slot := keySlot(p.node(reqs[i].Shard))
-		j, ok := open[slot]
-		if !ok || len(out[j]) == per {
-			j = len(out)
-			out = append(out, nil)
-			open[slot] = j
-		}
-		out[j] = append(out[j], i)
-	}
-	return out
+		return keySlot(p.node(reqs[i].Shard)), true
+	})
 }
 
 // keySlot is the Redis Cluster hash slot of key: CRC16 (XMODEM) of its hash

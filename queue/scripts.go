@@ -124,18 +124,50 @@ func (s *script[K]) on(k K, args ...any) call {
 	return call{lua: s.lua, keys: s.keys(k), args: args}
 }
 
-// joinCalls is one call of a multi-shard script for the shards of calls, all
-// of that script, in order: their keys and arguments in a row.
-func joinCalls(calls []call) call {
-	c := calls[0]
-	if len(calls) == 1 {
-		return c
+// joinCalls is one call per group of requests (see groupCalls): the calls
+// of a group's requests (callOf(i), all of one multi-shard script) joined,
+// in order, their keys and arguments in a row.
+func joinCalls(groups [][]int, callOf func(i int) call) []call {
+	out := make([]call, len(groups))
+	for j, g := range groups {
+		c := callOf(g[0])
+		if len(g) > 1 {
+			c.keys, c.args = slices.Clone(c.keys), slices.Clone(c.args)
+			for _, i := range g[1:] {
+				ci := callOf(i)
+				c.keys, c.args = append(c.keys, ci.keys...), append(c.args, ci.args...)
+			}
+		}
+		out[j] = c
 	}
-	c.keys, c.args = slices.Clone(c.keys), slices.Clone(c.args)
-	for _, ci := range calls[1:] {
-		c.keys, c.args = append(c.keys, ci.keys...), append(c.args, ci.args...)
+	return out
+}
+
+// groupCalls puts the requests i in idx (each of the shard shard(i)) into
+// calls of a multi-shard script, in the order the calls are to run: a
+// request joins the open call of its key while that holds fewer than per;
+// one whose key does not join (joins false) is a call of its own. A request
+// never joins a call before one that holds an earlier request of its shard:
+// a shard's requests run in the order asked.
+func groupCalls[K comparable](idx []int, per int, shard func(i int) Shard, key func(i int) (k K, joins bool)) [][]int {
+	var groups [][]int
+	open := map[K]int{}
+	last := map[Shard]int{} // the last call that holds a request of the shard
+	for _, i := range idx {
+		s := shard(i)
+		k, joins := key(i)
+		j, ok := open[k]
+		if l, seen := last[s]; !joins || !ok || len(groups[j]) >= per || (seen && l > j) {
+			j = len(groups)
+			groups = append(groups, nil)
+			if joins {
+				open[k] = j
+			}
+		}
+		groups[j] = append(groups[j], i)
+		last[s] = j
 	}
-	return c
+	return groups
 }
 
 // splitReply is the reply of each of the n shards of one call of a
