@@ -65,7 +65,9 @@ type ScaleoutResult struct {
 	KeeperCPUMean float64   `json:"keeper_cpu_mean"`
 	KeeperCPUMax  float64   `json:"keeper_cpu_max"`
 	// KeeperCmdsPerS is the commands each keeper sent to Redis per second
-	// (its own count: a script call is one), and their sum.
+	// (its own count: a script call is one, and carries the passes of up
+	// to 32 shards, more of them the more shards a keeper holds), and their
+	// sum. RedisCmdsPerS, which counts the work, is what shows duplicates.
 	KeeperCmdsPerS []float64 `json:"keeper_redis_cmds_per_s"`
 	KeeperCmdsSum  float64   `json:"keeper_redis_cmds_per_s_sum"`
 	// RedisCmdsPerS is every command Redis ran per second (INFO
