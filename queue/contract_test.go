@@ -79,6 +79,33 @@ func TestScriptHeaders(t *testing.T) {
 	}
 }
 
+// A multi-shard script steps through its keys and arguments by the counts
+// it gives each_shard: they are the Go side's, so that no shard reads its
+// neighbour's keys; a script of one shard does not step at all.
+func TestMultiShardScriptsStepByTheirKeys(t *testing.T) {
+	names := keysUnder("")
+	step := regexp.MustCompile(`each_shard\((\d+), (\d+),`)
+	for _, s := range allScripts {
+		m := step.FindStringSubmatch(mustRead(s.name))
+		if !s.multi {
+			if m != nil {
+				t.Errorf("%s.lua steps through shards, but Go calls it with one", s.name)
+			}
+			continue
+		}
+		if m == nil {
+			t.Errorf("%s.lua is multi-shard in Go but does not call each_shard", s.name)
+			continue
+		}
+		nk, _ := strconv.Atoi(m[1])
+		na, _ := strconv.Atoi(m[2])
+		if nk != len(s.keys(names)) || na != len(s.argv) {
+			t.Errorf("%s.lua steps by %d keys and %d arguments, Go passes %d and %d a shard",
+				s.name, nk, na, len(s.keys(names)), len(s.argv))
+		}
+	}
+}
+
 // deckardNames are the bare names the Deckard scripts' headers use.
 var deckardNames = deckardKeys{Ready: "ready", Tmp: "tmp", LockAck: "lock_ack", LockNack: "lock_nack",
 	LockAckScore: "lock_ack_score", LockNackScore: "lock_nack_score", Fence: "fence", FenceOwner: "owner",
