@@ -149,6 +149,8 @@ func TestCountersMatchScripts(t *testing.T) {
 	raised := map[string]bool{}
 	incr := regexp.MustCompile(`HINCRBY', [A-Z_]+(\[\d+\])?, '([a-z_]+)'`)
 	checked := regexp.MustCompile(`check_counters\([A-Z_]+(\[\d+\])?, \{([^}]*)\}`)
+	// unlock.lua lists the counters it raises with add_counters first.
+	added := regexp.MustCompile(`local counters, deltas = \{([^}]*)\}`)
 	var names []string
 	for _, s := range allScripts {
 		names = append(names, s.name)
@@ -160,6 +162,11 @@ func TestCountersMatchScripts(t *testing.T) {
 		src := mustRead(name)
 		for _, m := range incr.FindAllStringSubmatch(src, -1) {
 			raised[m[2]] = true
+		}
+		for _, m := range added.FindAllStringSubmatch(src, -1) {
+			for _, f := range strings.Split(m[1], ",") {
+				raised[strings.Trim(strings.TrimSpace(f), "'")] = true
+			}
 		}
 		for _, m := range checked.FindAllStringSubmatch(src, -1) {
 			for _, f := range strings.Split(m[2], ",") {

@@ -129,3 +129,45 @@ func TestClaimWaitsForAReplica(t *testing.T) {
 		t.Fatalf("read-only probe with the replica stopped: %v, %v", err, r[0].Err)
 	}
 }
+
+// A Redis at its maxmemory (noeviction) refuses commands that may grow
+// memory until something has been written. Unlock frees as much as it adds,
+// and must keep returning locked messages then: its first write may not be
+// one that is refused. The pass runs under a token the fence already holds,
+// as every pass after a claim does.
+func TestUnlockAtMaxMemory(t *testing.T) {
+	srv := redisserver.StartConfigTB(t, redisserver.Config{})
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	prefix := fmt.Sprintf("t%d", prefixSeq.Add(1))
+	e := &env{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix,
+		c: NewClient(rdb, ClientOptions{Prefix: prefix, ConfigTTL: time.Millisecond}),
+		n: NewNative(rdb, prefix), in: NewInspector(rdb, prefix)}
+	e.create("oom", Config{})
+	s := Shard{"oom", 0}
+	if _, err := unlockPass(e.n, e.ctx, s, 1, 10); err != nil {
+		t.Fatal(err) // raises the fence to 1 while memory allows
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		e.enqueue("oom", Message{ID: id, Delay: time.Millisecond, TTL: time.Hour})
+	}
+	if err := rdb.ConfigSet(e.ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.ConfigSet(context.Background(), "maxmemory", "0").Err() })
+	if _, err := e.c.Enqueue(e.ctx, "oom", Message{ID: "d"}); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("enqueue at maxmemory = %v; want Redis's OOM refusal", err)
+	}
+	moved := 0
+	poll.For(t, 5*time.Second, "the locked messages are back in ready", poll.Holds(func() bool {
+		r, err := unlockPass(e.n, e.ctx, s, 1, 10)
+		if err != nil {
+			t.Fatalf("unlock at maxmemory: %v", err)
+		}
+		moved += r.Moved
+		return moved == 3
+	}))
+	if n, _ := rdb.ZCard(e.ctx, e.keys(s).Ready).Result(); n != 3 {
+		t.Fatalf("ready holds %d, want 3", n)
+	}
+}

@@ -200,6 +200,33 @@ local function fence_raise()
   end
 end
 
+-- Up to batch members of zkey due by now_ms (score <= now_ms), earliest
+-- first, as {id1, score1, id2, score2, ...}, and the earliest score left
+-- once they are removed (-1: none), or nil when that is known only after
+-- they are removed (read it then with head_score). A pass usually finds
+-- one or two due: reading the set by rank, PEEK members past them, gives
+-- both answers in one call instead of a range read and a head read (each
+-- redis.call costs a few microseconds whatever it does).
+local PEEK = 4
+local function due_members(zkey, now_ms, batch)
+  local n = math.min(batch, PEEK)
+  local r = redis.call('ZRANGE', zkey, 0, n, 'WITHSCORES')
+  local due = {}
+  for i = 1, #r, 2 do
+    local score = tonumber(r[i + 1])
+    if score > now_ms or #due == 2 * batch then
+      return due, score
+    end
+    due[#due + 1] = r[i]
+    due[#due + 1] = r[i + 1]
+  end
+  if #r < 2 * (n + 1) then
+    return due, -1
+  end
+  -- More are due than were peeked at.
+  return redis.call('ZRANGEBYSCORE', zkey, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch), nil
+end
+
 local function head_score(zkey)
   local h = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
   if h[2] == nil then
@@ -294,6 +321,48 @@ local function score_of(v, def)
   return def
 end
 
+-- Move ids from the sorted set src to dst with the scores in zargs
+-- ({score1, id1, ...}): the first write of a pass. The ZADD goes first, so
+-- that a wrong-typed dst refuses the pass before anything is written with
+-- no TYPE call to ask first (src was read, so it is a sorted set). A Redis
+-- at its maxmemory (noeviction) refuses a ZADD until the script has
+-- written something, and then lets every write through so that no script
+-- stops half-way; a move frees what it adds, so then it removes first.
+-- Returns an error reply when nothing was written, else nil.
+local function move_members(src, ids, dst, zargs)
+  local r = redis.pcall('ZADD', dst, unpack(zargs, 1, math.min(CHUNK, #zargs)))
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, '^OOM') then
+      bulk('ZREM', src, ids)
+      bulk('ZADD', dst, zargs)
+      return nil
+    end
+    if string.find(r.err, '^WRONGTYPE') then
+      return redis.error_reply('KEEPER_WRONGTYPE ' .. dst .. ' is a ' .. redis.call('TYPE', dst)['ok'] .. ', want zset')
+    end
+    return r
+  end
+  for i = CHUNK + 1, #zargs, CHUNK do
+    redis.call('ZADD', dst, unpack(zargs, i, math.min(i + CHUNK - 1, #zargs)))
+  end
+  bulk('ZREM', src, ids)
+  return nil
+end
+
+-- A flag (a string key) that a write deletes, such as the clean flag: true
+-- when it is set, false when absent, or KEEPER_WRONGTYPE. Checked before
+-- the first write; an absent flag then costs no DEL.
+local function flag_set(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then
+    return false
+  end
+  if t ~= 'string' then
+    return nil, redis.error_reply('KEEPER_WRONGTYPE ' .. key .. ' is a ' .. t .. ', want string')
+  end
+  return true
+end
+
 -- HINCRBY fails on a field that is not an integer. Scripts check the
 -- counters they will raise before their first write, so that a hand-edited
 -- counter refuses the script instead of failing it half-way.
@@ -304,5 +373,25 @@ local function check_counters(stats, fields)
       return redis.error_reply('KEEPER_WRONGTYPE ' .. stats .. ' field ' .. fields[i] .. ' is ' .. vals[i] .. ', want an integer')
     end
   end
-  return nil
+  return nil, vals
+end
+
+-- Add deltas[i] to the counter fields[i] of stats, whose values check_counters
+-- read (vals): one HSET of the sums that Lua's numbers hold exactly (below
+-- 2^53), HINCRBY for any larger, instead of one HINCRBY per field.
+local function add_counters(stats, fields, vals, deltas)
+  local set = {}
+  for i, f in ipairs(fields) do
+    local old = tonumber(vals[i] or '0') or 0
+    local sum = old + deltas[i]
+    if math.abs(old) < 2 ^ 53 and math.abs(sum) < 2 ^ 53 then
+      set[#set + 1] = f
+      set[#set + 1] = string.format('%d', sum)
+    else
+      redis.call('HINCRBY', stats, f, string.format('%d', deltas[i]))
+    end
+  end
+  if #set > 0 then
+    redis.call('HSET', stats, unpack(set))
+  end
 end

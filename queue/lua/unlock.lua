@@ -17,7 +17,8 @@
 -- counters.go).
 -- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
 -- KEEPER_WRONGTYPE.
--- Every read and check comes before the first write.
+-- Every read and check comes before the first write, move_members's ZADD,
+-- which checks ready's type by itself.
 local function unlock_shard(k, a)
   use_head(k, a)
   local LOCKED, READY, PRIO = KEYS[k + 5], KEYS[k + 6], KEYS[k + 7]
@@ -28,7 +29,7 @@ local function unlock_shard(k, a)
   if err then return err end
   local now = now_us()
   local now_ms = math.floor(now / 1000)
-  local due = redis.call('ZRANGEBYSCORE', LOCKED, '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, batch)
+  local due, next_due = due_members(LOCKED, now_ms, batch)
   local out = {0, -1, now}
   local ids, zargs = {}, {}
   local buckets, lag_sum = {}, 0 -- stats field -> lags counted there
@@ -55,36 +56,33 @@ local function unlock_shard(k, a)
       lag_sum = lag_sum + math.min(lag, LAG_SUM_CAP_US)
     end
   end
-  local counters = {'unlocked', 'lag_sum_us'}
-  for field in pairs(buckets) do
-    counters[#counters + 1] = field
+  local counters, deltas = {'unlocked', 'lag_sum_us'}, {#ids, lag_sum}
+  for field, n in pairs(buckets) do
+    counters[#counters + 1], deltas[#deltas + 1] = field, n
   end
   -- The keys read above (locked, prio) failed by themselves if wrong-typed,
   -- before any write; the counters (read by check_counters, which fails the
-  -- same way) and the keys written unread are checked only when there is
-  -- something to write.
+  -- same way), the clean flag, and ready (by move_members, whose ZADD comes
+  -- first) are checked only when there is something to write.
   if #ids > 0 then
-    err = check_counters(STATS, counters)
+    local vals, dirty
+    err, vals = check_counters(STATS, counters)
     if err then return err end
-    err = check_types({READY, 'zset', CLEAN, 'string'})
+    dirty, err = flag_set(CLEAN)
     if err then return err end
-  end
-
-  fence_raise()
-  if #ids > 0 then
-    bulk('ZREM', LOCKED, ids)
-    bulk('ZADD', READY, zargs)
-    redis.call('HINCRBY', STATS, 'unlocked', #ids)
-    for field, n in pairs(buckets) do
-      redis.call('HINCRBY', STATS, field, n)
+    err = move_members(LOCKED, ids, READY, zargs)
+    if err then return err end
+    fence_raise()
+    add_counters(STATS, counters, vals, deltas)
+    if dirty then
+      redis.call('DEL', CLEAN)
     end
-    -- %d: Redis would pass a large Lua number as 1e+15, which HINCRBY refuses.
-    redis.call('HINCRBY', STATS, 'lag_sum_us', string.format('%d', lag_sum))
-    redis.call('DEL', CLEAN)
     out[1] = #ids
+  else
+    fence_raise()
   end
   record('unlock', 1, out[1])
-  out[2] = head_score(LOCKED)
+  out[2] = next_due or head_score(LOCKED)
   return out
 end
 
