@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strconv"
 	"testing"
 	"time"
 
@@ -467,4 +468,52 @@ func TestUnlockLagHistogram(t *testing.T) {
 	if after := e.snapshot(); !maps.Equal(before, after) {
 		t.Fatal("a refused unlock changed keys")
 	}
+}
+
+// Unlock raises its counters with one HSET of sums computed in Lua, whose
+// numbers are doubles: a counter at or past 2^53, up to the 18 digits
+// check_counters accepts, must still rise exactly (HINCRBY does that).
+func TestUnlockCountersExactPast2To53(t *testing.T) {
+	e := newEnv(t)
+	e.create("big", Config{})
+	s := Shard{"big", 0}
+	stats := e.keys(s).Stats
+	for _, c := range []struct{ unlocked, lagSum string }{
+		{"9007199254740990", "9007199254740991"},     // 2^53 - 2 and - 1: the sums reach 2^53 and beyond
+		{"999999999999999990", "999999999999999999"}, // the largest check_counters accepts
+		{"-99999999999999999", "0"},                  // and the most negative (18 characters)
+		{"41", "7"},
+	} {
+		if err := e.rdb.HSet(e.ctx, stats, "unlocked", c.unlocked, lagSumField, c.lagSum).Err(); err != nil {
+			t.Fatal(err)
+		}
+		now := e.redisNowMs()
+		e.seedLocked(s, "m"+c.unlocked, 2, now-1)
+		r, err := unlockPass(e.n, e.ctx, s, 1, 100)
+		if err != nil || r.Moved != 2 {
+			t.Fatalf("unlock: moved %d, %v", r.Moved, err)
+		}
+		var lagSum int64
+		for _, l := range r.Lags {
+			lagSum += l.Microseconds()
+		}
+		got, err := e.rdb.HMGet(e.ctx, stats, "unlocked", lagSumField).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := addDecimal(t, c.unlocked, 2); got[0] != want {
+			t.Errorf("unlocked %s + 2 = %v, want %s", c.unlocked, got[0], want)
+		}
+		if want := addDecimal(t, c.lagSum, lagSum); got[1] != want {
+			t.Errorf("lag sum %s + %d = %v, want %s", c.lagSum, lagSum, got[1], want)
+		}
+	}
+}
+
+func addDecimal(t *testing.T, v string, d int64) string {
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strconv.FormatInt(n+d, 10)
 }
