@@ -133,8 +133,9 @@ func TestClaimWaitsForAReplica(t *testing.T) {
 // A Redis at its maxmemory (noeviction) refuses commands that may grow
 // memory until something has been written. Unlock frees as much as it adds,
 // and must keep returning locked messages then: its first write may not be
-// one that is refused. The pass runs under a token the fence already holds,
-// as every pass after a claim does.
+// one that is refused. And a wrong-typed ready must still refuse the pass
+// whole: removing from locked first would lose the messages. Each pass runs
+// under a token the fence already holds, as every pass after a claim does.
 func TestUnlockAtMaxMemory(t *testing.T) {
 	srv := redisserver.StartConfigTB(t, redisserver.Config{})
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
@@ -143,13 +144,18 @@ func TestUnlockAtMaxMemory(t *testing.T) {
 	e := &env{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix,
 		c: NewClient(rdb, ClientOptions{Prefix: prefix, ConfigTTL: time.Millisecond}),
 		n: NewNative(rdb, prefix), in: NewInspector(rdb, prefix)}
-	e.create("oom", Config{})
-	s := Shard{"oom", 0}
-	if _, err := unlockPass(e.n, e.ctx, s, 1, 10); err != nil {
-		t.Fatal(err) // raises the fence to 1 while memory allows
+	ok, wrong := Shard{"oom", 0}, Shard{"oomwt", 0}
+	for _, s := range []Shard{ok, wrong} {
+		e.create(s.Queue, Config{})
+		if _, err := unlockPass(e.n, e.ctx, s, 1, 10); err != nil {
+			t.Fatal(err) // raises the fence to 1 while memory allows
+		}
+		for _, id := range []string{"a", "b", "c"} {
+			e.enqueue(s.Queue, Message{ID: id, Delay: time.Millisecond, TTL: time.Hour})
+		}
 	}
-	for _, id := range []string{"a", "b", "c"} {
-		e.enqueue("oom", Message{ID: id, Delay: time.Millisecond, TTL: time.Hour})
+	if err := rdb.RPush(e.ctx, e.keys(wrong).Ready, "not a zset").Err(); err != nil {
+		t.Fatal(err)
 	}
 	if err := rdb.ConfigSet(e.ctx, "maxmemory", "1").Err(); err != nil {
 		t.Fatal(err)
@@ -160,14 +166,22 @@ func TestUnlockAtMaxMemory(t *testing.T) {
 	}
 	moved := 0
 	poll.For(t, 5*time.Second, "the locked messages are back in ready", poll.Holds(func() bool {
-		r, err := unlockPass(e.n, e.ctx, s, 1, 10)
+		r, err := unlockPass(e.n, e.ctx, ok, 1, 10)
 		if err != nil {
 			t.Fatalf("unlock at maxmemory: %v", err)
 		}
 		moved += r.Moved
 		return moved == 3
 	}))
-	if n, _ := rdb.ZCard(e.ctx, e.keys(s).Ready).Result(); n != 3 {
+	if n, _ := rdb.ZCard(e.ctx, e.keys(ok).Ready).Result(); n != 3 {
 		t.Fatalf("ready holds %d, want 3", n)
 	}
+	if n, _ := rdb.ZCard(e.ctx, e.keys(wrong).Locked).Result(); n != 3 {
+		t.Fatalf("locked of %s holds %d before its pass, want 3", wrong, n)
+	}
+	before := e.snapshot()
+	if r, err := unlockPass(e.n, e.ctx, wrong, 1, 10); !errors.Is(err, ErrWrongType) {
+		t.Fatalf("unlock at maxmemory with ready a list = %+v, %v; want ErrWrongType", r, err)
+	}
+	e.sameAs(before)
 }

@@ -327,18 +327,21 @@ end
 -- no TYPE call to ask first (src was read, so it is a sorted set). A Redis
 -- at its maxmemory (noeviction) refuses a ZADD until the script has
 -- written something, and then lets every write through so that no script
--- stops half-way; a move frees what it adds, so then it removes first.
--- Returns an error reply when nothing was written, else nil.
+-- stops half-way; a move frees what it adds, so then it removes first,
+-- once dst's type is asked (Redis refuses for memory before it looks at
+-- the key). Returns an error reply when nothing was written, else nil.
 local function move_members(src, ids, dst, zargs)
   local r = redis.pcall('ZADD', dst, unpack(zargs, 1, math.min(CHUNK, #zargs)))
   if type(r) == 'table' and r.err then
     if string.find(r.err, '^OOM') then
+      local err = check_types({dst, 'zset'})
+      if err then return err end
       bulk('ZREM', src, ids)
       bulk('ZADD', dst, zargs)
       return nil
     end
     if string.find(r.err, '^WRONGTYPE') then
-      return redis.error_reply('KEEPER_WRONGTYPE ' .. dst .. ' is a ' .. redis.call('TYPE', dst)['ok'] .. ', want zset')
+      return check_types({dst, 'zset'}) or r
     end
     return r
   end
