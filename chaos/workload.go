@@ -1,6 +1,6 @@
 // The chaos workload: producers, consumers that ack, nack with locks and let
 // leases lapse, bursts, and the probe messages that measure unlock lag. It
-// is one file (about 580 lines) because every part records into the same
+// is one file (about 620 lines) because every part records into the same
 // per-message ledger that the checker reads at the end.
 
 package chaos
