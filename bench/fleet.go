@@ -20,6 +20,7 @@ import (
 
 	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/proc"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -61,7 +62,7 @@ func (e scaleoutEnv) startKeeper(ctx context.Context, id string) (*fleetKeeper, 
 		return nil, err
 	}
 	k.cmd.Stdout, k.cmd.Stderr = logf, logf
-	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	k.cmd.SysProcAttr = proc.Attr()
 	if err := k.cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start keeper %s: %w", id, err)
@@ -95,13 +96,7 @@ func (e scaleoutEnv) startKeeper(ctx context.Context, id string) (*fleetKeeper, 
 // stop ends the process with SIGTERM (its graceful handoff), then SIGKILL
 // if it has not exited within a minute.
 func (k *fleetKeeper) stop() {
-	_ = k.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-k.done:
-	case <-time.After(time.Minute):
-		_ = k.cmd.Process.Kill()
-		<-k.done
-	}
+	_ = proc.Stop(k.cmd.Process, k.done, syscall.SIGTERM, time.Minute, "keeper "+k.id)
 }
 
 // keeperStatus is the part of /status the bench reads.

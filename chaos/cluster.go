@@ -29,6 +29,7 @@ import (
 	"github.com/keeperhq/keeper/internal/etcdserver"
 	"github.com/keeperhq/keeper/internal/faultproxy"
 	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/proc"
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -296,7 +297,7 @@ func (c *Cluster) startKeeper(ctx context.Context, id string, extraArgs []string
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group, and killed with us if the harness dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		k.closeProxies()
@@ -376,13 +377,7 @@ func (k *Keeper) Kill() error {
 	var err error
 	k.once.Do(func() {
 		k.stopped.Store(true)
-		_ = k.cmd.Process.Signal(syscall.SIGCONT) // a stopped process must run to die cleanly
-		_ = k.cmd.Process.Kill()
-		select {
-		case <-k.done:
-		case <-time.After(10 * time.Second):
-			err = fmt.Errorf("keeper %s (pid %d) did not die", k.ID, k.Pid())
-		}
+		err = proc.Stop(k.cmd.Process, k.done, syscall.SIGKILL, 0, "keeper "+k.ID)
 	})
 	return err
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/proc"
 	"go.etcd.io/etcd/api/v3/version"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -269,7 +270,7 @@ func (m *Member) spawn() error {
 	cmd := exec.Command(m.bin, m.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group, and killed with us if the harness dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start etcd %s: %w", m.Name, err)
@@ -346,20 +347,7 @@ func (m *Member) signal(sig syscall.Signal) error {
 	if cmd == nil {
 		return nil
 	}
-	_ = cmd.Process.Signal(syscall.SIGCONT)
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	_ = cmd.Process.Kill()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("etcd %s (pid %d) did not exit", m.Name, cmd.Process.Pid)
-	}
+	return proc.Stop(cmd.Process, done, sig, 10*time.Second, "etcd "+m.Name)
 }
 
 // Pause freezes the member with SIGSTOP; Resume continues it.

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/proc"
 )
 
 const (
@@ -215,7 +216,7 @@ func (c *Collector) launch(ctx context.Context, bin string, confs []string, expi
 	// Own process group, so a Ctrl-C of the test runner does not race the
 	// explicit stop; the parent-death signal keeps a crashed test binary from
 	// leaking the collector.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -304,24 +305,7 @@ func (c *Collector) kill() error {
 	if c.cmd == nil || c.cmd.Process == nil {
 		return nil
 	}
-	select {
-	case <-c.done:
-		return nil
-	default:
-	}
-	_ = c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-		return nil
-	case <-time.After(10 * time.Second):
-	}
-	_ = c.cmd.Process.Kill()
-	select {
-	case <-c.done:
-		return nil
-	case <-time.After(5 * time.Second):
-		return fmt.Errorf("otelcol pid %d did not exit after SIGKILL", c.cmd.Process.Pid)
-	}
+	return proc.Stop(c.cmd.Process, c.done, syscall.SIGTERM, 10*time.Second, "otelcol")
 }
 
 func (c *Collector) logTail(n int) string {

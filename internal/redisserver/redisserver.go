@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/loopback"
+	"github.com/keeperhq/keeper/internal/proc"
 )
 
 // Config describes the server to start. Zero values take the defaults below.
@@ -209,7 +210,7 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 func (s *Server) run(ctx context.Context, cmd *exec.Cmd, port int, timeout time.Duration, what, logName string) error {
 	// Own process group so a Ctrl-C of the test runner does not race our
 	// explicit stop, and so we can signal exactly this server.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", what, err)
 	}
@@ -300,19 +301,7 @@ func (s *Server) kill() error {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return nil
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(5 * time.Second):
-	}
-	_ = s.cmd.Process.Kill()
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(5 * time.Second):
-		return errors.New("redis-server did not exit after SIGKILL")
-	}
+	return proc.Stop(s.cmd.Process, s.done, syscall.SIGTERM, 5*time.Second, "redis-server")
 }
 
 // Kill sends SIGKILL, as a crash would: the server keeps only what its
@@ -322,13 +311,7 @@ func (s *Server) Kill() error {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return nil
 	}
-	_ = s.cmd.Process.Kill()
-	select {
-	case <-s.done:
-		return nil
-	case <-time.After(10 * time.Second):
-		return errors.New("redis-server did not exit after SIGKILL")
-	}
+	return proc.Stop(s.cmd.Process, s.done, syscall.SIGKILL, 0, "redis-server")
 }
 
 // Restart starts the server again on the same port and directory with the

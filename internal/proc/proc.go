@@ -1,0 +1,48 @@
+// Package proc ends the child processes that keeper's tests, benchmarks and
+// chaos harness start (redis-server, etcd, the collector, keeper itself):
+// each by its own pid, asked first, then killed, and never waited for
+// forever.
+package proc
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
+
+// killWait is how long Stop waits for a process to end after SIGKILL
+// before it reports the process as stuck (a test shortens it).
+var killWait = 10 * time.Second
+
+// Attr is what every child is started with: a process group of its own,
+// so that a Ctrl-C of the test runner does not race the explicit stop, and
+// SIGKILL when the process that started it dies, so that a crashed test
+// or benchmark leaks no child.
+func Attr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// Stop sends sig to p and waits up to grace for done to close (whoever
+// called p's Wait closes it), then kills p and waits up to 10 s more.
+// SIGCONT goes first, so that a process paused with SIGSTOP acts on sig.
+// With sig SIGKILL, grace does not matter. name says what p is in the
+// error of a process that outlived SIGKILL.
+func Stop(p *os.Process, done <-chan struct{}, sig syscall.Signal, grace time.Duration, name string) error {
+	_ = p.Signal(syscall.SIGCONT)
+	_ = p.Signal(sig)
+	if sig != syscall.SIGKILL {
+		select {
+		case <-done:
+			return nil
+		case <-time.After(grace):
+		}
+		_ = p.Kill()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-time.After(killWait):
+		return fmt.Errorf("%s (pid %d) did not exit after SIGKILL", name, p.Pid)
+	}
+}

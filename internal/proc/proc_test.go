@@ -1,0 +1,96 @@
+package proc
+
+import (
+	"bufio"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// start runs sleep, ignoring SIGTERM when told to, once it is ready for
+// signals, and closes done when it has been waited for.
+func start(t *testing.T, ignoreTerm bool) (*exec.Cmd, chan struct{}) {
+	t.Helper()
+	// An ignored signal stays ignored across exec: one process. It says
+	// "ready" once its dispositions are set.
+	script := "echo ready; exec sleep 60"
+	if ignoreTerm {
+		script = "trap '' TERM; echo ready; exec sleep 60"
+	}
+	cmd := exec.Command("sh", "-c", script)
+	cmd.SysProcAttr = Attr()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Read before Wait, which closes the pipe.
+	line, rerr := bufio.NewReader(out).ReadString('\n')
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	if rerr != nil || line != "ready\n" {
+		t.Fatalf("start: %q, %v", line, rerr)
+	}
+	return cmd, done
+}
+
+func exitSignal(cmd *exec.Cmd) syscall.Signal {
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() {
+		return 0
+	}
+	return ws.Signal()
+}
+
+// A process that acts on the signal ends by it, within the grace.
+func TestStopEndsByTheSignal(t *testing.T) {
+	cmd, done := start(t, false)
+	if err := Stop(cmd.Process, done, syscall.SIGTERM, time.Minute, "sleep"); err != nil {
+		t.Fatal(err)
+	}
+	if sig := exitSignal(cmd); sig != syscall.SIGTERM {
+		t.Fatalf("ended by %v, want SIGTERM", sig)
+	}
+}
+
+// A process that ignores it is killed once the grace is over.
+func TestStopKillsAfterTheGrace(t *testing.T) {
+	cmd, done := start(t, true)
+	if err := Stop(cmd.Process, done, syscall.SIGTERM, 100*time.Millisecond, "sleep"); err != nil {
+		t.Fatal(err)
+	}
+	if sig := exitSignal(cmd); sig != syscall.SIGKILL {
+		t.Fatalf("ended by %v, want SIGKILL", sig)
+	}
+}
+
+// A paused process is continued, so that it acts on the signal.
+func TestStopContinuesAPausedProcess(t *testing.T) {
+	cmd, done := start(t, false)
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	if err := Stop(cmd.Process, done, syscall.SIGTERM, time.Minute, "sleep"); err != nil {
+		t.Fatal(err)
+	}
+	if sig := exitSignal(cmd); sig != syscall.SIGTERM {
+		t.Fatalf("ended by %v, want SIGTERM", sig)
+	}
+}
+
+// A done that never closes (nobody waits for the process) is reported,
+// naming the process, instead of waited for forever.
+func TestStopReportsAProcessThatOutlivesSIGKILL(t *testing.T) {
+	defer func(w time.Duration) { killWait = w }(killWait)
+	killWait = 100 * time.Millisecond
+	cmd, _ := start(t, false)
+	err := Stop(cmd.Process, make(chan struct{}), syscall.SIGKILL, 0, "sleep")
+	if err == nil || !strings.Contains(err.Error(), "sleep (pid") {
+		t.Fatalf("Stop = %v, want an error naming the process", err)
+	}
+}
