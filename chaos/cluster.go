@@ -9,7 +9,6 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -464,21 +463,7 @@ func (k *Keeper) Status(ctx context.Context) (Status, error) {
 
 // LogTail is the last n lines of the keeper's log.
 func (k *Keeper) LogTail(n int) string {
-	f, err := os.Open(k.logPath)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
+	return strings.Join(proc.LogTail(k.logPath, n), "\n")
 }
 
 var (

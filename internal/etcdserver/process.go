@@ -414,12 +414,7 @@ func (m *Member) Status(ctx context.Context) (id, leader uint64, err error) {
 
 // LogTail is the last n lines of the member's log.
 func (m *Member) LogTail(n int) string {
-	b, _ := os.ReadFile(filepath.Join(m.dir, "etcd.log"))
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return strings.Join(proc.LogTail(filepath.Join(m.dir, "etcd.log"), n), "\n")
 }
 
 var (

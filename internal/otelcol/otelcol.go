@@ -309,11 +309,7 @@ func (c *Collector) kill() error {
 }
 
 func (c *Collector) logTail(n int) string {
-	lines := strings.Split(strings.TrimSpace(c.Log()), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
+	return strings.Join(proc.LogTail(c.logPath, n), " | ")
 }
 
 // Series is one sample of the Prometheus text exposition, named as PromQL

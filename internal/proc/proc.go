@@ -7,6 +7,7 @@ package proc
 import (
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -45,4 +46,18 @@ func Stop(p *os.Process, done <-chan struct{}, sig syscall.Signal, grace time.Du
 	case <-time.After(killWait):
 		return fmt.Errorf("%s (pid %d) did not exit after SIGKILL", name, p.Pid)
 	}
+}
+
+// LogTail is the last n lines of the log file at path (none when it cannot
+// be read), for the error of a child that failed to start or exited.
+func LogTail(path string, n int) []string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return lines
 }

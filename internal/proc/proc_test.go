@@ -2,7 +2,9 @@ package proc
 
 import (
 	"bufio"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -92,5 +94,20 @@ func TestStopReportsAProcessThatOutlivesSIGKILL(t *testing.T) {
 	err := Stop(cmd.Process, make(chan struct{}), syscall.SIGKILL, 0, "sleep")
 	if err == nil || !strings.Contains(err.Error(), "sleep (pid") {
 		t.Fatalf("Stop = %v, want an error naming the process", err)
+	}
+}
+
+func TestLogTail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	if err := os.WriteFile(path, []byte("a\nb\nc\n\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for n, want := range map[int]string{1: "c", 2: "b c", 3: "a b c", 10: "a b c"} {
+		if got := strings.Join(LogTail(path, n), " "); got != want {
+			t.Errorf("LogTail(%d) = %q, want %q", n, got, want)
+		}
+	}
+	if got := LogTail(filepath.Join(t.TempDir(), "none"), 3); got != nil {
+		t.Errorf("LogTail of no file = %q", got)
 	}
 }

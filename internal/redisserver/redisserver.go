@@ -227,8 +227,8 @@ func (s *Server) run(ctx context.Context, cmd *exec.Cmd, port int, timeout time.
 		}
 		select {
 		case <-s.done:
-			log, _ := os.ReadFile(filepath.Join(s.dir, logName))
-			return fmt.Errorf("%s on %s exited: %v: %s", what, s.Addr, s.waitErr, lastLines(string(log), 5))
+			tail := proc.LogTail(filepath.Join(s.dir, logName), 5)
+			return fmt.Errorf("%s on %s exited: %v: %s", what, s.Addr, s.waitErr, strings.Join(tail, " | "))
 		case <-ctx.Done():
 			_ = s.kill()
 			return ctx.Err()
@@ -351,14 +351,6 @@ func ping(addr string) error {
 		return fmt.Errorf("unexpected reply %q", buf[:n])
 	}
 	return nil
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
 }
 
 // TB is the part of testing.TB that StartTB needs; it keeps the testing
