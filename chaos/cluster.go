@@ -466,40 +466,28 @@ func (k *Keeper) LogTail(n int) string {
 	return strings.Join(proc.LogTail(k.logPath, n), "\n")
 }
 
-var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
-)
+var keeperBinary = proc.Binary{Env: "KEEPER_BIN", Build: buildKeeper}
 
 // KeeperBinary is $KEEPER_BIN, or a keeper built once per process from the
 // module this package belongs to.
-func KeeperBinary() (string, error) {
-	if p := os.Getenv("KEEPER_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("KEEPER_BIN: %w", err)
-		}
-		return p, nil
+func KeeperBinary() (string, error) { return keeperBinary.Path() }
+
+func buildKeeper() (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
 	}
-	buildOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "keeper-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		buildPath = filepath.Join(dir, "keeper")
-		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/keeper")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build keeper: %v: %s", err, out)
-		}
-	})
-	return buildPath, buildErr
+	dir, err := os.MkdirTemp("", "keeper-bin-")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "keeper")
+	cmd := exec.Command("go", "build", "-o", path, "./cmd/keeper")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build keeper: %v: %s", err, out)
+	}
+	return path, nil
 }
 
 func moduleRoot() (string, error) {

@@ -417,11 +417,7 @@ func (m *Member) LogTail(n int) string {
 	return strings.Join(proc.LogTail(filepath.Join(m.dir, "etcd.log"), n), "\n")
 }
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
+var binary = proc.Binary{Env: "ETCD_BIN", Build: buildBinary}
 
 // Binary is the etcd server executable for process clusters: $ETCD_BIN when
 // set (`make bin/etcd` builds it), else one built once from this module
@@ -429,16 +425,7 @@ var (
 // cache directory (named for the etcd version, which the client, embedded
 // server and this binary share), where later runs find it. Building needs the current
 // directory to be inside this module, as it is for its tests and for `make`.
-func Binary() (string, error) {
-	if p := os.Getenv("ETCD_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("ETCD_BIN: %w", err)
-		}
-		return p, nil
-	}
-	binOnce.Do(func() { binPath, binErr = buildBinary() })
-	return binPath, binErr
-}
+func Binary() (string, error) { return binary.Path() }
 
 func buildBinary() (string, error) {
 	cache, err := os.UserCacheDir()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -60,4 +61,29 @@ func LogTail(path string, n int) []string {
 		lines = lines[len(lines)-n:]
 	}
 	return lines
+}
+
+// Binary is an executable the tests and benchmarks run: the file named by
+// the environment variable Env when it is set (`make` sets it to what it
+// built once for the whole run), else what Build returns, built once per
+// process.
+type Binary struct {
+	Env   string
+	Build func() (string, error)
+
+	once sync.Once
+	path string
+	err  error
+}
+
+// Path is the executable's path, or why there is none.
+func (b *Binary) Path() (string, error) {
+	if p := os.Getenv(b.Env); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s: %w", b.Env, err)
+		}
+		return p, nil
+	}
+	b.once.Do(func() { b.path, b.err = b.Build() })
+	return b.path, b.err
 }

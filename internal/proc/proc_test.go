@@ -111,3 +111,34 @@ func TestLogTail(t *testing.T) {
 		t.Errorf("LogTail of no file = %q", got)
 	}
 }
+
+// The environment wins; without it, Build runs once however often Path is
+// asked.
+func TestBinary(t *testing.T) {
+	builds := 0
+	b := &Binary{Env: "KEEPER_PROC_TEST_BIN", Build: func() (string, error) {
+		builds++
+		return "/built", nil
+	}}
+	t.Setenv("KEEPER_PROC_TEST_BIN", "")
+	for range 3 {
+		if p, err := b.Path(); p != "/built" || err != nil {
+			t.Fatalf("Path = %q, %v", p, err)
+		}
+	}
+	if builds != 1 {
+		t.Fatalf("built %d times, want once", builds)
+	}
+	file := filepath.Join(t.TempDir(), "bin")
+	if err := os.WriteFile(file, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KEEPER_PROC_TEST_BIN", file)
+	if p, err := b.Path(); p != file || err != nil {
+		t.Fatalf("with the environment set: Path = %q, %v", p, err)
+	}
+	t.Setenv("KEEPER_PROC_TEST_BIN", file+".missing")
+	if _, err := b.Path(); err == nil || !strings.Contains(err.Error(), "KEEPER_PROC_TEST_BIN") {
+		t.Fatalf("a missing file: %v, want an error naming the variable", err)
+	}
+}
