@@ -42,7 +42,8 @@ type FailoverResult struct {
 // measures until every shard it owned has been written by a new owner
 // (the shard's fence in Redis rose above the dead owner's token): owned
 // again and housekept. Then it stops another with SIGTERM and measures the
-// same for a graceful handoff.
+// same for a graceful handoff. Each event is timed at the first write
+// heard (fenceWatch) to the last of those fences.
 func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	if o.Keepers < 2 {
 		o.Keepers = 3
@@ -100,29 +101,36 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		return FailoverResult{}, err
 	}
 	res := FailoverResult{Scenario: "failover", Keepers: o.Keepers, Shards: len(shards), TTLS: o.TTL.Seconds()}
+	w, err := watchFences(ctx, c.RDB, queue.NewInspector(c.RDB, ""))
+	if err != nil {
+		return res, err
+	}
+	defer w.Close()
 
-	start := time.Now()
+	start := w.start()
 	if err := victim.Kill(); err != nil {
 		return res, err
 	}
 	c.Remove(victim)
-	if err := waitFencesAbove(ctx, queue.NewInspector(c.RDB, ""), owned, 2*time.Minute); err != nil {
+	last, err := w.waitAbove(ctx, owned, 2*time.Minute)
+	if err != nil {
 		return res, fmt.Errorf("crash takeover: %w", err)
 	}
-	res.CrashShards, res.CrashTakeoverS = len(owned), round(time.Since(start).Seconds(), 3)
+	res.CrashShards, res.CrashTakeoverS = len(owned), round(last.Sub(start).Seconds(), 3)
 
 	victim, owned, err = settled(ctx, c, c.Keepers(), shards)
 	if err != nil {
 		return res, fmt.Errorf("after the crash: %w", err)
 	}
-	start = time.Now()
+	start = w.start()
 	done := make(chan error, 1)
 	go func() { done <- victim.Term(time.Minute) }()
-	if err := waitFencesAbove(ctx, queue.NewInspector(c.RDB, ""), owned, time.Minute); err != nil {
+	last, err = w.waitAbove(ctx, owned, time.Minute)
+	if err != nil {
 		return res, fmt.Errorf("graceful handoff: %w", err)
 	}
 	res.GracefulShards = len(owned)
-	res.GracefulHandoffMs = round(float64(time.Since(start))/float64(time.Millisecond), 1)
+	res.GracefulHandoffMs = round(float64(last.Sub(start))/float64(time.Millisecond), 1)
 	if err := <-done; err != nil {
 		return res, err
 	}

@@ -82,6 +82,10 @@ func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
 	return out
 }
 
+// FenceKey is the key of s's fence, for a tool that hears of its writes
+// (keyspace notifications) instead of reading it again and again.
+func (in *Inspector) FenceKey(s Shard) string { return keysFor(in.prefix, s).Fence }
+
 // Fences reads the fence (highest accepted ownership token) of each shard.
 func (in *Inspector) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
 	out := make([]int64, len(shards))
