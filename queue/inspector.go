@@ -84,13 +84,13 @@ func ParseHistory(msgs []redis.XMessage) []HistoryEntry {
 
 // FenceKey is the key of s's fence, for a tool that hears of its writes
 // (keyspace notifications) instead of reading it again and again.
-func (in *Inspector) FenceKey(s Shard) string { return keysFor(in.prefix, s).Fence }
+func (in *Inspector) FenceKey(s Shard) string { return shardFenceKey(in.prefix, s) }
 
 // Fences reads the fence (highest accepted ownership token) of each shard.
 func (in *Inspector) Fences(ctx context.Context, shards []Shard) ([]int64, error) {
 	out := make([]int64, len(shards))
 	err := readPerShard(ctx, in.rdb, shards, "fences",
-		func(p redis.Pipeliner, s Shard) *redis.StringCmd { return p.Get(ctx, keysFor(in.prefix, s).Fence) },
+		func(p redis.Pipeliner, s Shard) *redis.StringCmd { return p.Get(ctx, shardFenceKey(in.prefix, s)) },
 		func(i int, c *redis.StringCmd) { out[i], _ = strconv.ParseInt(c.Val(), 10, 64) })
 	return out, err
 }

@@ -54,6 +54,12 @@ func wakeChannel(prefix string, s Shard) string {
 	return prefix + ":{" + s.String() + "}:" + bareKeys.Wake
 }
 
+// shardFenceKey is keysFor(prefix, s).Fence without building the other keys:
+// a benchmark reads the fences of 50,000 shards at a time.
+func shardFenceKey(prefix string, s Shard) string {
+	return prefix + ":{" + s.String() + "}:" + bareKeys.Fence
+}
+
 // messages lists the keys a queue delete removes: all but control.
 func (k shardKeys) messages() []string {
 	return []string{k.Ready, k.Inflight, k.Locked, k.Dead, k.TTL, k.Body, k.Meta, k.Prio,

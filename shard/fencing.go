@@ -123,7 +123,7 @@ func (c *Coordinator) retryAhead() {
 		}
 		if c.st.dropped[sh] == a.token {
 			delete(c.st.dropped, sh)
-			delete(c.st.synced, UnitOf(sh, c.ring.Units))
+			c.st.synced[UnitOf(sh, c.ring.Units)] = 0
 		}
 		// The entry stays, without a retry time, so that a refusal of the
 		// same token again is logged quietly.
