@@ -96,16 +96,16 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		}
 		ks = append(ks, k)
 	}
-	victim, owned, err := settled(ctx, c, ks, shards)
+	w, err := watchFences(ctx, c.RDB, queue.NewInspector(c.RDB, ""))
+	if err != nil {
+		return FailoverResult{}, err
+	}
+	defer w.Close()
+	victim, owned, err := settled(ctx, c, w, ks, shards)
 	if err != nil {
 		return FailoverResult{}, err
 	}
 	res := FailoverResult{Scenario: "failover", Keepers: o.Keepers, Shards: len(shards), TTLS: o.TTL.Seconds()}
-	w, err := watchFences(ctx, c.RDB, queue.NewInspector(c.RDB, ""))
-	if err != nil {
-		return res, err
-	}
-	defer w.Close()
 
 	start := w.start()
 	if err := victim.Kill(); err != nil {
@@ -118,7 +118,7 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	}
 	res.CrashShards, res.CrashTakeoverS = len(owned), round(last.Sub(start).Seconds(), 3)
 
-	victim, owned, err = settled(ctx, c, c.Keepers(), shards)
+	victim, owned, err = settled(ctx, c, w, c.Keepers(), shards)
 	if err != nil {
 		return res, fmt.Errorf("after the crash: %w", err)
 	}
@@ -146,7 +146,7 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 // (crash takeovers of 13.8–26.8 s in runs of the same code). It returns the
 // keeper owning the most shards, and those shards' tokens: the one the
 // next event stops.
-func settled(ctx context.Context, c *chaos.Cluster, ks []*chaos.Keeper, shards []queue.Shard) (*chaos.Keeper, map[string]int64, error) {
+func settled(ctx context.Context, c *chaos.Cluster, w *fenceWatch, ks []*chaos.Keeper, shards []queue.Shard) (*chaos.Keeper, map[string]int64, error) {
 	if err := chaos.WaitSpread(ctx, ks, shards, time.Minute); err != nil {
 		return nil, nil, err
 	}
@@ -170,56 +170,9 @@ func settled(ctx context.Context, c *chaos.Cluster, ks []*chaos.Keeper, shards [
 	if busiest == nil {
 		return nil, nil, fmt.Errorf("no keeper owns anything")
 	}
-	if err := waitFencesAbove(ctx, queue.NewInspector(c.RDB, ""), below, 5*time.Minute); err != nil {
+	w.start()
+	if _, err := w.waitAbove(ctx, below, 5*time.Minute); err != nil {
 		return nil, nil, fmt.Errorf("owners' claims: %w", err)
 	}
 	return busiest, owned, nil
-}
-
-// waitFencesAbove polls until every shard's fence in Redis is above the
-// given token: a new owner has written there. It reads the fences of the
-// shards not taken yet, every 2ms, or as often as the last read took when
-// that was longer (at most 50ms): reading 50,000 fences back to back would
-// hold Redis, and the etcd this process embeds, from the takeover it times.
-func waitFencesAbove(ctx context.Context, n *queue.Inspector, tokens map[string]int64, limit time.Duration) error {
-	start := time.Now()
-	left := make(map[queue.Shard]int64, len(tokens))
-	for name, t := range tokens {
-		s, err := queue.ParseShard(name)
-		if err != nil {
-			return err
-		}
-		left[s] = t
-	}
-	for len(left) > 0 {
-		shards := make([]queue.Shard, 0, len(left))
-		for s := range left {
-			shards = append(shards, s)
-		}
-		read := time.Now()
-		fences, err := n.Fences(ctx, shards)
-		pause := min(max(2*time.Millisecond, time.Since(read)), 50*time.Millisecond)
-		// A failed read (a timeout while Redis is busy with the takeover
-		// being timed) is tried again until the limit.
-		for i, f := range fences {
-			if f > left[shards[i]] {
-				delete(left, shards[i])
-			}
-		}
-		if time.Since(start) > limit {
-			if err != nil {
-				return fmt.Errorf("%d shards not written by a new owner after %s: %w", len(left), limit, err)
-			}
-			return fmt.Errorf("%d shards not written by a new owner after %s", len(left), limit)
-		}
-		if len(left) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(pause):
-		}
-	}
-	return nil
 }

@@ -72,15 +72,13 @@ local function unlock_shard(k, a)
     if err then return err end
     err = move_members(LOCKED, ids, READY, zargs)
     if err then return err end
-    fence_raise()
     add_counters(STATS, counters, vals, deltas)
     if dirty then
       redis.call('DEL', CLEAN)
     end
     out[1] = #ids
-  else
-    fence_raise()
   end
+  fence_raise()
   record('unlock', 1, out[1])
   out[2] = next_due or head_score(LOCKED)
   return out
