@@ -295,7 +295,6 @@ func (c *Cluster) startKeeper(ctx context.Context, id string, extraArgs []string
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own process group, and killed with us if the harness dies.
 	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()

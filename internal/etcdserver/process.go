@@ -269,7 +269,6 @@ func (m *Member) spawn() error {
 	}
 	cmd := exec.Command(m.bin, m.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own process group, and killed with us if the harness dies.
 	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()

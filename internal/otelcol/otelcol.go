@@ -213,9 +213,6 @@ func (c *Collector) launch(ctx context.Context, bin string, confs []string, expi
 	cmd.Dir = c.dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	// Own process group, so a Ctrl-C of the test runner does not race the
-	// explicit stop; the parent-death signal keeps a crashed test binary from
-	// leaking the collector.
 	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", bin, err)

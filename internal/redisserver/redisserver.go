@@ -208,8 +208,6 @@ func (s *Server) launch(ctx context.Context, path string, port, tlsPort, busPort
 // run starts cmd (what, listening on port, logging to logName in its dir)
 // and waits until it answers PING, or kills it if it does not in time.
 func (s *Server) run(ctx context.Context, cmd *exec.Cmd, port int, timeout time.Duration, what, logName string) error {
-	// Own process group so a Ctrl-C of the test runner does not race our
-	// explicit stop, and so we can signal exactly this server.
 	cmd.SysProcAttr = proc.Attr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", what, err)
