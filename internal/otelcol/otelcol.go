@@ -4,7 +4,7 @@
 // Prometheus endpoint it exposes. End-to-end tests of keeper's metrics use it
 // so that what they check is what an operator's Prometheus would see.
 //
-// It is one file of about 650 lines: the collector's config, its process
+// It is one file of about 620 lines: the collector's config, its process
 // and the parser of its scrape are only ever used together.
 package otelcol
 
