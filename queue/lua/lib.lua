@@ -205,8 +205,9 @@ end
 -- once they are removed (-1: none), or nil when that is known only after
 -- they are removed (read it then with head_score). A pass usually finds
 -- one or two due: reading the set by rank, PEEK members past them, gives
--- both answers in one call instead of a range read and a head read (each
--- redis.call costs a few microseconds whatever it does).
+-- both answers in one call instead of a range read and a head read (a
+-- call's fixed cost, turning its arguments and reply into Lua values, is
+-- most of what a small read costs; see the README's Benchmarks).
 local PEEK = 4
 local function due_members(zkey, now_ms, batch)
   local n = math.min(batch, PEEK)
