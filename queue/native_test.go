@@ -724,8 +724,9 @@ func BenchmarkPasses(b *testing.B) {
 
 // The cost of unlock passes that each move one message (what thousands of
 // shards with a lock or two due each send), by how many shards one script
-// call takes: Redis's own time per pass (redis-us/pass, from INFO
-// commandstats) beside the wall time.
+// call takes, and of passes that each move 24 (what a few shards at 100,000
+// unlocks/s send): Redis's own time per pass (redis-us/pass, from INFO
+// commandstats) and per message moved beside the wall time.
 func BenchmarkUnlockDue(b *testing.B) {
 	rdb := redis.NewClient(&redis.Options{Addr: testAddrs[0]})
 	defer rdb.Close()
@@ -740,8 +741,9 @@ func BenchmarkUnlockDue(b *testing.B) {
 	}
 	in := NewInspector(rdb, prefix)
 	round := 0
-	for _, per := range []int{1, passShardsPerCall} {
-		b.Run(fmt.Sprintf("per_call=%d", per), func(b *testing.B) {
+	for _, c := range []struct{ per, msgs int }{{1, 1}, {passShardsPerCall, 1}, {passShardsPerCall, 24}} {
+		per, msgs := c.per, c.msgs
+		b.Run(fmt.Sprintf("per_call=%d/msgs=%d", per, msgs), func(b *testing.B) {
 			n := NewNative(rdb, prefix)
 			n.perCall = per
 			reqs := make([]PassRequest, shards)
@@ -761,7 +763,7 @@ func BenchmarkUnlockDue(b *testing.B) {
 					b.Fatal(err)
 				}
 				for p := range reqs {
-					if err := in.SeedLocked(ctx, reqs[p].Shard, fmt.Sprintf("r%d-", round), 0, 1, now.UnixMilli()-1, 0, []byte("x")); err != nil {
+					if err := in.SeedLocked(ctx, reqs[p].Shard, fmt.Sprintf("r%d-", round), 0, msgs, now.UnixMilli()-1, 0, []byte("x")); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -770,7 +772,7 @@ func BenchmarkUnlockDue(b *testing.B) {
 				}
 				b.StartTimer()
 				for _, o := range n.Passes(ctx, reqs) {
-					if o.Err != nil || o.Result.Moved != 1 {
+					if o.Err != nil || o.Result.Moved != msgs {
 						b.Fatalf("%+v", o)
 					}
 				}
@@ -780,6 +782,7 @@ func BenchmarkUnlockDue(b *testing.B) {
 			}
 			rounds := (b.N + shards - 1) / shards
 			b.ReportMetric(redisUs/float64(rounds*shards), "redis-us/pass")
+			b.ReportMetric(redisUs/float64(rounds*shards*msgs), "redis-us/msg")
 		})
 	}
 }

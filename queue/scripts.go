@@ -35,15 +35,24 @@ const (
 // the unlock-lag bucket bounds that Go defines.
 func luaPreamble() string {
 	bounds := make([]string, len(LagBoundsUs))
-	for i, b := range LagBoundsUs {
-		bounds[i] = strconv.FormatInt(b, 10)
+	// LAG_FIELDS[i] names the stats field of LAG_BOUNDS_US[i]'s bucket, and
+	// its last entry the bucket above every bound: named here, once, not
+	// by a concatenation per message moved.
+	fields := make([]string, len(LagBoundsUs)+1)
+	for i := range fields {
+		if i < len(bounds) {
+			bounds[i] = strconv.FormatInt(LagBoundsUs[i], 10)
+		}
+		fields[i] = strconv.Quote(lagField(i))
 	}
 	return fmt.Sprintf(`-- Set by scripts.go (luaPreamble): limits, wake codes and lag buckets defined in Go.
 local MAX_BATCH, MAX_PULL, MAX_SEED, CHUNK = %d, %d, %d, %d
 local WAKE_UNLOCK, WAKE_REQUEUE, WAKE_EXPIRE, WAKE_TRIM, WAKE_MEASURE = '%c', '%c', '%c', '%c', '%c'
 local LAG_BOUNDS_US, LAG_SUM_CAP_US = {%s}, %d
+local LAG_FIELDS = {%s}
 `, MaxBatch, MaxPull, maxSeed, luaChunk, wakeCodes[TaskUnlock], wakeCodes[TaskRequeue],
-		wakeCodes[TaskExpire], wakeCodes[TaskTrim], wakeCodes[TaskMeasure], strings.Join(bounds, ", "), LagSumCapUs)
+		wakeCodes[TaskExpire], wakeCodes[TaskTrim], wakeCodes[TaskMeasure], strings.Join(bounds, ", "), LagSumCapUs,
+		strings.Join(fields, ", "))
 }
 
 // script is one .lua file with the Go side of its contract: the keys it

@@ -9,9 +9,9 @@
 -- Returns, for each shard in order, its error or {moved, next_due_ms (-1 =
 -- none), now_us, lag_us_1, ..., lag_us_n} where lag = moved time - unlock
 -- time.
--- The histogram is kept in the stats hash: lag_le_<bound>us counts the lags
--- up to each of LAG_BOUNDS_US (and above the previous one), lag_le_inf
--- those above every bound, lag_sum_us their sum, each lag counted there up
+-- The histogram is kept in the stats hash: LAG_FIELDS[i] (lag_le_<bound>us)
+-- counts the lags up to LAG_BOUNDS_US[i] (and above the previous bound), its
+-- last field (lag_le_inf) those above every bound, lag_sum_us their sum, each lag counted there up
 -- to LAG_SUM_CAP_US (so that a pass at the largest batch adds less than
 -- 2^53 and the sum stays exact in Lua's numbers; see LagHistogram in
 -- counters.go).
@@ -29,6 +29,9 @@ local function unlock_shard(k, a)
   if err then return err end
   local now = now_us()
   local now_ms = math.floor(now / 1000)
+  -- A message without a priority is served from now: its score formatted
+  -- once, not by redis.call for each such message.
+  local now_score = string.format('%d', now_ms)
   local due, next_due = due_members(LOCKED, now_ms, batch)
   local out = {0, -1, now}
   local ids, zargs = {}, {}
@@ -39,16 +42,16 @@ local function unlock_shard(k, a)
   if #ids > 0 then
     local prios = hmget(PRIO, ids)
     for i, id in ipairs(ids) do
-      zargs[#zargs + 1] = score_of(prios[i], now_ms)
+      zargs[#zargs + 1] = score_of(prios[i], now_score)
       zargs[#zargs + 1] = id
       local lag = now - tonumber(due[2 * i]) * 1000
       out[#out + 1] = lag
       -- A hand-written fractional score must not make HINCRBY fail half-way.
       lag = math.max(0, math.floor(lag))
-      local field = 'lag_le_inf'
-      for _, b in ipairs(LAG_BOUNDS_US) do
+      local field = LAG_FIELDS[#LAG_FIELDS]
+      for j, b in ipairs(LAG_BOUNDS_US) do
         if lag <= b then
-          field = 'lag_le_' .. b .. 'us'
+          field = LAG_FIELDS[j]
           break
         end
       end
