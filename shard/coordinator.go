@@ -161,7 +161,8 @@ type Coordinator struct {
 
 // CoordinatorSignals are events tests wait for.
 type CoordinatorSignals struct {
-	Round testsignal.Signal[struct{}] // a reconcile round finished
+	Round     testsignal.Signal[struct{}] // a reconcile round finished
+	QuietTick testsignal.Signal[struct{}] // a quiet loop skipped a tick
 }
 
 // NewCoordinator returns a coordinator; Start registers it.

@@ -50,6 +50,12 @@ func (r *Refusals) take() []refusal {
 	return l
 }
 
+func (r *Refusals) pending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.list) > 0
+}
+
 func (r *Refusals) putBack(l []refusal) {
 	r.mu.Lock()
 	r.list = append(l, r.list...)
@@ -110,6 +116,21 @@ func (c *Coordinator) handleRefusals(ctx context.Context, s *session) {
 	if len(retry) > 0 {
 		c.refusals.putBack(retry)
 	}
+}
+
+// retryPending reports whether a fence report waits to be verified again
+// (etcd did not answer) or a dropped shard waits for its retry time: work
+// that only the loop's tick gets done.
+func (c *Coordinator) retryPending() bool {
+	if c.refusals.pending() {
+		return true
+	}
+	for _, a := range c.st.ahead {
+		if !a.retryAt.IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // retryAhead undrops the shards whose retry time has come, so the next sync

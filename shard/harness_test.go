@@ -240,6 +240,7 @@ func (h *harness) start(id string) *keeper {
 	cfg.Refusals = k.refusals
 	k.c = NewCoordinator(k.cli, cfg, k.rec)
 	k.c.TestSignals.Round.Init()
+	k.c.TestSignals.QuietTick.Init()
 	k.c.SetShards(h.catalog)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -20,6 +20,16 @@ const (
 	maxSettle = time.Second
 )
 
+// quietResync is how often a loop with nothing to do reconciles anyway. A
+// round compares every unit of the ring (98,304 by default) with etcd, and
+// once a second that was a tenth of an idle keeper's CPU in `bench
+// scaleout` at eight keepers, whatever its share of the shards. Every change
+// that can give the loop work kicks it (the mirrors' watches, the session,
+// the catalog, fence reports), so the ticks only retry what failed, and
+// retry a fenced shard when its time comes; a quiet loop skips them, but
+// still reconciles this often in case a change went unnoticed.
+const quietResync = 10 * time.Second
+
 // loopState is the reconcile loop's own state; only the loop goroutine
 // touches it.
 type loopState struct {
@@ -42,11 +52,16 @@ type loopState struct {
 	// maps, decide's lookups were 7 % of the machine's CPU during a
 	// handoff of 100,000 shards, BenchmarkDecide).
 	byUnit [][]queue.Shard
+	// quiet: the last round found nothing to do and left nothing to
+	// retry (see quietResync), at lastRound.
+	quiet     bool
+	lastRound time.Time
 }
 
 // loop reconciles whenever a watch, the catalog, the session or a fence
-// report changes something, and every TTL/3 (at least every 500ms) in case
-// etcd was unreachable.
+// report changes something, and every TTL/3 (at least every 500ms) while
+// something failed or waits for its retry time, as when etcd was
+// unreachable; a quiet loop every quietResync.
 func (c *Coordinator) loop(ctx context.Context) {
 	tick := time.NewTicker(max(c.cfg.SessionTTL/3, 500*time.Millisecond))
 	defer tick.Stop()
@@ -57,12 +72,17 @@ func (c *Coordinator) loop(ctx context.Context) {
 		case <-c.kickCh:
 		case <-c.refusals.notify:
 		case <-tick.C:
+			if c.st.quiet && time.Since(c.st.lastRound) < quietResync {
+				c.TestSignals.QuietTick.Signal(struct{}{})
+				continue
+			}
 		}
 		c.waitSettled(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		c.reconcile(ctx)
+		c.st.quiet = c.reconcile(ctx)
+		c.st.lastRound = time.Now()
 		c.TestSignals.Round.Signal(struct{}{})
 	}
 }
@@ -148,26 +168,32 @@ type plan struct {
 	lostTo              []ownerEntry
 }
 
+func (p plan) empty() bool {
+	return len(p.acquire)+len(p.release)+len(p.lost)+len(p.sync) == 0
+}
+
 // reconcile moves this keeper towards what the ring says: acquire units it
 // should own whose keys are free, release units the ring moved away, drop
 // units whose keys are gone, and keep each held unit's shards in line with
-// the catalog.
-func (c *Coordinator) reconcile(ctx context.Context) {
+// the catalog. It reports whether the round was quiet: it found nothing to
+// do and left nothing to retry.
+func (c *Coordinator) reconcile(ctx context.Context) (quiet bool) {
 	s, live := c.currentSession()
 	if s == nil {
-		return
+		return false
 	}
 	if s.epoch != c.st.epoch {
 		c.resetEpoch(s.epoch)
 	}
 	if !live {
-		return
+		return false
 	}
 	members, mrev, ok := c.memberSnapshot()
 	if !ok {
-		return
+		return false
 	}
-	if !slices.Contains(members, c.id) {
+	registered := slices.Contains(members, c.id)
+	if !registered {
 		if mrev >= s.registered {
 			c.member.reregister(ctx, s)
 		}
@@ -181,7 +207,7 @@ func (c *Coordinator) reconcile(ctx context.Context) {
 
 	p, ok := c.decide(s)
 	if !ok {
-		return
+		return false
 	}
 	c.syncUnits(s, p.sync)
 	for i, ut := range p.lost {
@@ -189,6 +215,7 @@ func (c *Coordinator) reconcile(ctx context.Context) {
 			"now", p.lostTo[i].member, "now_token", p.lostTo[i].create)
 	}
 	c.runRound(ctx, s, p)
+	return registered && p.empty() && len(c.st.releasing) == 0 && !c.retryPending()
 }
 
 // decide compares every unit's ownership key with the ring, under the
@@ -210,7 +237,10 @@ func (c *Coordinator) decide(s *session) (plan, bool) {
 		// Only units that hold shards are owned: etcd keys, handoffs and
 		// takeovers then scale with the shards a fleet has, never with
 		// the ring's unit count.
-		mine := ring.owner[u] == c.id && len(c.st.byUnit[u]) > 0
+		// Shards first: most units hold none when the fleet has fewer
+		// shards than the ring has units, and comparing the ids of
+		// all 98,304 was most of a round's time.
+		mine := len(c.st.byUnit[u]) > 0 && ring.owner[u] == c.id
 		t := c.st.held[u]
 		if t == 0 && e.create != 0 && e.lease == lease {
 			// Acquired under this session but the reply was lost.

@@ -58,6 +58,48 @@ func TestCatalogChangesWriteOnlyChangedUnits(t *testing.T) {
 	h.w.check()
 }
 
+// A settled keeper's loop skips its ticks, since every change that could
+// give it work kicks it: a catalog change is applied at once, and a round
+// still runs every quietResync in case a change went unnoticed.
+func TestQuietLoopSkipsTicks(t *testing.T) {
+	h := newHarness(t, 200)
+	a := h.start("a")
+	live := []*keeper{a}
+	poll.For(t, 20*time.Second, "settled", h.settled(live))
+	if _, err := a.c.TestSignals.QuietTick.Wait(20 * time.Second); err != nil {
+		t.Fatalf("settled loop never skipped a tick: %v", err)
+	}
+	a.c.TestSignals.Round.Drain()
+	for i := 0; i < 2; i++ {
+		if _, err := a.c.TestSignals.QuietTick.Wait(10 * time.Second); err != nil {
+			t.Fatalf("quiet tick %d: %v", i, err)
+		}
+	}
+	if n := len(a.c.TestSignals.Round.C()); n > 0 {
+		t.Fatalf("%d rounds ran between quiet ticks with nothing changed", n)
+	}
+
+	// A change kicks the loop: applied well before the next resync.
+	h.catalog = append(h.catalog, queue.Shard{Queue: "late", Partition: 0})
+	a.c.SetShards(h.catalog)
+	poll.For(t, quietResync/2, "new shard owned", h.settled(live))
+
+	// Nothing changes any more: once quiet again, the resync round comes
+	// anyway, and not before its time.
+	if _, err := a.c.TestSignals.QuietTick.Wait(10 * time.Second); err != nil {
+		t.Fatalf("quiet again: %v", err)
+	}
+	quietAt := time.Now()
+	a.c.TestSignals.Round.Drain()
+	if _, err := a.c.TestSignals.Round.Wait(quietResync + 5*time.Second); err != nil {
+		t.Fatalf("no resync round: %v", err)
+	}
+	if took := time.Since(quietAt); took < quietResync/2 {
+		t.Fatalf("a round %s after the loop was quiet, with nothing changed", took)
+	}
+	h.w.check()
+}
+
 // A release whose transaction did not report success may still have
 // deleted the key (the reply was lost). Until etcd shows the key gone, the
 // unit's shards must not be owned again under the old token, even if the
