@@ -190,7 +190,25 @@ type Instruments struct {
 	lastMu      sync.Mutex
 	lastSuccess map[string]float64
 
+	// passAttrs holds RecordPass's attribute set per task and outcome
+	// (passKey -> metric.MeasurementOption): a set built per call sorted
+	// and allocated for each of the thousands of passes a second, a fifth
+	// of RecordPass's CPU.
+	passAttrs sync.Map
+
 	regs []metric.Registration
+}
+
+type passKey struct{ task, outcome string }
+
+func (i *Instruments) passAttr(task, outcome string) metric.MeasurementOption {
+	k := passKey{task, outcome}
+	if o, ok := i.passAttrs.Load(k); ok {
+		return o.(metric.MeasurementOption)
+	}
+	o := metric.WithAttributeSet(attribute.NewSet(attribute.String(AttrTask, task), attribute.String(AttrOutcome, outcome)))
+	i.passAttrs.Store(k, o)
+	return o
 }
 
 // NewInstruments creates the instruments on m. What the keeper records
@@ -329,8 +347,7 @@ func (i *Instruments) RecordPass(ctx context.Context, task string, d time.Durati
 		outcome = "error"
 		i.errs.Add(ctx, 1, metric.WithAttributes(attribute.String(AttrKind, "pass"), attribute.String(AttrTask, task)))
 	}
-	i.passDuration.Record(ctx, max(d, 0).Seconds(),
-		metric.WithAttributes(attribute.String(AttrTask, task), attribute.String(AttrOutcome, outcome)))
+	i.passDuration.Record(ctx, max(d, 0).Seconds(), i.passAttr(task, outcome))
 }
 
 // RecordError counts an error of the given kind (e.g. "redis", "etcd").
