@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -171,6 +172,7 @@ type fleetOptions struct {
 	primaries int    // 0: one redis-server
 	events    string // deckard.keyspace_events
 	moves     bool   // start a third keeper and stop the first mid-run
+	faults    bool   // three keepers; kill one (SIGKILL), pause another past its session TTL
 	metrics   bool   // through a real collector
 }
 
@@ -180,11 +182,17 @@ type fleetOptions struct {
 // unless it was removed, removed ids are in none, no saved score is left
 // behind, each queue's accepted tokens never decreased (history), and no
 // key of keeper's matches a pattern Deckard scans. With moves, a keeper
-// joins and one leaves during the run; with metrics, the per-queue series
-// at a real collector agree with Redis, one series each.
+// joins and one leaves during the run; with faults, one crashes and one is
+// paused until etcd ends its session, and the survivors take their queues
+// over while the paused one's late passes are refused (its accepted tokens
+// would otherwise go down in the history); with metrics, the per-queue
+// series at a real collector agree with Redis, one series each.
 func TestDeckardFleetRandomized(t *testing.T) {
 	t.Run("keyspace events, moves, metrics", func(t *testing.T) {
 		runDeckardFleet(t, fleetOptions{events: "auto", moves: true, metrics: true})
+	})
+	t.Run("crash and pause", func(t *testing.T) {
+		runDeckardFleet(t, fleetOptions{events: "auto", faults: true})
 	})
 	t.Run("polling", func(t *testing.T) { runDeckardFleet(t, fleetOptions{events: "off"}) })
 	t.Run("cluster of three primaries", func(t *testing.T) {
@@ -213,9 +221,46 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 		return strings.Contains(string(b), mode), tail(ks[1].logPath, 5)
 	})
 	m := newDeckardModel(queues)
-	const run = 8 * time.Second
+	run := 8 * time.Second
+	if o.faults {
+		// The pause outlasts the session TTL (2 s) by a second.
+		run = 12 * time.Second
+		ks = append(ks, f.start("fk-2", args...))
+	}
 	ctx, cancel := context.WithTimeout(f.ctx, run)
 	defer cancel()
+	faultsDone := make(chan struct{})
+	if o.faults {
+		crashed, paused := ks[0], ks[1]
+		go func() {
+			defer close(faultsDone)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(run / 4):
+			}
+			if err := crashed.cmd.Process.Kill(); err != nil {
+				t.Errorf("kill fk-0: %v", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(run / 4):
+			}
+			if err := paused.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+				t.Errorf("pause fk-1: %v", err)
+				return
+			}
+			// Continued whatever happens, so that its cleanup can stop it.
+			defer func() { _ = paused.cmd.Process.Signal(syscall.SIGCONT) }()
+			select {
+			case <-f.ctx.Done():
+			case <-time.After(3 * time.Second):
+			}
+		}()
+	} else {
+		close(faultsDone)
+	}
 	if o.moves {
 		go func() {
 			select {
@@ -236,6 +281,13 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 	}
 	deckardWorkload(ctx, t, f, queues, 4, m)
 	t.Logf("workload: %v", m.ops)
+	<-faultsDone
+	if o.faults {
+		poll.For(t, 30*time.Second, "fk-1 learns it lost its session", func() (bool, string) {
+			b, _ := os.ReadFile(ks[1].logPath)
+			return strings.Contains(string(b), "session lost"), tail(ks[1].logPath, 5)
+		})
+	}
 
 	dk, err := queue.NewDeckard(f.rdb, "dk", queue.DeckardWakeConfig{})
 	if err != nil {
