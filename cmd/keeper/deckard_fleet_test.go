@@ -305,6 +305,7 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 		}
 		return true, ""
 	})
+	takenOver := 0 // queues that fk-0 and then another keeper wrote
 	for _, q := range queues {
 		keys := f.pod.Keys(q)
 		where := map[string][]string{}
@@ -343,8 +344,10 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 		}
 		var last int64
 		owners := map[string]bool{}
+		refused := 0
 		for _, e := range h {
 			if !e.Accepted {
+				refused++
 				continue
 			}
 			if e.Token < last {
@@ -353,7 +356,15 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 			last = e.Token
 			owners[e.Owner] = true
 		}
-		t.Logf("%s: %d ids added, %d removed; %d passes recorded, %d owners", q, len(m.added[q]), len(m.removed[q]), len(h), len(owners))
+		t.Logf("%s: %d ids added, %d removed; %d passes recorded (%d refused), %d owners", q, len(m.added[q]), len(m.removed[q]), len(h), refused, len(owners))
+		for o := range owners {
+			if strings.HasPrefix(o, "fk-0") && len(owners) > 1 {
+				takenOver++
+			}
+		}
+	}
+	if o.faults && takenOver == 0 {
+		t.Errorf("no queue of the crashed fk-0 passed to another keeper")
 	}
 	own, err := scanAll(f, dk.OwnKeysPattern())
 	if err != nil {
