@@ -191,9 +191,10 @@ type Instruments struct {
 	lastSuccess map[string]float64
 
 	// passAttrs holds RecordPass's attribute set per task and outcome
-	// (passKey -> metric.MeasurementOption): a set built per call sorted
-	// and allocated for each of the thousands of passes a second, a fifth
-	// of RecordPass's CPU.
+	// (passKey -> metric.MeasurementOption). A set built per call is
+	// sorted and allocated for each of thousands of passes a second:
+	// BenchmarkRecordPass took 705–1,167 ns and four allocations that
+	// way, 415–533 ns and one with the sets kept.
 	passAttrs sync.Map
 
 	regs []metric.Registration

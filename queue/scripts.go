@@ -35,14 +35,14 @@ const (
 // the unlock-lag bucket bounds that Go defines.
 func luaPreamble() string {
 	bounds := make([]string, len(LagBoundsUs))
+	for i, b := range LagBoundsUs {
+		bounds[i] = strconv.FormatInt(b, 10)
+	}
 	// LAG_FIELDS[i] names the stats field of LAG_BOUNDS_US[i]'s bucket, and
 	// its last entry the bucket above every bound: named here, once, not
 	// by a concatenation per message moved.
 	fields := make([]string, len(LagBoundsUs)+1)
 	for i := range fields {
-		if i < len(bounds) {
-			bounds[i] = strconv.FormatInt(LagBoundsUs[i], 10)
-		}
 		fields[i] = strconv.Quote(lagField(i))
 	}
 	return fmt.Sprintf(`-- Set by scripts.go (luaPreamble): limits, wake codes and lag buckets defined in Go.

@@ -10,11 +10,11 @@
 -- none), now_us, lag_us_1, ..., lag_us_n} where lag = moved time - unlock
 -- time.
 -- The histogram is kept in the stats hash: LAG_FIELDS[i] (lag_le_<bound>us)
--- counts the lags up to LAG_BOUNDS_US[i] (and above the previous bound), its
--- last field (lag_le_inf) those above every bound, lag_sum_us their sum, each lag counted there up
--- to LAG_SUM_CAP_US (so that a pass at the largest batch adds less than
--- 2^53 and the sum stays exact in Lua's numbers; see LagHistogram in
--- counters.go).
+-- counts the lags up to LAG_BOUNDS_US[i] (and above the previous bound),
+-- the last of LAG_FIELDS (lag_le_inf) those above every bound, lag_sum_us
+-- their sum, each lag counted there up to LAG_SUM_CAP_US (so that a pass at
+-- the largest batch adds less than 2^53 and the sum stays exact in Lua's
+-- numbers; see LagHistogram in counters.go).
 -- Errors: KEEPER_BADARG, KEEPER_DELETED, KEEPER_FENCED <fence> <owner>,
 -- KEEPER_WRONGTYPE.
 -- Every read and check comes before the first write, move_members's ZADD,
