@@ -16,6 +16,8 @@ import (
 	"github.com/keeperhq/keeper/internal/poll"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/queue/deckardtest"
+	"github.com/keeperhq/keeper/shard"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // deckardModel is what a randomized Deckard workload did: every id it
@@ -222,10 +224,16 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 	})
 	m := newDeckardModel(queues)
 	run := 8 * time.Second
+	var admin *clientv3.Client
 	if o.faults {
-		// The pause outlasts the session TTL (2 s) by a second.
+		// Long enough for a pause past the session TTL (2 s).
 		run = 12 * time.Second
 		ks = append(ks, f.start("fk-2", args...))
+		var err error
+		if admin, err = clientv3.New(clientv3.Config{Endpoints: f.es.Endpoints(), DialTimeout: 5 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = admin.Close() })
 	}
 	ctx, cancel := context.WithTimeout(f.ctx, run)
 	defer cancel()
@@ -253,9 +261,19 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 			}
 			// Continued whatever happens, so that its cleanup can stop it.
 			defer func() { _ = paused.cmd.Process.Signal(syscall.SIGCONT) }()
-			select {
-			case <-f.ctx.Done():
-			case <-time.After(3 * time.Second):
+			// Paused until etcd ended its session: its member key went
+			// with its lease.
+			member := shard.NewKeys(shard.PrefixDefault).Member("fk-1")
+			pctx, cancel := context.WithTimeout(f.ctx, 30*time.Second)
+			defer cancel()
+			if _, err := poll.Until(pctx, 50*time.Millisecond, func() (bool, string) {
+				r, err := admin.Get(pctx, member, clientv3.WithCountOnly())
+				if err != nil {
+					return false, err.Error()
+				}
+				return r.Count == 0, member + " still there"
+			}); err != nil {
+				t.Errorf("fk-1's session outlived its pause: %v", err)
 			}
 		}()
 	} else {
@@ -357,8 +375,8 @@ func runDeckardFleet(t *testing.T, o fleetOptions) {
 			owners[e.Owner] = true
 		}
 		t.Logf("%s: %d ids added, %d removed; %d passes recorded (%d refused), %d owners", q, len(m.added[q]), len(m.removed[q]), len(h), refused, len(owners))
-		for o := range owners {
-			if strings.HasPrefix(o, "fk-0") && len(owners) > 1 {
+		for owner := range owners {
+			if strings.HasPrefix(owner, "fk-0") && len(owners) > 1 {
 				takenOver++
 			}
 		}
