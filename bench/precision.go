@@ -36,6 +36,10 @@ type PrecisionResult struct {
 	LagP50   float64 `json:"lag_p50_ms"`
 	LagP99   float64 `json:"lag_p99_ms"`
 	LagMax   float64 `json:"lag_max_ms"`
+	// ShardsOverP99 counts the shards with a lag above LagP99: every shard
+	// when the keeper (or the machine) fell behind as a whole, a few when
+	// a few shards were left behind.
+	ShardsOverP99 int `json:"shards_over_p99"`
 	// SeedS is how long seeding took; the stream started Lead after it.
 	SeedS float64 `json:"seed_s"`
 	// Passes and RoundTrips are what the keeper sent, from its start to
@@ -124,7 +128,8 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	lags := rec.sorted()
 	return PrecisionResult{Scenario: "precision", Locked: total, Rate: o.Rate, Shards: o.Shards,
 		LagP50: pctMs(lags, 0.50), LagP99: pctMs(lags, 0.99), LagMax: pctMs(lags, 1),
-		SeedS: round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
+		ShardsOverP99: rec.shardsAbove(pct(lags, 0.99)),
+		SeedS:         round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
 		KeeperCPUS: round((cpu1 - cpu0).Seconds(), 2), RedisCPUS: round(redis1-redis0, 2)}, nil
 }
 
@@ -141,24 +146,48 @@ func (c *tripCounter) Passes(ctx context.Context, reqs []queue.PassRequest) []qu
 	return c.Layout.Passes(ctx, reqs)
 }
 
-// pctMs is the q-quantile of sorted lags, in ms.
-func pctMs(sorted []time.Duration, q float64) float64 {
+// pct is the q-quantile of sorted lags.
+func pct(sorted []time.Duration, q float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}
-	return round(float64(sorted[int(q*float64(len(sorted)-1))])/float64(time.Millisecond), 3)
+	return sorted[int(q*float64(len(sorted)-1))]
 }
 
-// lagRecorder keeps every unlock lag; the rest of tasks.Recorder is unused.
+// pctMs is pct in ms.
+func pctMs(sorted []time.Duration, q float64) float64 {
+	return round(float64(pct(sorted, q))/float64(time.Millisecond), 3)
+}
+
+// lagRecorder keeps every unlock lag, and each shard's largest; the rest of
+// tasks.Recorder is unused.
 type lagRecorder struct {
-	mu   sync.Mutex
-	lags []time.Duration
+	mu    sync.Mutex
+	lags  []time.Duration
+	worst map[string]time.Duration // shard -> its largest lag
 }
 
-func (r *lagRecorder) RecordUnlockLag(_ context.Context, _, _ string, lag time.Duration) {
+func (r *lagRecorder) RecordUnlockLag(_ context.Context, _, shard string, lag time.Duration) {
 	r.mu.Lock()
 	r.lags = append(r.lags, lag)
+	if r.worst == nil {
+		r.worst = map[string]time.Duration{}
+	}
+	r.worst[shard] = max(r.worst[shard], lag)
 	r.mu.Unlock()
+}
+
+// shardsAbove counts the shards with a lag above d.
+func (r *lagRecorder) shardsAbove(d time.Duration) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, w := range r.worst {
+		if w > d {
+			n++
+		}
+	}
+	return n
 }
 func (r *lagRecorder) RecordPass(context.Context, string, time.Duration, error) {}
 func (r *lagRecorder) RecordError(context.Context, string)                      {}

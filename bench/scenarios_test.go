@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -31,7 +32,37 @@ func TestPrecisionSmall(t *testing.T) {
 	if r.Locked != 20_000 || r.LagMax < r.LagP99 || r.LagP99 < r.LagP50 || r.LagP50 < 0 {
 		t.Fatalf("inconsistent percentiles: %+v", r)
 	}
+	// A lag above p99 exists unless the largest is p99 itself.
+	if r.ShardsOverP99 > r.Shards || (r.LagMax > r.LagP99) != (r.ShardsOverP99 > 0) {
+		t.Fatalf("%d of %d shards over p99: %+v", r.ShardsOverP99, r.Shards, r)
+	}
 	t.Logf("%+v", r)
+}
+
+// shardsAbove tells a tail that is the whole keeper's (every shard has a
+// lag above the bound) from one of a few shards.
+func TestShardsAbove(t *testing.T) {
+	var r lagRecorder
+	ctx := context.Background()
+	for i := 0; i < 100; i++ {
+		for s := 0; s < 10; s++ {
+			lag := time.Millisecond
+			if s < 2 && i == 50 {
+				lag = time.Minute // two shards left behind once
+			}
+			r.RecordUnlockLag(ctx, "q", fmt.Sprintf("q#%d", s), lag)
+		}
+	}
+	lags := r.sorted()
+	if p99 := pct(lags, 0.99); p99 != time.Millisecond {
+		t.Fatalf("p99 %s", p99)
+	}
+	if n := r.shardsAbove(pct(lags, 0.99)); n != 2 {
+		t.Fatalf("%d shards above p99, want 2", n)
+	}
+	if n := r.shardsAbove(0); n != 10 {
+		t.Fatalf("%d shards above 0, want 10", n)
+	}
 }
 
 func TestIdleSmall(t *testing.T) {
