@@ -1,7 +1,8 @@
 // Package otel owns keeper's metrics: the meter provider that exports them
-// over OTLP (and, optionally, serves them for a Prometheus scrape), the
-// instruments of the keeper itself (instruments.go), and the series of the
-// fleet, per shard and global (fleet.go).
+// over OTLP (exporter.go) and, optionally, serves them for a Prometheus
+// scrape, the resources that identify them (resource.go), the instruments
+// of the keeper itself (instruments.go), and the series of the fleet, per
+// shard and global (fleet.go).
 //
 // Two kinds of series leave keeper, under two resources:
 //
@@ -46,26 +47,19 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/keeperhq/keeper/internal/memberid"
 	"github.com/keeperhq/keeper/internal/service"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/sdk/instrumentation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"go.opentelemetry.io/otel/sdk/resource"
 )
 
 const (
@@ -84,16 +78,6 @@ const (
 	// warnings per keeper.
 	exportErrorLogEvery = time.Minute
 )
-
-// FleetResourceKeys are the resource attributes the fleet series keep from
-// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES: the ones that name the
-// fleet (which service, namespace, environment, cluster), the same on every
-// keeper of it. Any other attribute could differ between two keepers, split
-// a shard's series in two when it moves, and stays on the keeper's own
-// series only. Two fleets exporting to one collector must differ in one of
-// these (service.namespace, typically), or their queues' series collide.
-var FleetResourceKeys = []attribute.Key{"service.name", "service.namespace",
-	"deployment.environment.name", "deployment.environment", "k8s.cluster.name", "k8s.namespace.name"}
 
 // Config describes the provider. Zero values take the documented defaults.
 type Config struct {
@@ -382,168 +366,4 @@ func (p *Provider) servePrometheus(addr string, reg *prometheus.Registry) error 
 		}
 	}()
 	return nil
-}
-
-// newResource puts the member id last so that nothing from the environment
-// can make two keepers share service.instance.id (invariant 5), while
-// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES still override the default
-// service name and add attributes such as the pod or node.
-func newResource(ctx context.Context, serviceName, memberID string) (*resource.Resource, error) {
-	if serviceName == "" {
-		serviceName = ServiceNameDefault
-	}
-	res, err := resource.New(ctx,
-		resource.WithTelemetrySDK(),
-		resource.WithAttributes(attribute.String("service.name", serviceName)),
-		resource.WithFromEnv(),
-		resource.WithAttributes(attribute.String("service.instance.id", memberID)),
-	)
-	if err != nil {
-		// A malformed OTEL_RESOURCE_ATTRIBUTES yields a partial resource and
-		// an error; refusing to start is the operator-visible choice.
-		return nil, fmt.Errorf("metrics resource: %w", err)
-	}
-	return res, nil
-}
-
-// fleetResource is the resource of the fleet series: the service name
-// (default, then OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES as for the
-// keeper's own series) and the other FleetResourceKeys the environment
-// sets; nothing that could tell two keepers apart.
-func fleetResource(ctx context.Context, serviceName string) (*resource.Resource, error) {
-	if serviceName == "" {
-		serviceName = ServiceNameDefault
-	}
-	env, err := resource.New(ctx, resource.WithFromEnv())
-	if err != nil {
-		return nil, fmt.Errorf("metrics resource: %w", err)
-	}
-	attrs := []attribute.KeyValue{attribute.String("service.name", serviceName)}
-	for _, k := range FleetResourceKeys {
-		if v, ok := env.Set().Value(k); ok {
-			attrs = append(attrs, attribute.KeyValue{Key: k, Value: v})
-		}
-	}
-	// NewSchemaless keeps the last of duplicate keys: the environment's
-	// service.name wins over the default.
-	return resource.NewSchemaless(attrs...), nil
-}
-
-func instanceIDFromEnv() string {
-	for _, kv := range strings.Split(os.Getenv("OTEL_RESOURCE_ATTRIBUTES"), ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if ok && strings.TrimSpace(k) == "service.instance.id" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
-
-// exportInterval applies Config, then OTEL_METRIC_EXPORT_INTERVAL, then the
-// default. The SDK would read the variable itself, but silently falls back to
-// its 60s default on a bad value; parsing it here makes a typo visible.
-func exportInterval(cfg time.Duration) (time.Duration, error) {
-	if cfg > 0 {
-		return cfg, nil
-	}
-	v := strings.TrimSpace(os.Getenv("OTEL_METRIC_EXPORT_INTERVAL"))
-	if v == "" {
-		return ExportIntervalDefault, nil
-	}
-	ms, err := strconv.Atoi(v)
-	if err != nil || ms <= 0 {
-		return ExportIntervalDefault, fmt.Errorf("OTEL_METRIC_EXPORT_INTERVAL=%q is not a positive number of milliseconds", v)
-	}
-	return time.Duration(ms) * time.Millisecond, nil
-}
-
-// exporterOptions returns the OTLP options and, for log messages, where the
-// exporter will send. Options override the environment inside otlpmetricgrpc,
-// so Config.Endpoint is only passed when the environment names no endpoint.
-func exporterOptions(endpoint string) ([]otlpmetricgrpc.Option, string) {
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
-		if v := strings.TrimSpace(os.Getenv(k)); v != "" {
-			return nil, v + " (" + k + ")"
-		}
-	}
-	switch {
-	case endpoint == "":
-		return nil, "localhost:4317 (default: no endpoint configured)"
-	case strings.Contains(endpoint, "://"):
-		return []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpointURL(endpoint)}, endpoint
-	default:
-		return []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(endpoint)}, endpoint
-	}
-}
-
-// loggingExporter keeps export failures away from the SDK's global error
-// handler, which would print every one of them, and logs them rate-limited
-// instead. A failed export loses one interval of cumulative data points,
-// which the next successful export makes up for.
-type loggingExporter struct {
-	sdkmetric.Exporter
-	errs    *rateLimitedLog
-	lastErr atomic.Pointer[error]
-	// resource, when set, replaces the provider's.
-	resource *resource.Resource
-}
-
-func (e *loggingExporter) Export(ctx context.Context, rm *metricdata.ResourceMetrics) error {
-	if e.resource != nil {
-		rm = &metricdata.ResourceMetrics{Resource: e.resource, ScopeMetrics: rm.ScopeMetrics}
-	}
-	if err := e.Exporter.Export(ctx, rm); err != nil {
-		e.lastErr.Store(&err)
-		e.errs.failed(err)
-		return nil
-	}
-	e.errs.succeeded()
-	return nil
-}
-
-// rateLimitedLog logs the first export failure at once, then at most one
-// summary per period while failures continue, and one line on recovery.
-type rateLimitedLog struct {
-	log    *slog.Logger
-	every  time.Duration
-	target string
-	now    func() time.Time
-
-	mu         sync.Mutex
-	failing    bool
-	lastLogged time.Time
-	suppressed int
-	failures   int
-}
-
-func newRateLimitedLog(log *slog.Logger, every time.Duration, target string) *rateLimitedLog {
-	return &rateLimitedLog{log: log, every: every, target: target, now: time.Now}
-}
-
-func (l *rateLimitedLog) failed(err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	l.failures++
-	if l.failing && now.Sub(l.lastLogged) < l.every {
-		l.suppressed++
-		return
-	}
-	l.log.Warn("metrics export failed", "endpoint", l.target, "err", err,
-		"failures", l.failures, "suppressed_since_last_log", l.suppressed)
-	l.failing = true
-	l.lastLogged = now
-	l.suppressed = 0
-}
-
-func (l *rateLimitedLog) succeeded() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.failing {
-		return
-	}
-	l.log.Info("metrics export recovered", "endpoint", l.target, "failed_exports", l.failures)
-	l.failing = false
-	l.failures = 0
-	l.suppressed = 0
 }

@@ -2,6 +2,7 @@ package otel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -125,4 +126,69 @@ func TestOTLPOnlyIfConfiguredExportsToTheEnvironment(t *testing.T) {
 		m := otelcol.Select(ss, name, nil)
 		return len(m) == 1 && m[0].Value == 5, fmt.Sprint(m)
 	})
+}
+
+func TestExportInterval(t *testing.T) {
+	clearOTelEnv(t)
+	if d, err := exportInterval(0); d != ExportIntervalDefault || err != nil {
+		t.Errorf("default: %v %v", d, err)
+	}
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "2500")
+	if d, err := exportInterval(0); d != 2500*time.Millisecond || err != nil {
+		t.Errorf("from env: %v %v", d, err)
+	}
+	if d, _ := exportInterval(time.Second); d != time.Second {
+		t.Errorf("config must win over env: %v", d)
+	}
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "10s")
+	if d, err := exportInterval(0); d != ExportIntervalDefault || err == nil {
+		t.Errorf("bad env: %v %v, want default and an error", d, err)
+	}
+}
+
+func TestEndpointFromEnvWins(t *testing.T) {
+	clearOTelEnv(t)
+	if opts, target := exporterOptions(""); len(opts) != 0 || !strings.Contains(target, "localhost:4317") {
+		t.Errorf("nothing configured: %d options, target %q", len(opts), target)
+	}
+	if opts, target := exporterOptions("http://127.0.0.1:1"); len(opts) != 1 || target != "http://127.0.0.1:1" {
+		t.Errorf("config endpoint: %d options, target %q", len(opts), target)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+	if opts, target := exporterOptions("http://127.0.0.1:1"); len(opts) != 0 || !strings.Contains(target, "collector:4317") {
+		t.Errorf("env endpoint must win: %d options, target %q", len(opts), target)
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://metrics:4317")
+	if _, target := exporterOptions(""); !strings.Contains(target, "metrics:4317") {
+		t.Errorf("signal-specific env must win: %q", target)
+	}
+}
+
+func TestRateLimitedLog(t *testing.T) {
+	var out logBuffer
+	l := newRateLimitedLog(slog.New(slog.NewTextHandler(&out, nil)), time.Minute, "x:1")
+	now := time.Unix(1000, 0)
+	l.now = func() time.Time { return now }
+	boom := errors.New("boom")
+	for i := 0; i < 5; i++ {
+		l.failed(boom)
+		now = now.Add(10 * time.Second)
+	}
+	if n := strings.Count(out.String(), "metrics export failed"); n != 1 {
+		t.Fatalf("%d failure lines within a minute, want 1:\n%s", n, out.String())
+	}
+	now = now.Add(time.Minute)
+	l.failed(boom)
+	if n := strings.Count(out.String(), "metrics export failed"); n != 2 || !strings.Contains(out.String(), "suppressed_since_last_log=4") {
+		t.Fatalf("want a second line with the suppressed count:\n%s", out.String())
+	}
+	l.succeeded()
+	l.succeeded()
+	if n := strings.Count(out.String(), "metrics export recovered"); n != 1 || !strings.Contains(out.String(), "failed_exports=6") {
+		t.Fatalf("want one recovery line:\n%s", out.String())
+	}
+	l.failed(boom)
+	if n := strings.Count(out.String(), "metrics export failed"); n != 3 {
+		t.Fatalf("a new outage must be logged at once:\n%s", out.String())
+	}
 }
