@@ -1,9 +1,17 @@
 // The run report: what each fault did and what the checkers found, as
-// `keeper chaos` prints it and as its --json object.
+// `keeper chaos` prints it and as its --json object, and how a run's
+// records and checks become it (summarize).
 
 package chaos
 
-import "github.com/keeperhq/keeper/queue"
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/keeperhq/keeper/queue"
+)
 
 // FaultRecord is one injected fault and how the fleet recovered.
 type FaultRecord struct {
@@ -105,4 +113,84 @@ type RunReport struct {
 
 	// The timeline, for the picture (not in the JSON).
 	Timeline Timeline `json:"-"`
+}
+
+// metricsCheck waits until the scrape agrees with Redis: the last
+// measurements and the aggregator's totals take an export or two.
+func (r *runner) metricsCheck(ctx context.Context) []string {
+	var problems []string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		problems = MetricProblems(ctx, r.c, r.col, r.allQueues, r.shards)
+		if len(problems) == 0 || time.Now().After(deadline) {
+			return problems
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func (r *runner) summarize() {
+	rep := &r.rep
+	lags := r.w.Lags()
+	rep.Timeline = Timeline{Samples: r.samp.all(), Lags: lags, Shards: len(r.shards)}
+	// Lag and stalls per fault: from its injection to the next one's.
+	for i := range rep.Faults {
+		end := rep.DurationS
+		if i+1 < len(rep.Faults) {
+			end = rep.Faults[i+1].At
+		}
+		rep.Faults[i].HostStallMs = float64(r.stalls.worst(rep.Faults[i].At, end).Milliseconds())
+		for _, l := range lags {
+			if l.At >= rep.Faults[i].At && l.At < end {
+				rep.Faults[i].LagMaxMs = max(rep.Faults[i].LagMaxMs, l.LagMs)
+			}
+		}
+	}
+	settles := map[string][]float64{}
+	for _, f := range rep.Faults {
+		settles[f.Kind] = append(settles[f.Kind], f.SettleS)
+		ks := rep.ByKind[f.Kind]
+		ks.Count++
+		ks.LagMaxMs = max(ks.LagMaxMs, f.LagMaxMs)
+		rep.ByKind[f.Kind] = ks
+	}
+	for kind, ss := range settles {
+		sort.Float64s(ss)
+		ks := rep.ByKind[kind]
+		ks.SettleP50, ks.SettleMax = ss[(len(ss)-1)/2], ss[len(ss)-1]
+		rep.ByKind[kind] = ks
+	}
+	rep.FaultKinds = len(rep.ByKind)
+
+	m, fe := rep.Messages, rep.Fencing
+	add := func(name string, ok bool, detail string, problems []string) {
+		rep.Invariants = append(rep.Invariants, Invariant{Name: name, OK: ok, Detail: detail})
+		for _, p := range problems {
+			r.problems = append(r.problems, name+": "+p)
+		}
+	}
+	add("one owner per shard within TTL+1s after each fault", rep.OneOwner,
+		fmt.Sprintf("%d faults, bound %.1fs", len(rep.Faults), rep.SettleMaxS), nil)
+	add("no message lost, none in two sets, counters balance", m.ProblemCnt == 0,
+		fmt.Sprintf("%d enqueued, %d acked, %d present (%d dead), %d expired, %d trimmed; %d enqueues and %d acks uncertain; %d problems",
+			m.Enqueued, m.Acked, m.Present, m.Dead, m.Expired, m.Trimmed, m.UncertainEnqueues, m.UncertainAcks, m.ProblemCnt), m.Problems)
+	add("no write accepted under a stale token", len(fe.Problems) == 0,
+		fmt.Sprintf("%d accepted and %d refused writes over %d shards; %d recorded passes lost with failed-over primaries; largest passes: unlock %d, requeue %d, expire %d, trim %d",
+			fe.Accepted, fe.Refused, fe.Shards, fe.LostInFailover, fe.LargestPass["unlock"], fe.LargestPass["requeue"],
+			fe.LargestPass["expire"], fe.LargestPass["trim"]), fe.Problems)
+	add("a keeper stops writing before its successor starts (unless frozen)", len(fe.Late) == 0,
+		fmt.Sprintf("%d late tries", len(fe.Late)), fe.Late)
+	add("deliveries never exceed max_deliveries + 1", m.MaxDeliveriesOver <= 1,
+		fmt.Sprintf("most seen over max_deliveries: %d", m.MaxDeliveriesOver), nil)
+	add("no unexpected client error", rep.Workload.ErrorCount == 0,
+		fmt.Sprintf("%d unexpected, %d while Redis was unreachable", rep.Workload.ErrorCount, rep.Workload.TransientErrors), rep.Workload.Errors)
+	if r.col != nil {
+		add("one series per per-shard and global key, sums equal Redis", len(rep.Metrics) == 0, fmt.Sprintf("%d problems", len(rep.Metrics)), rep.Metrics)
+	}
+	// Problems were added above; the count covers everything seen.
+	rep.Violations = len(r.problems) + max(0, m.ProblemCnt-len(m.Problems)) + max(0, rep.Workload.ErrorCount-len(rep.Workload.Errors))
+	rep.ViolationList = r.problems[:min(50, len(r.problems))]
+	if rep.Violations > 0 {
+		r.logf("seed %d: %d violations; replay with --seed %d", rep.Seed, rep.Violations, rep.Seed)
+	}
 }
