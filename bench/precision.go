@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/poll"
+	"github.com/keeperhq/keeper/internal/stall"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/tasks"
 )
@@ -40,6 +41,12 @@ type PrecisionResult struct {
 	// when the keeper (or the machine) fell behind as a whole, a few when
 	// a few shards were left behind.
 	ShardsOverP99 int `json:"shards_over_p99"`
+	// HostStallMaxMs is the longest time, from the keeper's start to the
+	// last unlock, that this process ran nothing (a 100 ms ticker fired
+	// that much late; 0 when never by more than 100 ms): a machine that
+	// stops every process for a while shows here, and a lag tail about as
+	// long as it is the machine's, not the keeper's.
+	HostStallMaxMs float64 `json:"host_stall_max_ms"`
 	// SeedS is how long seeding took; the stream started Lead after it.
 	SeedS float64 `json:"seed_s"`
 	// Passes and RoundTrips are what the keeper sent, from its start to
@@ -107,6 +114,9 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	if err != nil {
 		return PrecisionResult{}, err
 	}
+	stalls := stall.Start(ctx, stall.Config{})
+	defer stalls.Stop()
+	started := time.Now()
 	k := tasks.New(layout, kcfg)
 	if err := k.Start(ctx); err != nil {
 		return PrecisionResult{}, err
@@ -128,7 +138,8 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	lags := rec.sorted()
 	return PrecisionResult{Scenario: "precision", Locked: total, Rate: o.Rate, Shards: o.Shards,
 		LagP50: pctMs(lags, 0.50), LagP99: pctMs(lags, 0.99), LagMax: pctMs(lags, 1), ShardsOverP99: rec.shardsAbove(pct(lags, 0.99)),
-		SeedS: round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
+		HostStallMaxMs: float64(stalls.Worst(started, time.Now()).Milliseconds()),
+		SeedS:          round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
 		KeeperCPUS: round((cpu1 - cpu0).Seconds(), 2), RedisCPUS: round(redis1-redis0, 2)}, nil
 }
 

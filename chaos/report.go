@@ -139,7 +139,7 @@ func (r *runner) summarize() {
 		if i+1 < len(rep.Faults) {
 			end = rep.Faults[i+1].At
 		}
-		rep.Faults[i].HostStallMs = float64(r.stalls.worst(rep.Faults[i].At, end).Milliseconds())
+		rep.Faults[i].HostStallMs = float64(r.worstStall(rep.Faults[i].At, end).Milliseconds())
 		for _, l := range lags {
 			if l.At >= rep.Faults[i].At && l.At < end {
 				rep.Faults[i].LagMaxMs = max(rep.Faults[i].LagMaxMs, l.LagMs)

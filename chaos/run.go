@@ -11,6 +11,7 @@ import (
 
 	"github.com/keeperhq/keeper/internal/otelcol"
 	"github.com/keeperhq/keeper/internal/progress"
+	"github.com/keeperhq/keeper/internal/stall"
 	"github.com/keeperhq/keeper/queue"
 )
 
@@ -155,7 +156,7 @@ type runner struct {
 	hist      *History
 	samp      *sampler
 	members   *memberWatch
-	stalls    *stallMonitor
+	stalls    *stall.Monitor
 	w         *Workload
 	failovers []window
 	frozen    map[int64]bool // tokens of keepers that were frozen by SIGSTOP
@@ -174,7 +175,7 @@ func (r *runner) cleanup() {
 		r.members.stop()
 	}
 	if r.stalls != nil {
-		r.stalls.stop()
+		r.stalls.Stop()
 	}
 	if r.hist != nil {
 		r.hist.Stop()
@@ -188,6 +189,13 @@ func (r *runner) cleanup() {
 }
 
 func (r *runner) since() float64 { return time.Since(r.start).Seconds() }
+
+// worstStall is the machine's longest stall between two moments of the run
+// (seconds since it began), to read a fault's figures by.
+func (r *runner) worstStall(from, to float64) time.Duration {
+	at := func(s float64) time.Time { return r.start.Add(time.Duration(s * float64(time.Second))) }
+	return r.stalls.Worst(at(from), at(to))
+}
 
 func (r *runner) violation(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
@@ -296,7 +304,7 @@ func (r *runner) setup(ctx context.Context) error {
 	}
 	r.start = time.Now()
 	r.members = watchMembers(ctx, c.EC, c.cfg.EtcdPrefix)
-	r.stalls = monitorStalls(ctx, r.start)
+	r.stalls = stall.Start(ctx, stall.Config{})
 	r.hist = FollowHistory(ctx, c.RDB, r.shards, 500*time.Millisecond)
 	r.samp = startSampler(ctx, c, r.start, len(r.shards))
 	wc := WorkloadConfig{Queues: r.queues, ProbeQueue: "chaos-probe", Seed: rng.Uint64(),
@@ -413,7 +421,7 @@ func (r *runner) faults(ctx context.Context) error {
 		}
 		r.logf("%6.1fs %-20s %-8s held %5.2fs  one owner after %5.2fs from the %s%s  after healing %5.2fs  stall %s  %s",
 			f.At, f.Kind, f.Target, f.HeldS, f.SettleS, f.SettleFrom, late, f.HealSettleS,
-			r.stalls.worst(f.At, r.since()).Round(time.Millisecond), f.Detail)
+			r.worstStall(f.At, r.since()).Round(time.Millisecond), f.Detail)
 	}
 	return nil
 }
@@ -441,7 +449,7 @@ func (r *runner) finish(ctx context.Context) error {
 		r.violation("leases and locks not all returned two minutes after the workload stopped: %v", err)
 	}
 	r.samp.stop()
-	r.stalls.stop()
+	r.stalls.Stop()
 	r.hist.Stop()
 	if err := r.hist.Collect(ctx); err != nil {
 		return err

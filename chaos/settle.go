@@ -86,7 +86,7 @@ func (r *runner) settled(f *FaultRecord, o *observation, fromWhat string) {
 		r.rep.OneOwner = false
 		r.violation("%s %s at %.1fs: one owner per shard only after %.2fs from the %s (bound %s; etcd late by %.2fs, longest stall of this process so far %s)",
 			f.Kind, f.Target, f.At, took.Seconds(), fromWhat, bound.Round(time.Millisecond), f.EtcdLateS,
-			r.stalls.worst(f.At, r.since()).Round(time.Millisecond))
+			r.worstStall(f.At, r.since()).Round(time.Millisecond))
 	}
 }
 

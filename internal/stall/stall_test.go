@@ -1,0 +1,55 @@
+package stall
+
+import (
+	"context"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/keeperhq/keeper/internal/poll"
+)
+
+// Worst counts a stall in a window when any part of it falls inside.
+func TestWorstOverlaps(t *testing.T) {
+	m := &Monitor{cfg: Config{Every: EveryDefault, Min: MinDefault}}
+	t0 := time.Unix(1000, 0)
+	m.observe(t0.Add(10*time.Second), 2*time.Second) // from t0+8s to t0+10s
+	m.observe(t0.Add(20*time.Second), 50*time.Millisecond)
+	m.observe(t0.Add(30*time.Second), 500*time.Millisecond)
+	cases := []struct {
+		from, to time.Duration
+		want     time.Duration
+	}{
+		{0, 5 * time.Second, 0},
+		{0, 9 * time.Second, 2 * time.Second},
+		{9 * time.Second, 11 * time.Second, 2 * time.Second},
+		{10 * time.Second, 40 * time.Second, 500 * time.Millisecond},
+		{0, time.Minute, 2 * time.Second},
+	}
+	for _, c := range cases {
+		if got := m.Worst(t0.Add(c.from), t0.Add(c.to)); got != c.want {
+			t.Errorf("Worst(t0+%v, t0+%v) = %v, want %v", c.from, c.to, got, c.want)
+		}
+	}
+}
+
+// A process stopped by SIGSTOP runs nothing, as on a starved or paused
+// machine: a child shell stops this test process for 300 ms and continues
+// it, and the monitor must have recorded the gap. Stop is safe twice.
+func TestMonitorRecordsAStop(t *testing.T) {
+	m := Start(context.Background(), Config{Every: 10 * time.Millisecond, Min: 20 * time.Millisecond})
+	t.Cleanup(m.Stop)
+	start := time.Now()
+	if out, err := exec.Command("sh", "-c", "kill -STOP $PPID; sleep 0.3; kill -CONT $PPID").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := poll.Until(ctx, 10*time.Millisecond, poll.Holds(func() bool {
+		return m.Worst(start, time.Now().Add(time.Second)) >= 200*time.Millisecond
+	})); err != nil {
+		t.Fatalf("no stall of 200 ms recorded after a 300 ms SIGSTOP: worst %v", m.Worst(start, time.Now().Add(time.Second)))
+	}
+	m.Stop()
+	m.Stop()
+}
