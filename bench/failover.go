@@ -34,6 +34,15 @@ type FailoverResult struct {
 	CrashTakeoverS    float64 `json:"crash_takeover_s"`
 	GracefulShards    int     `json:"graceful_shards"`
 	GracefulHandoffMs float64 `json:"graceful_handoff_ms"`
+	// CrashStallMs and GracefulStallMs are the longest time this process
+	// ran nothing during each event (see PrecisionResult.HostStallMaxMs):
+	// an event as slow as a stall of the machine is the machine's.
+	CrashStallMs    float64 `json:"crash_host_stall_ms"`
+	GracefulStallMs float64 `json:"graceful_host_stall_ms"`
+	// CrashStealPct and GracefulStealPct are the share of the machine the
+	// hypervisor gave to other guests during each event (-1: unknown).
+	CrashStealPct    float64 `json:"crash_host_steal_pct"`
+	GracefulStealPct float64 `json:"graceful_host_steal_pct"`
 }
 
 // Failover runs keeper processes over shards that always have a lock due
@@ -106,8 +115,10 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		return FailoverResult{}, err
 	}
 	res := FailoverResult{Scenario: "failover", Keepers: o.Keepers, Shards: len(shards), TTLS: o.TTL.Seconds()}
+	host := watchHost(ctx)
+	defer host.stop()
 
-	start := w.start()
+	start, mark := w.start(), host.mark()
 	if err := victim.Kill(); err != nil {
 		return res, err
 	}
@@ -117,12 +128,13 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		return res, fmt.Errorf("crash takeover: %w", err)
 	}
 	res.CrashShards, res.CrashTakeoverS = len(owned), round(last.Sub(start).Seconds(), 3)
+	res.CrashStallMs, res.CrashStealPct = host.between(mark, host.mark())
 
 	victim, owned, err = settled(ctx, c, w, c.Keepers(), shards)
 	if err != nil {
 		return res, fmt.Errorf("after the crash: %w", err)
 	}
-	start = w.start()
+	start, mark = w.start(), host.mark()
 	done := make(chan error, 1)
 	go func() { done <- victim.Term(time.Minute) }()
 	last, err = w.waitAbove(ctx, owned, time.Minute)
@@ -131,6 +143,7 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	}
 	res.GracefulShards = len(owned)
 	res.GracefulHandoffMs = round(float64(last.Sub(start))/float64(time.Millisecond), 1)
+	res.GracefulStallMs, res.GracefulStealPct = host.between(mark, host.mark())
 	if err := <-done; err != nil {
 		return res, err
 	}

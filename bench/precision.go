@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/keeperhq/keeper/internal/poll"
-	"github.com/keeperhq/keeper/internal/stall"
 	"github.com/keeperhq/keeper/queue"
 	"github.com/keeperhq/keeper/tasks"
 )
@@ -47,6 +46,10 @@ type PrecisionResult struct {
 	// stops every process for a while shows here, and a lag tail about as
 	// long as it is the machine's, not the keeper's.
 	HostStallMaxMs float64 `json:"host_stall_max_ms"`
+	// HostStealPct is the share of the machine's processors the
+	// hypervisor gave to other guests over the same time (-1: unknown):
+	// a machine slowed evenly, which no stall shows.
+	HostStealPct float64 `json:"host_steal_pct"`
 	// SeedS is how long seeding took; the stream started Lead after it.
 	SeedS float64 `json:"seed_s"`
 	// Passes and RoundTrips are what the keeper sent, from its start to
@@ -114,9 +117,9 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	if err != nil {
 		return PrecisionResult{}, err
 	}
-	stalls := stall.Start(ctx, stall.Config{})
-	defer stalls.Stop()
-	started := time.Now()
+	host := watchHost(ctx)
+	defer host.stop()
+	started := host.mark()
 	k := tasks.New(layout, kcfg)
 	if err := k.Start(ctx); err != nil {
 		return PrecisionResult{}, err
@@ -135,11 +138,12 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	if err != nil {
 		return PrecisionResult{}, err
 	}
+	stallMs, stealPct := host.between(started, host.mark())
 	lags := rec.sorted()
 	return PrecisionResult{Scenario: "precision", Locked: total, Rate: o.Rate, Shards: o.Shards,
 		LagP50: pctMs(lags, 0.50), LagP99: pctMs(lags, 0.99), LagMax: pctMs(lags, 1), ShardsOverP99: rec.shardsAbove(pct(lags, 0.99)),
-		HostStallMaxMs: float64(stalls.Worst(started, time.Now()).Milliseconds()),
-		SeedS:          round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
+		HostStallMaxMs: stallMs, HostStealPct: stealPct,
+		SeedS: round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
 		KeeperCPUS: round((cpu1 - cpu0).Seconds(), 2), RedisCPUS: round(redis1-redis0, 2)}, nil
 }
 

@@ -71,6 +71,12 @@ type ScaleoutResult struct {
 	// interpolated within the bucket), in ms.
 	LagP50 float64 `json:"lag_p50_ms"`
 	LagP99 float64 `json:"lag_p99_ms"`
+	// HostStallMaxMs is the longest time the bench's process ran nothing
+	// in the window (see PrecisionResult.HostStallMaxMs).
+	HostStallMaxMs float64 `json:"host_stall_max_ms"`
+	// HostStealPct is the share of the machine the hypervisor gave to
+	// other guests in the window (-1: unknown).
+	HostStealPct float64 `json:"host_steal_pct"`
 }
 
 // Scaleout runs one fixed workload with each fleet size in turn: Shards
@@ -221,6 +227,9 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 	if err := waitCaughtUp(ctx, e.rdb, shards, caughtUpWithin, streamEnd.Add(-o.Window-time.Second)); err != nil {
 		return ScaleoutResult{}, err
 	}
+	host := watchHost(ctx)
+	defer host.stop()
+	mark := host.mark()
 	before, err := e.sample(ctx, fleet, names, true)
 	if err != nil {
 		return ScaleoutResult{}, err
@@ -234,7 +243,9 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 	if err != nil {
 		return ScaleoutResult{}, err
 	}
-	return summarize(o, n, before, after)
+	r, err := summarize(o, n, before, after)
+	r.HostStallMaxMs, r.HostStealPct = host.between(mark, host.mark())
+	return r, err
 }
 
 // seedLeases puts count messages in the queue's ready sets, as a producer

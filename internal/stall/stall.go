@@ -1,13 +1,21 @@
 // Package stall notices when this machine stops running its processes for a
 // while: a ticker in this process that fires late means every process on
-// the machine (keepers, etcd, Redis) may have been starved that long. The
-// chaos harness and the benchmarks report the worst stall beside their
-// figures, to read those figures by, never to excuse a violation: on a
-// shared machine a lag tail can be the machine's, not keeper's.
+// the machine (keepers, etcd, Redis) may have been starved that long. It
+// also reads the hypervisor's steal time (ReadSteal): the CPU time a virtual
+// machine's processors were ready to run and given to another guest, which
+// slows every process evenly, with no gap a ticker would see. The chaos
+// harness and the benchmarks report both beside their figures, to read
+// those figures by, never to excuse a violation: on a shared machine a lag
+// tail can be the machine's, not keeper's.
 package stall
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -103,4 +111,64 @@ func (m *Monitor) Worst(from, to time.Time) time.Duration {
 func (m *Monitor) Stop() {
 	m.cancel()
 	<-m.done
+}
+
+// userHZ is the unit of /proc/stat's times: Linux reports them to user
+// space in 1/100 s on every architecture Go runs keeper on.
+const userHZ = 100
+
+// StealReading is the machine's steal time at one moment.
+type StealReading struct {
+	At time.Time
+	// Steal is the CPU time the hypervisor gave to others while this
+	// machine's processors wanted to run, summed over CPUs processors.
+	Steal time.Duration
+	CPUs  int
+}
+
+// ReadSteal reads the steal time from /proc/stat, or says why it cannot
+// (not Linux, or a kernel without the field).
+func ReadSteal() (StealReading, error) {
+	r := StealReading{At: time.Now()}
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return r, fmt.Errorf("steal time: %w", err)
+	}
+	defer f.Close()
+	found := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		switch {
+		case len(fields) == 0 || !strings.HasPrefix(fields[0], "cpu"):
+		case fields[0] != "cpu":
+			r.CPUs++
+		case len(fields) < 9:
+			// cpu user nice system idle iowait irq softirq steal ...
+			return r, fmt.Errorf("steal time: /proc/stat's cpu line has no steal field: %q", sc.Text())
+		default:
+			ticks, err := strconv.ParseInt(fields[8], 10, 64)
+			if err != nil {
+				return r, fmt.Errorf("steal time: %w", err)
+			}
+			r.Steal, found = time.Duration(ticks)*time.Second/userHZ, true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return r, fmt.Errorf("steal time: %w", err)
+	}
+	if !found || r.CPUs == 0 {
+		return r, fmt.Errorf("steal time: no cpu lines in /proc/stat")
+	}
+	return r, nil
+}
+
+// StealPct is the share of the machine's CPU capacity the hypervisor took
+// from r to later, in percent; 0 if either reading failed (CPUs is 0).
+func (r StealReading) StealPct(later StealReading) float64 {
+	wall := later.At.Sub(r.At)
+	if wall <= 0 || r.CPUs == 0 || later.CPUs == 0 || later.Steal < r.Steal {
+		return 0
+	}
+	return 100 * float64(later.Steal-r.Steal) / float64(wall) / float64(later.CPUs)
 }

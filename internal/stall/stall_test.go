@@ -53,3 +53,30 @@ func TestMonitorRecordsAStop(t *testing.T) {
 	m.Stop()
 	m.Stop()
 }
+
+// ReadSteal reads the kernel's counter, which never runs backwards, and
+// StealPct is a share of the whole machine.
+func TestSteal(t *testing.T) {
+	a, err := ReadSteal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ReadSteal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Steal < a.Steal || a.CPUs < 1 {
+		t.Fatalf("steal went from %v back to %v over %d processors", a.Steal, b.Steal, a.CPUs)
+	}
+	t0 := time.Unix(1000, 0)
+	r0 := StealReading{At: t0, Steal: time.Second, CPUs: 2}
+	if got := r0.StealPct(StealReading{At: t0.Add(time.Second), Steal: 2 * time.Second, CPUs: 2}); got != 50 {
+		t.Errorf("one of two processors' second stolen: %v%%, want 50", got)
+	}
+	if got := r0.StealPct(StealReading{At: t0.Add(time.Second), Steal: 0, CPUs: 2}); got != 0 {
+		t.Errorf("a counter that ran backwards: %v%%, want 0", got)
+	}
+	if got := (StealReading{}).StealPct(b); got != 0 {
+		t.Errorf("after a failed reading: %v%%, want 0", got)
+	}
+}
