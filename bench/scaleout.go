@@ -77,6 +77,13 @@ type ScaleoutResult struct {
 	// HostStealPct is the share of the machine the hypervisor gave to
 	// other guests in the window (-1: unknown).
 	HostStealPct float64 `json:"host_steal_pct"`
+	// BehindAtStart counts the shards more than 200 ms behind their locks
+	// when the window began (0 unless the fleet had not caught up by the
+	// latest start the stream allows), BehindAtEnd those more than a
+	// second behind when it ended: all of them when the fleet fell behind
+	// as a whole, a few when some shards were left without passes.
+	BehindAtStart int `json:"shards_behind_at_start"`
+	BehindAtEnd   int `json:"shards_behind_at_end"`
 }
 
 // Scaleout runs one fixed workload with each fleet size in turn: Shards
@@ -224,7 +231,8 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 	// but no later than leaves the window inside the stream: a fleet that
 	// cannot catch up (Redis saturated) is measured as it is.
 	streamEnd := time.UnixMilli(first).Add(span)
-	if err := waitCaughtUp(ctx, e.rdb, shards, caughtUpWithin, streamEnd.Add(-o.Window-time.Second)); err != nil {
+	behindAtStart, err := waitCaughtUp(ctx, e.rdb, shards, caughtUpWithin, streamEnd.Add(-o.Window-time.Second))
+	if err != nil {
 		return ScaleoutResult{}, err
 	}
 	host := watchHost(ctx)
@@ -245,6 +253,11 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 	}
 	r, err := summarize(o, n, before, after)
 	r.HostStallMaxMs, r.HostStealPct = host.between(mark, host.mark())
+	if err != nil {
+		return r, err
+	}
+	r.BehindAtStart = behindAtStart
+	r.BehindAtEnd, err = shardsBehind(ctx, e.rdb, shards, time.Second)
 	return r, err
 }
 
@@ -416,30 +429,40 @@ func summarize(o ScaleoutOptions, n int, before, after sample) (ScaleoutResult, 
 const caughtUpWithin = 200 * time.Millisecond
 
 // waitCaughtUp waits until no shard's earliest lock is more than within
-// past due (by Redis's clock), or until until, whichever comes first.
-func waitCaughtUp(ctx context.Context, rdb redis.UniversalClient, shards []queue.Shard, within time.Duration, until time.Time) error {
-	in := queue.NewInspector(rdb, "")
-	for time.Now().Before(until) {
-		now, err := redisNow(ctx, rdb)
-		if err != nil {
-			return err
-		}
-		heads, err := in.LockedHeads(ctx, shards)
-		if err != nil {
-			return err
-		}
-		behind := false
-		for _, h := range heads {
-			behind = behind || (h >= 0 && h < now.Add(-within).UnixMilli())
-		}
-		if !behind {
-			return nil
+// past its unlock time (Redis's clock), or until until; it returns how many
+// shards were still behind then (0: caught up).
+func waitCaughtUp(ctx context.Context, rdb redis.UniversalClient, shards []queue.Shard, within time.Duration, until time.Time) (int, error) {
+	for {
+		behind, err := shardsBehind(ctx, rdb, shards, within)
+		if err != nil || behind == 0 || !time.Now().Before(until) {
+			return behind, err
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return behind, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return nil
+}
+
+// shardsBehind counts the shards whose earliest lock is more than within
+// past its unlock time: a fleet that fell behind as a whole has them all,
+// shards left without passes (a lost deadline, an owner that serves a
+// shard it holds in etcd but never claimed) are a few.
+func shardsBehind(ctx context.Context, rdb redis.UniversalClient, shards []queue.Shard, within time.Duration) (int, error) {
+	now, err := redisNow(ctx, rdb)
+	if err != nil {
+		return 0, err
+	}
+	heads, err := queue.NewInspector(rdb, "").LockedHeads(ctx, shards)
+	if err != nil {
+		return 0, err
+	}
+	behind := 0
+	for _, h := range heads {
+		if h >= 0 && h < now.Add(-within).UnixMilli() {
+			behind++
+		}
+	}
+	return behind, nil
 }

@@ -42,6 +42,9 @@ func TestScaleoutSmall(t *testing.T) {
 		if owned != shards {
 			t.Fatalf("the keepers own %d shards between them, want %d", owned, shards)
 		}
+		if r.BehindAtStart < 0 || r.BehindAtStart > shards || r.BehindAtEnd < 0 || r.BehindAtEnd > shards {
+			t.Fatalf("shards behind out of 0..%d: %+v", shards, r)
+		}
 		if math.Abs(cmds-r.KeeperCmdsSum) > 1 || r.RedisCmdsPerS < r.KeeperCmdsSum {
 			t.Fatalf("Redis ran %.1f commands/s, fewer than the keepers' %.1f sent: %+v", r.RedisCmdsPerS, r.KeeperCmdsSum, r)
 		}
