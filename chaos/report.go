@@ -7,6 +7,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"math"
 	"sort"
 	"time"
 
@@ -42,6 +43,10 @@ type FaultRecord struct {
 	// ticker firing late) from this fault to the next: a sign of a machine
 	// too busy for the figures to be read as keeper's alone.
 	HostStallMs float64 `json:"host_stall_ms"`
+	// HostStealPct is the share of the machine's processors the
+	// hypervisor gave to other guests from this fault to the next (-1:
+	// unknown): a machine slowed evenly, which no stall shows.
+	HostStealPct float64 `json:"host_steal_pct"`
 	// Late: one owner per shard came back only past the bound.
 	Late  bool   `json:"late,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -140,6 +145,16 @@ func (r *runner) summarize() {
 			end = rep.Faults[i+1].At
 		}
 		rep.Faults[i].HostStallMs = float64(r.worstStall(rep.Faults[i].At, end).Milliseconds())
+		rep.Faults[i].HostStealPct = -1
+		if i < len(r.steals) {
+			later := r.endSteal
+			if i+1 < len(r.steals) {
+				later = r.steals[i+1]
+			}
+			if r.steals[i].CPUs > 0 && later.CPUs > 0 {
+				rep.Faults[i].HostStealPct = math.Round(r.steals[i].StealPct(later)*10) / 10
+			}
+		}
 		for _, l := range lags {
 			if l.At >= rep.Faults[i].At && l.At < end {
 				rep.Faults[i].LagMaxMs = max(rep.Faults[i].LagMaxMs, l.LagMs)

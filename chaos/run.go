@@ -157,6 +157,10 @@ type runner struct {
 	samp      *sampler
 	members   *memberWatch
 	stalls    *stall.Monitor
+	// steals holds the machine's steal time at each fault's injection
+	// (parallel to rep.Faults), endSteal at the workload's end.
+	steals    []stall.StealReading
+	endSteal  stall.StealReading
 	w         *Workload
 	failovers []window
 	frozen    map[int64]bool // tokens of keepers that were frozen by SIGSTOP
@@ -409,6 +413,8 @@ func (r *runner) faults(ctx context.Context) error {
 		}
 		kind := r.nextKind(i, &round)
 		f := FaultRecord{Kind: kind, At: r.since()}
+		steal, _ := stall.ReadSteal() // unknown: CPUs 0, reported as -1
+		r.steals = append(r.steals, steal)
 		if err := r.inject(ctx, &f); err != nil {
 			return fmt.Errorf("%s at %.1fs: %w", kind, f.At, err)
 		}
@@ -439,6 +445,7 @@ func (r *runner) checkCrashes() {
 func (r *runner) finish(ctx context.Context) error {
 	r.w.Stop()
 	workloadEnd := time.Now()
+	r.endSteal, _ = stall.ReadSteal()
 	r.logf("%6.1fs faults done: %d; settling and checking", r.since(), len(r.rep.Faults))
 	if _, err := WaitOneOwner(ctx, r.c.Keepers(), r.shards, time.Minute); err != nil {
 		r.rep.OneOwner = false
