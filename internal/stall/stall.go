@@ -39,16 +39,16 @@ type Config struct {
 type Monitor struct {
 	cfg    Config
 	mu     sync.Mutex
-	stalls []Stall
+	gaps   []gap
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-// Stall is one late tick: the machine ran nothing of this process for Late
-// beyond the ticker's period, up to End.
-type Stall struct {
-	End  time.Time
-	Late time.Duration
+// gap is one late tick: the machine ran nothing of this process for late
+// beyond the ticker's period, up to end.
+type gap struct {
+	end  time.Time
+	late time.Duration
 }
 
 // Start runs a monitor until Stop or until ctx ends.
@@ -90,7 +90,7 @@ func (m *Monitor) observe(now time.Time, late time.Duration) {
 		return
 	}
 	m.mu.Lock()
-	m.stalls = append(m.stalls, Stall{End: now, Late: late})
+	m.gaps = append(m.gaps, gap{end: now, late: late})
 	m.mu.Unlock()
 }
 
@@ -99,9 +99,9 @@ func (m *Monitor) Worst(from, to time.Time) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var w time.Duration
-	for _, s := range m.stalls {
-		if s.End.After(from) && s.End.Add(-s.Late).Before(to) {
-			w = max(w, s.Late)
+	for _, g := range m.gaps {
+		if g.end.After(from) && g.end.Add(-g.late).Before(to) {
+			w = max(w, g.late)
 		}
 	}
 	return w
