@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -71,15 +70,7 @@ func TestNoOTLPExporterUnlessConfigured(t *testing.T) {
 	if err := p.ForceFlush(context.Background()); err != nil {
 		t.Errorf("flush without an exporter: %v", err)
 	}
-	resp, err := http.Get("http://" + p.PrometheusAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ss, err := otelcol.ParseText(resp.Body)
-	_ = resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ss := scrapeProvider(t, p)
 	if m := otelcol.Select(ss, name, nil); len(m) != 1 || m[0].Value != 3 {
 		t.Errorf("%s on the Prometheus endpoint: %v", name, m)
 	}

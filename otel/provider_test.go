@@ -192,15 +192,7 @@ func TestPrometheusPullEndpoint(t *testing.T) {
 	inst.RecordUnlockLag(context.Background(), "q", "q#0", 2*time.Millisecond)
 
 	url := "http://" + p.PrometheusAddr() + "/metrics"
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ss, err := otelcol.ParseText(resp.Body)
-	_ = resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ss := scrapeProvider(t, p)
 	if m := otelcol.Select(ss, "keeper_queue_messages", map[string]string{"shard": "q#0", "state": "ready"}); len(m) != 1 || m[0].Value != 1 {
 		t.Errorf("keeper_queue_messages: %v", m)
 	}
@@ -566,4 +558,19 @@ func TestProviderStartStop(t *testing.T) {
 		return NewProvider(Config{MemberID: "stress", Endpoint: "http://" + closedPort(t), ExportInterval: 50 * time.Millisecond,
 			PrometheusAddr: "127.0.0.1:0", Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	})
+}
+
+// scrapeProvider reads p's Prometheus endpoint.
+func scrapeProvider(t *testing.T, p *Provider) []otelcol.Series {
+	t.Helper()
+	resp, err := http.Get("http://" + p.PrometheusAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := otelcol.ParseText(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ss
 }
