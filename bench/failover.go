@@ -43,6 +43,9 @@ type FailoverResult struct {
 	// hypervisor gave to other guests during each event (-1: unknown).
 	CrashStealPct    float64 `json:"crash_host_steal_pct"`
 	GracefulStealPct float64 `json:"graceful_host_steal_pct"`
+	// CalibMs: see PrecisionResult.HostCalibMs (the slowest of the runs
+	// before and after each event).
+	CalibMs float64 `json:"host_calib_ms"`
 }
 
 // Failover runs keeper processes over shards that always have a lock due
@@ -118,7 +121,8 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	host := watchHost(ctx)
 	defer host.stop()
 
-	start, mark := w.start(), host.mark()
+	mark := host.mark()
+	start := w.start()
 	if err := victim.Kill(); err != nil {
 		return res, err
 	}
@@ -128,13 +132,15 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 		return res, fmt.Errorf("crash takeover: %w", err)
 	}
 	res.CrashShards, res.CrashTakeoverS = len(owned), round(last.Sub(start).Seconds(), 3)
-	res.CrashStallMs, res.CrashStealPct = host.between(mark, host.mark())
+	crash := host.between(mark, host.mark())
+	res.CrashStallMs, res.CrashStealPct = crash.stallMs, crash.stealPct
 
 	victim, owned, err = settled(ctx, c, w, c.Keepers(), shards)
 	if err != nil {
 		return res, fmt.Errorf("after the crash: %w", err)
 	}
-	start, mark = w.start(), host.mark()
+	mark = host.mark()
+	start = w.start()
 	done := make(chan error, 1)
 	go func() { done <- victim.Term(time.Minute) }()
 	last, err = w.waitAbove(ctx, owned, time.Minute)
@@ -143,7 +149,9 @@ func Failover(ctx context.Context, o FailoverOptions) (FailoverResult, error) {
 	}
 	res.GracefulShards = len(owned)
 	res.GracefulHandoffMs = round(float64(last.Sub(start))/float64(time.Millisecond), 1)
-	res.GracefulStallMs, res.GracefulStealPct = host.between(mark, host.mark())
+	graceful := host.between(mark, host.mark())
+	res.GracefulStallMs, res.GracefulStealPct = graceful.stallMs, graceful.stealPct
+	res.CalibMs = max(crash.calibMs, graceful.calibMs)
 	if err := <-done; err != nil {
 		return res, err
 	}

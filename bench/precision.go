@@ -50,6 +50,11 @@ type PrecisionResult struct {
 	// hypervisor gave to other guests over the same time (-1: unknown):
 	// a machine slowed evenly, which no stall shows.
 	HostStealPct float64 `json:"host_steal_pct"`
+	// HostCalibMs is how long a fixed piece of CPU work took, the slower of
+	// a run before the keeper started and one after the last unlock
+	// (stall.Calibrate): 9–10 ms in this machine's fast state, more when
+	// the machine runs everything slower (which no steal shows).
+	HostCalibMs float64 `json:"host_calib_ms"`
 	// SeedS is how long seeding took; the stream started Lead after it.
 	SeedS float64 `json:"seed_s"`
 	// Passes and RoundTrips are what the keeper sent, from its start to
@@ -138,11 +143,11 @@ func Precision(ctx context.Context, o PrecisionOptions) (PrecisionResult, error)
 	if err != nil {
 		return PrecisionResult{}, err
 	}
-	stallMs, stealPct := host.between(started, host.mark())
+	hf := host.between(started, host.mark())
 	lags := rec.sorted()
 	return PrecisionResult{Scenario: "precision", Locked: total, Rate: o.Rate, Shards: o.Shards,
 		LagP50: pctMs(lags, 0.50), LagP99: pctMs(lags, 0.99), LagMax: pctMs(lags, 1), ShardsOverP99: rec.shardsAbove(pct(lags, 0.99)),
-		HostStallMaxMs: stallMs, HostStealPct: stealPct,
+		HostStallMaxMs: hf.stallMs, HostStealPct: hf.stealPct, HostCalibMs: hf.calibMs,
 		SeedS: round(seeded.Seconds(), 1), Passes: layout.passes.Load(), RoundTrips: layout.trips.Load(),
 		KeeperCPUS: round((cpu1 - cpu0).Seconds(), 2), RedisCPUS: round(redis1-redis0, 2)}, nil
 }

@@ -77,6 +77,9 @@ type ScaleoutResult struct {
 	// HostStealPct is the share of the machine the hypervisor gave to
 	// other guests in the window (-1: unknown).
 	HostStealPct float64 `json:"host_steal_pct"`
+	// HostCalibMs: see PrecisionResult.HostCalibMs (before and after the
+	// window).
+	HostCalibMs float64 `json:"host_calib_ms"`
 	// BehindAtStart counts the shards more than 200 ms behind their locks
 	// when the window began (0 unless the fleet had not caught up by the
 	// latest start the stream allows), BehindAtEnd those more than a
@@ -252,7 +255,8 @@ func (e scaleoutEnv) run(ctx context.Context, n int) (ScaleoutResult, error) {
 		return ScaleoutResult{}, err
 	}
 	r, err := summarize(o, n, before, after)
-	r.HostStallMaxMs, r.HostStealPct = host.between(mark, host.mark())
+	hf := host.between(mark, host.mark())
+	r.HostStallMaxMs, r.HostStealPct, r.HostCalibMs = hf.stallMs, hf.stealPct, hf.calibMs
 	if err != nil {
 		return r, err
 	}

@@ -80,3 +80,14 @@ func TestSteal(t *testing.T) {
 		t.Errorf("after a failed reading: %v%%, want 0", got)
 	}
 }
+
+// Calibrate times work the compiler kept: four million rounds of a chain
+// of dependent shifts and xors cannot finish in a millisecond on any CPU
+// (a loop optimised away would take nanoseconds).
+func TestCalibrate(t *testing.T) {
+	d := Calibrate()
+	if d < time.Millisecond {
+		t.Fatalf("Calibrate took %v: its loop was not run", d)
+	}
+	t.Logf("calibration: %v", d)
+}
