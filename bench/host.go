@@ -45,12 +45,11 @@ func (h *hostWatch) mark() hostMark {
 // between is the worst stall and the steal from a to b, and the slower of
 // the two calibrations.
 func (h *hostWatch) between(a, b hostMark) hostFigures {
-	f := hostFigures{stealPct: -1, calibMs: round(float64(max(a.calib, b.calib))/float64(time.Millisecond), 1)}
-	if a.steal.CPUs > 0 && b.steal.CPUs > 0 {
-		f.stealPct = round(a.steal.StealPct(b.steal), 1)
+	return hostFigures{
+		stallMs:  float64(h.stalls.Worst(a.steal.At, b.steal.At).Milliseconds()),
+		stealPct: round(a.steal.StealPct(b.steal), 1),
+		calibMs:  round(float64(max(a.calib, b.calib))/float64(time.Millisecond), 1),
 	}
-	f.stallMs = float64(h.stalls.Worst(a.steal.At, b.steal.At).Milliseconds())
-	return f
 }
 
 func (h *hostWatch) stop() { h.stalls.Stop() }

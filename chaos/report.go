@@ -151,9 +151,7 @@ func (r *runner) summarize() {
 			if i+1 < len(r.steals) {
 				later = r.steals[i+1]
 			}
-			if r.steals[i].CPUs > 0 && later.CPUs > 0 {
-				rep.Faults[i].HostStealPct = math.Round(r.steals[i].StealPct(later)*10) / 10
-			}
+			rep.Faults[i].HostStealPct = math.Round(r.steals[i].StealPct(later)*10) / 10
 		}
 		for _, l := range lags {
 			if l.At >= rep.Faults[i].At && l.At < end {

@@ -164,10 +164,13 @@ func ReadSteal() (StealReading, error) {
 }
 
 // StealPct is the share of the machine's CPU capacity the hypervisor took
-// from r to later, in percent; 0 if either reading failed (CPUs is 0).
+// from r to later, in percent; -1 if either reading failed (CPUs is 0).
 func (r StealReading) StealPct(later StealReading) float64 {
+	if r.CPUs == 0 || later.CPUs == 0 {
+		return -1
+	}
 	wall := later.At.Sub(r.At)
-	if wall <= 0 || r.CPUs == 0 || later.CPUs == 0 || later.Steal < r.Steal {
+	if wall <= 0 || later.Steal < r.Steal {
 		return 0
 	}
 	return 100 * float64(later.Steal-r.Steal) / float64(wall) / float64(later.CPUs)

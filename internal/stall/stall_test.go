@@ -76,8 +76,8 @@ func TestSteal(t *testing.T) {
 	if got := r0.StealPct(StealReading{At: t0.Add(time.Second), Steal: 0, CPUs: 2}); got != 0 {
 		t.Errorf("a counter that ran backwards: %v%%, want 0", got)
 	}
-	if got := (StealReading{}).StealPct(b); got != 0 {
-		t.Errorf("after a failed reading: %v%%, want 0", got)
+	if got := (StealReading{}).StealPct(b); got != -1 {
+		t.Errorf("after a failed reading: %v%%, want -1", got)
 	}
 }
 
