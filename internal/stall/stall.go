@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -180,9 +181,6 @@ func (r StealReading) StealPct(later StealReading) float64 {
 // 2-core test machine in its fast state.
 const calibrationRounds = 4_000_000
 
-// calibrationSink keeps the compiler from dropping Calibrate's loop.
-var calibrationSink uint64
-
 // Calibrate times a fixed piece of CPU work (integer arithmetic, no memory
 // traffic, no system calls), the best of three: how fast this machine runs
 // code right now. A machine shared with other guests can run everything
@@ -199,7 +197,7 @@ func Calibrate() time.Duration {
 			x ^= x << 17
 			x += i
 		}
-		calibrationSink += x
+		runtime.KeepAlive(x) // or the compiler may drop the loop
 		if d := time.Since(start); best == 0 || d < best {
 			best = d
 		}
