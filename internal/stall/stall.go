@@ -3,10 +3,11 @@
 // the machine (keepers, etcd, Redis) may have been starved that long. It
 // also reads the hypervisor's steal time (ReadSteal): the CPU time a virtual
 // machine's processors were ready to run and given to another guest, which
-// slows every process evenly, with no gap a ticker would see. The chaos
-// harness and the benchmarks report both beside their figures, to read
-// those figures by, never to excuse a violation: on a shared machine a lag
-// tail can be the machine's, not keeper's.
+// slows every process evenly, with no gap a ticker would see; and it times
+// a fixed piece of CPU work (Calibrate), for a machine slowed without any
+// steal reported. The chaos harness and the benchmarks report these beside
+// their figures, to read those figures by, never to excuse a violation: on
+// a shared machine a lag tail can be the machine's, not keeper's.
 package stall
 
 import (
