@@ -787,6 +787,60 @@ func BenchmarkUnlockDue(b *testing.B) {
 	}
 }
 
+// The cost of measuring shards that changed, by how many shards one script
+// call takes: Redis's own time per shard (redis-us/shard). A takeover
+// measures every shard it took within a quarter of the measure interval,
+// beside its claims and first passes.
+func BenchmarkMeasure(b *testing.B) {
+	rdb := redis.NewClient(&redis.Options{Addr: testAddrs[0]})
+	defer rdb.Close()
+	if len(testAddrs) > 1 {
+		b.Skip("Redis time is read from one server")
+	}
+	prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
+	ctx := context.Background()
+	const shards = 512
+	if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: shards}); err != nil {
+		b.Fatal(err)
+	}
+	in := NewInspector(rdb, prefix)
+	now := time.Now().UnixMilli()
+	for p := 0; p < shards; p++ {
+		if err := in.SeedLocked(ctx, Shard{"bench", p}, "m", 0, 10, now+3_600_000, time.Second, []byte("x")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, per := range []int{1, passShardsPerCall} {
+		b.Run(fmt.Sprintf("per_call=%d", per), func(b *testing.B) {
+			n := NewNative(rdb, prefix)
+			n.perCall = per
+			reqs := make([]PassRequest, shards)
+			for p := range reqs {
+				reqs[p] = PassRequest{Shard: Shard{"bench", p}, Task: TaskMeasure, Token: 1}
+			}
+			var redisUs float64
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i += shards {
+				b.StopTimer()
+				if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				for _, o := range n.Passes(ctx, reqs) {
+					if o.Err != nil || o.Measurement.Locked != 10 {
+						b.Fatalf("%+v", o)
+					}
+				}
+				b.StopTimer()
+				redisUs += scriptUsec(b, ctx, rdb)
+				b.StartTimer()
+			}
+			b.ReportMetric(redisUs/float64((b.N+shards-1)/shards*shards), "redis-us/shard")
+		})
+	}
+}
+
 // scriptUsec is the time Redis spent in scripts since its stats were reset.
 func scriptUsec(b *testing.B, ctx context.Context, rdb *redis.Client) float64 {
 	info, err := rdb.Info(ctx, "commandstats").Result()
@@ -890,7 +944,7 @@ func TestFencesAcrossRoundTrips(t *testing.T) {
 // MGET, their types asked when it finds none), the keys it reads before writing (their reads
 // fail by themselves), and those it writes unread (checked before the first
 // write, only when there is something to write, which spares a pass with
-// nothing due a TYPE call a key).
+// nothing due a TYPE call a key). A measurement names the key in every case.
 func TestPassRefusesEachWrongTypedKey(t *testing.T) {
 	e := newEnv(t)
 	for _, c := range []struct {
@@ -899,6 +953,7 @@ func TestPassRefusesEachWrongTypedKey(t *testing.T) {
 	}{
 		{TaskUnlock, unlockScript.keys},
 		{TaskRequeue, requeueScript.keys},
+		{TaskMeasure, measureScript.keys},
 	} {
 		for i := range c.keys(shardKeys{}) {
 			if i == 2 || i == 3 {
@@ -932,10 +987,15 @@ func TestPassRefusesEachWrongTypedKey(t *testing.T) {
 			// fence): the state before the pass that refuses is compared.
 			poll.For(t, 5*time.Second, "the pass meets the due work", poll.Holds(func() bool {
 				before = e.snapshot()
-				if c.task == TaskUnlock {
+				switch c.task {
+				case TaskUnlock:
 					res, err = unlockPass(e.n, e.ctx, s, 1, 10)
-				} else {
+				case TaskRequeue:
 					res, err = requeuePass(e.n, e.ctx, s, cfg, 1, 10)
+				default: // a measurement always has work
+					o := pass(e.n, e.ctx, PassRequest{Shard: s, Task: c.task, Token: 1})
+					res, err = o.Result, o.Err
+					return true
 				}
 				return err != nil || res.Moved > 0
 			}))
@@ -944,7 +1004,7 @@ func TestPassRefusesEachWrongTypedKey(t *testing.T) {
 				continue
 			}
 			e.sameAs(before)
-			if i < 2 && !strings.Contains(err.Error(), key) {
+			if (i < 2 || c.task == TaskMeasure) && !strings.Contains(err.Error(), key) {
 				t.Errorf("%s: the error does not name %s: %v", c.task, key, err)
 			}
 		}

@@ -12,15 +12,28 @@
 local READY, TMP, ACK, NACK, STATS = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local err = fence_check('measure')
 if err then return err end
-err = check_types({READY, 'zset', TMP, 'zset', ACK, 'zset', NACK, 'zset', STATS, 'hash'})
-if err then return err end
-local now = now_us()
-local head = redis.call('ZRANGEBYSCORE', READY, ADD_TIME_MIN, math.floor(now / 1000), 'WITHSCORES', 'LIMIT', 0, 1)[2] or false
-local out = {now, redis.call('ZCARD', READY), redis.call('ZCARD', TMP), redis.call('ZCARD', ACK),
-  redis.call('ZCARD', NACK), head}
-local stats = redis.call('HGETALL', STATS)
-for i = 1, #stats do
-  out[#out + 1] = stats[i]
+
+-- The reads, under pcall: a read of a wrong-typed key fails by itself and
+-- nothing here writes before them, so the types are asked only then (as
+-- in measure.lua).
+local function reads()
+  local now = now_us()
+  local head = redis.call('ZRANGEBYSCORE', READY, ADD_TIME_MIN, math.floor(now / 1000), 'WITHSCORES', 'LIMIT', 0, 1)[2] or false
+  local out = {now, redis.call('ZCARD', READY), redis.call('ZCARD', TMP), redis.call('ZCARD', ACK),
+    redis.call('ZCARD', NACK), head}
+  local stats = redis.call('HGETALL', STATS)
+  for i = 1, #stats do
+    out[#out + 1] = stats[i]
+  end
+  return out
+end
+
+local ok, out = pcall(reads)
+if not ok then
+  err = check_types({READY, 'zset', TMP, 'zset', ACK, 'zset', NACK, 'zset', STATS, 'hash'})
+  if err then return err end
+  if type(out) == 'table' and out.err then return out end
+  return redis.error_reply(tostring(out))
 end
 
 fence_raise()
