@@ -728,17 +728,8 @@ func BenchmarkPasses(b *testing.B) {
 // unlocks/s send): Redis's own time per pass (redis-us/pass, from INFO
 // commandstats) and per message moved beside the wall time.
 func BenchmarkUnlockDue(b *testing.B) {
-	rdb := redis.NewClient(&redis.Options{Addr: testAddrs[0]})
-	defer rdb.Close()
-	if len(testAddrs) > 1 {
-		b.Skip("Redis time is read from one server")
-	}
-	prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
-	ctx := context.Background()
 	const shards = 512
-	if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: shards}); err != nil {
-		b.Fatal(err)
-	}
+	ctx, rdb, prefix := benchQueue(b, shards, false)
 	in := NewInspector(rdb, prefix)
 	round := 0
 	for _, c := range []struct{ per, msgs int }{{1, 1}, {passShardsPerCall, 1}, {passShardsPerCall, 24}} {
@@ -767,18 +758,13 @@ func BenchmarkUnlockDue(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				for _, o := range n.Passes(ctx, reqs) {
-					if o.Err != nil || o.Result.Moved != msgs {
-						b.Fatalf("%+v", o)
+				redisUs += inRedis(b, ctx, rdb, func() {
+					for _, o := range n.Passes(ctx, reqs) {
+						if o.Err != nil || o.Result.Moved != msgs {
+							b.Fatalf("%+v", o)
+						}
 					}
-				}
-				b.StopTimer()
-				redisUs += scriptUsec(b, ctx, rdb)
-				b.StartTimer()
+				})
 			}
 			rounds := (b.N + shards - 1) / shards
 			b.ReportMetric(redisUs/float64(rounds*shards), "redis-us/pass")
@@ -792,24 +778,8 @@ func BenchmarkUnlockDue(b *testing.B) {
 // measures every shard it took within a quarter of the measure interval,
 // beside its claims and first passes.
 func BenchmarkMeasure(b *testing.B) {
-	rdb := redis.NewClient(&redis.Options{Addr: testAddrs[0]})
-	defer rdb.Close()
-	if len(testAddrs) > 1 {
-		b.Skip("Redis time is read from one server")
-	}
-	prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
-	ctx := context.Background()
 	const shards = 512
-	if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: shards}); err != nil {
-		b.Fatal(err)
-	}
-	in := NewInspector(rdb, prefix)
-	now := time.Now().UnixMilli()
-	for p := 0; p < shards; p++ {
-		if err := in.SeedLocked(ctx, Shard{"bench", p}, "m", 0, 10, now+3_600_000, time.Second, []byte("x")); err != nil {
-			b.Fatal(err)
-		}
-	}
+	ctx, rdb, prefix := benchQueue(b, shards, true)
 	for _, per := range []int{1, passShardsPerCall} {
 		b.Run(fmt.Sprintf("per_call=%d", per), func(b *testing.B) {
 			n := NewNative(rdb, prefix)
@@ -822,23 +792,59 @@ func BenchmarkMeasure(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i += shards {
-				b.StopTimer()
-				if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				for _, o := range n.Passes(ctx, reqs) {
-					if o.Err != nil || o.Measurement.Locked != 10 {
-						b.Fatalf("%+v", o)
+				redisUs += inRedis(b, ctx, rdb, func() {
+					for _, o := range n.Passes(ctx, reqs) {
+						if o.Err != nil || o.Measurement.Locked != 10 {
+							b.Fatalf("%+v", o)
+						}
 					}
-				}
-				b.StopTimer()
-				redisUs += scriptUsec(b, ctx, rdb)
-				b.StartTimer()
+				})
 			}
 			b.ReportMetric(redisUs/float64((b.N+shards-1)/shards*shards), "redis-us/shard")
 		})
 	}
+}
+
+// benchQueue creates a queue of the given shards under a fresh prefix on
+// the package's one server (Redis's time is read from it, so the benchmarks
+// that report it skip on a cluster), each shard seeded with ten locks an
+// hour ahead when seed is set.
+func benchQueue(b *testing.B, shards int, seed bool) (context.Context, *redis.Client, string) {
+	b.Helper()
+	if len(testAddrs) > 1 {
+		b.Skip("Redis time is read from one server")
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: testAddrs[0]})
+	b.Cleanup(func() { _ = rdb.Close() })
+	prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
+	ctx := context.Background()
+	if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: shards}); err != nil {
+		b.Fatal(err)
+	}
+	if seed {
+		in, at := NewInspector(rdb, prefix), time.Now().UnixMilli()+3_600_000
+		for p := 0; p < shards; p++ {
+			if err := in.SeedLocked(ctx, Shard{"bench", p}, "m", 0, 10, at, time.Second, []byte("x")); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	return ctx, rdb, prefix
+}
+
+// inRedis runs f with the benchmark's timer on and returns the time Redis
+// spent in scripts meanwhile (its stats are reset before).
+func inRedis(b *testing.B, ctx context.Context, rdb *redis.Client, f func()) float64 {
+	b.StopTimer()
+	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
+	f()
+	b.StopTimer()
+	us := scriptUsec(b, ctx, rdb)
+	b.StartTimer()
+	return us
 }
 
 // scriptUsec is the time Redis spent in scripts since its stats were reset.
@@ -1265,23 +1271,9 @@ func TestGroupPassesKeepsEachShardsOrder(t *testing.T) {
 // from INFO commandstats) is what a takeover of many shards waits for on a
 // single Redis core: each shard a keeper takes costs it once.
 func BenchmarkProbe(b *testing.B) {
-	if len(testAddrs) > 1 {
-		b.Skip("Redis time is read from one server")
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: testAddrs[0]})
-	defer rdb.Close()
-	prefix := fmt.Sprintf("b%d", prefixSeq.Add(1))
-	ctx, n := context.Background(), NewNative(rdb, prefix)
 	const shards = 500
-	if err := NewRegistry(rdb, prefix).Create(ctx, "bench", Config{Partitions: shards}); err != nil {
-		b.Fatal(err)
-	}
-	in := NewInspector(rdb, prefix)
-	for p := 0; p < shards; p++ {
-		if err := in.SeedLocked(ctx, Shard{"bench", p}, "m", 0, 10, time.Now().UnixMilli()+3_600_000, time.Second, []byte("x")); err != nil {
-			b.Fatal(err)
-		}
-	}
+	ctx, rdb, prefix := benchQueue(b, shards, true)
+	n := NewNative(rdb, prefix)
 	token := int64(0)
 	for _, per := range []int{1, 10, probeShardsPerCall} {
 		for _, claim := range []bool{false, true} {
@@ -1292,27 +1284,21 @@ func BenchmarkProbe(b *testing.B) {
 				b.ReportAllocs()
 				b.ResetTimer()
 				for i := 0; i < b.N; i += shards {
-					b.StopTimer()
-					if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
-						b.Fatal(err)
-					}
-					b.StartTimer()
 					token++
 					for s := range reqs {
 						reqs[s] = ProbeRequest{Shard: Shard{"bench", s}, Claim: claim, Token: token}
 					}
-					res, err := p.probe(ctx, reqs)
-					if err != nil {
-						b.Fatal(err)
-					}
-					for _, r := range res {
-						if r.Err != nil || r.LockedHead < 0 {
-							b.Fatalf("%+v", r)
+					redisUs += inRedis(b, ctx, rdb, func() {
+						res, err := p.probe(ctx, reqs)
+						if err != nil {
+							b.Fatal(err)
 						}
-					}
-					b.StopTimer()
-					redisUs += scriptUsec(b, ctx, rdb)
-					b.StartTimer()
+						for _, r := range res {
+							if r.Err != nil || r.LockedHead < 0 {
+								b.Fatalf("%+v", r)
+							}
+						}
+					})
 				}
 				b.ReportMetric(redisUs/float64((b.N+shards-1)/shards*shards), "redis-us/shard")
 			})

@@ -30,10 +30,7 @@ end
 
 local ok, out = pcall(reads)
 if not ok then
-  err = check_types({READY, 'zset', TMP, 'zset', ACK, 'zset', NACK, 'zset', STATS, 'hash'})
-  if err then return err end
-  if type(out) == 'table' and out.err then return out end
-  return redis.error_reply(tostring(out))
+  return read_failed(out, {READY, 'zset', TMP, 'zset', ACK, 'zset', NACK, 'zset', STATS, 'hash'})
 end
 
 fence_raise()

@@ -22,6 +22,17 @@ local function check_types(spec)
   return nil
 end
 
+-- The error of reads that ran under pcall and failed (out: what pcall
+-- caught): KEEPER_WRONGTYPE naming the first key of spec that holds another
+-- type, else Redis's own error. Reading first and asking the types only
+-- then spares a script a TYPE call for every key it reads.
+local function read_failed(out, spec)
+  local err = check_types(spec)
+  if err then return err end
+  if type(out) == 'table' and out.err then return out end
+  return redis.error_reply(tostring(out))
+end
+
 -- A deleted queue leaves a tombstone in each of its shards (with the fence,
 -- so that a queue created again under the same name keeps refusing old
 -- tokens). Every script checks it before anything else, so that neither a

@@ -35,11 +35,7 @@ local function measure_shard(k, a)
   if err then return err end
   local ok, out = pcall(reads, READY, INFLIGHT, LOCKED, DEAD, STATS)
   if not ok then
-    -- Name the key the read failed on.
-    err = check_types({READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', DEAD, 'zset', STATS, 'hash'})
-    if err then return err end
-    if type(out) == 'table' and out.err then return out end
-    return redis.error_reply(tostring(out))
+    return read_failed(out, {READY, 'zset', INFLIGHT, 'zset', LOCKED, 'zset', DEAD, 'zset', STATS, 'hash'})
   end
   -- The one key written: SET would replace a key of another type.
   err = check_types({CLEAN, 'string'})

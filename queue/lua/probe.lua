@@ -39,11 +39,7 @@ local function probe_shard(k, a)
   if err then return err end
   local ok, out = pcall(reads, locked, inflight, ttl, ready, maxsize)
   if not ok then
-    -- Name the key the read failed on (the types are asked only then).
-    err = check_types({locked, 'zset', inflight, 'zset', ttl, 'zset', ready, 'zset'})
-    if err then return err end
-    if type(out) == 'table' and out.err then return out end
-    return redis.error_reply(tostring(out))
+    return read_failed(out, {locked, 'zset', inflight, 'zset', ttl, 'zset', ready, 'zset'})
   end
   if claim then
     -- A claim also refuses a wrong-typed ready set that it did not read.
