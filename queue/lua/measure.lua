@@ -14,7 +14,7 @@
 -- Every read and check comes before the first write.
 -- The reads of one shard, run under pcall: a read of a wrong-typed key
 -- fails by itself, before anything of that shard was written, so the keys'
--- types are asked only then (six TYPE calls a shard were a third of what a
+-- types are asked only then (six TYPE calls a shard were a fifth of what a
 -- measurement cost Redis, BenchmarkMeasure).
 local function reads(READY, INFLIGHT, LOCKED, DEAD, STATS)
   local head = redis.call('ZRANGE', READY, 0, 0, 'WITHSCORES')[2] or false
