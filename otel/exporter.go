@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -41,12 +43,119 @@ func newExporter(ctx context.Context, cfg Config) (sdkmetric.Exporter, string, e
 	if cfg.OTLPOnlyIfConfigured && !OTLPConfigured(cfg.Endpoint) {
 		return discardExporter{}, "none (no endpoint configured)", nil
 	}
-	opts, target := exporterOptions(cfg.Endpoint)
-	exp, err := otlpmetricgrpc.New(ctx, opts...)
+	t, err := exportTargetOf(cfg.Endpoint)
 	if err != nil {
-		return nil, target, fmt.Errorf("otlp metric exporter: %w", err)
+		return nil, "", err
 	}
-	return exp, target, nil
+	var exp sdkmetric.Exporter
+	if t.protocol == protocolHTTP {
+		exp, err = otlpmetrichttp.New(ctx, t.httpOptions()...)
+	} else {
+		exp, err = otlpmetricgrpc.New(ctx, t.grpcOptions()...)
+	}
+	if err != nil {
+		return nil, t.describe, fmt.Errorf("otlp metric exporter (%s): %w", t.protocol, err)
+	}
+	return exp, t.describe, nil
+}
+
+// The OTLP transports keeper speaks, by their OTEL_EXPORTER_OTLP_PROTOCOL
+// names.
+const (
+	protocolGRPC = "grpc"
+	protocolHTTP = "http/protobuf"
+)
+
+// exportProtocol is OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, else
+// OTEL_EXPORTER_OTLP_PROTOCOL, else grpc: keeper has always exported over
+// gRPC to port 4317, so that stays its default, where the specification's
+// is http/protobuf. http/json, which the OpenTelemetry Go exporters do not
+// send, and any other value are refused rather than exported over
+// something else than asked.
+func exportProtocol() (string, error) {
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		switch v := strings.TrimSpace(os.Getenv(k)); v {
+		case "":
+		case protocolGRPC, protocolHTTP:
+			return v, nil
+		default:
+			return "", fmt.Errorf("%s=%q: keeper exports OTLP over %s or %s", k, v, protocolGRPC, protocolHTTP)
+		}
+	}
+	return protocolGRPC, nil
+}
+
+// exportTarget is how and where the exporter sends.
+type exportTarget struct {
+	protocol string
+	// endpoint is Config.Endpoint when the environment names no endpoint:
+	// options override the environment inside the exporters, so it is
+	// passed only then.
+	endpoint string
+	// describe is where the exports go, for log messages.
+	describe string
+}
+
+func exportTargetOf(endpoint string) (exportTarget, error) {
+	proto, err := exportProtocol()
+	if err != nil {
+		return exportTarget{}, err
+	}
+	t := exportTarget{protocol: proto}
+	via := ""
+	if proto != protocolGRPC {
+		via = " over " + proto
+	}
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
+		if v := strings.TrimSpace(os.Getenv(k)); v != "" {
+			t.describe = v + " (" + k + ")" + via
+			return t, nil
+		}
+	}
+	if endpoint == "" {
+		def := "localhost:4317"
+		if proto == protocolHTTP {
+			def = "localhost:4318"
+		}
+		t.describe = def + " (default: no endpoint configured)" + via
+		return t, nil
+	}
+	t.endpoint, t.describe = endpoint, endpoint+via
+	return t, nil
+}
+
+func (t exportTarget) grpcOptions() []otlpmetricgrpc.Option {
+	switch {
+	case t.endpoint == "":
+		return nil
+	case strings.Contains(t.endpoint, "://"):
+		return []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpointURL(t.endpoint)}
+	default:
+		return []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(t.endpoint)}
+	}
+}
+
+// httpOptions read Config.Endpoint as OTEL_EXPORTER_OTLP_ENDPOINT is read:
+// a URL without a path is the receiver's base, and /v1/metrics is added
+// (otlpmetrichttp.WithEndpointURL would post to "/"); a URL with a path is
+// used as it is, like OTEL_EXPORTER_OTLP_METRICS_ENDPOINT; host:port alone
+// is sent to over TLS, as by the gRPC exporter.
+func (t exportTarget) httpOptions() []otlpmetrichttp.Option {
+	if t.endpoint == "" {
+		return nil
+	}
+	u, err := url.Parse(t.endpoint)
+	if err != nil || !strings.Contains(t.endpoint, "://") {
+		return []otlpmetrichttp.Option{otlpmetrichttp.WithEndpoint(t.endpoint)}
+	}
+	opts := []otlpmetrichttp.Option{otlpmetrichttp.WithEndpoint(u.Host)}
+	if u.Scheme == "http" {
+		opts = append(opts, otlpmetrichttp.WithInsecure())
+	}
+	if u.Path != "" && u.Path != "/" {
+		opts = append(opts, otlpmetrichttp.WithURLPath(u.Path))
+	}
+	return opts
 }
 
 // discardExporter takes every export and keeps nothing.
@@ -80,25 +189,6 @@ func exportInterval(cfg time.Duration) (time.Duration, error) {
 		return ExportIntervalDefault, fmt.Errorf("OTEL_METRIC_EXPORT_INTERVAL=%q is not a positive number of milliseconds", v)
 	}
 	return time.Duration(ms) * time.Millisecond, nil
-}
-
-// exporterOptions returns the OTLP options and, for log messages, where the
-// exporter will send. Options override the environment inside otlpmetricgrpc,
-// so Config.Endpoint is only passed when the environment names no endpoint.
-func exporterOptions(endpoint string) ([]otlpmetricgrpc.Option, string) {
-	for _, k := range []string{"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"} {
-		if v := strings.TrimSpace(os.Getenv(k)); v != "" {
-			return nil, v + " (" + k + ")"
-		}
-	}
-	switch {
-	case endpoint == "":
-		return nil, "localhost:4317 (default: no endpoint configured)"
-	case strings.Contains(endpoint, "://"):
-		return []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpointURL(endpoint)}, endpoint
-	default:
-		return []otlpmetricgrpc.Option{otlpmetricgrpc.WithEndpoint(endpoint)}, endpoint
-	}
 }
 
 // loggingExporter keeps export failures away from the SDK's global error

@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/keeperhq/keeper/internal/loopback"
 	"github.com/keeperhq/keeper/internal/otelcol"
 	"github.com/keeperhq/keeper/internal/poll"
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/metric"
 )
 
@@ -139,19 +143,125 @@ func TestExportInterval(t *testing.T) {
 
 func TestEndpointFromEnvWins(t *testing.T) {
 	clearOTelEnv(t)
-	if opts, target := exporterOptions(""); len(opts) != 0 || !strings.Contains(target, "localhost:4317") {
-		t.Errorf("nothing configured: %d options, target %q", len(opts), target)
+	target := func(endpoint string) exportTarget {
+		t.Helper()
+		tg, err := exportTargetOf(endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tg
 	}
-	if opts, target := exporterOptions("http://127.0.0.1:1"); len(opts) != 1 || target != "http://127.0.0.1:1" {
-		t.Errorf("config endpoint: %d options, target %q", len(opts), target)
+	if tg := target(""); tg.endpoint != "" || !strings.Contains(tg.describe, "localhost:4317") || len(tg.grpcOptions()) != 0 {
+		t.Errorf("nothing configured: %+v", tg)
+	}
+	if tg := target("http://127.0.0.1:1"); tg.endpoint != "http://127.0.0.1:1" || tg.describe != "http://127.0.0.1:1" || len(tg.grpcOptions()) != 1 {
+		t.Errorf("config endpoint: %+v", tg)
 	}
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
-	if opts, target := exporterOptions("http://127.0.0.1:1"); len(opts) != 0 || !strings.Contains(target, "collector:4317") {
-		t.Errorf("env endpoint must win: %d options, target %q", len(opts), target)
+	if tg := target("http://127.0.0.1:1"); tg.endpoint != "" || !strings.Contains(tg.describe, "collector:4317") {
+		t.Errorf("env endpoint must win: %+v", tg)
 	}
 	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://metrics:4317")
-	if _, target := exporterOptions(""); !strings.Contains(target, "metrics:4317") {
-		t.Errorf("signal-specific env must win: %q", target)
+	if tg := target(""); !strings.Contains(tg.describe, "metrics:4317") {
+		t.Errorf("signal-specific env must win: %+v", tg)
+	}
+}
+
+// OTEL_EXPORTER_OTLP_PROTOCOL and its metrics-specific variable choose the
+// transport; what keeper cannot send is refused with the variable named,
+// not exported over something else.
+func TestExportProtocol(t *testing.T) {
+	for _, c := range []struct {
+		general, metrics string
+		want             string // "" = an error naming the variable set
+	}{
+		{"", "", protocolGRPC},
+		{"grpc", "", protocolGRPC},
+		{"http/protobuf", "", protocolHTTP},
+		{" http/protobuf ", "", protocolHTTP},
+		{"grpc", "http/protobuf", protocolHTTP},
+		{"http/protobuf", "grpc", protocolGRPC},
+		{"http/json", "", ""},
+		{"", "HTTP", ""},
+	} {
+		clearOTelEnv(t)
+		t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", c.general)
+		t.Setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", c.metrics)
+		got, err := exportProtocol()
+		switch {
+		case c.want != "" && (got != c.want || err != nil):
+			t.Errorf("%q/%q: %q, %v; want %q", c.general, c.metrics, got, err, c.want)
+		case c.want == "" && (err == nil || !strings.Contains(err.Error(), "OTEL_EXPORTER_OTLP_")):
+			t.Errorf("%q/%q: %q, %v; want an error naming the variable", c.general, c.metrics, got, err)
+		}
+	}
+	clearOTelEnv(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+	if _, err := startProvider(context.Background(), Config{MemberID: "m1",
+		Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil))}); err == nil || !strings.Contains(err.Error(), "http/json") {
+		t.Errorf("a provider with an unsupported protocol started: %v", err)
+	}
+}
+
+// With http/protobuf the series reach a real collector's OTLP/HTTP
+// receiver, from the environment's base URL and from Config.Endpoint's
+// (to which /v1/metrics is added, as to the environment's). That port
+// speaks HTTP/1 only: series exported over gRPC would never arrive there.
+func TestOTLPOverHTTP(t *testing.T) {
+	clearOTelEnv(t)
+	port, err := loopback.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay := filepath.Join(t.TempDir(), "http.yaml")
+	if err := os.WriteFile(overlay, []byte(fmt.Sprintf(`receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: %s
+`, loopback.Addr(port))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	col := otelcol.StartTB(t, otelcol.Config{Overlays: []string{overlay}})
+	base := "http://" + loopback.Addr(port)
+	for _, c := range []struct {
+		member   string
+		env      map[string]string
+		endpoint string
+	}{
+		{"from-env", map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": protocolHTTP, "OTEL_EXPORTER_OTLP_ENDPOINT": base}, ""},
+		{"from-config", map[string]string{"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": protocolHTTP}, base},
+	} {
+		t.Run(c.member, func(t *testing.T) {
+			clearOTelEnv(t)
+			for k, v := range c.env {
+				t.Setenv(k, v)
+			}
+			var out logBuffer
+			p, err := startProvider(context.Background(), Config{MemberID: c.member, ExportInterval: 200 * time.Millisecond,
+				Endpoint: c.endpoint, Logger: slog.New(slog.NewTextHandler(&out, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			shutdownAtCleanup(t, p)
+			if _, ok := p.exporter.Exporter.(*otlpmetrichttp.Exporter); !ok {
+				t.Fatalf("exporter %T, want otlpmetrichttp's", p.exporter.Exporter)
+			}
+			name := addCounter(t, p, 7)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			poll.For(t, 30*time.Second, name+" from "+c.member+" in the collector's scrape", func() (bool, string) {
+				ss, err := col.Scrape(ctx)
+				if err != nil {
+					return false, err.Error()
+				}
+				m := otelcol.Select(ss, name, map[string]string{"instance": c.member})
+				return len(m) == 1 && m[0].Value == 7, fmt.Sprint(m, "\nkeeper log:\n", out.String())
+			})
+			if !strings.Contains(out.String(), "over http/protobuf") {
+				t.Errorf("the start log does not say the protocol:\n%s", out.String())
+			}
+		})
 	}
 }
 

@@ -89,14 +89,17 @@ type Config struct {
 	// ServiceName becomes service.name; default "keeper". OTEL_SERVICE_NAME,
 	// when set, wins, as the OpenTelemetry specification requires.
 	ServiceName string
-	// Endpoint is the OTLP/gRPC endpoint to use when the environment names
+	// Endpoint is the OTLP endpoint to use when the environment names
 	// none (OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
 	// unset); the environment always wins so that operators can redirect
 	// keeper without touching its config. "http://host:port" is plaintext,
 	// "https://host:port" is TLS, a bare "host:port" keeps the exporter's
-	// default (TLS unless OTEL_EXPORTER_OTLP_INSECURE=true). When everything
-	// is empty the exporter still targets its default, localhost:4317, and
-	// failed exports are only logged; unless OTLPOnlyIfConfigured.
+	// default (TLS unless OTEL_EXPORTER_OTLP_INSECURE=true). It is a gRPC
+	// endpoint, or with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf an HTTP
+	// receiver's base URL (see exportTarget.httpOptions). When everything
+	// is empty the exporter still targets its default, localhost:4317
+	// (4318 over HTTP), and failed exports are only logged; unless
+	// OTLPOnlyIfConfigured.
 	Endpoint string
 	// OTLPOnlyIfConfigured drops the OTLP export when neither Endpoint nor
 	// the environment names an endpoint, instead of sending to

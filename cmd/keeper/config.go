@@ -159,7 +159,7 @@ type TasksConfig struct {
 // standard OTEL_* variables (endpoint, headers, TLS, interval).
 type MetricsConfig struct {
 	Disabled       bool          `yaml:"disabled" help:"turn metrics off"`
-	Endpoint       string        `yaml:"endpoint" help:"OTLP gRPC endpoint when OTEL_EXPORTER_OTLP_ENDPOINT is unset (http:// plaintext, https:// TLS); with neither, metrics are not pushed"`
+	Endpoint       string        `yaml:"endpoint" help:"OTLP endpoint when OTEL_EXPORTER_OTLP_ENDPOINT is unset (http:// plaintext, https:// TLS); gRPC, or with OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf the HTTP receiver's base URL; with neither, metrics are not pushed"`
 	ExportInterval time.Duration `yaml:"export_interval" help:"export interval (0: OTEL_METRIC_EXPORT_INTERVAL, else 10s)"`
 	PrometheusAddr string        `yaml:"prometheus_addr" help:"optional Prometheus pull endpoint host:port, serving /metrics (empty: off)"`
 }
