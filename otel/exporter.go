@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"strconv"
@@ -40,6 +41,9 @@ func OTLPConfigured(endpoint string) bool {
 // every interval for want of a collector nobody asked for (the metrics are
 // still read through Config.PrometheusAddr, when set).
 func newExporter(ctx context.Context, cfg Config) (sdkmetric.Exporter, string, error) {
+	if cfg.noOTLP {
+		return discardExporter{}, "none (OTEL_METRICS_EXPORTER=" + os.Getenv("OTEL_METRICS_EXPORTER") + ")", nil
+	}
 	if cfg.OTLPOnlyIfConfigured && !OTLPConfigured(cfg.Endpoint) {
 		return discardExporter{}, "none (no endpoint configured)", nil
 	}
@@ -156,6 +160,55 @@ func (t exportTarget) httpOptions() []otlpmetrichttp.Option {
 		opts = append(opts, otlpmetrichttp.WithURLPath(u.Path))
 	}
 	return opts
+}
+
+// SDKDisabled reports OTEL_SDK_DISABLED=true (in any case): then keeper's
+// metrics are off as with metrics.disabled. Any other value leaves them
+// on, as the specification says.
+func SDKDisabled() bool {
+	return strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true")
+}
+
+// exporterChoice is what OTEL_METRICS_EXPORTER asks for.
+type exporterChoice struct{ otlp, prometheus bool }
+
+// metricsExporters reads OTEL_METRICS_EXPORTER, a comma-separated list of
+// otlp (the default), prometheus and none. prometheus serves the pull
+// endpoint at OTEL_EXPORTER_PROMETHEUS_HOST:_PORT unless
+// metrics.prometheus_addr names one; console and logging, which keeper
+// does not provide, are refused rather than ignored.
+func metricsExporters() (exporterChoice, error) {
+	v := strings.TrimSpace(os.Getenv("OTEL_METRICS_EXPORTER"))
+	if v == "" {
+		return exporterChoice{otlp: true}, nil
+	}
+	var c exporterChoice
+	for _, e := range strings.Split(v, ",") {
+		switch strings.ToLower(strings.TrimSpace(e)) {
+		case "otlp":
+			c.otlp = true
+		case "prometheus":
+			c.prometheus = true
+		case "none":
+		default:
+			return exporterChoice{}, fmt.Errorf("OTEL_METRICS_EXPORTER=%q: keeper exports otlp, prometheus or none", v)
+		}
+	}
+	return c, nil
+}
+
+// prometheusAddrFromEnv is where the specification puts the Prometheus
+// exporter: OTEL_EXPORTER_PROMETHEUS_HOST (default localhost) and
+// OTEL_EXPORTER_PROMETHEUS_PORT (default 9464).
+func prometheusAddrFromEnv() string {
+	host, port := strings.TrimSpace(os.Getenv("OTEL_EXPORTER_PROMETHEUS_HOST")), strings.TrimSpace(os.Getenv("OTEL_EXPORTER_PROMETHEUS_PORT"))
+	if host == "" {
+		host = "localhost"
+	}
+	if port == "" {
+		port = "9464"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // discardExporter takes every export and keeps nothing.

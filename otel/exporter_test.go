@@ -265,6 +265,113 @@ func TestOTLPOverHTTP(t *testing.T) {
 	}
 }
 
+func TestMetricsExportersFromEnv(t *testing.T) {
+	for _, c := range []struct {
+		v    string
+		want exporterChoice
+		bad  bool
+	}{
+		{"", exporterChoice{otlp: true}, false},
+		{"otlp", exporterChoice{otlp: true}, false},
+		{"none", exporterChoice{}, false},
+		{"prometheus", exporterChoice{prometheus: true}, false},
+		{" OTLP , prometheus ", exporterChoice{otlp: true, prometheus: true}, false},
+		{"console", exporterChoice{}, true},
+		{"otlp,logging", exporterChoice{}, true},
+	} {
+		t.Setenv("OTEL_METRICS_EXPORTER", c.v)
+		got, err := metricsExporters()
+		if c.bad != (err != nil) || (!c.bad && got != c.want) || (c.bad && !strings.Contains(err.Error(), "OTEL_METRICS_EXPORTER")) {
+			t.Errorf("%q: %+v, %v; want %+v (error: %v)", c.v, got, err, c.want, c.bad)
+		}
+	}
+}
+
+// OTEL_SDK_DISABLED and OTEL_METRICS_EXPORTER decide what a provider
+// exports, as the specification has them: disabled is metrics.disabled;
+// prometheus serves the pull endpoint at OTEL_EXPORTER_PROMETHEUS_HOST and
+// _PORT; a list without otlp pushes nothing, endpoint or not; what keeper
+// cannot export stops the start.
+func TestExporterSelectionFromEnv(t *testing.T) {
+	start := func(t *testing.T, cfg Config) (*Provider, *logBuffer, error) {
+		t.Helper()
+		var out logBuffer
+		cfg.MemberID, cfg.ExportInterval, cfg.Logger = "sel", time.Hour, slog.New(slog.NewTextHandler(&out, nil))
+		p, err := startProvider(context.Background(), cfg)
+		if err == nil {
+			shutdownAtCleanup(t, p)
+		}
+		return p, &out, err
+	}
+	t.Run("sdk disabled", func(t *testing.T) {
+		clearOTelEnv(t)
+		t.Setenv("OTEL_SDK_DISABLED", "TRUE")
+		p, out, err := start(t, Config{PrometheusAddr: "127.0.0.1:0", Endpoint: "http://" + closedPort(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.mp != nil || p.PrometheusAddr() != "" || !strings.Contains(out.String(), "by=OTEL_SDK_DISABLED") {
+			t.Errorf("OTEL_SDK_DISABLED=TRUE left metrics on (pull endpoint %q):\n%s", p.PrometheusAddr(), out.String())
+		}
+	})
+	t.Run("sdk not disabled", func(t *testing.T) {
+		clearOTelEnv(t)
+		t.Setenv("OTEL_SDK_DISABLED", "yes") // only "true" disables
+		p, _, err := start(t, Config{OTLPOnlyIfConfigured: true})
+		if err != nil || p.mp == nil {
+			t.Fatalf("metrics off with OTEL_SDK_DISABLED=yes: %v", err)
+		}
+	})
+	t.Run("prometheus only", func(t *testing.T) {
+		clearOTelEnv(t)
+		port, err := loopback.Port()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("OTEL_METRICS_EXPORTER", "prometheus")
+		t.Setenv("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
+		t.Setenv("OTEL_EXPORTER_PROMETHEUS_PORT", fmt.Sprint(port))
+		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+closedPort(t))
+		p, out, err := start(t, Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := p.exporter.Exporter.(discardExporter); !ok {
+			t.Errorf("exporter %T with OTEL_METRICS_EXPORTER=prometheus, want none", p.exporter.Exporter)
+		}
+		if p.PrometheusAddr() != loopback.Addr(port) {
+			t.Fatalf("pull endpoint %q, want %s", p.PrometheusAddr(), loopback.Addr(port))
+		}
+		name := addCounter(t, p, 4)
+		if m := otelcol.Select(scrapeProvider(t, p), name, nil); len(m) != 1 || m[0].Value != 4 {
+			t.Errorf("%s on the pull endpoint: %v", name, m)
+		}
+		if !strings.Contains(out.String(), "OTEL_METRICS_EXPORTER=prometheus") {
+			t.Errorf("the start log does not say why nothing is pushed:\n%s", out.String())
+		}
+	})
+	t.Run("otlp and prometheus", func(t *testing.T) {
+		clearOTelEnv(t)
+		t.Setenv("OTEL_METRICS_EXPORTER", "otlp,prometheus")
+		t.Setenv("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
+		t.Setenv("OTEL_EXPORTER_PROMETHEUS_PORT", "0")
+		p, _, err := start(t, Config{Endpoint: "http://" + closedPort(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := p.exporter.Exporter.(*otlpmetricgrpc.Exporter); !ok || p.PrometheusAddr() == "" {
+			t.Errorf("exporter %T, pull endpoint %q; want both", p.exporter.Exporter, p.PrometheusAddr())
+		}
+	})
+	t.Run("unsupported", func(t *testing.T) {
+		clearOTelEnv(t)
+		t.Setenv("OTEL_METRICS_EXPORTER", "console")
+		if _, _, err := start(t, Config{}); err == nil || !strings.Contains(err.Error(), "OTEL_METRICS_EXPORTER") {
+			t.Errorf("start with OTEL_METRICS_EXPORTER=console: %v", err)
+		}
+	})
+}
+
 func TestRateLimitedLog(t *testing.T) {
 	var out logBuffer
 	l := newRateLimitedLog(slog.New(slog.NewTextHandler(&out, nil)), time.Minute, "x:1")

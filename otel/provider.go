@@ -119,6 +119,9 @@ type Config struct {
 	// Logger receives export failures (rate-limited) and lifecycle messages;
 	// default slog.Default().
 	Logger *slog.Logger
+
+	// noOTLP: OTEL_METRICS_EXPORTER leaves OTLP out (set by start).
+	noOTLP bool
 }
 
 // Provider is keeper's meter provider. It is a long-running part with the
@@ -165,10 +168,22 @@ func (p *Provider) Start(ctx context.Context) error {
 
 func (p *Provider) start(ctx context.Context) error {
 	cfg, log := p.cfg, p.log
-	if cfg.Disabled {
+	if cfg.Disabled || SDKDisabled() {
 		p.meters = noop.NewMeterProvider()
-		log.Info("metrics disabled")
+		by := "config"
+		if !cfg.Disabled {
+			by = "OTEL_SDK_DISABLED"
+		}
+		log.Info("metrics disabled", "by", by)
 		return nil
+	}
+	choice, err := metricsExporters()
+	if err != nil {
+		return err
+	}
+	cfg.noOTLP = !choice.otlp
+	if choice.prometheus && cfg.PrometheusAddr == "" {
+		cfg.PrometheusAddr = prometheusAddrFromEnv()
 	}
 
 	memberID := cfg.MemberID

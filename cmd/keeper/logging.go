@@ -51,7 +51,7 @@ func logHandler(w io.Writer, level, format string, tty bool) slog.Handler {
 // keeper by hand should not have to guess.
 func (d *daemon) sayWhereMetricsAre() {
 	m := d.cfg.Metrics
-	if m.Disabled || kotel.OTLPConfigured(m.Endpoint) {
+	if m.Disabled || kotel.SDKDisabled() || kotel.OTLPConfigured(m.Endpoint) {
 		return // the provider logged where they go
 	}
 	if addr := d.metrics.PrometheusAddr(); addr != "" {
