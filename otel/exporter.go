@@ -39,9 +39,10 @@ func OTLPConfigured(endpoint string) bool {
 // sends. With Config.OTLPOnlyIfConfigured and no endpoint configured it is
 // one that drops every export: no connection is made and nothing fails
 // every interval for want of a collector nobody asked for (the metrics are
-// still read through Config.PrometheusAddr, when set).
-func newExporter(ctx context.Context, cfg Config) (sdkmetric.Exporter, string, error) {
-	if cfg.noOTLP {
+// still read through Config.PrometheusAddr, when set). It is one too when
+// otlp is false: OTEL_METRICS_EXPORTER leaves OTLP out.
+func newExporter(ctx context.Context, cfg Config, otlp bool) (sdkmetric.Exporter, string, error) {
+	if !otlp {
 		return discardExporter{}, "none (OTEL_METRICS_EXPORTER=" + os.Getenv("OTEL_METRICS_EXPORTER") + ")", nil
 	}
 	if cfg.OTLPOnlyIfConfigured && !OTLPConfigured(cfg.Endpoint) {

@@ -119,9 +119,6 @@ type Config struct {
 	// Logger receives export failures (rate-limited) and lifecycle messages;
 	// default slog.Default().
 	Logger *slog.Logger
-
-	// noOTLP: OTEL_METRICS_EXPORTER leaves OTLP out (set by start).
-	noOTLP bool
 }
 
 // Provider is keeper's meter provider. It is a long-running part with the
@@ -181,7 +178,6 @@ func (p *Provider) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg.noOTLP = !choice.otlp
 	if choice.prometheus && cfg.PrometheusAddr == "" {
 		cfg.PrometheusAddr = prometheusAddrFromEnv()
 	}
@@ -211,12 +207,12 @@ func (p *Provider) start(ctx context.Context) error {
 
 	// One exporter per provider (an exporter serves one reader); both log
 	// their failures through one rate limit, as they fail together.
-	exp, target, err := newExporter(ctx, cfg)
+	exp, target, err := newExporter(ctx, cfg, choice.otlp)
 	errs := newRateLimitedLog(log, exportErrorLogEvery, target)
 	if err != nil {
 		return err
 	}
-	fleetExp, _, err := newExporter(ctx, cfg)
+	fleetExp, _, err := newExporter(ctx, cfg, choice.otlp)
 	if err != nil {
 		_ = exp.Shutdown(ctx)
 		return err
